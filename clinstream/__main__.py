@@ -1,0 +1,5 @@
+"""`python -m clinstream` = the `clinstream` command."""
+
+from clinstream.cli import main
+
+raise SystemExit(main())

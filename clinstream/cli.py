@@ -1,0 +1,92 @@
+"""The `clinstream` command: up, demo, config, models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from clinstream.settings import Settings, settings_table
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in ("clinstream", "connectors", "stream", "indexer", "inference", "dashboard"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("grpc._server").addFilter(_MilvusLiteNoise())
+    # FastStream's own lines (partition assignment, task callbacks) only when debugging.
+    logging.getLogger("clinstream.kafka").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+
+
+class _MilvusLiteNoise(logging.Filter):
+    """pymilvus asks Milvus Lite's in-process server for AllocTimestamp, which Lite does not
+    implement; the client falls back, but the server logs a traceback each time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
+
+
+async def _up(settings: Settings) -> int:
+    from clinstream.stack import running_stack
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_stack(settings) as stack:
+        token_note = "" if settings.http.api_token else f" api_token={stack.api_token}"
+        print(
+            f"clinstream ready: mllp={settings.mllp.host}:{stack.mllp_port} "
+            f"http=http://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
+            f"{' (embedded)' if stack.embedded_broker else ''}{token_note}",
+            flush=True,
+        )
+        await stop.wait()
+        print("clinstream stopping", flush=True)
+    print("clinstream stopped", flush=True)
+    return 0
+
+
+def _demo(settings: Settings) -> int:
+    from clinstream.demo import run_demo
+
+    # The demo is self-contained: free ports, so it never collides with a running `up`.
+    demo_settings = settings.model_copy(
+        update={
+            "mllp": settings.mllp.model_copy(update={"port": 0}),
+            "http": settings.http.model_copy(update={"port": 0}),
+        }
+    )
+    return asyncio.run(run_demo(demo_settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="clinstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run every stage in the foreground until SIGINT/SIGTERM")
+    sub.add_parser("demo", help="run the bundled sample feed end to end and print a summary")
+    sub.add_parser("config", help="list every CLINSTREAM_* setting with its default")
+    sub.add_parser("models", help="build the ONNX models if missing (same as `make models`)")
+    args = parser.parse_args(argv)
+
+    if args.command == "config":
+        for name, default, description in settings_table():
+            print(f"{name}\t{default}\t{description}")
+        return 0
+    settings = Settings()
+    _configure_logging(settings.log_level)
+    if args.command == "models":
+        from clinstream.models import build
+
+        build(settings.models.dir)
+        return 0
+    if args.command == "up":
+        return asyncio.run(_up(settings))
+    return _demo(settings)

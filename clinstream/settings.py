@@ -1,0 +1,83 @@
+"""The one settings object, built once at start-up from ``CLINSTREAM_*`` variables.
+
+Nested sections use ``__``: ``CLINSTREAM_KAFKA__BOOTSTRAP=kafka:9092``,
+``CLINSTREAM_MLLP__PORT=2575``. The README's configuration table lists every variable
+(`clinstream config` prints them with their current values, secrets masked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.settings import (
+    CdsSettings,
+    DashboardSettings,
+    HttpSettings,
+    IndexerSettings,
+    KafkaSettings,
+    LogLevel,
+    MilvusSettings,
+    MllpSettings,
+    ModelsSettings,
+    NormalizerSettings,
+)
+
+
+class Settings(BaseSettings):
+    """Root settings: one frozen object passed down to the stages."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLINSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    var_dir: Path = Field(default=Path("var"), description="Local state: Milvus Lite data, broker log.")
+    log_level: LogLevel = Field(default="INFO", description="Log level of clinstream's loggers.")
+    kafka: KafkaSettings = KafkaSettings()
+    milvus: MilvusSettings = MilvusSettings()
+    mllp: MllpSettings = MllpSettings()
+    http: HttpSettings = HttpSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    models: ModelsSettings = ModelsSettings()
+    normalizer: NormalizerSettings = NormalizerSettings()
+    indexer: IndexerSettings = IndexerSettings()
+    cds: CdsSettings = CdsSettings()
+
+    @property
+    def embedded(self) -> bool:
+        """True when clinstream starts its own broker (no external Kafka configured)."""
+        return not self.kafka.bootstrap
+
+    @property
+    def milvus_lite_path(self) -> Path:
+        """The Milvus Lite database file used when no Milvus URI is configured."""
+        return self.var_dir / "milvus" / "clinstream.db"
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for the README and `clinstream config`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            for sub, subfield in annotation.model_fields.items():
+                rows.append(
+                    (
+                        f"CLINSTREAM_{name.upper()}__{sub.upper()}",
+                        _default(subfield.default),
+                        subfield.description or "",
+                    )
+                )
+        else:
+            rows.append((f"CLINSTREAM_{name.upper()}", _default(field.default), field.description or ""))
+    return rows
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

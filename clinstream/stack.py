@@ -1,0 +1,172 @@
+"""Starting and stopping the whole deployment in one process (`clinstream up`, demo, tests).
+
+Order matters: broker and topics first, then the model and Milvus (slow to open), then
+the consumers, then the listeners that accept traffic. Shutdown runs in reverse, and
+every step is undone even when a later one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from clinstream.http import build_app, make_server
+from clinstream.models import embedding_dir
+from clinstream.runtime import EmbeddedBroker, ensure_topics
+from clinstream.settings import Settings
+from connectors.kafka_sink import KafkaSink
+from connectors.mllp_server import MllpServer
+from indexer.app import register_indexer
+from indexer.http import query_routes
+from indexer.milvus_store import MilvusStore, connect
+from indexer.ort_session import Embedder
+from indexer.query import ContextualQuery
+from inference.app import register_cds
+from stream.app import register_normalizer
+from stream.errors import ClinstreamError
+from stream.events import TOPICS, Topics
+from stream.settings import producer_config
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(ClinstreamError, ValueError):
+    """Settings that cannot work together."""
+
+
+@dataclass
+class Stack:
+    """Handles on a running deployment."""
+
+    settings: Settings
+    topics: Topics
+    bootstrap: str
+    embedded_broker: EmbeddedBroker | None
+    mllp: MllpServer
+    http_port: int
+    api_token: str
+    store: MilvusStore
+    embedder: Embedder
+    query: ContextualQuery
+
+    @property
+    def mllp_port(self) -> int:
+        """Bound MLLP port."""
+        return self.mllp.port
+
+
+def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
+    """A FastStream Kafka broker for one stage, producing with our delivery settings."""
+    return KafkaBroker(
+        producer["bootstrap_servers"],
+        acks=producer["acks"],
+        enable_idempotence=producer["enable_idempotence"],
+        request_timeout_ms=producer["request_timeout_ms"],
+        client_id=f"clinstream-{stage}",
+        logger=logging.getLogger(f"clinstream.kafka.{stage}"),
+        log_level=logging.DEBUG,  # per-message lines only at DEBUG
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings, *, topics: Topics = TOPICS, group_prefix: str = ""
+) -> AsyncIterator[Stack]:
+    """Run every stage until the context exits."""
+    token = settings.http.api_token.get_secret_value() if settings.http.api_token else None
+    if token is None and not settings.embedded:
+        raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
+    api_token = token or secrets.token_urlsafe(24)
+
+    async with contextlib.AsyncExitStack() as stack:
+        embedded: EmbeddedBroker | None = None
+        if settings.embedded:
+            embedded = EmbeddedBroker(
+                port=settings.kafka.embedded_port, log_path=settings.var_dir / "broker.log"
+            )
+            await stack.enter_async_context(embedded)
+            bootstrap = embedded.bootstrap
+        else:
+            bootstrap = str(settings.kafka.bootstrap)
+        await ensure_topics(
+            bootstrap,
+            topics.all(),
+            partitions=settings.kafka.partitions,
+            replication_factor=settings.kafka.replication_factor,
+        )
+
+        embedder = await asyncio.to_thread(
+            Embedder,
+            embedding_dir(settings.models.dir),
+            providers=settings.models.providers,
+            threads=settings.models.intra_op_threads,
+            batch_size=settings.models.embedding_batch_size,
+        )
+        client = await asyncio.to_thread(
+            connect,
+            settings.milvus.uri,
+            lite_path=settings.milvus_lite_path,
+            token=settings.milvus.token.get_secret_value() if settings.milvus.token else None,
+        )
+        stack.callback(client.close)
+        store = MilvusStore(
+            client, settings.milvus.collection, embedder.dimension, index_type=settings.milvus.index_type
+        )
+        await asyncio.to_thread(store.ensure_collection)
+
+        producer = producer_config(settings.kafka, bootstrap, embedded=settings.embedded)
+        brokers = {name: stage_broker(name, producer) for name in ("normalizer", "indexer", "cds")}
+        register_normalizer(brokers["normalizer"], topics, settings.normalizer,
+                            group_id=f"{group_prefix}normalizer")
+        register_indexer(brokers["indexer"], topics, settings.indexer, embedder, store,
+                         group_id=f"{group_prefix}indexer")
+        register_cds(brokers["cds"], topics, settings.cds, group_id=f"{group_prefix}cds")
+        for broker in brokers.values():
+            stack.push_async_callback(broker.stop)
+        # Each consumer group join takes seconds; join them concurrently.
+        await asyncio.gather(*(broker.start() for broker in brokers.values()))
+
+        sink = KafkaSink(producer, confirm_timeout_s=settings.kafka.request_timeout_ms / 1000 + 1)
+        await sink.start()
+        stack.push_async_callback(sink.stop)
+        mllp = MllpServer(sink, topics, settings.mllp)
+        await mllp.start()
+        stack.push_async_callback(mllp.stop)
+
+        query = ContextualQuery(embedder, store)
+        server = make_server(
+            build_app(api_token, query_routes(query)), settings.http.host, settings.http.port
+        )
+        serve_task = asyncio.create_task(server.serve())
+
+        async def _stop_http() -> None:
+            server.should_exit = True
+            await serve_task
+
+        stack.push_async_callback(_stop_http)
+        while not server.started:
+            if serve_task.done():
+                serve_task.result()  # raises the bind error
+                raise ConfigurationError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+        http_port = int(server.servers[0].sockets[0].getsockname()[1])
+
+        yield Stack(
+            settings=settings,
+            topics=topics,
+            bootstrap=bootstrap,
+            embedded_broker=embedded,
+            mllp=mllp,
+            http_port=http_port,
+            api_token=api_token,
+            store=store,
+            embedder=embedder,
+            query=query,
+        )

@@ -1,0 +1,145 @@
+"""HL7 v2 acknowledgements (ACK with MSA and, for errors, ERR). Pure functions.
+
+An ACK mirrors the inbound MSH: sender and receiver swap, the trigger event and version
+are echoed, and MSA-2 carries the inbound control id. Error details use HL7 table 0357
+codes and a location (ERR-2 for v2.5+, ERR-1 for older versions) but never quote
+message content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from stream.errors import Hl7Error
+from stream.hl7v2 import Message, Separators
+
+AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
+
+ERROR_TEXT = {
+    0: "Message accepted",
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    202: "Unsupported processing id",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    205: "Duplicate key identifier",
+    206: "Application record locked",
+    207: "Application internal error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """Who we are in the ACK's MSH-3/MSH-4."""
+
+    application: str = "CLINSTREAM"
+    facility: str = "CLINSTREAM"
+
+
+def _escape(text: str, seps: Separators) -> str:
+    esc = seps.escape
+    out = text.replace(esc, f"{esc}E{esc}")
+    for ch, code in (
+        (seps.field, "F"),
+        (seps.component, "S"),
+        (seps.repetition, "R"),
+        (seps.subcomponent, "T"),
+    ):
+        out = out.replace(ch, f"{esc}{code}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _ts(now: datetime) -> str:
+    return now.strftime("%Y%m%d%H%M%S%z")
+
+
+def build_ack(
+    msg: Message | None,
+    code: AckCode,
+    *,
+    ack_control_id: str,
+    now: datetime,
+    receiver: Receiver,
+    error: Hl7Error | None = None,
+) -> bytes:
+    """The ACK message (CR-separated, UTF-8) answering ``msg``.
+
+    ``msg`` is None when the inbound bytes were not even readable; the ACK then uses
+    default separators and leaves the sender fields empty.
+    """
+    seps = msg.seps if msg is not None else Separators()
+    f = seps.field
+    if msg is not None:
+        msh = msg.msh
+        sending_app, sending_fac = msh.get(3), msh.get(4)
+        trigger = msg.trigger_event
+        version = msg.version or "2.5.1"
+        processing = msh.get(11) or "P"
+        control_id = msg.control_id
+    else:
+        sending_app = sending_fac = trigger = ""
+        version, processing = "2.5.1", "P"
+        control_id = error.control_id if error is not None and error.control_id else ""
+    msg_type = f"ACK{seps.component}{trigger}{seps.component}ACK" if trigger else "ACK"
+    msh_fields = [
+        "MSH",
+        seps.encoding_characters,
+        _escape(receiver.application, seps),
+        _escape(receiver.facility, seps),
+        sending_app,
+        sending_fac,
+        _ts(now),
+        "",
+        msg_type,
+        _escape(ack_control_id, seps),
+        processing,
+        version,
+    ]
+    segments = [f.join(msh_fields)]
+    msa = ["MSA", code, _escape(control_id, seps)]
+    if error is not None:
+        msa.append(_escape(error.reason, seps)[:80])
+    segments.append(f.join(msa))
+    if error is not None:
+        segments.append(_err_segment(error, seps, version))
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def _err_segment(error: Hl7Error, seps: Separators, version: str) -> str:
+    c = seps.component
+    code_text = ERROR_TEXT.get(error.code, "Application error")
+    location = ""
+    if error.segment:
+        location = c.join(
+            [error.segment, str(error.sequence or 1), str(error.field) if error.field else ""]
+        ).rstrip(c)
+    condition = f"{error.code}{c}{code_text}{c}HL70357"
+    diagnostic = _escape(error.reason, seps)
+    if _before_25(version):
+        # ERR-1 (ELD): segment^sequence^field^code&text&HL70357
+        s = seps.subcomponent
+        eld = c.join(
+            [
+                error.segment or "",
+                str(error.sequence or ""),
+                str(error.field or ""),
+                f"{error.code}{s}{code_text}{s}HL70357",
+            ]
+        )
+        return seps.field.join(["ERR", eld])
+    return seps.field.join(["ERR", "", location, condition, "E", "", "", "", diagnostic])
+
+
+def _before_25(version: str) -> bool:
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return False
+    return (major, minor) < (2, 5)

@@ -1,0 +1,1 @@
+"""The ops dashboard (Streamlit). Built in issue #8; `clinstream up` does not start it yet."""

@@ -1,0 +1,1 @@
+"""Incremental indexing of each patient's record into Milvus, and the contextual query."""

@@ -1,0 +1,87 @@
+"""HTTP routes of the contextual query (`POST /query`), mounted by the API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from indexer.errors import VectorStoreError
+from indexer.query import ContextualQuery
+from stream.events import patient_key
+
+FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+class QueryRequest(BaseModel):
+    """Body of `POST /query`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="FHIR Patient id, or `authority|identifier` (e.g. `HOSP|12345`)."
+    )
+    question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    k: int = Field(default=5, ge=1, le=50)
+    types: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,64}$")]] = Field(default_factory=list)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def resolved_patient(self) -> str:
+        """The patient key the index is partitioned by."""
+        if "|" in self.patient_id:
+            authority, _, identifier = self.patient_id.partition("|")
+            return patient_key(authority, identifier)
+        return self.patient_id
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    """A JSON error body (RFC 9457 style) without echoing the request."""
+    return JSONResponse({"status": status, "detail": detail}, status_code=status)
+
+
+def query_routes(query: ContextualQuery) -> list[Route]:
+    """Routes served for the indexer."""
+
+    async def post_query(request: Request) -> JSONResponse:
+        try:
+            body = QueryRequest.model_validate(json.loads(await request.body()))
+        except json.JSONDecodeError:
+            return problem(400, "body is not valid JSON")
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+            return problem(422, f"invalid fields: {', '.join(fields)}")
+        try:
+            hits = await asyncio.to_thread(
+                query.search,
+                body.resolved_patient(),
+                body.question,
+                k=body.k,
+                types=body.types,
+                since=body.since,
+                until=body.until,
+            )
+        except VectorStoreError:
+            return problem(503, "index unavailable, retry later")
+        return JSONResponse(
+            {
+                "results": [
+                    {
+                        "resource_id": h.resource_id,
+                        "resource_type": h.resource_type,
+                        "text": h.text,
+                        "score": round(h.score, 6),
+                        "date": h.date,
+                    }
+                    for h in hits
+                ]
+            }
+        )
+
+    return [Route("/query", post_query, methods=["POST"])]

@@ -1,0 +1,99 @@
+"""Contextual query: patient-scoped filters and the search behind `POST /query`.
+
+`build_filter` is pure; `ContextualQuery` ties the embedder and the vector store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.chunking import Chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result with its citation (the resource it came from)."""
+
+    resource_id: str
+    resource_type: str
+    text: str
+    score: float
+    date: str
+
+
+class VectorStore(Protocol):
+    """Where chunks live (Milvus behind it)."""
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
+        """Insert or overwrite chunks by id."""
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove chunks by id (missing ids are ignored)."""
+
+    def flush(self) -> None:
+        """Seal recent writes so searches over them are fast and durable."""
+
+    def search(self, vector: npt.NDArray[np.float32], expr: str, k: int) -> list[Hit]:
+        """Nearest chunks to ``vector`` among those matching ``expr``."""
+
+
+class TextEmbedder(Protocol):
+    """Text → vectors."""
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed texts."""
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal (JSON string escaping is accepted by Milvus' expression parser)."""
+    return json.dumps(value)
+
+
+def build_filter(
+    patient_id: str,
+    *,
+    types: Sequence[str] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> str:
+    """The Milvus boolean expression scoping a search to one patient (and optionally types/time)."""
+    if not patient_id:
+        raise ValueError("a patient id is required")
+    parts = [f"patient == {quote(patient_id)}"]
+    if types:
+        parts.append(f"resource_type in [{', '.join(quote(t) for t in types)}]")
+    if since is not None:
+        parts.append(f"effective >= {int(since.timestamp())}")
+    if until is not None:
+        parts.append(f"effective <= {int(until.timestamp())}")
+    return " and ".join(parts)
+
+
+class ContextualQuery:
+    """Patient-scoped semantic search."""
+
+    def __init__(self, embedder: TextEmbedder, store: VectorStore) -> None:
+        self._embedder = embedder
+        self._store = store
+
+    def search(
+        self,
+        patient_id: str,
+        question: str,
+        *,
+        k: int = 5,
+        types: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Hit]:
+        """The k chunks of this patient's record closest to the question."""
+        expr = build_filter(patient_id, types=types, since=since, until=until)
+        vector = self._embedder.embed([question])[0]
+        return self._store.search(vector, expr, k)

@@ -1,0 +1,1 @@
+"""Decision support and note drafting on the normalized stream."""

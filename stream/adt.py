@@ -1,0 +1,196 @@
+"""PID → Patient and PV1 → Encounter, the resources every patient-scoped message yields.
+
+Pure functions. Mappings follow the HL7 v2-to-FHIR implementation guide (PID → Patient,
+PV1 → Encounter) for the fields mapped so far; `docs/mapping.md` lists where we differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from stream.events import deterministic_id, patient_key
+from stream.hl7v2 import Message, Segment, component_of, patient_identifier, to_fhir_datetime
+
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V2_0004 = "http://terminology.hl7.org/CodeSystem/v2-0004"
+
+_GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
+# PV1-2 patient class (HL7 table 0004) → v3 ActCode encounter class.
+_CLASS = {
+    "I": ("IMP", "inpatient encounter"),
+    "O": ("AMB", "ambulatory"),
+    "E": ("EMER", "emergency"),
+    "P": ("PRENC", "pre-admission"),
+    "R": ("AMB", "ambulatory"),
+    "B": ("IMP", "inpatient encounter"),
+}
+
+
+def identifier_system(namespace: str, universal_id: str, universal_type: str) -> str | None:
+    """FHIR Identifier.system for an HL7 HD (assigning authority)."""
+    if universal_id and universal_type.upper() == "ISO":
+        return f"urn:oid:{universal_id}"
+    if universal_id and universal_type.upper() in ("URI", "URL"):
+        return universal_id
+    if namespace.startswith(("http://", "https://", "urn:")):
+        return namespace
+    return None
+
+
+def map_patient(msg: Message) -> dict[str, Any]:
+    """Patient from PID. The id is the patient key, so every message about one patient agrees."""
+    authority, mrn = patient_identifier(msg)  # raises when there is no PID
+    pid = msg.first("PID") or Segment("PID", ["PID"], msg.seps)
+    seps = msg.seps
+    identifiers: list[dict[str, Any]] = []
+    for rep in pid.repetitions(3):
+        value = component_of(rep, seps, 1)
+        if not value:
+            continue
+        ident: dict[str, Any] = {"value": value}
+        ns = component_of(rep, seps, 4, 1)
+        system = identifier_system(ns, component_of(rep, seps, 4, 2), component_of(rep, seps, 4, 3))
+        if system:
+            ident["system"] = system
+        if ns:
+            ident["assigner"] = {"display": ns}
+        id_type = component_of(rep, seps, 5)
+        if id_type:
+            ident["type"] = {"coding": [{"system": V2_0203, "code": id_type}]}
+        identifiers.append(ident)
+
+    resource: dict[str, Any] = {"resourceType": "Patient", "id": patient_key(authority, mrn)}
+    if identifiers:
+        resource["identifier"] = identifiers
+    names = [_name(rep, msg) for rep in pid.repetitions(5)]
+    names = [n for n in names if n]
+    if names:
+        resource["name"] = names
+    gender = _GENDER.get(pid.value(8).upper())
+    if gender:
+        resource["gender"] = gender
+    birth = pid.value(7)
+    if birth:
+        resource["birthDate"] = _date_only(birth, pid)
+    addresses = [_address(rep, msg) for rep in pid.repetitions(11)]
+    addresses = [a for a in addresses if a]
+    if addresses:
+        resource["address"] = addresses
+    telecom = [_telecom(rep, msg) for rep in pid.repetitions(13)]
+    telecom = [t for t in telecom if t]
+    if telecom:
+        resource["telecom"] = telecom
+    if pid.value(30).upper() == "Y":
+        resource["deceasedBoolean"] = True
+    return resource
+
+
+def _date_only(value: str, seg: Segment) -> str | None:
+    # birthDate is a FHIR date: keep the date part at its precision, drop any time.
+    digits = value.strip()[:8]
+    return to_fhir_datetime(digits, ZoneInfo("UTC"), segment=seg.name, field=7)
+
+
+def _name(rep: str, msg: Message) -> dict[str, Any] | None:
+    seps = msg.seps
+    family = component_of(rep, seps, 1, 1)
+    given = [g for g in (component_of(rep, seps, 2), component_of(rep, seps, 3)) if g]
+    name: dict[str, Any] = {}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = given
+    suffix = component_of(rep, seps, 4)
+    if suffix:
+        name["suffix"] = [suffix]
+    prefix = component_of(rep, seps, 5)
+    if prefix:
+        name["prefix"] = [prefix]
+    if component_of(rep, seps, 7).upper() == "L":
+        name["use"] = "official"
+    return name or None
+
+
+def _address(rep: str, msg: Message) -> dict[str, Any] | None:
+    seps = msg.seps
+    lines = [x for x in (component_of(rep, seps, 1, 1), component_of(rep, seps, 2)) if x]
+    addr: dict[str, Any] = {}
+    if lines:
+        addr["line"] = lines
+    for key, comp in (("city", 3), ("state", 4), ("postalCode", 5), ("country", 6)):
+        v = component_of(rep, seps, comp)
+        if v:
+            addr[key] = v
+    return addr or None
+
+
+def _telecom(rep: str, msg: Message) -> dict[str, Any] | None:
+    seps = msg.seps
+    email = component_of(rep, seps, 4)
+    if email and "@" in email:
+        return {"system": "email", "value": email}
+    number = component_of(rep, seps, 1)
+    if not number:
+        area, local = component_of(rep, seps, 6), component_of(rep, seps, 7)
+        number = f"({area}) {local}" if area and local else local
+    if not number:
+        return None
+    use = {"PRN": "home", "WPN": "work", "ORN": "home", "VHN": "home"}.get(component_of(rep, seps, 2).upper())
+    out: dict[str, Any] = {"system": "phone", "value": number}
+    if use:
+        out["use"] = use
+    return out
+
+
+def map_encounter(msg: Message, patient_id: str, tz: ZoneInfo, *, status: str) -> dict[str, Any] | None:
+    """Encounter from PV1, or None when the message has no PV1.
+
+    The id comes from the visit number (PV1-19) and its authority when present, else
+    from the source message, so an A08 update of the same visit overwrites.
+    """
+    pv1 = msg.first("PV1")
+    if pv1 is None:
+        return None
+    seps = msg.seps
+    visit = pv1.value(19)
+    authority = pv1.value(19, 4) or msg.msh.value(4)
+    if visit:
+        enc_id = deterministic_id("Encounter", authority, visit)
+    else:
+        enc_id = deterministic_id("Encounter", msg.sending_system, msg.control_id)
+    patient_class = pv1.value(2).upper()
+    code, display = _CLASS.get(patient_class, (patient_class or "AMB", ""))
+    klass: dict[str, Any] = {
+        "system": V3_ACT_CODE if patient_class in _CLASS or not patient_class else V2_0004,
+        "code": code,
+    }
+    if display:
+        klass["display"] = display
+    resource: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": enc_id,
+        "status": status,
+        "class": klass,
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    if visit:
+        resource["identifier"] = [{"value": visit, "type": {"coding": [{"system": V2_0203, "code": "VN"}]}}]
+    start = to_fhir_datetime(pv1.value(44), tz, segment="PV1", field=44)
+    evn = msg.first("EVN")
+    if start is None and evn is not None and msg.trigger_event == "A01":
+        start = to_fhir_datetime(evn.value(2) or evn.value(6), tz, segment="EVN", field=2)
+    end = to_fhir_datetime(pv1.value(45), tz, segment="PV1", field=45)
+    period = {k: v for k, v in (("start", start), ("end", end)) if v}
+    if period:
+        resource["period"] = period
+    if end and status == "unknown":
+        resource["status"] = "finished"
+    loc_raw = pv1.repetitions(3)
+    if loc_raw:
+        parts = [component_of(loc_raw[0], seps, i) for i in (4, 1, 2, 3)]
+        label = " ".join(p for p in parts if p)
+        if label:
+            resource["location"] = [{"location": {"display": label}}]
+    return resource

@@ -1,0 +1,202 @@
+"""The contracts between stages: topic names, the envelope, event models and ids.
+
+Every arrow between stages is a Kafka topic named here; the version is part of the
+name. Records are keyed by the patient's stable key (`patient_key`), so each patient's
+events stay ordered within one partition. Envelope headers never carry PHI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stream.errors import ClinstreamError, Hl7Error
+
+SCHEMA_VERSION = 1
+
+# HL7 v2 message types (MSH-9.1^MSH-9.2) the normalizer maps today. The MLLP connector
+# refuses others with AR/200 so the sender learns at once instead of via a dead letter.
+SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset({("ADT", "A01"), ("ORU", "R01")})
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names. Tests build a prefixed instance to get fresh topics per test."""
+
+    inbound_hl7v2: str = "ehr.inbound.hl7v2.v1"
+    fhir: str = "ehr.fhir.v1"
+    deadletter: str = "ehr.deadletter.v1"
+    alerts: str = "cds.alerts.v1"
+    drafts: str = "notes.drafts.v1"
+    feedback: str = "clinician.feedback.v1"
+
+    def all(self) -> tuple[str, ...]:
+        """Every topic name, in declaration order."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def with_prefix(self, prefix: str) -> Topics:
+        """The same topics under ``prefix`` (e.g. ``"t3f2."``)."""
+        return Topics(**{f.name: prefix + getattr(self, f.name) for f in fields(self)})
+
+
+TOPICS = Topics()
+
+
+def deterministic_id(kind: str, *parts: str | None) -> str:
+    """A stable FHIR-compatible id (64 hex chars max is allowed; we use 32) from source identifiers.
+
+    The same source identifiers always give the same id, so replays overwrite.
+    """
+    h = hashlib.sha256(kind.encode())
+    for part in parts:
+        h.update(b"\x1f")
+        h.update((part or "").encode())
+    return h.hexdigest()[:32]
+
+
+def patient_key(assigning_authority: str, identifier: str) -> str:
+    """The patient's stable key: Kafka record key, FHIR Patient id and Milvus partition key.
+
+    Derived from the identifier and its assigning authority (not the sending system), so
+    two feeds naming the same MRN of the same authority land on the same patient. It is
+    a one-way hash: the MRN itself never appears in keys, headers or logs.
+    """
+    return deterministic_id("Patient", assigning_authority.strip().upper(), identifier.strip())
+
+
+def content_hash(payload: bytes) -> str:
+    """SHA-256 of a payload, as carried in the envelope and dead letters."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+class Envelope(BaseModel):
+    """Metadata carried as Kafka headers on every record. No PHI here."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_system: str = Field(description="Sending application^facility, or the FHIR client.")
+    source_message_id: str = Field(description="MSH-10, or FHIR meta.versionId.")
+    content_hash: str
+    received_at: datetime
+    trace_id: str
+    message_type: str = Field(default="", description="e.g. ADT^A01")
+    schema_version: int = SCHEMA_VERSION
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers (aiokafka form)."""
+        return [
+            ("source_system", self.source_system.encode()),
+            ("source_message_id", self.source_message_id.encode()),
+            ("content_hash", self.content_hash.encode()),
+            ("received_at", self.received_at.isoformat().encode()),
+            ("trace_id", self.trace_id.encode()),
+            ("message_type", self.message_type.encode()),
+            ("schema_version", str(self.schema_version).encode()),
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes]] | dict[str, Any]) -> Envelope:
+        """Read an envelope back from Kafka headers (list of pairs or FastStream's dict)."""
+        items = headers.items() if isinstance(headers, dict) else headers
+        raw = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in items}
+        return cls.model_validate(raw)
+
+
+class FhirRecord(BaseModel):
+    """One record on `ehr.fhir.v1`: the validated FHIR R4 resources of one source message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    envelope: Envelope
+    patient_id: str = Field(description="FHIR Patient id (= the record key).")
+    resources: list[dict[str, Any]] = Field(description="FHIR R4 resources as JSON, validated.")
+
+
+class DeadLetter(BaseModel):
+    """A message a stage could not process, kept with its original bytes for replay."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    source_topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    error_type: str
+    reason: str
+    error_code: int | None = Field(default=None, description="HL7 table 0357 code, when HL7.")
+    location: str = Field(default="", description="Segment/field such as PID-3; no content.")
+    control_id: str | None = None
+    payload_sha256: str
+    payload: bytes = Field(description="Original bytes (base64 in JSON).")
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    envelope: Envelope | None = None
+
+    @classmethod
+    def from_error(
+        cls,
+        error: Exception,
+        *,
+        stage: str,
+        payload: bytes,
+        source_topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        envelope: Envelope | None = None,
+    ) -> DeadLetter:
+        """A dead letter for ``error``. Only our typed errors contribute their text.
+
+        Other exceptions may carry message content in their text (a KeyError naming a
+        value, say), so only their type is kept.
+        """
+        code = location = control_id = None
+        if isinstance(error, ClinstreamError):
+            reason = str(error)
+        else:
+            reason = f"internal error ({type(error).__name__}) while processing; see stage logs"
+        if isinstance(error, Hl7Error):
+            code, location, control_id = error.code, error.location, error.control_id
+        return cls(
+            stage=stage,
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            error_type=type(error).__name__,
+            reason=reason,
+            error_code=code,
+            location=location or "",
+            control_id=control_id or (envelope.source_message_id if envelope else None),
+            payload_sha256=content_hash(payload),
+            payload=payload,
+            envelope=envelope,
+        )
+
+    def headers(self) -> dict[str, str]:
+        """Kafka headers for the dead-letter record (no PHI)."""
+        return {"stage": self.stage, "error_type": self.error_type}
+
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Alert(BaseModel):
+    """A decision-support alert on `cds.alerts.v1`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Deterministic: rule + triggering resource, so redelivery dedupes.")
+    patient_id: str
+    rule_id: str
+    rule_version: str
+    severity: Severity
+    summary: str = Field(max_length=140)
+    detail: str
+    evidence: Sequence[str] = Field(description="Resource references the alert rests on (Type/id).")
+    citation: str
+    effective: datetime | None = None
+    raised_at: datetime
+    trace_id: str

@@ -1,0 +1,108 @@
+"""HL7 v2 message → validated FHIR R4 resources: the normalizer's pure core.
+
+`normalize_hl7` takes the raw text and returns the patient id and the resources as FHIR
+JSON, each validated with fhir.resources (R4B models). It has no clock, client or
+settings: the handler in `stream.app` supplies the time zone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from stream.adt import map_encounter, map_patient
+from stream.errors import MappingError, UnsupportedMessageError
+from stream.events import SUPPORTED_HL7_EVENTS
+from stream.hl7v2 import Message, check_header, parse_message
+from stream.oru import map_observations
+
+_MODELS: dict[str, Any] = {"Patient": Patient, "Encounter": Encounter, "Observation": Observation}
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """The outcome of normalizing one message."""
+
+    patient_id: str
+    message_type: str
+    control_id: str
+    resources: list[dict[str, Any]]
+
+
+def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
+    """Parse, map and validate one HL7 v2 message.
+
+    Raises:
+        Hl7ParseError: unreadable message.
+        UnsupportedMessageError: a message type the normalizer does not map.
+        MappingError: content that cannot become valid FHIR (field location included).
+    """
+    msg = parse_message(text)
+    check_header(msg)
+    mapper = _MAPPERS.get((msg.message_code, msg.trigger_event))
+    if mapper is None:
+        raise UnsupportedMessageError(
+            f"message type {msg.message_type} is not supported",
+            code=200,
+            segment="MSH",
+            sequence=1,
+            field=9,
+            control_id=msg.control_id,
+            reject=True,
+        )
+    resources = mapper(msg, tz)
+    validated = [validate_resource(r, msg) for r in resources]
+    return Normalized(
+        patient_id=str(validated[0]["id"]),
+        message_type=msg.message_type,
+        control_id=msg.control_id,
+        resources=validated,
+    )
+
+
+def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
+    """Validate with fhir.resources and return the canonical JSON form.
+
+    The error names the failing element path, never its value (values are PHI).
+    """
+    model = _MODELS[resource["resourceType"]]
+    try:
+        parsed = model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise MappingError(
+            f"{resource['resourceType']} fails FHIR R4 validation at {path} ({first['type']})",
+            code=102,
+            control_id=msg.control_id,
+        ) from None
+    dumped: dict[str, Any] = parsed.model_dump(mode="json", exclude_none=True, by_alias=True)
+    return dumped
+
+
+def _adt_a01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="in-progress")
+    return [patient] + ([encounter] if encounter else [])
+
+
+def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    observations = map_observations(msg, patient["id"], encounter["id"] if encounter else None, tz)
+    return [patient] + ([encounter] if encounter else []) + observations
+
+
+_MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
+    ("ADT", "A01"): _adt_a01,
+    ("ORU", "R01"): _oru_r01,
+}
+if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
+    raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

@@ -1,0 +1,258 @@
+"""OBX → Observation for results messages (ORU^R01).
+
+Pure functions. Each OBX becomes one Observation whose id is derived from the order
+(filler/placer number), the observation code and sub-id, so a corrected result (OBX-11
+``C``) overwrites the preliminary one instead of adding a second.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from stream.errors import MappingError, UnsupportedMessageError
+from stream.events import deterministic_id
+from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+# Coding-system names used in CWE.3 → canonical FHIR system URIs.
+CODE_SYSTEMS = {
+    "LN": LOINC,
+    "LOINC": LOINC,
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",
+    "SNOMED": "http://snomed.info/sct",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "I10C": "http://hl7.org/fhir/sid/icd-10-cm",
+    "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
+    "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "UCUM": UCUM,
+}
+# OBX-11 observation result status (HL7 table 0085) → Observation.status.
+_STATUS = {
+    "F": "final",
+    "C": "corrected",
+    "P": "preliminary",
+    "R": "preliminary",
+    "S": "preliminary",
+    "I": "registered",
+    "X": "cancelled",
+    "W": "entered-in-error",
+    "D": "entered-in-error",
+    "U": "final",
+}
+_RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$")
+_NUMERIC_TYPES = {"NM"}
+_TEXT_TYPES = {"ST", "TX", "FT"}
+_CODED_TYPES = {"CE", "CWE", "CNE"}
+_DATE_TYPES = {"DT", "DTM", "TS"}
+
+
+def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
+    """One FHIR Coding from CWE components (1-3, or 4-6 with ``offset=3``)."""
+    seps = msg.seps
+    code = component_of(raw, seps, 1 + offset)
+    display = component_of(raw, seps, 2 + offset)
+    sys_name = component_of(raw, seps, 3 + offset)
+    if not code and not display:
+        return None
+    out: dict[str, Any] = {}
+    system = CODE_SYSTEMS.get(sys_name.upper()) if sys_name else None
+    if system:
+        out["system"] = system
+    elif sys_name:
+        out["system"] = f"urn:clinstream:codesystem:{sys_name}"
+    if code:
+        out["code"] = code
+    if display:
+        out["display"] = display
+    return out
+
+
+def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
+    """CodeableConcept from a CWE/CE with its primary and alternate codings."""
+    codings = [c for c in (coding(raw, msg), coding(raw, msg, offset=3)) if c]
+    if not codings:
+        return None
+    concept: dict[str, Any] = {"coding": codings}
+    text = component_of(raw, msg.seps, 2) or component_of(raw, msg.seps, 9)
+    if text:
+        concept["text"] = text
+    return concept
+
+
+def map_observations(
+    msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """Every OBX of the message as an Observation, in message order."""
+    out: list[dict[str, Any]] = []
+    obr: Segment | None = None
+    seen: dict[tuple[str, str, str], int] = {}
+    for seg in msg.segments:
+        if seg.name == "OBR":
+            obr = seg
+        elif seg.name == "OBX":
+            order = _order_number(obr, msg)
+            code_key = seg.value(3, 1) or seg.value(3, 2)
+            sub = seg.value(4)
+            occurrence = seen.get((order, code_key, sub), 0)
+            seen[(order, code_key, sub)] = occurrence + 1
+            obs_id = deterministic_id("Observation", msg.msh.value(4), order, code_key, sub, str(occurrence))
+            out.append(_observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz))
+    return out
+
+
+def _order_number(obr: Segment | None, msg: Message) -> str:
+    if obr is not None:
+        number = obr.value(3) or obr.value(2)
+        if number:
+            return number
+    return msg.control_id
+
+
+def _observation(
+    obx: Segment,
+    obr: Segment | None,
+    msg: Message,
+    obs_id: str,
+    patient_id: str,
+    encounter_id: str | None,
+    tz: ZoneInfo,
+) -> dict[str, Any]:
+    code_raw = obx.repetitions(3)
+    concept = codeable_concept(code_raw[0], msg) if code_raw else None
+    if concept is None:
+        raise MappingError(
+            "OBX-3 observation identifier is missing",
+            code=101,
+            segment="OBX",
+            field=3,
+            control_id=msg.control_id,
+        )
+    status = _STATUS.get(obx.value(11).upper(), "final")
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "status": status,
+        "category": [
+            {"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
+        ],
+        "code": concept,
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    if encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    effective = to_fhir_datetime(obx.value(14), tz, segment="OBX", field=14)
+    if effective is None and obr is not None:
+        effective = to_fhir_datetime(obr.value(7), tz, segment="OBR", field=7)
+    if effective:
+        resource["effectiveDateTime"] = effective
+    unit = _unit(obx, msg)
+    resource.update(_value(obx, msg, unit, tz))
+    ref_range = _reference_range(obx.value(7), unit)
+    if ref_range:
+        resource["referenceRange"] = [ref_range]
+    flags = [f for f in obx.repetitions(8) if f]
+    if flags:
+        resource["interpretation"] = [
+            {"coding": [{"system": V3_INTERPRETATION, "code": component_of(f, msg.seps, 1).upper()}]}
+            for f in flags
+        ]
+    return resource
+
+
+def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
+    raw = obx.repetitions(6)
+    if not raw:
+        return {}
+    seps = msg.seps
+    code = component_of(raw[0], seps, 1)
+    text = component_of(raw[0], seps, 2)
+    system = component_of(raw[0], seps, 3).upper()
+    out: dict[str, Any] = {}
+    if code or text:
+        out["unit"] = code or text
+    if code and system in ("UCUM", "ISO+", "ANS+", ""):
+        # Units written without a coding system are, in practice, UCUM-style codes
+        # (mmol/L, mg/dL); keep them as UCUM codes only when they carry no spaces.
+        if " " not in code:
+            out["system"] = UCUM
+            out["code"] = code
+    return out
+
+
+def _decimal(text: str, obx: Segment, msg: Message) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation as exc:
+        raise MappingError(
+            "OBX-5 is not a number although OBX-2 is NM",
+            code=102,
+            segment="OBX",
+            field=5,
+            control_id=msg.control_id,
+        ) from exc
+    if not value.is_finite():
+        raise MappingError(
+            "OBX-5 is not a finite number", code=102, segment="OBX", field=5, control_id=msg.control_id
+        )
+    return value
+
+
+def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    value_type = obx.value(2).upper()
+    reps = obx.repetitions(5)
+    if not reps or not any(reps):
+        return {}
+    if value_type in _NUMERIC_TYPES:
+        return {"valueQuantity": {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg), **unit}}
+    if value_type == "SN":
+        comparator = component_of(reps[0], msg.seps, 1)
+        number = component_of(reps[0], msg.seps, 2)
+        if comparator in ("", "=", "<", ">", "<=", ">=") and not component_of(reps[0], msg.seps, 3):
+            quantity: dict[str, Any] = {"value": _decimal(number, obx, msg), **unit}
+            if comparator not in ("", "="):
+                quantity["comparator"] = comparator
+            return {"valueQuantity": quantity}
+        raise UnsupportedMessageError(
+            "OBX-5 structured numeric ranges/ratios are not mapped yet",
+            code=102,
+            segment="OBX",
+            field=5,
+            control_id=msg.control_id,
+        )
+    if value_type in _TEXT_TYPES:
+        text = "\n".join(component_of(r, msg.seps, 1) for r in reps)
+        return {"valueString": text}
+    if value_type in _CODED_TYPES:
+        concept = codeable_concept(reps[0], msg)
+        return {"valueCodeableConcept": concept} if concept else {}
+    if value_type in _DATE_TYPES:
+        when = to_fhir_datetime(component_of(reps[0], msg.seps, 1), tz, segment="OBX", field=5)
+        return {"valueDateTime": when} if when else {}
+    raise UnsupportedMessageError(
+        f"OBX-2 value type {value_type or '(empty)'} is not mapped yet",
+        code=102,
+        segment="OBX",
+        field=2,
+        control_id=msg.control_id,
+    )
+
+
+def _reference_range(text: str, unit: dict[str, Any]) -> dict[str, Any] | None:
+    if not text:
+        return None
+    m = _RANGE.match(text)
+    if m is None:
+        return {"text": text}
+    return {
+        "low": {"value": Decimal(m[1]), **unit},
+        "high": {"value": Decimal(m[2]), **unit},
+        "text": text,
+    }

@@ -1,0 +1,138 @@
+"""Configuration sections shared by the stages.
+
+The root settings object (`clinstream.settings.Settings`, env prefix ``CLINSTREAM_``)
+is built once at start-up from these sections and the stages receive the section they
+need. Sections are frozen pydantic models with no I/O.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka connection and delivery guarantees."""
+
+    bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port,...). Unset: start the embedded Tansu broker.",
+    )
+    partitions: int = Field(default=6, ge=1, description="Partitions of each topic created by clinstream.")
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
+    enable_idempotence: bool | None = Field(
+        default=None,
+        description="Idempotent producers. Unset: on for an external Kafka, off for the embedded broker "
+        "(Tansu rejects InitProducerId).",
+    )
+    request_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="How long a producer waits for the broker's acknowledgement."
+    )
+    embedded_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the embedded broker (0: a free port)."
+    )
+
+
+def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
+    """Producer settings for every clinstream producer: explicit, never the library defaults.
+
+    aiokafka defaults to ``acks=1``; we always wait for all in-sync replicas.
+    """
+    idempotent = kafka.enable_idempotence if kafka.enable_idempotence is not None else not embedded
+    return {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": idempotent,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "linger_ms": 0,
+    }
+
+
+class MilvusSettings(_Section):
+    """Vector store location and collection layout."""
+
+    uri: str | None = Field(
+        default=None, description="Milvus server URI. Unset: Milvus Lite in `<var_dir>/milvus/`."
+    )
+    token: SecretStr | None = Field(default=None, description="Milvus server token (user:password).")
+    collection: str = Field(default="clinical_chunks", description="Collection of patient record chunks.")
+    index_type: str = Field(default="AUTOINDEX", description="Dense index type (HNSW on a server).")
+
+
+class MllpSettings(_Section):
+    """Inbound HL7 v2 over MLLP."""
+
+    host: str = Field(default="127.0.0.1", description="MLLP listen address.")
+    port: int = Field(default=2575, ge=0, le=65535, description="MLLP listen port (0: a free port).")
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest accepted message; larger frames get AR."
+    )
+    receiving_application: str = Field(default="CLINSTREAM", description="MSH-3 of our ACKs.")
+    receiving_facility: str = Field(default="CLINSTREAM", description="MSH-4 of our ACKs.")
+
+
+class HttpSettings(_Section):
+    """The HTTP API (FHIR ingress, query, CDS Hooks, agent tools)."""
+
+    host: str = Field(default="127.0.0.1", description="HTTP listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP listen port (0: a free port).")
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every API call must present. Unset in embedded mode: a random one "
+        "is generated and printed at start.",
+    )
+
+
+class DashboardSettings(_Section):
+    """The ops dashboard (Streamlit)."""
+
+    host: str = Field(default="127.0.0.1", description="Dashboard listen address.")
+    port: int = Field(default=8501, ge=0, le=65535, description="Dashboard listen port.")
+
+
+class ModelsSettings(_Section):
+    """ONNX models built by `make models`."""
+
+    dir: Path | None = Field(
+        default=None,
+        description="Root of the built models. Unset: `${XDG_CACHE_HOME:-~/.cache}/clinstream/models`.",
+    )
+    providers: tuple[str, ...] = Field(
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads (0: runtime default).")
+    embedding_batch_size: int = Field(default=64, ge=1, description="Texts per embedding call.")
+
+
+class NormalizerSettings(_Section):
+    """HL7 v2 → FHIR R4 normalization."""
+
+    default_timezone: str = Field(
+        default="UTC",
+        description="IANA zone for HL7 timestamps that carry no offset (set to the hospital's zone).",
+    )
+
+
+class IndexerSettings(_Section):
+    """Indexing batches and the Milvus flush policy."""
+
+    batch_max_records: int = Field(default=256, ge=1, description="Records per indexing batch.")
+    batch_timeout_ms: int = Field(default=100, ge=1, description="Longest wait to fill a batch.")
+
+
+class CdsSettings(_Section):
+    """Clinical decision support thresholds."""
+
+    potassium_critical_high: float = Field(
+        default=6.0, gt=0, description="Potassium (LOINC 2823-3) at or above this, in mmol/L, is critical."
+    )
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
