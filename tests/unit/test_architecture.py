@@ -1,0 +1,69 @@
+"""The layout rules of STYLE.md, checked on the source: pure modules stay pure, stages stay apart."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("connectors", "stream", "indexer", "inference", "dashboard")
+IO_LIBRARIES = {
+    "faststream",
+    "aiokafka",
+    "httpx",
+    "pymilvus",
+    "onnxruntime",
+    "streamlit",
+    "uvicorn",
+    "starlette",
+    "socket",
+    "asyncio",
+    "subprocess",
+}
+PURE_MODULES = [
+    "connectors/framing.py",
+    "connectors/ack.py",
+    "stream/hl7v2.py",
+    "stream/adt.py",
+    "stream/oru.py",
+    "stream/normalize.py",
+    "stream/events.py",
+    "stream/settings.py",
+    "stream/errors.py",
+    "indexer/chunking.py",
+    "inference/critical.py",
+]
+# What a stage may import from another stage: the shared contracts.
+SHARED = {"stream.events", "stream.settings", "stream.errors", "stream.hl7v2"}
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_modules_do_no_io(module):
+    roots = {name.split(".")[0] for name in _imports(REPO / module)}
+    assert roots & IO_LIBRARIES == set()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stages_import_only_contracts_of_other_stages(stage):
+    offending = []
+    for path in (REPO / stage).rglob("*.py"):
+        for name in _imports(path):
+            root = name.split(".")[0]
+            if root == "clinstream":
+                offending.append(f"{path.name}: {name}")
+            elif root in STAGES and root != stage and name not in SHARED:
+                offending.append(f"{path.name}: {name}")
+    assert offending == []
+
+
+def test_stream_package_import_is_cheap():
+    assert "faststream" not in (REPO / "stream" / "__init__.py").read_text()

@@ -1,0 +1,199 @@
+"""HL7 v2 → FHIR: content checked against FHIR-Converter's expected bundles and rule checks."""
+
+import json
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from stream.errors import Hl7Error, MappingError, UnsupportedMessageError
+from stream.events import SUPPORTED_HL7_EVENTS, patient_key
+from stream.hl7v2 import decode_payload, parse_message
+from stream.normalize import normalize_hl7
+from tests.conftest import hl7_corpus_files
+
+UTC = ZoneInfo("UTC")
+ORACLE = ["ADT-A01-01", "ADT-A01-02", "ADT01-23", "ADT01-28", "LAB-ORU-1", "LAB-ORU-2", "ORU-R01-RMGEAD"]
+
+
+def _expected(corpora, name):
+    bundle = json.loads(
+        (corpora / "expected" / "microsoft-fhir-converter" / f"{name}-expected.json").read_text()
+    )
+    return [e["resource"] for e in bundle["entry"]]
+
+
+def _source(corpora, name):
+    return (corpora / "hl7v2" / "microsoft-fhir-converter" / f"{name}.hl7").read_text()
+
+
+@pytest.mark.parametrize("name", ORACLE)
+def test_patient_agrees_with_fhir_converter(corpora, name):
+    ours = normalize_hl7(_source(corpora, name), tz=UTC).resources
+    expected = next(r for r in _expected(corpora, name) if r["resourceType"] == "Patient")
+    patient = next(r for r in ours if r["resourceType"] == "Patient")
+    assert patient["birthDate"] == expected["birthDate"]
+    assert patient["gender"] == expected["gender"]
+    assert {i["value"] for i in patient["identifier"]} <= {i["value"] for i in expected["identifier"]}
+    assert patient["name"][0]["family"] == expected["name"][0]["family"]
+    assert patient["name"][0]["given"] == expected["name"][0]["given"][: len(patient["name"][0]["given"])]
+
+
+@pytest.mark.parametrize("name", ["LAB-ORU-1", "LAB-ORU-2"])
+def test_observations_agree_with_fhir_converter(corpora, name):
+    ours = [
+        r
+        for r in normalize_hl7(_source(corpora, name), tz=UTC).resources
+        if r["resourceType"] == "Observation"
+    ]
+    expected = [r for r in _expected(corpora, name) if r["resourceType"] == "Observation"]
+    assert len(ours) == len(expected)
+    compared = 0
+    for exp in expected:
+        code = exp["code"]["coding"][0]["code"]
+        mine = [o for o in ours if o["code"]["coding"][0]["code"] == code]
+        assert mine, f"no Observation with code {code}"
+        if "valueQuantity" in exp:
+            values = {
+                (Decimal(str(o["valueQuantity"]["value"])), o["valueQuantity"].get("unit")) for o in mine
+            }
+            assert (Decimal(str(exp["valueQuantity"]["value"])), exp["valueQuantity"].get("unit")) in values
+            compared += 1
+        if exp["status"] != "unknown":  # FHIR-Converter writes unknown for OBX-11 I; the IG says registered
+            assert {o["status"] for o in mine} >= {exp["status"]}
+    assert compared >= 5
+
+
+def _supported(path):
+    try:
+        msg = parse_message(decode_payload(path.read_bytes()))
+    except Hl7Error:
+        return False
+    return (msg.message_code, msg.trigger_event) in SUPPORTED_HL7_EVENTS
+
+
+SUPPORTED_FILES = [p for p in hl7_corpus_files() if _supported(p)]
+
+
+def test_corpus_has_supported_messages():
+    assert len(SUPPORTED_FILES) >= 80
+
+
+@pytest.mark.parametrize("path", SUPPORTED_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_rule_checks_on_corpus(path):
+    text = decode_payload(path.read_bytes())
+    try:
+        result = normalize_hl7(text, tz=UTC)
+    except Hl7Error as exc:
+        assert exc.code in (100, 101, 102, 200)
+        return
+    types = [r["resourceType"] for r in result.resources]
+    assert types.count("Patient") == 1
+    ids = {f"{r['resourceType']}/{r['id']}" for r in result.resources}
+    for resource in result.resources:
+        for ref_field in ("subject", "encounter"):
+            if ref_field in resource:
+                assert resource[ref_field]["reference"] in ids, "reference does not resolve"
+    # Every Observation value is traceable to the source text.
+    for obs in (r for r in result.resources if r["resourceType"] == "Observation"):
+        if "valueQuantity" in obs:
+            assert _number_in(text, obs["valueQuantity"]["value"])
+        if "valueString" in obs:
+            first_line = obs["valueString"].split("\n")[0][:20]
+            assert first_line in text or first_line.replace("&", "\\T\\") in text or not first_line
+
+
+def _number_in(text, value):
+    d = Decimal(str(value))
+    return any(Decimal(tok) == d for tok in _numbers(text))
+
+
+def _numbers(text):
+    import re
+
+    return re.findall(r"-?\d+(?:\.\d+)?", text)
+
+
+def test_same_message_twice_gives_same_ids(corpora):
+    text = _source(corpora, "LAB-ORU-1")
+    a = normalize_hl7(text, tz=UTC)
+    b = normalize_hl7(text.replace("\n", "\r"), tz=UTC)
+    assert [r["id"] for r in a.resources] == [r["id"] for r in b.resources]
+
+
+DEMO_ORU = (
+    "MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|LAB00012|P|2.5.1\r"
+    "PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"
+    "PV1|1|I|4W^412^B^MERCY||||||||||||||||V10000206^^^MERCY\r"
+    "OBR|1|ORD000012|FIL000012^LIS|80048^Basic metabolic panel^C4|||202503060830\r"
+    "OBX|1|NM|2823-3^Potassium [Moles/volume] in Serum or Plasma^LN||6.4|mmol/L^mmol/L^UCUM|3.5-5.1|HH|||P|||"
+    "202503060830\r"
+)
+
+
+def test_corrected_result_overwrites_the_preliminary_one():
+    prelim = normalize_hl7(DEMO_ORU, tz=UTC)
+    corrected = normalize_hl7(
+        DEMO_ORU.replace("LAB00012", "LAB00013").replace("|6.4|", "|5.4|").replace("|HH|||P|", "|N|||C|"),
+        tz=UTC,
+    )
+    p_obs, c_obs = prelim.resources[-1], corrected.resources[-1]
+    assert p_obs["id"] == c_obs["id"]
+    assert (p_obs["status"], c_obs["status"]) == ("preliminary", "corrected")
+    assert c_obs["valueQuantity"]["value"] == 5.4
+
+
+def test_observation_mapping_details():
+    result = normalize_hl7(DEMO_ORU, tz=ZoneInfo("America/Chicago"))
+    patient, encounter, obs = result.resources
+    assert patient["id"] == result.patient_id == patient_key("MERCY", "100002")
+    assert encounter["subject"]["reference"] == f"Patient/{patient['id']}"
+    assert obs["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "2823-3",
+        "display": "Potassium [Moles/volume] in Serum or Plasma",
+    }
+    assert obs["valueQuantity"] == {
+        "value": 6.4,
+        "unit": "mmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/L",
+    }
+    assert obs["effectiveDateTime"] == "2025-03-06T08:30:00-06:00"
+    assert obs["referenceRange"][0]["low"]["value"] == 3.5
+    assert obs["interpretation"][0]["coding"][0]["code"] == "HH"
+    assert obs["encounter"]["reference"] == f"Encounter/{encounter['id']}"
+
+
+def test_non_numeric_nm_value_is_a_located_mapping_error():
+    with pytest.raises(MappingError) as err:
+        normalize_hl7(DEMO_ORU.replace("|6.4|", "|6,4|"), tz=UTC)
+    assert err.value.location == "OBX-5"
+    assert err.value.control_id == "LAB00012"
+    assert "6,4" not in str(err.value)
+
+
+def test_unsupported_type_is_refused():
+    with pytest.raises(UnsupportedMessageError) as err:
+        normalize_hl7(DEMO_ORU.replace("ORU^R01^ORU_R01", "SIU^S12"), tz=UTC)
+    assert err.value.code == 200
+
+
+def test_admission_encounter_has_start_and_location():
+    text = (
+        "MSH|^~\\&|ADT|MERCY|EHR|MERCY|202503030415||ADT^A01^ADT_A01|ADT00001|P|2.5.1\r"
+        "EVN|A01|202503030415\r"
+        "PID|1||100001^^^MERCY^MR||DOE^JANE||19580312|F|||10 Main St^^Springfield^IL^62701\r"
+        "PV1|1|I|4W^412^B^MERCY||||||||||||||||V10000103^^^MERCY\r"
+    )
+    patient, encounter = normalize_hl7(text, tz=UTC).resources
+    assert encounter["status"] == "in-progress"
+    assert encounter["class"]["code"] == "IMP"
+    assert encounter["period"]["start"] == "2025-03-03T04:15:00Z"
+    assert encounter["location"][0]["location"]["display"] == "MERCY 4W 412 B"
+    assert patient["address"][0] == {
+        "line": ["10 Main St"],
+        "city": "Springfield",
+        "state": "IL",
+        "postalCode": "62701",
+    }

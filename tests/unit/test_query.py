@@ -1,0 +1,113 @@
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from clinstream.http import build_app
+from indexer.errors import VectorStoreError
+from indexer.http import query_routes
+from indexer.query import ContextualQuery, Hit, build_filter
+from stream.events import patient_key
+
+
+def test_filter_scopes_to_one_patient_and_escapes():
+    assert build_filter("p1") == 'patient == "p1"'
+    injected = build_filter('x" or patient != "')
+    assert injected == 'patient == "x\\" or patient != \\""'
+
+
+def test_filter_with_types_and_time_window():
+    since = datetime(2025, 1, 1, tzinfo=UTC)
+    expr = build_filter("p1", types=["Observation"], since=since, until=since)
+    assert expr == (
+        f'patient == "p1" and resource_type in ["Observation"] and effective >= {int(since.timestamp())}'
+        f" and effective <= {int(since.timestamp())}"
+    )
+
+
+def test_filter_requires_a_patient():
+    with pytest.raises(ValueError, match="patient"):
+        build_filter("")
+
+
+class FakeEmbedder:
+    def embed(self, texts):
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+class FakeStore:
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.calls = []
+
+    def search(self, vector, expr, k):
+        if self.fail:
+            raise VectorStoreError("down")
+        self.calls.append((expr, k))
+        return [Hit("Observation/k1", "Observation", "Potassium 6.2 mmol/L", 0.9, "2025-01-01")]
+
+
+TOKEN = "s3cret-token"
+
+
+def _client(store):
+    return TestClient(build_app(TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store))))
+
+
+def _auth(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_query_requires_a_bearer_token():
+    client = _client(FakeStore())
+    body = {"patient_id": "p1", "question": "potassium"}
+    assert client.post("/query", json=body).status_code == 401
+    assert client.post("/query", json=body, headers=_auth("wrong")).status_code == 401
+    assert client.post("/query", json=body, headers={"Authorization": TOKEN}).status_code == 401
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/health").status_code == 200
+
+
+def test_query_answers_hits_with_citations():
+    store = FakeStore()
+    response = _client(store).post(
+        "/query", json={"patient_id": "HOSP|123", "question": "potassium", "k": 3}, headers=_auth()
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "results": [
+            {
+                "resource_id": "Observation/k1",
+                "resource_type": "Observation",
+                "text": "Potassium 6.2 mmol/L",
+                "score": 0.9,
+                "date": "2025-01-01",
+            }
+        ]
+    }
+    assert store.calls == [(f'patient == "{patient_key("HOSP", "123")}"', 3)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("not json", 400),
+        (json.dumps({"question": "x"}), 422),
+        (json.dumps({"patient_id": "p1", "question": "x", "k": 0}), 422),
+        (json.dumps({"patient_id": "p1", "question": "x", "extra": 1}), 422),
+        (json.dumps({"patient_id": "p1", "question": "x", "types": ["Obs'"]}), 422),
+    ],
+)
+def test_bad_requests_get_4xx_without_echo(body, status):
+    response = _client(FakeStore()).post("/query", content=body, headers=_auth())
+    assert response.status_code == status
+    assert "not json" not in response.text
+
+
+def test_index_down_is_503():
+    response = _client(FakeStore(fail=True)).post(
+        "/query", json={"patient_id": "p1", "question": "x"}, headers=_auth()
+    )
+    assert response.status_code == 503
