@@ -56,9 +56,11 @@ async def _up(settings: Settings) -> int:
 def _demo(settings: Settings) -> int:
     from clinstream.demo import run_demo
 
-    # The demo is self-contained: free ports, so it never collides with a running `up`.
+    # The demo is self-contained: free ports and its own Milvus Lite file (a Lite file can be
+    # opened by one process only), so it never collides with a running `clinstream up`.
     demo_settings = settings.model_copy(
         update={
+            "var_dir": settings.var_dir / "demo",
             "mllp": settings.mllp.model_copy(update={"port": 0}),
             "http": settings.http.model_copy(update={"port": 0}),
         }

@@ -1,6 +1,6 @@
 """`clinstream demo`: the bundled feed through a real MLLP socket, end to end, with a summary.
 
-Starts the whole embedded deployment, sends `data/demo_feed.hl7`, follows the normalized,
+Starts the whole embedded deployment, sends `demo_feed.hl7`, follows the normalized,
 alert and dead-letter topics until every accepted message is accounted for and the index
 has caught up, runs one patient-scoped semantic search, prints the figures and stops
 everything. Exit status 0 only when every message is accounted for.
@@ -32,7 +32,7 @@ WAIT_S = 90.0
 
 def demo_messages() -> list[bytes]:
     """The bundled feed, one HL7 message per item, CR segment terminators."""
-    text = resources.files("clinstream").joinpath("data/demo_feed.hl7").read_text()
+    text = resources.files("clinstream").joinpath("demo_feed.hl7").read_text()
     blocks = [b.strip() for b in text.split("\n\n") if b.strip()]
     return [b.replace("\n", "\r").encode() + b"\r" for b in blocks]
 

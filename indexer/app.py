@@ -15,11 +15,11 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 
-from indexer.chunking import Chunk, plan_record
+from indexer.chunking import BatchPlan, plan_batch
 from indexer.query import TextEmbedder, VectorStore
-from stream.events import DeadLetter, FhirRecord, Topics
+from stream.events import Topics
+from stream.kafka import commit_after, publish_dead_letters
 from stream.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -51,54 +51,24 @@ def register_indexer(
         auto_offset_reset="earliest",
     )
     async def index(msg: KafkaMessage) -> None:
-        upserts: dict[str, Chunk] = {}
-        deletes: set[str] = set()
-        letters: list[DeadLetter] = []
-        for record in msg.raw_message:
-            payload: bytes = record.value or b""
-            try:
-                parsed = FhirRecord.model_validate_json(payload)
-            except ValidationError as exc:
-                letters.append(
-                    DeadLetter.from_error(
-                        exc,
-                        stage="indexer",
-                        payload=payload,
-                        source_topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                    )
-                )
-                continue
-            plan = plan_record(parsed)
-            for chunk in plan.upserts:  # later records win within a batch, as in the log
-                upserts[chunk.id] = chunk
-                deletes.discard(chunk.id)
-            for cid in plan.deletes:
-                upserts.pop(cid, None)
-                deletes.add(cid)
-        try:
-            chunks = list(upserts.values())
-            await asyncio.to_thread(_write, embedder, store, chunks, sorted(deletes))
-            for letter in letters:
-                await broker.publish(
-                    letter.model_dump_json().encode(), topic=topics.deadletter, headers=letter.headers()
-                )
-        except Exception:
-            log.exception("indexing batch of %d records failed; retrying", len(msg.raw_message))
-            await msg.nack()
-            await asyncio.sleep(RETRY_BACKOFF_S)
-            return
-        await msg.ack()
-        CHUNKS_UPSERTED.inc(len(chunks))
-        CHUNKS_DELETED.inc(len(deletes))
-        LAST_INDEXED.set_to_current_time()
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        plan = plan_batch(records)
+
+        async def write() -> None:
+            await asyncio.to_thread(write_plan, embedder, store, plan)
+            await publish_dead_letters(broker, topics, plan.dead_letters)
+
+        if await commit_after(msg, write, stage="indexer", backoff_s=RETRY_BACKOFF_S):
+            CHUNKS_UPSERTED.inc(len(plan.upserts))
+            CHUNKS_DELETED.inc(len(plan.deletes))
+            LAST_INDEXED.set_to_current_time()
 
 
-def _write(embedder: TextEmbedder, store: VectorStore, chunks: list[Chunk], deletes: list[str]) -> None:
-    if chunks:
-        store.upsert(chunks, embedder.embed([c.text for c in chunks]))
-    if deletes:
-        store.delete(deletes)
-    if chunks or deletes:
+def write_plan(embedder: TextEmbedder, store: VectorStore, plan: BatchPlan) -> None:
+    """Embed and write a batch plan, then flush (blocking; run in a thread)."""
+    if plan.upserts:
+        store.upsert(plan.upserts, embedder.embed([c.text for c in plan.upserts]))
+    if plan.deletes:
+        store.delete(plan.deletes)
+    if plan.upserts or plan.deletes:
         store.flush()

@@ -7,11 +7,12 @@ of the resource overwrites its chunks and a replay changes nothing; a resource m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from stream.events import FhirRecord, deterministic_id
+from stream.events import DeadLetter, FhirRecord, deterministic_id
 
 _INTERPRETATION = {
     "H": "high",
@@ -151,3 +152,59 @@ def _epoch(when: str) -> int:
     if dt.tzinfo is None:
         return int(datetime.fromisoformat(when[:10] + "T00:00:00+00:00").timestamp())
     return int(dt.timestamp())
+
+
+class RecordLike(Protocol):
+    """What `plan_batch` reads of a Kafka consumer record."""
+
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+@dataclass
+class BatchPlan:
+    """What one batch of `ehr.fhir.v1` records changes in the index."""
+
+    upserts: list[Chunk] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+def plan_batch(records: Iterable[RecordLike], *, stage: str = "indexer") -> BatchPlan:
+    """Chunks to upsert, chunk ids to delete and dead letters for a batch, in log order.
+
+    A later record about the same resource wins, as it would if the records were applied
+    one by one; an unreadable record becomes a dead letter and never stops the batch.
+    """
+    upserts: dict[str, Chunk] = {}
+    deletes: dict[str, None] = {}
+    letters: list[DeadLetter] = []
+    for record in records:
+        payload = record.value or b""
+        try:
+            plan = plan_record(FhirRecord.model_validate_json(payload))
+        except Exception as exc:  # an unreadable record is dead-lettered, never skipped
+            letters.append(
+                DeadLetter.from_error(
+                    exc,
+                    stage=stage,
+                    payload=payload,
+                    source_topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+            )
+            continue
+        for chunk in plan.upserts:
+            upserts[chunk.id] = chunk
+            deletes.pop(chunk.id, None)
+        for cid in plan.deletes:
+            upserts.pop(cid, None)
+            deletes[cid] = None
+    return BatchPlan(list(upserts.values()), list(deletes), letters)

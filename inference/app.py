@@ -1,13 +1,12 @@
 """FastStream wiring of decision support: `ehr.fhir.v1` → `cds.alerts.v1`.
 
 Each normalized record is evaluated by the rules; alerts are published keyed by patient,
-then the offset is committed. Publishing failures seek back and retry; alert ids are
-deterministic, so a retried record re-publishes the same ids and consumers dedupe.
+then the offset is committed (`stream.kafka.commit_after`). Alert ids are deterministic,
+so a retried record re-publishes the same ids and consumers dedupe.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,10 +15,10 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
-from pydantic import ValidationError
 
 from inference.critical import evaluate
-from stream.events import DeadLetter, FhirRecord, Topics
+from stream.events import Alert, DeadLetter, FhirRecord, Topics
+from stream.kafka import commit_after, publish_dead_letters, single_record
 from stream.settings import CdsSettings
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,12 @@ def register_cds(
         auto_offset_reset="earliest",
     )
     async def decide(msg: KafkaMessage) -> None:
-        record = msg.raw_message
-        if isinstance(record, tuple):  # only batch subscribers get tuples
-            raise TypeError("expected a single record")
+        record = single_record(msg)
         payload: bytes = record.value or b""
         try:
             parsed = FhirRecord.model_validate_json(payload)
             alerts = evaluate(parsed, threshold=threshold, now=datetime.now(UTC))
-        except (ValidationError, ValueError, ArithmeticError) as exc:
+        except Exception as exc:  # a record the rules cannot read is dead-lettered, never skipped
             letter = DeadLetter.from_error(
                 exc,
                 stage="cds",
@@ -57,41 +54,32 @@ def register_cds(
                 partition=record.partition,
                 offset=record.offset,
             )
-            try:
-                await broker.publish(
-                    letter.model_dump_json().encode(), topic=topics.deadletter, headers=letter.headers()
-                )
-            except Exception:
-                log.exception("dead letter not confirmed; retrying offset %d", record.offset)
-                await msg.nack()
-                await asyncio.sleep(RETRY_BACKOFF_S)
-                return
-            await msg.ack()
-            return
-        try:
-            for alert in alerts:
-                await broker.publish(
-                    alert.model_dump_json().encode(),
-                    topic=topics.alerts,
-                    key=alert.patient_id.encode(),
-                    headers={
-                        "rule_id": alert.rule_id,
-                        "severity": alert.severity,
-                        "trace_id": alert.trace_id,
-                    },
-                )
-        except Exception:
-            log.exception("alert not confirmed; retrying offset %d", record.offset)
-            await msg.nack()
-            await asyncio.sleep(RETRY_BACKOFF_S)
-            return
-        await msg.ack()
-        for alert in alerts:
-            ALERTS.labels(alert.rule_id, alert.severity).inc()
-            log.info(
-                "alert %s rule=%s severity=%s trace=%s",
-                alert.id,
-                alert.rule_id,
-                alert.severity,
-                alert.trace_id,
+            await commit_after(
+                msg,
+                lambda: publish_dead_letters(broker, topics, [letter]),
+                stage="cds",
+                backoff_s=RETRY_BACKOFF_S,
             )
+            return
+        if await commit_after(
+            msg, lambda: _publish(broker, topics, alerts), stage="cds", backoff_s=RETRY_BACKOFF_S
+        ):
+            for alert in alerts:
+                ALERTS.labels(alert.rule_id, alert.severity).inc()
+                log.info(
+                    "alert %s rule=%s severity=%s trace=%s",
+                    alert.id,
+                    alert.rule_id,
+                    alert.severity,
+                    alert.trace_id,
+                )
+
+
+async def _publish(broker: KafkaBroker, topics: Topics, alerts: list[Alert]) -> None:
+    for alert in alerts:
+        await broker.publish(
+            alert.model_dump_json().encode(),
+            topic=topics.alerts,
+            key=alert.patient_id.encode(),
+            headers={"rule_id": alert.rule_id, "severity": alert.severity, "trace_id": alert.trace_id},
+        )

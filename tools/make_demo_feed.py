@@ -1,4 +1,4 @@
-"""Write `clinstream/data/demo_feed.hl7`: the bundled sample feed of `clinstream demo`.
+"""Write `clinstream/demo_feed.hl7`: the bundled sample feed of `clinstream demo`.
 
 Synthetic patients (invented names and numbers), realistic message shapes: an ADT^A01
 admission then basic metabolic panels and blood counts (ORU^R01, LOINC-coded, UCUM
@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "clinstream" / "data" / "demo_feed.hl7"
+OUT = Path(__file__).resolve().parents[1] / "clinstream" / "demo_feed.hl7"
 PATIENTS = [
     ("100001", "DOE", "JANE", "19580312", "F"),
     ("100002", "ROE", "RICHARD", "19471130", "M"),

@@ -34,7 +34,7 @@ PURE_MODULES = [
     "inference/critical.py",
 ]
 # What a stage may import from another stage: the shared contracts.
-SHARED = {"stream.events", "stream.settings", "stream.errors", "stream.hl7v2"}
+SHARED = {"stream.events", "stream.settings", "stream.errors", "stream.hl7v2", "stream.kafka"}
 
 
 def _imports(path):

@@ -1,6 +1,9 @@
 from datetime import UTC, datetime
 
-from indexer.chunking import chunk_id, plan_record, render_observation
+import numpy as np
+
+from indexer.app import write_plan
+from indexer.chunking import chunk_id, plan_batch, plan_record, render_observation
 from stream.events import Envelope, FhirRecord
 
 ENVELOPE = Envelope(
@@ -56,3 +59,65 @@ def test_entered_in_error_deletes_the_chunk():
     plan = plan_record(record)
     assert plan.upserts == []
     assert plan.deletes == [chunk_id("Observation/k1")]
+
+
+class Rec:
+    def __init__(self, value, offset):
+        self.value, self.topic, self.partition, self.offset = value, "ehr.fhir.v1", 0, offset
+
+
+def _rec(resources, offset):
+    return Rec(
+        FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=resources).model_dump_json().encode(), offset
+    )
+
+
+def test_batch_plan_applies_records_in_log_order_and_dead_letters_garbage():
+    updated = {**POTASSIUM, "valueQuantity": {"value": 5.0, "unit": "mmol/L"}, "interpretation": []}
+    plan = plan_batch(
+        [
+            _rec([POTASSIUM], 0),
+            Rec(b"{garbage", 1),
+            _rec([updated], 2),  # a later version of the same resource wins
+            _rec([{**POTASSIUM, "id": "k2"}], 3),
+            _rec([{**POTASSIUM, "id": "k2", "status": "entered-in-error"}], 4),
+            _rec([{"resourceType": "Observation"}], 5),  # no id: unreadable, not skipped silently
+        ]
+    )
+    assert [c.text for c in plan.upserts] == ["Potassium 5 mmol/L (ref 3.5-5.1) 2025-01-01 11:00"]
+    assert plan.deletes == [chunk_id("Observation/k2")]
+    assert [(d.offset, d.stage) for d in plan.dead_letters] == [(1, "indexer"), (5, "indexer")]
+    assert plan.dead_letters[0].payload == b"{garbage"
+
+
+class MemoryStore:
+    def __init__(self):
+        self.calls = []
+
+    def upsert(self, chunks, vectors):
+        self.calls.append(("upsert", [c.id for c in chunks], vectors.shape))
+
+    def delete(self, ids):
+        self.calls.append(("delete", list(ids)))
+
+    def flush(self):
+        self.calls.append(("flush",))
+
+
+class OnesEmbedder:
+    def embed(self, texts):
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+def test_write_plan_upserts_deletes_then_flushes():
+    plan = plan_batch([_rec([POTASSIUM], 0), _rec([{**POTASSIUM, "id": "k2", "status": "cancelled"}], 1)])
+    store = MemoryStore()
+    write_plan(OnesEmbedder(), store, plan)
+    assert store.calls == [
+        ("upsert", [chunk_id("Observation/k1")], (1, 3)),
+        ("delete", [chunk_id("Observation/k2")]),
+        ("flush",),
+    ]
+    empty = MemoryStore()
+    write_plan(OnesEmbedder(), empty, plan_batch([]))
+    assert empty.calls == []

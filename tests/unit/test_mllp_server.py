@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -156,3 +157,19 @@ async def test_oversized_frame_is_refused(server):
     writer.close()
     assert b"MSA|AR|" in data
     assert DeadLetter.model_validate_json(sink.records[0][1]).error_type == "FrameTooLargeError"
+
+
+async def test_logs_carry_ids_never_patient_data(server, caplog):
+    srv, sink = server
+    caplog.set_level(logging.DEBUG)
+    async with MllpClient("127.0.0.1", srv.port) as client:
+        await client.send(ORU % 8)
+        await client.send(ORU % 8)  # duplicate
+        await client.send(ORU.replace(b"100002^^^MERCY^MR", b"") % 9)  # AE
+        sink.fail = True
+        await client.send(ORU % 10)  # broker down
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "LAB8" in text
+    assert "LAB9" in text
+    for phi in ("ROE", "RICHARD", "100002", "19471130"):
+        assert phi not in text

@@ -52,3 +52,12 @@ def test_readme_documents_every_setting():
     readme = (REPO / "README.md").read_text()
     missing = [name for name, _, _ in settings_table() if f"`{name}`" not in readme]
     assert missing == []
+
+
+async def test_external_kafka_requires_an_api_token():
+    from clinstream.stack import ConfigurationError, running_stack
+
+    settings = Settings(kafka={"bootstrap": "127.0.0.1:1"}, http={"api_token": None})
+    with pytest.raises(ConfigurationError, match="API_TOKEN"):
+        async with running_stack(settings):
+            pass

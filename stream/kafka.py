@@ -1,0 +1,68 @@
+"""Consumer semantics every stage shares: commit after the side effect, seek back on failure.
+
+FastStream subscribers run with ``AckPolicy.MANUAL``; a handler computes its output with
+pure code, then calls `commit_after` with the side effect (publishes, a Milvus write).
+The offset is committed only when the side effect returned; if it raised, the consumer
+seeks back to the message (nack) and pauses, so nothing is skipped and a broker or
+Milvus outage does not become a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter
+
+from stream.events import DeadLetter, Topics
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
+RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
+
+
+def single_record(msg: KafkaMessage) -> Any:
+    """The aiokafka ConsumerRecord behind a non-batch message."""
+    record = msg.raw_message
+    if isinstance(record, tuple):  # only batch subscribers get tuples
+        raise TypeError("expected a single record")
+    return record
+
+
+async def commit_after(
+    msg: KafkaMessage, side_effect: Callable[[], Awaitable[None]], *, stage: str, backoff_s: float
+) -> bool:
+    """Run the side effect, then commit; on failure seek back and pause. True when committed."""
+    try:
+        await side_effect()
+    except Exception:
+        RETRIES.labels(stage).inc()
+        log.exception("%s: side effect not confirmed; the message will be processed again", stage)
+        await msg.nack()
+        await asyncio.sleep(backoff_s)
+        return False
+    await msg.ack()
+    return True
+
+
+async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: list[DeadLetter]) -> None:
+    """Write dead letters, each confirmed by the broker. Logs identifiers, never content."""
+    for letter in letters:
+        await broker.publish(
+            letter.model_dump_json().encode(), topic=topics.deadletter, headers=letter.headers()
+        )
+        DEAD_LETTERS.labels(letter.stage).inc()
+        log.warning(
+            "dead letter stage=%s type=%s code=%s location=%s control_id=%s offset=%s",
+            letter.stage,
+            letter.error_type,
+            letter.error_code,
+            letter.location or "-",
+            letter.control_id,
+            letter.offset,
+        )

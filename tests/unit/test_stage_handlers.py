@@ -1,0 +1,85 @@
+"""The FastStream handlers on FastStream's in-memory broker: outputs, dead letters, no skipped poison.
+
+The same handlers run against the real embedded broker in tests/integration/test_end_to_end.py.
+"""
+
+from datetime import UTC, datetime
+
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from inference.app import register_cds
+from stream.app import register_normalizer
+from stream.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
+from stream.settings import CdsSettings, NormalizerSettings
+
+TOPICS = Topics()
+ENVELOPE = Envelope(
+    source_system="LIS^LAB",
+    source_message_id="L1",
+    content_hash="h",
+    received_at=datetime(2025, 1, 1, tzinfo=UTC),
+    trace_id="t1",
+    message_type="ORU^R01",
+)
+ORU = (
+    b"MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|L1|P|2.5.1\r"
+    b"PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"
+    b"OBX|1|NM|2823-3^Potassium^LN||6.4|mmol/L|3.5-5.1|HH|||F\r"
+)
+
+
+def _collector(broker, topic):
+    seen = []
+
+    @broker.subscriber(topic, group_id=f"collect-{topic}")
+    async def collect(msg: KafkaMessage):
+        seen.append(msg.raw_message.value)
+
+    return seen
+
+
+async def test_normalizer_publishes_fhir_and_dead_letters_bad_input():
+    broker = KafkaBroker()
+    register_normalizer(broker, TOPICS, NormalizerSettings())
+    fhir, dead = _collector(broker, TOPICS.fhir), _collector(broker, TOPICS.deadletter)
+    headers = {k: v.decode() for k, v in ENVELOPE.to_headers()}
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(ORU.replace(b"|6.4|", b"|six|"), topic=TOPICS.inbound_hl7v2, headers=headers)
+        await br.publish(ORU, topic=TOPICS.inbound_hl7v2, headers=headers)
+        await br.publish(ORU, topic=TOPICS.inbound_hl7v2)  # no envelope headers
+    [record] = [FhirRecord.model_validate_json(b) for b in fhir]
+    assert [r["resourceType"] for r in record.resources] == ["Patient", "Observation"]
+    assert record.envelope == ENVELOPE
+    letters = [DeadLetter.model_validate_json(b) for b in dead]
+    assert [(d.error_type, d.location) for d in letters] == [("MappingError", "OBX-5"), ("ValueError", "")]
+    assert letters[1].reason.startswith("internal error (ValueError)")
+
+
+async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
+    broker = KafkaBroker()
+    register_cds(broker, TOPICS, CdsSettings())
+    alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
+    obs = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
+    }
+    good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs]).model_dump_json().encode()
+    weird = (
+        FhirRecord(
+            envelope=ENVELOPE,
+            patient_id="p1",
+            resources=[{**obs, "id": None, "valueQuantity": {"value": "x", "code": "mmol/L"}}],
+        )
+        .model_dump_json()
+        .encode()
+    )
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(b"{not json", topic=TOPICS.fhir)
+        await br.publish(weird, topic=TOPICS.fhir)
+        await br.publish(good, topic=TOPICS.fhir)
+    assert [Alert.model_validate_json(a).patient_id for a in alerts] == ["p1"]
+    assert len(dead) == 2
