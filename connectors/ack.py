@@ -143,3 +143,53 @@ def _before_25(version: str) -> bool:
     except ValueError:
         return False
     return (major, minor) < (2, 5)
+
+
+def is_enhanced_mode(msg: Message) -> bool:
+    """Enhanced acknowledgment mode: the sender filled MSH-15 or MSH-16."""
+    return bool(msg.msh.value(15) or msg.msh.value(16))
+
+
+def accept_ack_wanted(msg: Message, *, success: bool) -> bool:
+    """Whether MSH-15 (accept acknowledgment type, HL7 table 0155) asks for a commit ACK here.
+
+    AL: always; NE: never; ER: only on error; SU: only on success. Empty or unknown: always.
+    """
+    wanted = msg.msh.value(15).upper()
+    if wanted == "NE":
+        return False
+    if wanted == "ER":
+        return not success
+    if wanted == "SU":
+        return success
+    return True
+
+
+def ack_code_for(msg: Message | None, *, accepted: bool, reject: bool) -> AckCode:
+    """AA/AE/AR in original mode, CA/CE/CR (commit acknowledgments) in enhanced mode."""
+    enhanced = msg is not None and is_enhanced_mode(msg)
+    if accepted:
+        return "CA" if enhanced else "AA"
+    if reject:
+        return "CR" if enhanced else "AR"
+    return "CE" if enhanced else "AE"
+
+
+def build_batch_ack(acks: list[bytes], *, batch_control_id: str, now: datetime, receiver: Receiver) -> bytes:
+    """One BHS … BTS batch carrying the ACK of each message of an inbound batch, in order."""
+    header = "|".join(
+        [
+            "BHS",
+            "^~\\&",
+            receiver.application,
+            receiver.facility,
+            "",
+            "",
+            _ts(now),
+            "",
+            "",
+            "",
+            batch_control_id,
+        ]
+    )
+    return (header + "\r").encode() + b"".join(acks) + f"BTS|{len(acks)}\r".encode()

@@ -15,3 +15,7 @@ class FrameTooLargeError(FramingError):
 
 class BrokerUnavailableError(ClinstreamError, ConnectionError):
     """The broker did not confirm a write; the sender must not get a positive ACK."""
+
+
+class SenderNotAllowedError(ClinstreamError, PermissionError):
+    """A sending facility that is not on the interface's allow-list."""

@@ -7,6 +7,7 @@ backoff, ACK reconciliation) builds on it.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from dataclasses import dataclass
 
 from connectors.errors import FramingError
@@ -34,16 +35,19 @@ def ack_code(ack: bytes) -> str | None:
 class MllpClient:
     """One MLLP connection."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, *, timeout_s: float = 30.0, ssl: ssl_module.SSLContext | None = None
+    ) -> None:
         self._host = host
         self._port = port
+        self._ssl = ssl
         self._timeout = timeout_s
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._buffer = b""
 
     async def __aenter__(self) -> MllpClient:
-        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        self._reader, self._writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,52 +1,99 @@
-"""Asyncio MLLP listener: each frame is checked, written to Kafka, then acknowledged.
+"""Asyncio MLLP listener: each message is checked, written to Kafka, then acknowledged.
 
-Order of events for one message: frame → parse MSH and patient identifier → write to
-`ehr.inbound.hl7v2.v1` keyed by patient → wait for the broker's confirmation (acks=all)
-→ ACK ``AA``. Unreadable or unacceptable input is written to the dead-letter topic and
-answered ``AE``/``AR`` with an ERR segment. When the broker cannot confirm a write no ACK
-is sent and the connection is closed, so the sender retries and nothing is lost; frames
-on one connection are handled one after another, which keeps their order into Kafka.
+Order of events for one message: frame → parse MSH (and PID for the record key) → write
+to `ehr.inbound.hl7v2.v1` keyed by patient → wait for the broker's confirmation
+(acks=all) → ACK ``AA`` (``CA`` in enhanced mode). Unreadable or unacceptable input is
+written to the dead-letter topic and answered ``AE``/``AR`` (``CE``/``CR``) with an ERR
+segment. When the broker cannot confirm a write no ACK is sent and the connection is
+closed, so the sender retries and nothing is lost. Frames on one connection are handled
+one after another, which keeps their order into Kafka.
+
+A frame holding an FHS/BHS batch (or several MSH messages) is split; every message is
+handled as above and the ACKs go back together in one BHS … BTS batch.
+
+Enhanced mode (MSH-15/MSH-16 present): commit ACKs are sent as MSH-15 asks (AL, NE, ER,
+SU). Application acknowledgments (MSH-16) are not sent: acceptance here means "durably
+queued"; mapping happens later and its failures go to the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 
 from prometheus_client import Counter, Histogram
 
-from connectors.ack import AckCode, Receiver, build_ack
-from connectors.errors import BrokerUnavailableError, FramingError
+from connectors.ack import (
+    AckCode,
+    Receiver,
+    accept_ack_wanted,
+    ack_code_for,
+    build_ack,
+    build_batch_ack,
+)
+from connectors.errors import BrokerUnavailableError, FramingError, SenderNotAllowedError
 from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink
 from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
-from stream.events import (
-    SUPPORTED_HL7_EVENTS,
-    DeadLetter,
-    Envelope,
-    Topics,
-    content_hash,
-    patient_key,
-)
-from stream.hl7v2 import Message, check_header, decode_payload, parse_message, patient_identifier
+from stream.events import DeadLetter, Envelope, Topics, content_hash, deterministic_id, patient_key
+from stream.hl7v2 import Message, check_header, decode_payload, parse_message, patient_identifier, split_batch
 from stream.settings import MllpSettings
 
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("clinstream_mllp_messages", "MLLP messages answered", ["sender", "ack_code"])
+BYTES = Counter("clinstream_mllp_bytes", "MLLP payload bytes received", ["sender"])
 UNACKED = Counter("clinstream_mllp_unacknowledged", "MLLP messages left without ACK (broker down)")
 ACK_LATENCY = Histogram(
     "clinstream_mllp_ack_seconds",
-    "Frame received → ACK written",
+    "Message received → ACK ready (broker confirmed)",
+    ["sender"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-_READ_CHUNK = 64 * 1024
-_DUPLICATE_MEMORY = 100_000
+_READ_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to answer for one message."""
+
+    ack: bytes | None  # None: nothing to send for it (MSH-15 said so)
+    stored: bool  # False: the broker did not confirm; no ACK may be sent at all
+
+
+_NOT_STORED = Outcome(None, stored=False)
+
+
+def server_ssl_context(settings: MllpSettings) -> ssl.SSLContext | None:
+    """TLS context from the settings, or None for plain TCP."""
+    if settings.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(settings.tls_client_ca)
+    return ctx
+
+
+def record_key(msg: Message) -> str:
+    """The Kafka key: the patient key when the message has a PID, else the sending system.
+
+    Raises:
+        MappingError: a PID without any usable patient identifier.
+    """
+    if msg.first("PID") is None:
+        return deterministic_id("Sender", msg.sending_system)
+    return patient_key(*patient_identifier(msg))
 
 
 class MllpServer:
@@ -68,6 +115,7 @@ class MllpServer:
         self._server: asyncio.Server | None = None
         self._acks: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -79,20 +127,25 @@ class MllpServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
+        context = server_ssl_context(self._settings)
         self._server = await asyncio.start_server(
-            self._on_connection, self._settings.host, self._settings.port
+            self._on_connection, self._settings.host, self._settings.port, ssl=context
         )
-        log.info("MLLP listening on %s:%d", self._settings.host, self.port)
+        log.info("MLLP listening on %s:%d%s", self._settings.host, self.port, " (TLS)" if context else "")
 
     async def stop(self) -> None:
         """Stop accepting, close open connections."""
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._connections):
-            task.cancel()
+        # Closing the transports ends each handler's read with EOF; cancelling the handler
+        # tasks instead makes asyncio log a CancelledError traceback per connection.
+        for writer in list(self._writers):
+            writer.close()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            _, pending = await asyncio.wait(list(self._connections), timeout=5)
+            for task in pending:
+                task.cancel()
         await self._server.wait_closed()
         self._server = None
 
@@ -100,17 +153,21 @@ class MllpServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            log.error("MLLP connection closed after an internal error (%s)", type(exc).__name__)
         finally:
             if task is not None:
                 self._connections.discard(task)
+            self._writers.discard(writer)
             writer.close()
             try:
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, ssl.SSLError):
                 pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -125,85 +182,123 @@ class MllpServer:
             except FramingError as exc:
                 # We cannot tell where the next message starts: answer, keep the bytes, hang up.
                 error = Hl7ParseError(str(exc), code=100, reject=True)
-                ack = await self._reject(None, buffer, error, cause=exc)
-                if ack is not None:
-                    writer.write(frame(ack))
+                outcome = await self._reject(None, buffer, error, cause=exc)
+                if outcome.ack is not None:
+                    writer.write(frame(outcome.ack))
                     await writer.drain()
                 return
             for payload in frames:
-                started = time.perf_counter()
-                ack = await self.handle(payload)
-                if ack is None:
+                answer = await self.handle(payload)
+                if answer is None:
                     UNACKED.inc()
                     return  # broker down: no ACK, close; the sender retries
-                writer.write(frame(ack))
-                await writer.drain()
-                ACK_LATENCY.observe(time.perf_counter() - started)
+                if answer:
+                    writer.write(frame(answer))
+                    await writer.drain()
 
     async def handle(self, payload: bytes) -> bytes | None:
-        """Process one message payload; the ACK to send, or None when nothing may be acknowledged."""
+        """Process one frame; the bytes to answer (empty: nothing), or None when nothing may be
+        acknowledged because the broker did not confirm a write."""
+        text = decode_payload(payload)
+        batch = split_batch(text)
+        if not batch.enveloped and len(batch.messages) <= 1:
+            outcome = await self._handle_message(text, payload)
+            if not outcome.stored:
+                return None
+            return outcome.ack or b""
+        acks: list[bytes] = []
+        for message in batch.messages:
+            outcome = await self._handle_message(message, message.encode("utf-8"))
+            if not outcome.stored:
+                return None
+            if outcome.ack is not None:
+                acks.append(outcome.ack)
+        return build_batch_ack(
+            acks, batch_control_id=uuid.uuid4().hex[:20], now=self._clock(), receiver=self._receiver
+        )
+
+    async def _handle_message(self, text: str, payload: bytes) -> Outcome:
+        started = time.perf_counter()
         msg: Message | None = None
         try:
-            msg = parse_message(decode_payload(payload))
+            msg = parse_message(text)
             check_header(msg)
-            if (msg.message_code, msg.trigger_event) not in SUPPORTED_HL7_EVENTS:
-                known_code = any(code == msg.message_code for code, _ in SUPPORTED_HL7_EVENTS)
-                raise UnsupportedMessageError(
-                    f"message type {msg.message_type} is not accepted by this interface",
-                    code=201 if known_code else 200,
-                    segment="MSH",
-                    sequence=1,
-                    field=9,
-                    control_id=msg.control_id,
-                    reject=True,
-                )
-            authority, identifier = patient_identifier(msg)
+            self._check_sender(msg)
+            self._check_type(msg)
+            key = record_key(msg)
         except Hl7Error as exc:
             return await self._reject(msg, payload, exc)
+        except SenderNotAllowedError as exc:
+            error = Hl7Error(
+                str(exc),
+                code=207,
+                segment="MSH",
+                sequence=1,
+                field=4,
+                control_id=msg.control_id if msg else None,
+                reject=True,
+            )
+            return await self._reject(msg, payload, error, cause=exc)
 
-        dup_key = (msg.sending_system, msg.control_id)
+        sender = msg.sending_system
+        BYTES.labels(sender).inc(len(payload))
+        dup_key = (sender, msg.control_id)
         previous = self._acks.get(dup_key)
         if previous is not None:
             self._acks.move_to_end(dup_key)
-            log.info(
-                "duplicate control_id=%s from %s: original ACK returned", msg.control_id, msg.sending_system
-            )
-            MESSAGES.labels(msg.sending_system, "duplicate").inc()
-            return previous
+            log.info("duplicate control_id=%s from %s: original ACK returned", msg.control_id, sender)
+            MESSAGES.labels(sender, "duplicate").inc()
+            return Outcome(previous if accept_ack_wanted(msg, success=True) else None, stored=True)
 
-        received_at = self._clock()
         envelope = Envelope(
-            source_system=msg.sending_system,
+            source_system=sender,
             source_message_id=msg.control_id,
             content_hash=content_hash(payload),
-            received_at=received_at,
+            received_at=self._clock(),
             trace_id=uuid.uuid4().hex,
             message_type=msg.message_type,
         )
-        key = patient_key(authority, identifier)
         try:
             await self._sink.send(
                 self._topics.inbound_hl7v2, payload, key=key.encode(), headers=envelope.to_headers()
             )
         except BrokerUnavailableError:
-            log.warning(
-                "broker unavailable: control_id=%s from %s not acknowledged",
-                msg.control_id,
-                msg.sending_system,
-            )
-            return None
-        ack = self._ack(msg, "AA", None)
-        self._acks[dup_key] = ack
-        if len(self._acks) > _DUPLICATE_MEMORY:
-            self._acks.popitem(last=False)
+            log.warning("broker unavailable: control_id=%s from %s not acknowledged", msg.control_id, sender)
+            return _NOT_STORED
+        ack = self._ack(msg, ack_code_for(msg, accepted=True, reject=False), None)
+        if self._settings.duplicate_memory:
+            self._acks[dup_key] = ack
+            if len(self._acks) > self._settings.duplicate_memory:
+                self._acks.popitem(last=False)
+        ACK_LATENCY.labels(sender).observe(time.perf_counter() - started)
         log.debug(
             "accepted control_id=%s type=%s trace=%s", msg.control_id, msg.message_type, envelope.trace_id
         )
-        return ack
+        return Outcome(ack if accept_ack_wanted(msg, success=True) else None, stored=True)
+
+    def _check_sender(self, msg: Message) -> None:
+        allowed = self._settings.allowed_senders
+        if allowed and msg.msh.value(4) not in allowed and msg.sending_system not in allowed:
+            raise SenderNotAllowedError("sending facility is not allowed on this interface")
+
+    def _check_type(self, msg: Message) -> None:
+        accepted = self._settings.accepted_message_types
+        if not accepted or any(fnmatchcase(msg.message_type, pattern) for pattern in accepted):
+            return
+        known_code = any(fnmatchcase(msg.message_code, p.split("^")[0]) for p in accepted)
+        raise UnsupportedMessageError(
+            f"message type {msg.message_type} is not accepted by this interface",
+            code=201 if known_code else 200,
+            segment="MSH",
+            sequence=1,
+            field=9,
+            control_id=msg.control_id,
+            reject=True,
+        )
 
     async def _reject(
         self, msg: Message | None, payload: bytes, error: Hl7Error, *, cause: Exception | None = None
-    ) -> bytes | None:
+    ) -> Outcome:
         if error.control_id is None and msg is not None and msg.control_id:
             error.control_id = msg.control_id
         letter = DeadLetter.from_error(cause or error, stage="connectors.mllp", payload=payload)
@@ -217,8 +312,8 @@ class MllpServer:
         except BrokerUnavailableError:
             # The dead letter is not stored: do not claim anything to the sender; it retries.
             log.warning("broker unavailable: rejected message not dead-lettered, no ACK sent")
-            return None
-        code: AckCode = "AR" if error.reject else "AE"
+            return _NOT_STORED
+        code = ack_code_for(msg, accepted=False, reject=error.reject)
         log.info(
             "%s control_id=%s code=%d location=%s: %s",
             code,
@@ -227,7 +322,9 @@ class MllpServer:
             error.location or "-",
             error.reason,
         )
-        return self._ack(msg, code, error)
+        ack = self._ack(msg, code, error)
+        wanted = msg is None or accept_ack_wanted(msg, success=False)
+        return Outcome(ack if wanted else None, stored=True)
 
     def _ack(self, msg: Message | None, code: AckCode, error: Hl7Error | None) -> bytes:
         sender = msg.sending_system if msg is not None else "unknown"

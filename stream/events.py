@@ -120,7 +120,8 @@ class FhirRecord(BaseModel):
 class DeadLetter(BaseModel):
     """A message a stage could not process, kept with its original bytes for replay."""
 
-    model_config = ConfigDict(frozen=True)
+    # Original bytes need not be UTF-8 (Latin-1 feeds, binary junk): base64 in JSON.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     stage: str
     source_topic: str | None = None

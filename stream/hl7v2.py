@@ -182,6 +182,43 @@ class Message:
         return f"{self.msh.value(3)}^{self.msh.value(4)}"
 
 
+ENVELOPE_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The messages of one frame or file: one plain message, or an FHS/BHS batch."""
+
+    messages: list[str]
+    enveloped: bool  # True when the input had batch/file header or trailer segments
+
+
+def split_batch(text: str) -> Batch:
+    """Split text into messages at each MSH, dropping FHS/BHS/BTS/FTS envelope segments.
+
+    Segments before the first MSH (other than the envelope) start a message of their own,
+    so the parser reports them instead of them being silently attached or lost. Each
+    message is returned with CR segment terminators.
+    """
+    messages: list[list[str]] = []
+    current: list[str] | None = None
+    enveloped = False
+    for line in _SEGMENT_SPLIT.split(text.lstrip(BOM + " \t\r\n")):
+        if not line.strip():
+            continue
+        name = line[:3]
+        if name in ENVELOPE_SEGMENTS:
+            enveloped = True
+            current = None
+            continue
+        if name == "MSH" or current is None:
+            current = [line]
+            messages.append(current)
+        else:
+            current.append(line)
+    return Batch(["\r".join(m) + "\r" for m in messages], enveloped)
+
+
 def decode_payload(payload: bytes) -> str:
     """HL7 bytes → text: UTF-8 when valid, else Latin-1 (which never fails).
 

@@ -75,6 +75,24 @@ class MllpSettings(_Section):
     )
     receiving_application: str = Field(default="CLINSTREAM", description="MSH-3 of our ACKs.")
     receiving_facility: str = Field(default="CLINSTREAM", description="MSH-4 of our ACKs.")
+    accepted_message_types: tuple[str, ...] = Field(
+        default=(),
+        description='Message types accepted (e.g. ["ADT^*", "ORU^R01"]); empty: every well-formed '
+        "message. Others get AR 200/201.",
+    )
+    allowed_senders: tuple[str, ...] = Field(
+        default=(),
+        description="Sending facilities (MSH-4) or APP^FACILITY (MSH-3^MSH-4) allowed to send; empty: all. "
+        "Others get AR.",
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve MLLP over TLS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of the TLS certificate.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)."
+    )
+    duplicate_memory: int = Field(
+        default=100_000, ge=0, description="(sender, MSH-10) pairs remembered to answer retransmissions."
+    )
 
 
 class HttpSettings(_Section):

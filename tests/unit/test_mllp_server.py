@@ -102,13 +102,21 @@ async def test_missing_patient_identifier_gets_ae(server):
     assert json.loads(sink.records[0][1])["location"] == "PID-3"
 
 
-async def test_unsupported_message_type_gets_ar(server):
-    srv, sink = server
+async def test_type_outside_the_accept_list_gets_ar():
+    sink = MemorySink()
+    srv = MllpServer(sink, TOPICS, MllpSettings(port=0, accepted_message_types=("ADT^*", "ORU^R01")))
+    await srv.start()
     async with MllpClient("127.0.0.1", srv.port) as client:
+        known = await client.send(ORU.replace(b"ORU^R01^ORU_R01", b"ORU^R30") % 61)
+        adt = await client.send(ORU.replace(b"ORU^R01^ORU_R01", b"ADT^A08") % 62)
         result = await client.send(ORU.replace(b"ORU^R01^ORU_R01", b"SIU^S12") % 6)
+    await srv.stop()
     assert result.code == "AR"
     assert b"200^Unsupported message type^HL70357" in result.raw
-    assert [r[0] for r in sink.records] == [TOPICS.deadletter]
+    assert known.code == "AR"
+    assert b"201^Unsupported event code^HL70357" in known.raw
+    assert adt.code == "AA"
+    assert [r[0] for r in sink.records] == [TOPICS.deadletter, TOPICS.inbound_hl7v2, TOPICS.deadletter]
 
 
 async def test_duplicate_control_id_returns_the_original_ack_without_republishing(server):
