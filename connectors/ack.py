@@ -8,6 +8,7 @@ message content.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -43,6 +44,11 @@ class Receiver:
 
 
 def _escape(text: str, seps: Separators) -> str:
+    if not any(
+        c in text
+        for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, seps.escape, "\r", "\n")
+    ):
+        return text
     esc = seps.escape
     out = text.replace(esc, f"{esc}E{esc}")
     for ch, code in (
@@ -55,8 +61,13 @@ def _escape(text: str, seps: Separators) -> str:
     return out.replace("\r", " ").replace("\n", " ")
 
 
+@functools.lru_cache(maxsize=4)
+def _ts_at(second: datetime) -> str:
+    return second.strftime("%Y%m%d%H%M%S%z")
+
+
 def _ts(now: datetime) -> str:
-    return now.strftime("%Y%m%d%H%M%S%z")
+    return _ts_at(now.replace(microsecond=0))
 
 
 def build_ack(

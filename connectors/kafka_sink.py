@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.errors import BrokerUnavailableError
 
@@ -25,6 +26,31 @@ class RecordSink(Protocol):
         """Return only once the record is durably stored; raise BrokerUnavailableError otherwise."""
 
 
+class CachedPartitioner:
+    """Kafka's default partitioner (murmur2 of the key) with a cache.
+
+    aiokafka computes murmur2 in pure Python on every send; a patient's key recurs with
+    each of their messages, and the result for a key and partition count never changes.
+    """
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._default = DefaultPartitioner()
+        self._cache: dict[tuple[bytes, int], int] = {}
+        self._size = size
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            chosen: int = self._default(key, all_partitions, available)
+            return chosen
+        cache_key = (key, len(all_partitions))
+        partition = self._cache.get(cache_key)
+        if partition is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            partition = self._cache[cache_key] = self._default(key, all_partitions, available)
+        return partition
+
+
 class KafkaSink:
     """`RecordSink` over an aiokafka producer; returns after the broker confirmed (acks=all)."""
 
@@ -35,7 +61,7 @@ class KafkaSink:
 
     async def start(self) -> None:
         """Connect the producer."""
-        self._producer = AIOKafkaProducer(**self._kwargs)
+        self._producer = AIOKafkaProducer(**self._kwargs, partitioner=CachedPartitioner())
         try:
             await self._producer.start()
         except KafkaError as exc:

@@ -19,15 +19,18 @@ queued"; mapping happens later and its failures go to the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
+import secrets
 import ssl
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -43,7 +46,15 @@ from connectors.errors import BrokerUnavailableError, FramingError, SenderNotAll
 from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink
 from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
-from stream.events import DeadLetter, Envelope, Topics, content_hash, deterministic_id, patient_key
+from stream.events import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Envelope,
+    Topics,
+    content_hash,
+    deterministic_id,
+    patient_key,
+)
 from stream.hl7v2 import Message, check_header, decode_payload, parse_message, patient_identifier, split_batch
 from stream.settings import MllpSettings
 
@@ -59,6 +70,27 @@ ACK_LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 _READ_CHUNK = 256 * 1024
+
+
+class _SenderMetrics:
+    """Prometheus children of one sender, looked up once (labels() costs per call)."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.bytes = BYTES.labels(sender)
+        self.latency = ACK_LATENCY.labels(sender)
+        self._acks: dict[str, Any] = {}
+
+    def acks(self, code: str) -> Any:
+        child = self._acks.get(code)
+        if child is None:
+            child = self._acks[code] = MESSAGES.labels(self.sender, code)
+        return child
+
+
+@functools.lru_cache(maxsize=1024)
+def _sender_metrics(sender: str) -> _SenderMetrics:
+    return _SenderMetrics(sender)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +115,12 @@ def server_ssl_context(settings: MllpSettings) -> ssl.SSLContext | None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(settings.tls_client_ca)
     return ctx
+
+
+def _may_hold_several(text: str) -> bool:
+    """Cheap pre-check before splitting: a batch header, or a second MSH after a line break."""
+    head = text.lstrip("\ufeff \t\r\n")[:3]
+    return head in ("FHS", "BHS") or "\rMSH" in text or "\nMSH" in text
 
 
 def record_key(msg: Message) -> str:
@@ -116,6 +154,8 @@ class MllpServer:
         self._acks: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._ack_prefix = f"CS{secrets.token_hex(4)}"
+        self._ack_counter = itertools.count(1)
 
     @property
     def port(self) -> int:
@@ -200,12 +240,12 @@ class MllpServer:
         """Process one frame; the bytes to answer (empty: nothing), or None when nothing may be
         acknowledged because the broker did not confirm a write."""
         text = decode_payload(payload)
-        batch = split_batch(text)
-        if not batch.enveloped and len(batch.messages) <= 1:
+        if not _may_hold_several(text):
             outcome = await self._handle_message(text, payload)
             if not outcome.stored:
                 return None
             return outcome.ack or b""
+        batch = split_batch(text)
         acks: list[bytes] = []
         for message in batch.messages:
             outcome = await self._handle_message(message, message.encode("utf-8"))
@@ -214,7 +254,7 @@ class MllpServer:
             if outcome.ack is not None:
                 acks.append(outcome.ack)
         return build_batch_ack(
-            acks, batch_control_id=uuid.uuid4().hex[:20], now=self._clock(), receiver=self._receiver
+            acks, batch_control_id=self._next_ack_id(), now=self._clock(), receiver=self._receiver
         )
 
     async def _handle_message(self, text: str, payload: bytes) -> Outcome:
@@ -241,22 +281,24 @@ class MllpServer:
             return await self._reject(msg, payload, error, cause=exc)
 
         sender = msg.sending_system
-        BYTES.labels(sender).inc(len(payload))
+        metrics = _sender_metrics(sender)
+        metrics.bytes.inc(len(payload))
         dup_key = (sender, msg.control_id)
         previous = self._acks.get(dup_key)
         if previous is not None:
             self._acks.move_to_end(dup_key)
             log.info("duplicate control_id=%s from %s: original ACK returned", msg.control_id, sender)
-            MESSAGES.labels(sender, "duplicate").inc()
+            metrics.acks("duplicate").inc()
             return Outcome(previous if accept_ack_wanted(msg, success=True) else None, stored=True)
 
-        envelope = Envelope(
+        envelope = Envelope.model_construct(  # our own values: no validation on the hot path
             source_system=sender,
             source_message_id=msg.control_id,
             content_hash=content_hash(payload),
             received_at=self._clock(),
-            trace_id=uuid.uuid4().hex,
+            trace_id=secrets.token_hex(16),
             message_type=msg.message_type,
+            schema_version=SCHEMA_VERSION,
         )
         try:
             await self._sink.send(
@@ -270,7 +312,7 @@ class MllpServer:
             self._acks[dup_key] = ack
             if len(self._acks) > self._settings.duplicate_memory:
                 self._acks.popitem(last=False)
-        ACK_LATENCY.labels(sender).observe(time.perf_counter() - started)
+        metrics.latency.observe(time.perf_counter() - started)
         log.debug(
             "accepted control_id=%s type=%s trace=%s", msg.control_id, msg.message_type, envelope.trace_id
         )
@@ -326,13 +368,16 @@ class MllpServer:
         wanted = msg is None or accept_ack_wanted(msg, success=False)
         return Outcome(ack if wanted else None, stored=True)
 
+    def _next_ack_id(self) -> str:
+        """Unique ACK control ids: a per-process prefix and a counter."""
+        return f"{self._ack_prefix}{next(self._ack_counter)}"
+
     def _ack(self, msg: Message | None, code: AckCode, error: Hl7Error | None) -> bytes:
-        sender = msg.sending_system if msg is not None else "unknown"
-        MESSAGES.labels(sender, code).inc()
+        _sender_metrics(msg.sending_system if msg is not None else "unknown").acks(code).inc()
         return build_ack(
             msg,
             code,
-            ack_control_id=uuid.uuid4().hex[:20],
+            ack_control_id=self._next_ack_id(),
             now=self._clock(),
             receiver=self._receiver,
             error=error,

@@ -42,7 +42,7 @@ def identifier_system(namespace: str, universal_id: str, universal_type: str) ->
 def map_patient(msg: Message) -> dict[str, Any]:
     """Patient from PID. The id is the patient key, so every message about one patient agrees."""
     authority, mrn = patient_identifier(msg)  # raises when there is no PID
-    pid = msg.first("PID") or Segment("PID", ["PID"], msg.seps)
+    pid = msg.first("PID") or Segment("PID", "PID", msg.seps)
     seps = msg.seps
     identifiers: list[dict[str, Any]] = []
     for rep in pid.repetitions(3):

@@ -45,18 +45,34 @@ class Separators:
 
 
 class Segment:
-    """One segment: ``fields[n]`` is field n (``fields[0]`` is the segment id)."""
+    """One segment: ``fields[n]`` is field n (``fields[0]`` is the segment id).
 
-    __slots__ = ("fields", "name", "seps")
+    Fields are split on first use: the MLLP connector reads only MSH and PID of a message
+    that may carry hundreds of OBX segments.
+    """
 
-    def __init__(self, name: str, fields: list[str], seps: Separators) -> None:
+    __slots__ = ("_fields", "_line", "name", "seps")
+
+    def __init__(self, name: str, line: str, seps: Separators) -> None:
         self.name = name
-        self.fields = fields
         self.seps = seps
+        self._line = line
+        self._fields: list[str] | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """All fields; ``fields[n]`` is field n."""
+        if self._fields is None:
+            parts = self._line.split(self.seps.field)
+            if self.name == "MSH":
+                parts.insert(1, self.seps.field)
+            self._fields = parts
+        return self._fields
 
     def get(self, n: int) -> str:
         """Raw field n (escapes not decoded, repetitions not split); ``""`` when absent."""
-        return self.fields[n] if n < len(self.fields) else ""
+        fields = self.fields
+        return fields[n] if n < len(fields) else ""
 
     def repetitions(self, n: int) -> list[str]:
         """Raw repetitions of field n (MSH-2 is never split)."""
@@ -131,14 +147,33 @@ def unescape(value: str, seps: Separators) -> str:
 
 
 class Message:
-    """A parsed HL7 v2 message."""
+    """A parsed HL7 v2 message. MSH fields every stage reads are decoded once, at parse time."""
 
-    __slots__ = ("msh", "segments", "seps")
+    __slots__ = (
+        "control_id",
+        "message_code",
+        "msh",
+        "segments",
+        "sending_system",
+        "seps",
+        "trigger_event",
+        "version",
+    )
 
     def __init__(self, segments: list[Segment], seps: Separators) -> None:
         self.segments = segments
         self.seps = seps
-        self.msh = segments[0]
+        self.msh = msh = segments[0]
+        self.control_id: str = msh.value(10)
+        """MSH-10."""
+        self.message_code: str = msh.value(9, 1).upper()
+        """MSH-9.1 (ADT, ORU, ...)."""
+        self.trigger_event: str = msh.value(9, 2).upper()
+        """MSH-9.2 (A01, R01, ...)."""
+        self.version: str = msh.value(12)
+        """MSH-12.1 (2.3 ... 2.8)."""
+        self.sending_system: str = f"{msh.value(3)}^{msh.value(4)}"
+        """``application^facility`` from MSH-3 and MSH-4 (namespace ids)."""
 
     def first(self, name: str) -> Segment | None:
         """The first segment with this id, if any."""
@@ -152,34 +187,9 @@ class Message:
         return [seg for seg in self.segments if seg.name == name]
 
     @property
-    def control_id(self) -> str:
-        """MSH-10."""
-        return self.msh.value(10)
-
-    @property
-    def message_code(self) -> str:
-        """MSH-9.1 (ADT, ORU, ...)."""
-        return self.msh.value(9, 1).upper()
-
-    @property
-    def trigger_event(self) -> str:
-        """MSH-9.2 (A01, R01, ...)."""
-        return self.msh.value(9, 2).upper()
-
-    @property
     def message_type(self) -> str:
         """``CODE^TRIGGER`` as written in logs and envelopes."""
         return f"{self.message_code}^{self.trigger_event}"
-
-    @property
-    def version(self) -> str:
-        """MSH-12.1 (2.3 … 2.8)."""
-        return self.msh.value(12)
-
-    @property
-    def sending_system(self) -> str:
-        """``application^facility`` from MSH-3 and MSH-4 (namespace ids)."""
-        return f"{self.msh.value(3)}^{self.msh.value(4)}"
 
 
 ENVELOPE_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
@@ -263,16 +273,15 @@ def parse_message(text: str) -> Message:
     seps = Separators(fs, enc[0], enc[1], enc[2], enc[3])
 
     segments: list[Segment] = []
-    for line in _SEGMENT_SPLIT.split(text):
-        if not line.strip():
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    for line in text.split("\r"):
+        if not line or line.isspace():
             continue
         name = line[:3]
-        if not _SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != fs):
+        if (len(line) > 3 and line[3] != fs) or not _SEGMENT_ID.match(name):
             raise Hl7ParseError(f"invalid segment id at segment {len(segments) + 1}", code=100, reject=True)
-        parts = line.split(fs)
-        if name == "MSH":
-            parts.insert(1, fs)
-        segments.append(Segment(name, parts, seps))
+        segments.append(Segment(name, line, seps))
     if segments[0].name != "MSH":  # pragma: no cover - guaranteed by the startswith check
         raise Hl7ParseError("message does not start with an MSH segment", code=100, reject=True)
     return Message(segments, seps)

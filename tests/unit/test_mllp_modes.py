@@ -160,6 +160,7 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path):
     srv, sink = await _server(tls_cert=cert, tls_key=key, tls_client_ca=cert)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     client_ctx.check_hostname = False
+
     async def without_client_certificate():
         async with MllpClient("127.0.0.1", srv.port, ssl=client_ctx) as client:
             result = await client.send(ORU % 1)
