@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
@@ -17,35 +16,51 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from connectors.fhir_ingress import Issue
+from connectors.fhir_server import outcome_response
+from connectors.security import Authenticator
+from stream.settings import HttpSettings
+
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/fhir/metadata"})
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 
 
 class BearerAuth(BaseHTTPMiddleware):
-    """Every path but /health needs ``Authorization: Bearer <token>``."""
+    """Every path but /health and /fhir/metadata needs a valid bearer token or JWT."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, authenticator: Authenticator) -> None:
         super().__init__(app)
-        self._token = token.encode()
+        self._auth = authenticator
 
     async def dispatch(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         if request.url.path in PUBLIC_PATHS:
             return await call_next(request)
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+        principal = self._auth.identify(request.headers.get("authorization", ""))
+        if principal is None:
+            if request.url.path.startswith("/fhir"):
+                return outcome_response(401, [Issue("login", "missing or invalid bearer token")], CHALLENGE)
             return JSONResponse(
                 {"status": 401, "detail": "missing or invalid bearer token"},
                 status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="clinstream"'},
+                headers=CHALLENGE,
             )
+        request.state.principal = principal
         return await call_next(request)
 
 
-def build_app(token: str, routes: Sequence[BaseRoute]) -> Starlette:
-    """The API application with health, metrics and the stages' routes."""
+def build_app(authenticator: Authenticator | str, routes: Sequence[BaseRoute]) -> Starlette:
+    """The API application with health, metrics and the stages' routes.
+
+    ``authenticator`` may be a bare token (tests, simple deployments).
+    """
+    auth = (
+        authenticator
+        if isinstance(authenticator, Authenticator)
+        else Authenticator(authenticator, HttpSettings())
+    )
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -55,7 +70,7 @@ def build_app(token: str, routes: Sequence[BaseRoute]) -> Starlette:
 
     return Starlette(
         routes=[Route("/health", health), Route("/metrics", metrics), *routes],
-        middleware=[Middleware(BearerAuth, token=token)],
+        middleware=[Middleware(BearerAuth, authenticator=auth)],
     )
 
 

@@ -21,8 +21,10 @@ from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir
 from clinstream.runtime import EmbeddedBroker, ensure_topics
 from clinstream.settings import Settings
+from connectors.fhir_server import FhirIngress
 from connectors.kafka_sink import KafkaSink
 from connectors.mllp_server import MllpServer
+from connectors.security import Authenticator
 from indexer.app import register_indexer
 from indexer.http import query_routes
 from indexer.milvus_store import MilvusStore, connect
@@ -143,9 +145,9 @@ async def running_stack(
         stack.push_async_callback(mllp.stop)
 
         query = ContextualQuery(embedder, store)
-        server = make_server(
-            build_app(api_token, query_routes(query)), settings.http.host, settings.http.port
-        )
+        fhir = FhirIngress(sink, topics, settings.http)
+        app = build_app(Authenticator(api_token, settings.http), [*fhir.routes(), *query_routes(query)])
+        server = make_server(app, settings.http.host, settings.http.port)
         serve_task = asyncio.create_task(server.serve())
 
         async def _stop_http() -> None:

@@ -29,11 +29,14 @@ class Topics:
     """Topic names. Tests build a prefixed instance to get fresh topics per test."""
 
     inbound_hl7v2: str = "ehr.inbound.hl7v2.v1"
+    inbound_fhir: str = "ehr.inbound.fhir.v1"
     fhir: str = "ehr.fhir.v1"
     deadletter: str = "ehr.deadletter.v1"
     alerts: str = "cds.alerts.v1"
     drafts: str = "notes.drafts.v1"
     feedback: str = "clinician.feedback.v1"
+    outbound_hl7v2: str = "ehr.outbound.hl7v2.v1"
+    writeback: str = "ehr.writeback.v1"
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in declaration order."""
@@ -105,6 +108,40 @@ class Envelope(BaseModel):
         items = headers.items() if isinstance(headers, dict) else headers
         raw = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in items}
         return cls.model_validate(raw)
+
+
+FhirInteraction = Literal["create", "update", "transaction", "batch-entry", "notification"]
+
+
+class FhirInbound(BaseModel):
+    """One record on `ehr.inbound.fhir.v1`: FHIR input as received, validated, not yet normalized.
+
+    A transaction Bundle travels as one record (its entries belong together); each entry of
+    a batch Bundle, and each created or updated resource, as its own record.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    interaction: FhirInteraction
+    resources: list[dict[str, Any]] = Field(description="Validated FHIR R4 resources, ids as sent.")
+    patient_ref: str | None = Field(default=None, description="Patient/<id> the record is about, if known.")
+    references: list[str] = Field(
+        default_factory=list, description="Id-only Subscription notifications: the changed resources' URLs."
+    )
+
+
+class WritebackOutcome(BaseModel):
+    """What happened to one outbound delivery (FHIR write-back or HL7 over MLLP)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: Literal["fhir", "mllp"]
+    target: str = Field(description="Resource reference (Type/id) or MSH-10 of the message sent.")
+    outcome: Literal["delivered", "rejected", "failed"]
+    status: str = Field(description="HTTP status or ACK code of the last attempt.")
+    attempts: int
+    detail: str = ""
+    at: datetime
 
 
 class FhirRecord(BaseModel):

@@ -105,6 +105,17 @@ class HttpSettings(_Section):
         description="Bearer token every API call must present. Unset in embedded mode: a random one "
         "is generated and printed at start.",
     )
+    jwt_hs256_secret: SecretStr | None = Field(
+        default=None, description="Also accept JWTs signed with this HS256 secret."
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="Also accept JWTs signed with this PEM public key (RS256/ES256)."
+    )
+    jwt_audience: str | None = Field(default=None, description="Required `aud` of accepted JWTs.")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` of accepted JWTs.")
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger gets 413."
+    )
 
 
 class DashboardSettings(_Section):

@@ -15,7 +15,7 @@ from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from indexer.query import build_filter
-from stream.events import Alert, DeadLetter, FhirRecord, patient_key
+from stream.events import Alert, DeadLetter, FhirInbound, FhirRecord, patient_key
 
 TOKEN = "integration-token"
 ADT = (
@@ -133,3 +133,25 @@ async def test_redelivered_message_changes_nothing(stack):
     await _wait_count(stack.store, build_filter(carol), 2)
     await asyncio.sleep(1.0)  # give a duplicate write the chance to show up
     assert await asyncio.to_thread(stack.store.count, build_filter(carol)) == 2
+
+
+async def test_fhir_ingress_writes_to_kafka_before_answering(stack):
+    patient = {"resourceType": "Patient", "id": "fhir-p1", "gender": "female"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
+        metadata = await http.get("/fhir/metadata")
+        refused = await http.put(
+            "/fhir/Patient/fhir-p1",
+            json={**patient, "gender": "f"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        accepted = await http.put(
+            "/fhir/Patient/fhir-p1", json=patient, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+    assert metadata.status_code == 200
+    assert refused.status_code == 400
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert accepted.status_code == 200
+    [record] = await _collect(stack.bootstrap, stack.topics.inbound_fhir, lambda s: len(s) >= 1)
+    assert FhirInbound.model_validate_json(record.value).resources[0]["id"] == "fhir-p1"
+    dead = await _collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
+    assert DeadLetter.model_validate_json(dead[0].value).stage == "connectors.fhir"

@@ -1,0 +1,235 @@
+"""FHIR R4 ingress over HTTP: create/update, batch and transaction Bundles, Subscription notifications.
+
+Each accepted input is written to `ehr.inbound.fhir.v1` and answered only after the broker
+confirmed the write; bad input gets a 4xx with an OperationOutcome and a dead letter; a
+broker outage gets 503 with Retry-After (the client retries, nothing is claimed).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connectors.errors import BrokerUnavailableError
+from connectors.fhir_ingress import (
+    FhirInputError,
+    Issue,
+    assign_id,
+    bundle_response,
+    capability_statement,
+    operation_outcome,
+    parse_json,
+    patient_ref,
+    read_notification,
+    record_key,
+    validate_bundle,
+    validate_resource,
+)
+from connectors.kafka_sink import RecordSink
+from stream.events import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Envelope,
+    FhirInbound,
+    FhirInteraction,
+    Topics,
+    content_hash,
+)
+from stream.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+FHIR_JSON = "application/fhir+json"
+VERSION = "0.1.0"
+
+
+def fhir_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A FHIR JSON response."""
+    return JSONResponse(body, status_code=status, headers=headers, media_type=FHIR_JSON)
+
+
+def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OperationOutcome response."""
+    return fhir_response(operation_outcome(issues), status, headers)
+
+
+class FhirIngress:
+    """The routes and the publishing behind them."""
+
+    def __init__(self, sink: RecordSink, topics: Topics, settings: HttpSettings) -> None:
+        self._sink = sink
+        self._topics = topics
+        self._settings = settings
+
+    def routes(self) -> list[Route]:
+        """Starlette routes under /fhir."""
+        return [
+            Route("/fhir/metadata", self.metadata, methods=["GET"]),
+            Route("/fhir/subscription-notification", self._guard(self.notification), methods=["POST"]),
+            Route("/fhir", self._guard(self.bundle), methods=["POST"]),
+            Route("/fhir/{type}", self._guard(self.create), methods=["POST"]),
+            Route("/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"]),
+        ]
+
+    async def metadata(self, request: Request) -> Response:
+        """The CapabilityStatement (public, as FHIR clients discover servers with it)."""
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        return fhir_response(capability_statement(base, now=datetime.now(UTC), version=VERSION))
+
+    def _guard(
+        self, handler: Callable[[Request, bytes], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type and content_type not in (FHIR_JSON, "application/json", "text/json"):
+                return outcome_response(415, [Issue("not-supported", "only FHIR JSON is accepted")])
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self._settings.max_body_bytes:
+                return outcome_response(413, [Issue("too-costly", "request body too large")])
+            body = await request.body()
+            if len(body) > self._settings.max_body_bytes:
+                return outcome_response(413, [Issue("too-costly", "request body too large")])
+            try:
+                return await handler(request, body)
+            except FhirInputError as exc:
+                return await self._refuse(request, body, exc)
+            except BrokerUnavailableError:
+                log.warning("broker unavailable: FHIR %s %s not accepted", request.method, request.url.path)
+                return outcome_response(
+                    503, [Issue("transient", "cannot store the input now; retry later")], {"Retry-After": "5"}
+                )
+
+        return guarded
+
+    async def _refuse(self, request: Request, body: bytes, exc: FhirInputError) -> Response:
+        letter = DeadLetter.from_error(exc, stage="connectors.fhir", payload=body)
+        try:
+            await self._sink.send(
+                self._topics.deadletter,
+                letter.model_dump_json().encode(),
+                key=None,
+                headers=[(k, v.encode()) for k, v in letter.headers().items()],
+            )
+        except BrokerUnavailableError:
+            return outcome_response(
+                503, [Issue("transient", "cannot record the refusal now; retry later")], {"Retry-After": "5"}
+            )
+        log.info(
+            "FHIR %s %s refused %d: %s",
+            request.method,
+            request.url.path,
+            exc.status,
+            "; ".join(i.code for i in exc.issues),
+        )
+        return outcome_response(exc.status, exc.issues)
+
+    async def _publish(
+        self,
+        request: Request,
+        body: bytes,
+        interaction: FhirInteraction,
+        resources: list[dict[str, Any]],
+        message_id: str,
+        *,
+        references: list[str] | None = None,
+    ) -> None:
+        patient = next((p for p in (patient_ref(r) for r in resources) if p), None)
+        source = f"fhir:{getattr(request.state, 'principal', 'unknown')}"
+        envelope = Envelope.model_construct(
+            source_system=source,
+            source_message_id=message_id,
+            content_hash=content_hash(body),
+            received_at=datetime.now(UTC),
+            trace_id=secrets.token_hex(16),
+            message_type=f"FHIR {interaction}",
+            schema_version=SCHEMA_VERSION,
+        )
+        record = FhirInbound(
+            interaction=interaction, resources=resources, patient_ref=patient, references=references or []
+        )
+        await self._sink.send(
+            self._topics.inbound_fhir,
+            record.model_dump_json().encode(),
+            key=record_key(patient, source).encode(),
+            headers=envelope.to_headers(),
+        )
+
+    @staticmethod
+    def _version_id(resource: dict[str, Any]) -> str:
+        meta = resource.get("meta") or {}
+        return str(meta.get("versionId") or f"{resource['resourceType']}/{resource['id']}")
+
+    async def create(self, request: Request, body: bytes) -> Response:
+        """POST /fhir/{type}."""
+        resource = validate_resource(parse_json(body), expected_type=request.path_params["type"])
+        resource = assign_id(resource, body)
+        await self._publish(request, body, "create", [resource], self._version_id(resource))
+        location = f"{str(request.base_url).rstrip('/')}/fhir/{resource['resourceType']}/{resource['id']}"
+        return fhir_response(resource, 201, {"Location": location})
+
+    async def update(self, request: Request, body: bytes) -> Response:
+        """PUT /fhir/{type}/{id}: the EHR's id is kept (needed for write-back)."""
+        resource = validate_resource(
+            parse_json(body), expected_type=request.path_params["type"], expected_id=request.path_params["id"]
+        )
+        await self._publish(request, body, "update", [resource], self._version_id(resource))
+        return fhir_response(resource, 200)
+
+    async def bundle(self, request: Request, body: bytes) -> Response:
+        """POST /fhir with a batch or transaction Bundle."""
+        data = parse_json(body)
+        result = validate_bundle(data)
+        bundle_id = str(data.get("id") or content_hash(body)[:32])
+        resources = [
+            assign_id(r, body + str(n).encode())
+            for n, r in zip(result.accepted, result.resources, strict=True)
+        ]
+        locations = {
+            n: f"{r['resourceType']}/{r['id']}" for n, r in zip(result.accepted, resources, strict=True)
+        }
+        if result.bundle_type == "transaction":
+            await self._publish(request, body, "transaction", resources, bundle_id)
+        else:
+            for n, resource in zip(result.accepted, resources, strict=True):
+                await self._publish(request, body, "batch-entry", [resource], f"{bundle_id}/{n}")
+            if result.rejected:
+                await self._refuse_entries(body, result.rejected)
+        return fhir_response(bundle_response(result, locations), 200)
+
+    async def _refuse_entries(self, body: bytes, rejected: dict[int, list[Issue]]) -> None:
+        for issues in rejected.values():
+            letter = DeadLetter.from_error(FhirInputError(400, issues), stage="connectors.fhir", payload=body)
+            await self._sink.send(
+                self._topics.deadletter,
+                letter.model_dump_json().encode(),
+                key=None,
+                headers=[(k, v.encode()) for k, v in letter.headers().items()],
+            )
+
+    async def notification(self, request: Request, body: bytes) -> Response:
+        """POST /fhir/subscription-notification (topic-based Subscriptions, R4B and the R4 backport)."""
+        note = read_notification(parse_json(body))
+        if note.type == "event-notification" and (note.resources or note.references):
+            await self._publish(
+                request,
+                body,
+                "notification",
+                note.resources,
+                f"{note.subscription}#{content_hash(body)[:16]}",
+                references=note.references,
+            )
+        log.info(
+            "subscription notification type=%s resources=%d references=%d",
+            note.type,
+            len(note.resources),
+            len(note.references),
+        )
+        return Response(status_code=200)
