@@ -23,6 +23,7 @@ from stream.settings import (
     MllpSettings,
     ModelsSettings,
     NormalizerSettings,
+    OutboundSettings,
 )
 
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     normalizer: NormalizerSettings = NormalizerSettings()
     indexer: IndexerSettings = IndexerSettings()
     cds: CdsSettings = CdsSettings()
+    outbound: OutboundSettings = OutboundSettings()
 
     @property
     def embedded(self) -> bool:

@@ -11,18 +11,23 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from faststream.kafka import KafkaBroker
 
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir
 from clinstream.runtime import EmbeddedBroker, ensure_topics
 from clinstream.settings import Settings
+from connectors.app import register_outbound_fhir, register_outbound_mllp
+from connectors.fhir_client import FhirWriter
 from connectors.fhir_server import FhirIngress
 from connectors.kafka_sink import KafkaSink
+from connectors.mllp_client import OutboundMllp
 from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
 from indexer.app import register_indexer
@@ -75,6 +80,38 @@ def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
         logger=logging.getLogger(f"clinstream.kafka.{stage}"),
         log_level=logging.DEBUG,  # per-message lines only at DEBUG
     )
+
+
+async def _register_outbound(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    topics: Topics,
+    group_prefix: str,
+    producer: dict[str, Any],
+    brokers: dict[str, KafkaBroker],
+) -> None:
+    """Outbound delivery consumers, for the targets that are configured."""
+    out = settings.outbound
+    if out.mllp_host is None and out.fhir_base_url is None:
+        return
+    broker = brokers["outbound"] = stage_broker("outbound", producer)
+    if out.mllp_host is not None:
+        context = ssl.create_default_context(cafile=str(out.mllp_tls_ca)) if out.mllp_tls_ca else None
+        client = OutboundMllp(
+            out.mllp_host,
+            out.mllp_port,
+            ssl=context,
+            ack_timeout_s=out.ack_timeout_s,
+            max_attempts=out.max_attempts,
+        )
+        stack.push_async_callback(client.close)
+        register_outbound_mllp(broker, topics, client, group_id=f"{group_prefix}outbound-mllp")
+    if out.fhir_base_url is not None:
+        headers = {"Authorization": f"Bearer {out.fhir_token.get_secret_value()}"} if out.fhir_token else {}
+        http = httpx.AsyncClient(headers=headers, timeout=out.ack_timeout_s)
+        stack.push_async_callback(http.aclose)
+        writer = FhirWriter(http, out.fhir_base_url, max_attempts=out.max_attempts)
+        register_outbound_fhir(broker, topics, writer, group_id=f"{group_prefix}outbound-fhir")
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +169,7 @@ async def running_stack(
             brokers["indexer"], topics, settings.indexer, embedder, store, group_id=f"{group_prefix}indexer"
         )
         register_cds(brokers["cds"], topics, settings.cds, group_id=f"{group_prefix}cds")
+        await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
             stack.push_async_callback(broker.stop)
         # Each consumer group join takes seconds; join them concurrently.

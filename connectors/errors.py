@@ -19,3 +19,7 @@ class BrokerUnavailableError(ClinstreamError, ConnectionError):
 
 class SenderNotAllowedError(ClinstreamError, PermissionError):
     """A sending facility that is not on the interface's allow-list."""
+
+
+class DeliveryError(ClinstreamError, RuntimeError):
+    """An outbound message or resource that was rejected or could not be delivered."""

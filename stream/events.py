@@ -36,6 +36,7 @@ class Topics:
     drafts: str = "notes.drafts.v1"
     feedback: str = "clinician.feedback.v1"
     outbound_hl7v2: str = "ehr.outbound.hl7v2.v1"
+    outbound_fhir: str = "ehr.outbound.fhir.v1"
     writeback: str = "ehr.writeback.v1"
 
     def all(self) -> tuple[str, ...]:

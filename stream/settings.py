@@ -140,6 +140,21 @@ class ModelsSettings(_Section):
     embedding_batch_size: int = Field(default=64, ge=1, description="Texts per embedding call.")
 
 
+class OutboundSettings(_Section):
+    """Delivery back into the EHR (HL7 over MLLP, FHIR write-back). Unset targets: not started."""
+
+    mllp_host: str | None = Field(default=None, description="EHR MLLP endpoint host for outbound HL7.")
+    mllp_port: int = Field(default=2575, ge=1, le=65535, description="EHR MLLP endpoint port.")
+    mllp_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: connect to the EHR MLLP endpoint over TLS, verified with it.",
+    )
+    fhir_base_url: str | None = Field(default=None, description="EHR FHIR base URL for write-back (PUT).")
+    fhir_token: SecretStr | None = Field(default=None, description="Bearer token for the EHR FHIR server.")
+    max_attempts: int = Field(default=5, ge=1, description="Delivery attempts before a message is failed.")
+    ack_timeout_s: float = Field(default=30.0, gt=0, description="Wait for an outbound ACK or HTTP answer.")
+
+
 class NormalizerSettings(_Section):
     """HL7 v2 → FHIR R4 normalization."""
 

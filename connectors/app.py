@@ -1,0 +1,156 @@
+"""FastStream wiring of outbound delivery: `ehr.outbound.*` → the EHR, outcomes → `ehr.writeback.v1`.
+
+Other stages never call the EHR themselves: they publish what should go back (an HL7
+message, a FHIR resource) and this consumer delivers it. Each delivery's outcome is
+recorded on the write-back topic; a message that was finally rejected or could not be
+delivered within the attempts is also dead-lettered (kept for replay), and only then is
+the offset committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from connectors.errors import DeliveryError
+from connectors.fhir_client import FhirWriter
+from connectors.mllp_client import OutboundMllp
+from stream.events import DeadLetter, Topics, WritebackOutcome
+from stream.kafka import commit_after, publish_dead_letters, single_record
+
+log = logging.getLogger(__name__)
+RETRY_BACKOFF_S = 1.0
+
+
+async def _record(
+    broker: KafkaBroker, topics: Topics, outcome: WritebackOutcome, letter: DeadLetter | None
+) -> None:
+    await broker.publish(
+        outcome.model_dump_json().encode(),
+        topic=topics.writeback,
+        headers={"channel": outcome.channel, "outcome": outcome.outcome},
+    )
+    if letter is not None:
+        await publish_dead_letters(broker, topics, [letter])
+
+
+def register_outbound_mllp(
+    broker: KafkaBroker, topics: Topics, client: OutboundMllp, *, group_id: str = "outbound-mllp"
+) -> None:
+    """Deliver `ehr.outbound.hl7v2.v1` records (raw HL7) to the EHR's MLLP endpoint, in order."""
+
+    @broker.subscriber(
+        topics.outbound_hl7v2, group_id=group_id, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def deliver(msg: KafkaMessage) -> None:
+        record = single_record(msg)
+        payload: bytes = record.value or b""
+        try:
+            result = await client.deliver(payload)
+            outcome = WritebackOutcome(
+                channel="mllp",
+                target=result.control_id,
+                outcome=result.outcome,
+                status=result.code,
+                attempts=result.attempts,
+                at=datetime.now(UTC),
+            )
+        except Exception as exc:  # unreadable outbound message: never retried forever
+            unreadable = DeadLetter.from_error(
+                exc,
+                stage="connectors.outbound",
+                payload=payload,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            await commit_after(
+                msg,
+                lambda: publish_dead_letters(broker, topics, [unreadable]),
+                stage="connectors.outbound",
+                backoff_s=RETRY_BACKOFF_S,
+            )
+            return
+        letter: DeadLetter | None = None
+        if result.outcome != "delivered":
+            letter = DeadLetter.from_error(
+                DeliveryError(
+                    f"MLLP delivery {result.outcome} with {result.code} after {result.attempts} attempts"
+                ),
+                stage="connectors.outbound",
+                payload=payload,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        await commit_after(
+            msg,
+            lambda: _record(broker, topics, outcome, letter),
+            stage="connectors.outbound",
+            backoff_s=RETRY_BACKOFF_S,
+        )
+
+
+def register_outbound_fhir(
+    broker: KafkaBroker, topics: Topics, writer: FhirWriter, *, group_id: str = "outbound-fhir"
+) -> None:
+    """Write `ehr.outbound.fhir.v1` records (one FHIR resource each) back to the EHR with PUT."""
+
+    @broker.subscriber(
+        topics.outbound_fhir, group_id=group_id, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+    )
+    async def write_back(msg: KafkaMessage) -> None:
+        record = single_record(msg)
+        payload: bytes = record.value or b""
+        try:
+            resource = json.loads(payload)
+            result = await writer.put(resource)
+        except Exception as exc:  # not a resource with type and id: dead letter, never a loop
+            unreadable = DeadLetter.from_error(
+                exc,
+                stage="connectors.outbound",
+                payload=payload,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            await commit_after(
+                msg,
+                lambda: publish_dead_letters(broker, topics, [unreadable]),
+                stage="connectors.outbound",
+                backoff_s=RETRY_BACKOFF_S,
+            )
+            return
+        outcome = WritebackOutcome(
+            channel="fhir",
+            target=result.reference,
+            outcome=result.outcome,
+            status=result.status,
+            attempts=result.attempts,
+            detail=",".join(result.issues),
+            at=datetime.now(UTC),
+        )
+        letter: DeadLetter | None = None
+        if result.outcome != "delivered":
+            letter = DeadLetter.from_error(
+                DeliveryError(
+                    f"FHIR write-back {result.outcome} with HTTP {result.status} after "
+                    f"{result.attempts} attempts"
+                ),
+                stage="connectors.outbound",
+                payload=payload,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        await commit_after(
+            msg,
+            lambda: _record(broker, topics, outcome, letter),
+            stage="connectors.outbound",
+            backoff_s=RETRY_BACKOFF_S,
+        )
