@@ -68,13 +68,17 @@ class MllpClient:
             except (ConnectionError, OSError):
                 pass
 
-    async def send(self, payload: bytes) -> AckResult:
-        """Send one message and wait for its ACK (code None if the server hung up)."""
+    async def send(self, payload: bytes, *, timeout_s: float | None = None) -> AckResult:
+        """Send one message and wait for its ACK (code None if the server hung up).
+
+        Raises:
+            TimeoutError: no ACK within the timeout.
+        """
         if self._reader is None or self._writer is None:
             raise RuntimeError("MllpClient is used outside 'async with'")
         self._writer.write(frame(payload))
         await self._writer.drain()
-        async with asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self._timeout if timeout_s is None else timeout_s):
             while True:
                 try:
                     frames, self._buffer = split_frames(self._buffer)

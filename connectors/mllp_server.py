@@ -151,7 +151,7 @@ class MllpServer:
         self._clock = clock
         self._receiver = Receiver(settings.receiving_application, settings.receiving_facility)
         self._server: asyncio.Server | None = None
-        self._acks: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._acks: OrderedDict[tuple[str, str], tuple[str, bytes]] = OrderedDict()
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._ack_prefix = f"CS{secrets.token_hex(4)}"
@@ -240,12 +240,12 @@ class MllpServer:
         """Process one frame; the bytes to answer (empty: nothing), or None when nothing may be
         acknowledged because the broker did not confirm a write."""
         text = decode_payload(payload)
-        if not _may_hold_several(text):
+        batch = split_batch(text) if _may_hold_several(text) else None
+        if batch is None or (not batch.enveloped and len(batch.messages) <= 1):
             outcome = await self._handle_message(text, payload)
             if not outcome.stored:
                 return None
             return outcome.ack or b""
-        batch = split_batch(text)
         acks: list[bytes] = []
         for message in batch.messages:
             outcome = await self._handle_message(message, message.encode("utf-8"))
@@ -283,18 +283,28 @@ class MllpServer:
         sender = msg.sending_system
         metrics = _sender_metrics(sender)
         metrics.bytes.inc(len(payload))
+        digest = content_hash(payload)
         dup_key = (sender, msg.control_id)
         previous = self._acks.get(dup_key)
         if previous is not None:
-            self._acks.move_to_end(dup_key)
-            log.info("duplicate control_id=%s from %s: original ACK returned", msg.control_id, sender)
-            metrics.acks("duplicate").inc()
-            return Outcome(previous if accept_ack_wanted(msg, success=True) else None, stored=True)
+            if previous[0] == digest:  # a retransmission: same sender, control id and bytes
+                self._acks.move_to_end(dup_key)
+                log.info("duplicate control_id=%s from %s: original ACK returned", msg.control_id, sender)
+                metrics.acks("duplicate").inc()
+                return Outcome(previous[1] if accept_ack_wanted(msg, success=True) else None, stored=True)
+            # Same control id, other content: a sender reusing ids (some reset them daily).
+            # Dropping it would lose a message; store it and say so.
+            log.warning(
+                "control_id=%s from %s reused with different content: stored as a new message",
+                msg.control_id,
+                sender,
+            )
+            metrics.acks("control-id-reused").inc()
 
         envelope = Envelope.model_construct(  # our own values: no validation on the hot path
             source_system=sender,
             source_message_id=msg.control_id,
-            content_hash=content_hash(payload),
+            content_hash=digest,
             received_at=self._clock(),
             trace_id=secrets.token_hex(16),
             message_type=msg.message_type,
@@ -309,7 +319,7 @@ class MllpServer:
             return _NOT_STORED
         ack = self._ack(msg, ack_code_for(msg, accepted=True, reject=False), None)
         if self._settings.duplicate_memory:
-            self._acks[dup_key] = ack
+            self._acks[dup_key] = (digest, ack)
             if len(self._acks) > self._settings.duplicate_memory:
                 self._acks.popitem(last=False)
         metrics.latency.observe(time.perf_counter() - started)

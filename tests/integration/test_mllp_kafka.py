@@ -82,3 +82,46 @@ async def test_no_positive_ack_while_the_broker_is_down(topics):
             await server.stop()
             await sink.stop()
     assert result.code is None, "a positive ACK was sent although the broker was down"
+
+
+async def test_whole_hl7_corpus_through_the_real_broker(broker, topics):
+    """`clinstream send` over the corpus folder: every message answered, accepted ones stored."""
+    from connectors.send_tool import send_files
+    from tests.conftest import corpora_dir
+
+    await ensure_topics(broker.bootstrap, topics.all(), partitions=6, replication_factor=1)
+    sink, server = await _server(broker.bootstrap, topics)
+    try:
+        report = await send_files(
+            [corpora_dir() / "hl7v2"], "127.0.0.1", server.port, timeout_s=10, quiet_wait_s=0.1
+        )
+    finally:
+        await server.stop()
+        await sink.stop()
+    codes = report.codes
+    assert codes["none"] == 0
+    assert codes["error"] == 0
+    assert set(codes) <= {"AA", "CA", "AE", "AR", "CE", "CR", "-"}
+    # "-": accepted and stored, no ACK sent because MSH-15 said NE/ER
+    assert codes["AA"] + codes["CA"] + codes["-"] >= 600
+    # Retransmitted (sender, MSH-10) pairs are answered with the original ACK, not stored twice.
+    stored = await _consume_all(broker.bootstrap, topics.inbound_hl7v2)
+    assert 200 <= len(stored) <= codes["AA"] + codes["CA"] + codes["-"]
+
+
+async def _consume_all(bootstrap, topic, idle_s=2.0):
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out, quiet_since = [], asyncio.get_running_loop().time()
+    try:
+        while asyncio.get_running_loop().time() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+            if batch:
+                quiet_since = asyncio.get_running_loop().time()
+    finally:
+        await consumer.stop()
+    return out

@@ -181,3 +181,15 @@ async def test_logs_carry_ids_never_patient_data(server, caplog):
     assert "LAB9" in text
     for phi in ("ROE", "RICHARD", "100002", "19471130"):
         assert phi not in text
+
+
+async def test_reused_control_id_with_other_content_is_not_dropped(server):
+    srv, sink = server
+    async with MllpClient("127.0.0.1", srv.port) as client:
+        first = await client.send(ORU % 77)
+        other = await client.send((ORU % 77).replace(b"|6.4|", b"|5.1|"))
+        again = await client.send((ORU % 77).replace(b"|6.4|", b"|5.1|"))  # true retransmission of the second
+    assert (first.code, other.code, again.code) == ("AA", "AA", "AA")
+    assert other.raw != first.raw
+    assert again.raw == other.raw
+    assert len([r for r in sink.records if r[0] == TOPICS.inbound_hl7v2]) == 2
