@@ -44,6 +44,8 @@ class Receiver:
 
 
 def _escape(text: str, seps: Separators) -> str:
+    if text.isalnum():
+        return text
     if not any(
         c in text
         for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, seps.escape, "\r", "\n")
@@ -158,7 +160,7 @@ def _before_25(version: str) -> bool:
 
 def is_enhanced_mode(msg: Message) -> bool:
     """Enhanced acknowledgment mode: the sender filled MSH-15 or MSH-16."""
-    return bool(msg.msh.value(15) or msg.msh.value(16))
+    return bool(msg.accept_ack_type or msg.application_ack_type)
 
 
 def accept_ack_wanted(msg: Message, *, success: bool) -> bool:
@@ -166,7 +168,7 @@ def accept_ack_wanted(msg: Message, *, success: bool) -> bool:
 
     AL: always; NE: never; ER: only on error; SU: only on success. Empty or unknown: always.
     """
-    wanted = msg.msh.value(15).upper()
+    wanted = msg.accept_ack_type
     if wanted == "NE":
         return False
     if wanted == "ER":

@@ -47,12 +47,11 @@ from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink
 from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
 from stream.events import (
-    SCHEMA_VERSION,
     DeadLetter,
-    Envelope,
     Topics,
     content_hash,
     deterministic_id,
+    envelope_headers,
     patient_key,
 )
 from stream.hl7v2 import Message, check_header, decode_payload, parse_message, patient_identifier, split_batch
@@ -301,19 +300,17 @@ class MllpServer:
             )
             metrics.acks("control-id-reused").inc()
 
-        envelope = Envelope.model_construct(  # our own values: no validation on the hot path
+        trace_id = secrets.token_hex(16)
+        headers = envelope_headers(  # the Envelope contract, built without model validation
             source_system=sender,
             source_message_id=msg.control_id,
             content_hash=digest,
             received_at=self._clock(),
-            trace_id=secrets.token_hex(16),
+            trace_id=trace_id,
             message_type=msg.message_type,
-            schema_version=SCHEMA_VERSION,
         )
         try:
-            await self._sink.send(
-                self._topics.inbound_hl7v2, payload, key=key.encode(), headers=envelope.to_headers()
-            )
+            await self._sink.send(self._topics.inbound_hl7v2, payload, key=key.encode(), headers=headers)
         except BrokerUnavailableError:
             log.warning("broker unavailable: control_id=%s from %s not acknowledged", msg.control_id, sender)
             return _NOT_STORED
@@ -323,9 +320,7 @@ class MllpServer:
             if len(self._acks) > self._settings.duplicate_memory:
                 self._acks.popitem(last=False)
         metrics.latency.observe(time.perf_counter() - started)
-        log.debug(
-            "accepted control_id=%s type=%s trace=%s", msg.control_id, msg.message_type, envelope.trace_id
-        )
+        log.debug("accepted control_id=%s type=%s trace=%s", msg.control_id, msg.message_type, trace_id)
         return Outcome(ack if accept_ack_wanted(msg, success=True) else None, stored=True)
 
     def _check_sender(self, msg: Message) -> None:

@@ -11,6 +11,7 @@ field separator itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -150,6 +151,8 @@ class Message:
     """A parsed HL7 v2 message. MSH fields every stage reads are decoded once, at parse time."""
 
     __slots__ = (
+        "accept_ack_type",
+        "application_ack_type",
         "control_id",
         "message_code",
         "msh",
@@ -174,6 +177,11 @@ class Message:
         """MSH-12.1 (2.3 ... 2.8)."""
         self.sending_system: str = f"{msh.value(3)}^{msh.value(4)}"
         """``application^facility`` from MSH-3 and MSH-4 (namespace ids)."""
+        fields = msh.fields
+        self.accept_ack_type: str = msh.value(15).upper() if len(fields) > 15 else ""
+        """MSH-15 (AL, NE, ER, SU), empty in original acknowledgment mode."""
+        self.application_ack_type: str = msh.value(16).upper() if len(fields) > 16 else ""
+        """MSH-16."""
 
     def first(self, name: str) -> Segment | None:
         """The first segment with this id, if any."""
@@ -241,6 +249,12 @@ def decode_payload(payload: bytes) -> str:
         return payload.decode("latin-1")
 
 
+@functools.lru_cache(maxsize=512)
+def _valid_segment_id(name: str) -> bool:
+    # Segment ids repeat (MSH, PID, OBX...): remember the verdict instead of matching each line.
+    return _SEGMENT_ID.match(name) is not None
+
+
 def parse_message(text: str) -> Message:
     """Parse one HL7 v2 message.
 
@@ -279,7 +293,7 @@ def parse_message(text: str) -> Message:
         if not line or line.isspace():
             continue
         name = line[:3]
-        if (len(line) > 3 and line[3] != fs) or not _SEGMENT_ID.match(name):
+        if (len(line) > 3 and line[3] != fs) or not _valid_segment_id(name):
             raise Hl7ParseError(f"invalid segment id at segment {len(segments) + 1}", code=100, reject=True)
         segments.append(Segment(name, line, seps))
     if segments[0].name != "MSH":  # pragma: no cover - guaranteed by the startswith check

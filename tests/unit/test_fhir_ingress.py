@@ -5,6 +5,8 @@ import time
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from clinstream.http import build_app
@@ -355,3 +357,43 @@ def test_fhir_corpus_is_accepted_or_refused_with_an_outcome(env):
     accepted = [n for n, s in outcomes.items() if s < 300]
     assert len(accepted) >= 200  # of 323; refusals are listed in the README
     assert all(outcomes[p.name] < 300 for p in files if "smart-synthea" in str(p))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "resourceType",
+                "id",
+                "status",
+                "code",
+                "subject",
+                "entry",
+                "type",
+                "valueQuantity",
+                "gender",
+                "birthDate",
+                "meta",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ).map(lambda d: {"resourceType": "Observation", **d}),
+    path=st.sampled_from(["/fhir/Observation", "/fhir"]),
+)
+def test_arbitrary_json_gets_4xx_or_2xx_never_5xx(env, body, path):
+    client, _ = env
+    response = client.post(path, content=json.dumps(body).encode(), headers=AUTH)
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        _outcome(response)

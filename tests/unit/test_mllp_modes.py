@@ -1,6 +1,7 @@
 """MLLP features an interface engine relies on: batches, enhanced mode, allow-list, TLS, the corpus."""
 
 import asyncio
+import base64
 import datetime as dt
 import ssl
 
@@ -9,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.framing import frame, split_frames
 from connectors.mllp_client import MllpClient, ack_code
@@ -279,3 +282,49 @@ async def test_every_corpus_file_over_a_socket_gets_an_answer():
     assert flat.count("AA") + flat.count("CA") + len(silent) >= 600
     inbound = [r for r in sink.records if r[0] == TOPICS.inbound_hl7v2]
     assert inbound
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=400) | st.text(max_size=300).map(lambda t: ("MSH|^~\\&|" + t).encode()))
+async def test_arbitrary_payloads_get_an_answer_never_an_exception(payload):
+    srv = MllpServer(MemorySink(), TOPICS, MllpSettings(port=0))
+    answer = await srv.handle(payload)
+    assert answer is not None
+    if answer:
+        text = answer.decode("utf-8", "replace")
+        assert text.startswith(("MSH|", "BHS|"))
+
+
+async def test_several_megabyte_message_with_base64_pdf():
+    srv, sink = await _server(max_message_bytes=16 * 1024 * 1024)
+    pdf = base64.b64encode(bytes(range(256)) * 20_000).decode()  # ~6.8 MB of base64
+    big = (ORU % 1).replace(
+        b"OBX|1|NM|2823-3^Potassium^LN||6.4|mmol/L|3.5-5.1|HH|||F\r",
+        f"OBX|1|ED|PDF^Report^L||^application^pdf^Base64^{pdf}||||||F\r".encode(),
+    )
+    async with MllpClient("127.0.0.1", srv.port) as client:
+        result = await client.send(big)
+    await srv.stop()
+    assert result.code == "AA"
+    assert sink.records[0][1] == big
+
+
+async def test_many_concurrent_connections_keep_their_own_order():
+    srv, sink = await _server()
+
+    async def connection(n):
+        async with MllpClient("127.0.0.1", srv.port) as client:
+            return [
+                (await client.send(ORU.replace(b"LIS|MERCY_LAB", f"LIS{n}|LAB".encode()) % i)).code
+                for i in range(10)
+            ]
+
+    codes = await asyncio.gather(*(connection(n) for n in range(50)))
+    await srv.stop()
+    assert all(c == ["AA"] * 10 for c in codes)
+    by_sender = {}
+    for _, _, _, headers in sink.records:
+        envelope = Envelope.from_headers(headers)
+        by_sender.setdefault(envelope.source_system, []).append(envelope.source_message_id)
+    assert len(by_sender) == 50
+    assert all(ids == [f"LAB{i}" for i in range(10)] for ids in by_sender.values())
