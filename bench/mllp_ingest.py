@@ -1,6 +1,6 @@
 """MLLP ingest into the embedded broker: sustained throughput and ACK latency.
 
-The listener (MllpServer + KafkaSink, acks=all, exactly as `clinstream up` runs it) runs in
+The listener (MllpServer + the ingress sink, acks=all, exactly as `clinstream up` runs it) runs in
 its own process against an embedded Tansu broker; the senders run in this process, each
 on its own connection, waiting for every ACK before the next message (as interface
 engines do). Messages are real corpus messages with fresh control ids.
@@ -71,12 +71,15 @@ def control_id_template(text: str) -> tuple[bytes, bytes]:
 
 def serve(bootstrap: str, port_file: Path) -> None:
     """The listener process."""
-    from connectors.kafka_sink import KafkaSink
+    from connectors.kafka_sink import make_sink
     from connectors.mllp_server import MllpServer
     from stream.settings import KafkaSettings, MllpSettings, producer_config
 
     async def main() -> None:
-        sink = KafkaSink(producer_config(KafkaSettings(), bootstrap, embedded=True), confirm_timeout_s=11)
+        kafka = KafkaSettings(ingest_client=os.environ.get("BENCH_INGEST_CLIENT", "librdkafka"))
+        sink = make_sink(
+            kafka.ingest_client, producer_config(kafka, bootstrap, embedded=True), confirm_timeout_s=11
+        )
         await sink.start()
         server = MllpServer(sink, Topics(), MllpSettings(port=0))  # default settings, as deployed
         await server.start()

@@ -26,7 +26,7 @@ from clinstream.settings import Settings
 from connectors.app import register_outbound_fhir, register_outbound_mllp
 from connectors.fhir_client import FhirWriter
 from connectors.fhir_server import FhirIngress
-from connectors.kafka_sink import KafkaSink
+from connectors.kafka_sink import make_sink
 from connectors.mllp_client import OutboundMllp
 from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
@@ -175,7 +175,11 @@ async def running_stack(
         # Each consumer group join takes seconds; join them concurrently.
         await asyncio.gather(*(broker.start() for broker in brokers.values()))
 
-        sink = KafkaSink(producer, confirm_timeout_s=settings.kafka.request_timeout_ms / 1000 + 1)
+        sink = make_sink(
+            settings.kafka.ingest_client,
+            producer,
+            confirm_timeout_s=settings.kafka.request_timeout_ms / 1000 + 1,
+        )
         await sink.start()
         stack.push_async_callback(sink.stop)
         mllp = MllpServer(sink, topics, settings.mllp)

@@ -37,6 +37,10 @@ class KafkaSettings(_Section):
     embedded_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the embedded broker (0: a free port)."
     )
+    ingest_client: Literal["librdkafka", "aiokafka"] = Field(
+        default="librdkafka",
+        description="Producer of the ingress connectors (MLLP, FHIR): librdkafka or aiokafka.",
+    )
 
 
 def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 import asyncio
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from clinstream.runtime import EmbeddedBroker, ensure_topics
-from connectors.kafka_sink import KafkaSink
+from connectors.kafka_sink import make_sink
 from connectors.mllp_client import MllpClient
 from connectors.mllp_server import MllpServer
 from stream.events import DeadLetter, Envelope, patient_key
@@ -34,19 +35,19 @@ async def _consume(bootstrap, topic, n, timeout=20):
     return out
 
 
-async def _server(bootstrap, topics):
-    sink = KafkaSink(
-        producer_config(KafkaSettings(request_timeout_ms=2000), bootstrap, embedded=True), confirm_timeout_s=3
-    )
+async def _server(bootstrap, topics, client="librdkafka"):
+    kafka = KafkaSettings(request_timeout_ms=2000, ingest_client=client)
+    sink = make_sink(client, producer_config(kafka, bootstrap, embedded=True), confirm_timeout_s=3)
     await sink.start()
     server = MllpServer(sink, topics, MllpSettings(port=0))
     await server.start()
     return sink, server
 
 
-async def test_accepted_messages_are_in_kafka_keyed_by_patient(broker, topics):
+@pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
+async def test_accepted_messages_are_in_kafka_keyed_by_patient(broker, topics, client):
     await ensure_topics(broker.bootstrap, topics.all(), partitions=6, replication_factor=1)
-    sink, server = await _server(broker.bootstrap, topics)
+    sink, server = await _server(broker.bootstrap, topics, client)
     try:
         async with MllpClient("127.0.0.1", server.port) as client:
             codes = [(await client.send(ORU % n)).code for n in range(5)]
@@ -67,11 +68,12 @@ async def test_accepted_messages_are_in_kafka_keyed_by_patient(broker, topics):
     assert (letter.control_id, letter.location) == ("BAD1", "PID-3")
 
 
-async def test_no_positive_ack_while_the_broker_is_down(topics):
+@pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
+async def test_no_positive_ack_while_the_broker_is_down(topics, client):
     own = EmbeddedBroker()
     async with own:
         await ensure_topics(own.bootstrap, topics.all(), partitions=1, replication_factor=1)
-        sink, server = await _server(own.bootstrap, topics)
+        sink, server = await _server(own.bootstrap, topics, client)
         async with MllpClient("127.0.0.1", server.port) as client:
             assert (await client.send(ORU % 1)).code == "AA"
         own.stop()  # the broker dies under the running connector
