@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id, patient_key
 from stream.hl7v2 import Message, Segment, component_of, patient_identifier, to_fhir_datetime
+from stream.oru import codeable_concept
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -178,10 +179,15 @@ def map_encounter(msg: Message, patient_id: str, tz: ZoneInfo, *, status: str) -
     if visit:
         resource["identifier"] = [{"value": visit, "type": {"coding": [{"system": V2_0203, "code": "VN"}]}}]
     start = to_fhir_datetime(pv1.value(44), tz, segment="PV1", field=44)
-    evn = msg.first("EVN")
-    if start is None and evn is not None and msg.trigger_event == "A01":
-        start = to_fhir_datetime(evn.value(2) or evn.value(6), tz, segment="EVN", field=2)
     end = to_fhir_datetime(pv1.value(45), tz, segment="PV1", field=45)
+    evn = msg.first("EVN")
+    # EVN-6 (event occurred) else EVN-2 (recorded): the admit time of an A01/A04, the
+    # discharge time of an A03, when PV1 leaves them empty.
+    event_time = to_fhir_datetime(evn.value(6) or evn.value(2), tz, segment="EVN", field=2) if evn else None
+    if start is None and msg.trigger_event in ("A01", "A04"):
+        start = event_time
+    if end is None and msg.trigger_event == "A03":
+        end = event_time
     period = {k: v for k, v in (("start", start), ("end", end)) if v}
     if period:
         resource["period"] = period
@@ -194,3 +200,131 @@ def map_encounter(msg: Message, patient_id: str, tz: ZoneInfo, *, status: str) -
         if label:
             resource["location"] = [{"location": {"display": label}}]
     return resource
+
+
+# ADT trigger event → Encounter.status. None: the event is about the person, not a visit
+# (A28/A31 add/update person): no Encounter is produced. A08 (update) reads PV1's dates.
+ENCOUNTER_STATUS: dict[str, str | None] = {
+    "A01": "in-progress",  # admit
+    "A02": "in-progress",  # transfer
+    "A03": "finished",  # discharge
+    "A04": "in-progress",  # register an outpatient
+    "A05": "planned",  # pre-admit
+    "A06": "in-progress",  # outpatient → inpatient
+    "A07": "in-progress",  # inpatient → outpatient
+    "A08": "from-dates",  # update patient information
+    "A11": "cancelled",  # cancel admit
+    "A12": "in-progress",  # cancel transfer
+    "A13": "in-progress",  # cancel discharge
+    "A28": None,  # add person
+    "A31": None,  # update person
+}
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+# AL1-2 allergen type (HL7 table 0127) → AllergyIntolerance (type, category).
+_ALLERGEN = {
+    "DA": ("allergy", "medication"),
+    "FA": ("allergy", "food"),
+    "EA": ("allergy", "environment"),
+    "MA": ("allergy", None),
+    "MC": ("allergy", None),
+    "AA": ("allergy", "biologic"),
+    "PA": ("allergy", "environment"),
+    "LA": ("allergy", "environment"),
+    "DI": ("intolerance", "medication"),
+    "FI": ("intolerance", "food"),
+}
+# AL1-4 severity (table 0128) → criticality.
+_CRITICALITY = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
+# DG1-6 diagnosis type (table 0052) → verification status.
+_DIAGNOSIS_VERIFICATION = {"A": "provisional", "W": "provisional", "F": "confirmed"}
+
+
+def encounter_status_for(msg: Message) -> str | None:
+    """Encounter.status for this ADT event, or None when the event yields no Encounter."""
+    status = ENCOUNTER_STATUS.get(msg.trigger_event)
+    if status != "from-dates":
+        return status
+    pv1 = msg.first("PV1")
+    if pv1 is not None and pv1.value(45):
+        return "finished"
+    if pv1 is not None and pv1.value(44):
+        return "in-progress"
+    return "unknown"
+
+
+def map_allergies(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """AL1 → AllergyIntolerance, one per allergen (id from patient + allergen code)."""
+    out = []
+    for al1 in msg.all("AL1"):
+        raw = al1.repetitions(3)
+        concept = codeable_concept(raw[0], msg) if raw else None
+        if concept is None:
+            continue
+        key = al1.value(3, 1) or al1.value(3, 2)
+        resource: dict[str, Any] = {
+            "resourceType": "AllergyIntolerance",
+            "id": deterministic_id("AllergyIntolerance", patient_id, key),
+            "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active"}]},
+            "code": concept,
+            "patient": {"reference": f"Patient/{patient_id}"},
+        }
+        kind, category = _ALLERGEN.get(al1.value(2).upper(), (None, None))
+        if kind:
+            resource["type"] = kind
+        if category:
+            resource["category"] = [category]
+        criticality = _CRITICALITY.get(al1.value(4, 1).upper())
+        if criticality:
+            resource["criticality"] = criticality
+        reactions = [r for r in (component_of(rep, msg.seps, 1) for rep in al1.repetitions(5)) if r]
+        onset = to_fhir_datetime(al1.value(6), tz, segment="AL1", field=6)
+        if reactions:
+            reaction: dict[str, Any] = {"manifestation": [{"text": r} for r in reactions]}
+            if onset:
+                reaction["onset"] = onset
+            resource["reaction"] = [reaction]
+        elif onset:
+            resource["onsetDateTime"] = onset
+        out.append(resource)
+    return out
+
+
+def map_diagnoses(
+    msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """DG1 → Condition (encounter diagnosis), id from patient + encounter + code."""
+    out = []
+    for dg1 in msg.all("DG1"):
+        raw = dg1.repetitions(3)
+        concept = codeable_concept(raw[0], msg) if raw else None
+        description = dg1.value(4)
+        if concept is None and not description:
+            continue
+        if concept is None:
+            concept = {"text": description}
+        elif description and "text" not in concept:
+            concept["text"] = description
+        key = dg1.value(3, 1) or description
+        resource: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": deterministic_id("Condition", patient_id, encounter_id, key),
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "encounter-diagnosis"}]}],
+            "code": concept,
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+        verification = _DIAGNOSIS_VERIFICATION.get(dg1.value(6).upper())
+        if verification:
+            resource["verificationStatus"] = {
+                "coding": [{"system": CONDITION_VERIFICATION, "code": verification}]
+            }
+        if encounter_id:
+            resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+        onset = to_fhir_datetime(dg1.value(5), tz, segment="DG1", field=5)
+        if onset:
+            resource["onsetDateTime"] = onset
+        out.append(resource)
+    return out

@@ -19,9 +19,15 @@ from stream.errors import ClinstreamError, Hl7Error
 
 SCHEMA_VERSION = 1
 
-# HL7 v2 message types (MSH-9.1^MSH-9.2) the normalizer maps today. The MLLP connector
-# refuses others with AR/200 so the sender learns at once instead of via a dead letter.
-SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset({("ADT", "A01"), ("ORU", "R01")})
+# HL7 v2 message types (MSH-9.1^MSH-9.2) the normalizer maps today; others are dead-lettered
+# by the normalizer with UnsupportedMessageError (the MLLP connector accepts every type).
+SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("ADT", e)
+        for e in ("A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A28", "A31")
+    }
+    | {("ORU", "R01")}
+)
 
 
 @dataclass(frozen=True)

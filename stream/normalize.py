@@ -12,18 +12,33 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from stream.adt import map_encounter, map_patient
+from stream.adt import (
+    ENCOUNTER_STATUS,
+    encounter_status_for,
+    map_allergies,
+    map_diagnoses,
+    map_encounter,
+    map_patient,
+)
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
 from stream.oru import map_observations
 
-_MODELS: dict[str, Any] = {"Patient": Patient, "Encounter": Encounter, "Observation": Observation}
+_MODELS: dict[str, Any] = {
+    "Patient": Patient,
+    "Encounter": Encounter,
+    "Observation": Observation,
+    "AllergyIntolerance": AllergyIntolerance,
+    "Condition": Condition,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +102,19 @@ def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
     return dumped
 
 
-def _adt_a01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Every ADT event: Patient; the visit's Encounter; AL1, DG1 and OBX content."""
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="in-progress")
-    return [patient] + ([encounter] if encounter else [])
+    status = encounter_status_for(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status=status) if status else None
+    encounter_id = encounter["id"] if encounter else None
+    return (
+        [patient]
+        + ([encounter] if encounter else [])
+        + map_allergies(msg, patient["id"], tz)
+        + map_diagnoses(msg, patient["id"], encounter_id, tz)
+        + map_observations(msg, patient["id"], encounter_id, tz, category=None)
+    )
 
 
 def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -101,7 +125,7 @@ def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 
 
 _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
-    ("ADT", "A01"): _adt_a01,
+    **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import

@@ -88,9 +88,18 @@ def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
 
 
 def map_observations(
-    msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+    msg: Message,
+    patient_id: str,
+    encounter_id: str | None,
+    tz: ZoneInfo,
+    *,
+    category: str | None = "laboratory",
 ) -> list[dict[str, Any]]:
-    """Every OBX of the message as an Observation, in message order."""
+    """Every OBX of the message as an Observation, in message order.
+
+    ``category`` is the observation-category code (laboratory for results messages; None
+    for the OBX of ADT messages, which may be vitals, height, weight or answers).
+    """
     out: list[dict[str, Any]] = []
     obr: Segment | None = None
     seen: dict[tuple[str, str, str], int] = {}
@@ -104,7 +113,7 @@ def map_observations(
             occurrence = seen.get((order, code_key, sub), 0)
             seen[(order, code_key, sub)] = occurrence + 1
             obs_id = deterministic_id("Observation", msg.msh.value(4), order, code_key, sub, str(occurrence))
-            out.append(_observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz))
+            out.append(_observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz, category))
     return out
 
 
@@ -124,6 +133,7 @@ def _observation(
     patient_id: str,
     encounter_id: str | None,
     tz: ZoneInfo,
+    category: str | None,
 ) -> dict[str, Any]:
     code_raw = obx.repetitions(3)
     concept = codeable_concept(code_raw[0], msg) if code_raw else None
@@ -140,12 +150,11 @@ def _observation(
         "resourceType": "Observation",
         "id": obs_id,
         "status": status,
-        "category": [
-            {"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
-        ],
         "code": concept,
         "subject": {"reference": f"Patient/{patient_id}"},
     }
+    if category:
+        resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category}]}]
     if encounter_id:
         resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
     effective = to_fhir_datetime(obx.value(14), tz, segment="OBX", field=14)
