@@ -1,6 +1,6 @@
 """HL7 v2 → validated FHIR R4 throughput on one core, over the third-party corpus.
 
-Takes every corpus message the normalizer maps today (ADT^A01, ORU^R01), normalizes the
+Takes every corpus message the normalizer maps today (ADT family, ORU^R01), normalizes the
 set repeatedly and prints the median rate over several runs, for parsing alone and for
 the whole path (parse + map + fhir.resources validation). Issue #4 extends it to the
 full message mix and adds hl7apy for comparison.

@@ -196,7 +196,14 @@ def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
     return out
 
 
-def _decimal(text: str, obx: Segment, msg: Message) -> Decimal:
+def json_number(value: Decimal) -> int | float:
+    """A decimal as a JSON number: an int when integral (``138``), else a float (``6.4``)."""
+    if value == value.to_integral_value() and abs(value) < 2**53:
+        return int(value)
+    return float(value)
+
+
+def _decimal(text: str, obx: Segment, msg: Message) -> int | float:
     try:
         value = Decimal(text.strip())
     except InvalidOperation as exc:
@@ -211,7 +218,7 @@ def _decimal(text: str, obx: Segment, msg: Message) -> Decimal:
         raise MappingError(
             "OBX-5 is not a finite number", code=102, segment="OBX", field=5, control_id=msg.control_id
         )
-    return value
+    return json_number(value)
 
 
 def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
@@ -261,7 +268,7 @@ def _reference_range(text: str, unit: dict[str, Any]) -> dict[str, Any] | None:
     if m is None:
         return {"text": text}
     return {
-        "low": {"value": Decimal(m[1]), **unit},
-        "high": {"value": Decimal(m[2]), **unit},
+        "low": {"value": json_number(Decimal(m[1])), **unit},
+        "high": {"value": json_number(Decimal(m[2])), **unit},
         "text": text,
     }

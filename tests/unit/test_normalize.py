@@ -189,7 +189,7 @@ def test_admission_encounter_has_start_and_location():
     patient, encounter = normalize_hl7(text, tz=UTC).resources
     assert encounter["status"] == "in-progress"
     assert encounter["class"]["code"] == "IMP"
-    assert encounter["period"]["start"] == "2025-03-03T04:15:00Z"
+    assert encounter["period"]["start"] == "2025-03-03T04:15:00+00:00"
     assert encounter["location"][0]["location"]["display"] == "MERCY 4W 412 B"
     assert patient["address"][0] == {
         "line": ["10 Main St"],
@@ -258,7 +258,7 @@ def test_discharge_sets_the_end_from_evn_when_pv1_has_none():
     resources = normalize_hl7(text, tz=UTC).resources
     [encounter] = _of(resources, "Encounter")
     assert encounter["status"] == "finished"
-    assert encounter["period"]["end"] == "2025-03-09T09:30:00Z"
+    assert encounter["period"]["end"] == "2025-03-09T09:30:00+00:00"
     [condition] = _of(resources, "Condition")
     assert condition["code"]["coding"][0] == {
         "system": "http://hl7.org/fhir/sid/icd-10-cm",
