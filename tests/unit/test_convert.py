@@ -1,0 +1,71 @@
+"""`clinstream convert`: offline HL7 v2 → FHIR R4 transaction Bundles, on the corpus."""
+
+import json
+import subprocess
+import sys
+from zoneinfo import ZoneInfo
+
+from fhir.resources.R4B.bundle import Bundle
+
+from stream.convert import convert_text
+from stream.hl7v2 import decode_payload
+from tests.conftest import REPO, corpora_dir
+
+UTC = ZoneInfo("UTC")
+SAMPLES = corpora_dir() / "hl7v2" / "microsoft-fhir-converter"
+
+
+def test_every_bundle_is_a_valid_transaction_whose_references_resolve():
+    converted = 0
+    for path in sorted(SAMPLES.glob("*.hl7")):
+        for item in convert_text(decode_payload(path.read_bytes()), tz=UTC, source_system=path.name):
+            if item.bundle is None:
+                assert item.error is not None
+                continue
+            converted += 1
+            Bundle.model_validate(item.bundle)
+            urls = {e["request"]["url"] for e in item.bundle["entry"]}
+            for entry in item.bundle["entry"]:
+                resource = entry["resource"]
+                assert entry["request"]["url"] == f"{resource['resourceType']}/{resource['id']}"
+                for element in ("subject", "patient", "encounter"):
+                    if element in resource:
+                        assert resource[element]["reference"] in urls
+    assert converted >= 30
+
+
+def test_batch_file_converts_each_message_and_is_deterministic():
+    text = decode_payload((corpora_dir() / "hl7v2" / "python-hl7" / "samples_005.hl7").read_bytes())
+    first = list(convert_text(text, tz=UTC))
+    second = list(convert_text(text, tz=UTC))
+    assert len(first) == 2
+    assert [c.bundle for c in first] == [c.bundle for c in second]
+
+
+def test_cli_reports_failures_and_keeps_converting(tmp_path):
+    good = SAMPLES / "ADT-A01-01.hl7"
+    bad = SAMPLES / "from-unit-tests" / "Hl7v2DataValidatorTests_002.hl7"
+    result = subprocess.run(
+        [sys.executable, "-m", "clinstream", "convert", str(good), str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert json.loads(line)["type"] == "transaction"
+    assert "Hl7ParseError MSH-2 (HL7 102)" in result.stderr
+    assert "converted 1 of 2 messages from 2 files; failed: Hl7ParseError 1" in result.stderr
+    out = tmp_path / "bundles"
+    result = subprocess.run(
+        [sys.executable, "-m", "clinstream", "convert", str(good), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert [p.name for p in out.iterdir()] == ["ADT-A01-01-1.json"]
