@@ -68,6 +68,7 @@ def register_outbound_mllp(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
             )
             await commit_after(
                 msg,
@@ -87,6 +88,7 @@ def register_outbound_mllp(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
             )
         await commit_after(
             msg,
@@ -118,6 +120,7 @@ def register_outbound_fhir(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
             )
             await commit_after(
                 msg,
@@ -147,6 +150,7 @@ def register_outbound_fhir(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
             )
         await commit_after(
             msg,

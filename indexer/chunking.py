@@ -198,6 +198,7 @@ def plan_batch(records: Iterable[RecordLike], *, stage: str = "indexer") -> Batc
                     source_topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
+                    key=getattr(record, "key", None),
                 )
             )
             continue

@@ -53,6 +53,7 @@ def register_cds(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
             )
             await commit_after(
                 msg,

@@ -61,6 +61,7 @@ def register_normalizer(
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
+                key=record.key,
                 envelope=envelope,
             )
             await commit_after(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from stream.errors import ClinstreamError, Hl7Error
 
@@ -202,6 +202,20 @@ class DeadLetter(BaseModel):
     payload: bytes = Field(description="Original bytes (base64 in JSON).")
     failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     envelope: Envelope | None = None
+    key: bytes | None = Field(default=None, description="Record key of the original (base64 in JSON).")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def id(self) -> str:
+        """Stable id of this dead letter (what `clinstream replay --id` takes)."""
+        return deterministic_id(
+            "DeadLetter",
+            self.stage,
+            self.source_topic,
+            str(self.partition),
+            str(self.offset),
+            self.payload_sha256,
+        )
 
     @classmethod
     def from_error(
@@ -214,6 +228,7 @@ class DeadLetter(BaseModel):
         partition: int | None = None,
         offset: int | None = None,
         envelope: Envelope | None = None,
+        key: bytes | None = None,
     ) -> DeadLetter:
         """A dead letter for ``error``. Only our typed errors contribute their text.
 
@@ -240,6 +255,7 @@ class DeadLetter(BaseModel):
             payload_sha256=content_hash(payload),
             payload=payload,
             envelope=envelope,
+            key=key,
         )
 
     def headers(self) -> dict[str, str]:

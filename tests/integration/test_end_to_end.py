@@ -6,6 +6,7 @@ embedded broker, on fresh topics and consumer groups and its own Milvus Lite fil
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from indexer.query import build_filter
-from stream.events import Alert, DeadLetter, FhirInbound, FhirRecord, patient_key
+from stream.events import Alert, DeadLetter, Envelope, FhirInbound, FhirRecord, patient_key
 
 TOKEN = "integration-token"
 ADT = (
@@ -155,3 +156,56 @@ async def test_fhir_ingress_writes_to_kafka_before_answering(stack):
     assert FhirInbound.model_validate_json(record.value).resources[0]["id"] == "fhir-p1"
     dead = await _collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
     assert DeadLetter.model_validate_json(dead[0].value).stage == "connectors.fhir"
+
+
+async def test_replayed_dead_letter_is_processed_again(stack):
+    from stream.replay import Selection, plan, read_dead_letters, republish
+    from stream.settings import KafkaSettings, producer_config
+
+    oru = _msg(ORU, ctrl="RP1", mrn="900009", name="TEST^DORA", k="4.4", na="140")
+    envelope = Envelope(
+        source_system="LIS^MERCY_LAB",
+        source_message_id="RP1",
+        content_hash="h",
+        received_at=datetime.now(UTC),
+        trace_id="replaytrace",
+        message_type="ORU^R01",
+    )
+    # As if the normalizer had failed on this message because of a bug since fixed.
+    failed = DeadLetter(
+        stage="normalizer",
+        source_topic=stack.topics.inbound_hl7v2,
+        partition=0,
+        offset=7,
+        error_type="KeyError",
+        reason="internal error",
+        payload_sha256="x",
+        payload=oru,
+        envelope=envelope,
+        key=patient_key("MERCY", "900009").encode(),
+    )
+    edge = DeadLetter(
+        stage="connectors.mllp", error_type="Hl7ParseError", reason="bad", payload_sha256="y", payload=b"junk"
+    )
+    producer = producer_config(KafkaSettings(enable_idempotence=False), stack.bootstrap, embedded=True)
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(**producer)
+    await p.start()
+    for letter in (failed, edge):
+        await p.send_and_wait(stack.topics.deadletter, letter.model_dump_json().encode())
+    await p.stop()
+    letters = await read_dead_letters(stack.bootstrap, stack.topics)
+    todo, refused = plan(letters, Selection(ids=frozenset({failed.id, edge.id})))
+    assert [x.id for x in todo] == [failed.id]
+    assert [x.id for x in refused] == [edge.id]
+    assert await republish(producer, todo) == 1
+    records = await _collect(
+        stack.bootstrap,
+        stack.topics.fhir,
+        lambda s: any(FhirRecord.model_validate_json(r.value).envelope.trace_id == "replaytrace" for r in s),
+    )
+    replayed = [
+        r for r in records if FhirRecord.model_validate_json(r.value).envelope.trace_id == "replaytrace"
+    ]
+    assert replayed[0].key == patient_key("MERCY", "900009").encode()
