@@ -36,7 +36,7 @@ from indexer.milvus_store import MilvusStore, connect
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
-from stream.app import register_normalizer
+from stream.app import register_fhir_normalizer, register_normalizer
 from stream.errors import ClinstreamError
 from stream.events import TOPICS, Topics
 from stream.settings import producer_config
@@ -165,6 +165,7 @@ async def running_stack(
         register_normalizer(
             brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer"
         )
+        register_fhir_normalizer(brokers["normalizer"], topics, group_id=f"{group_prefix}normalizer-fhir")
         register_indexer(
             brokers["indexer"], topics, settings.indexer, embedder, store, group_id=f"{group_prefix}indexer"
         )

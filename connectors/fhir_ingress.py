@@ -326,6 +326,7 @@ class BundleResult:
     resources: list[dict[str, Any]] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)  # entry indexes whose resource is valid
     rejected: dict[int, list[Issue]] = field(default_factory=dict)
+    full_urls: list[str | None] = field(default_factory=list)  # of the accepted entries
 
 
 def validate_bundle(data: dict[str, Any]) -> BundleResult:
@@ -368,6 +369,8 @@ def validate_bundle(data: dict[str, Any]) -> BundleResult:
                 )
             result.resources.append(validate_resource(resource, prefix=prefix))
             result.accepted.append(n)
+            full_url = entry.get("fullUrl")
+            result.full_urls.append(full_url if isinstance(full_url, str) else None)
         except FhirInputError as exc:
             result.rejected[n] = exc.issues
     if bundle_type == "transaction":

@@ -140,6 +140,7 @@ class FhirIngress:
         message_id: str,
         *,
         references: list[str] | None = None,
+        full_urls: list[str | None] | None = None,
     ) -> None:
         patient = next((p for p in (patient_ref(r) for r in resources) if p), None)
         source = f"fhir:{getattr(request.state, 'principal', 'unknown')}"
@@ -153,7 +154,11 @@ class FhirIngress:
             schema_version=SCHEMA_VERSION,
         )
         record = FhirInbound(
-            interaction=interaction, resources=resources, patient_ref=patient, references=references or []
+            interaction=interaction,
+            resources=resources,
+            patient_ref=patient,
+            references=references or [],
+            full_urls=full_urls or [],
         )
         await self._sink.send(
             self._topics.inbound_fhir,
@@ -196,10 +201,19 @@ class FhirIngress:
             n: f"{r['resourceType']}/{r['id']}" for n, r in zip(result.accepted, resources, strict=True)
         }
         if result.bundle_type == "transaction":
-            await self._publish(request, body, "transaction", resources, bundle_id)
+            await self._publish(
+                request, body, "transaction", resources, bundle_id, full_urls=result.full_urls
+            )
         else:
             for n, resource in zip(result.accepted, resources, strict=True):
-                await self._publish(request, body, "batch-entry", [resource], f"{bundle_id}/{n}")
+                await self._publish(
+                    request,
+                    body,
+                    "batch-entry",
+                    [resource],
+                    f"{bundle_id}/{n}",
+                    full_urls=[result.full_urls[result.accepted.index(n)]],
+                )
             if result.rejected:
                 await self._refuse_entries(body, result.rejected)
         return fhir_response(bundle_response(result, locations), 200)

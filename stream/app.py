@@ -16,7 +16,8 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import DeadLetter, Envelope, FhirRecord, Topics
+from stream.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
+from stream.fhir_input import normalize_fhir
 from stream.hl7v2 import decode_payload
 from stream.kafka import commit_after, publish_dead_letters, single_record
 from stream.normalize import normalize_hl7
@@ -83,3 +84,61 @@ def register_normalizer(
         if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
             NORMALIZED.labels(result.message_type).inc()
             log.debug("normalized control_id=%s resources=%d", result.control_id, len(result.resources))
+
+
+def register_fhir_normalizer(
+    broker: KafkaBroker, topics: Topics, *, group_id: str = "normalizer-fhir"
+) -> None:
+    """Subscribe the FHIR-input normalizer to `ehr.inbound.fhir.v1`."""
+
+    @broker.subscriber(
+        topics.inbound_fhir,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+    )
+    async def normalize_fhir_input(msg: KafkaMessage) -> None:
+        record = single_record(msg)
+        payload: bytes = record.value or b""
+        envelope: Envelope | None
+        try:
+            envelope = Envelope.from_headers(record.headers)
+        except ValueError:
+            envelope = None
+        try:
+            if envelope is None:
+                raise ValueError("record has no valid envelope headers")
+            groups = normalize_fhir(FhirInbound.model_validate_json(payload))
+            outputs = [
+                FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources) for g in groups
+            ]
+        except Exception as exc:  # every failure of the pure core becomes a dead letter
+            letter = DeadLetter.from_error(
+                exc,
+                stage="normalizer",
+                payload=payload,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                envelope=envelope,
+                key=record.key,
+            )
+            await commit_after(
+                msg,
+                lambda: publish_dead_letters(broker, topics, [letter]),
+                stage="normalizer",
+                backoff_s=RETRY_BACKOFF_S,
+            )
+            return
+
+        async def publish() -> None:
+            for out in outputs:
+                await broker.publish(
+                    out.model_dump_json().encode(),
+                    topic=topics.fhir,
+                    key=out.patient_id.encode() if out.patient_id else record.key,
+                    headers={k: v.decode() for k, v in out.envelope.to_headers()},
+                )
+
+        if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
+            NORMALIZED.labels("FHIR").inc(len(outputs))

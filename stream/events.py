@@ -157,6 +157,10 @@ class FhirInbound(BaseModel):
     references: list[str] = Field(
         default_factory=list, description="Id-only Subscription notifications: the changed resources' URLs."
     )
+    full_urls: list[str | None] = Field(
+        default_factory=list,
+        description="Bundle entry fullUrls, parallel to resources (urn:uuid resolution).",
+    )
 
 
 class WritebackOutcome(BaseModel):

@@ -209,3 +209,44 @@ async def test_replayed_dead_letter_is_processed_again(stack):
         r for r in records if FhirRecord.model_validate_json(r.value).envelope.trace_id == "replaytrace"
     ]
     assert replayed[0].key == patient_key("MERCY", "900009").encode()
+
+
+async def test_fhir_transaction_is_normalized_indexed_and_alerted(stack):
+    patient = {"resourceType": "Patient", "id": "fx-p1", "gender": "male"}
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3", "display": "Potassium"}]},
+        "subject": {"reference": "urn:uuid:2b7a3a59-8f1e-4d6a-9d8c-000000000001"},
+        "effectiveDateTime": "2025-03-06T08:30:00+00:00",
+        "valueQuantity": {
+            "value": 6.9,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        },
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:2b7a3a59-8f1e-4d6a-9d8c-000000000001",
+                "resource": patient,
+                "request": {"method": "PUT", "url": "Patient/fx-p1"},
+            },
+            {"resource": obs, "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
+        response = await http.post("/fhir", json=bundle, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    alerts = await _collect(
+        stack.bootstrap,
+        stack.topics.alerts,
+        lambda s: any(Alert.model_validate_json(a.value).patient_id == "fx-p1" for a in s),
+    )
+    assert any("6.9 mmol/L" in Alert.model_validate_json(a.value).summary for a in alerts)
+    await _wait_count(stack.store, build_filter("fx-p1"), 1)
+    hits = await asyncio.to_thread(stack.query.search, "fx-p1", "potassium", k=3)
+    assert hits[0].text.startswith("Potassium 6.9 mmol/L")
