@@ -218,6 +218,8 @@ ENCOUNTER_STATUS: dict[str, str | None] = {
     "A13": "in-progress",  # cancel discharge
     "A28": None,  # add person
     "A31": None,  # update person
+    "A40": None,  # merge patient (identifier list)
+    "A47": None,  # change patient identifier list
 }
 ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -328,3 +330,41 @@ def map_diagnoses(
             resource["onsetDateTime"] = onset
         out.append(resource)
     return out
+
+
+def map_merge(msg: Message, surviving: dict[str, Any]) -> dict[str, Any] | None:
+    """A40 (merge) / A47 (identifier change): the retired Patient that MRG-1 names.
+
+    The retired Patient is marked inactive and ``replaced-by`` the surviving one; the caller
+    adds the ``replaces`` link to the survivor. Because the patient key is derived from the
+    identifier, the retired record lives under its own key: later events arrive under the
+    survivor's key, and consumers of the old key learn of the merge from this record.
+    """
+    mrg = msg.first("MRG")
+    if mrg is None:
+        return None
+    for rep in mrg.repetitions(1):
+        value = component_of(rep, msg.seps, 1)
+        if not value.strip():
+            continue
+        authority = (
+            component_of(rep, msg.seps, 4, 1)
+            or component_of(rep, msg.seps, 4, 2)
+            or msg.msh.value(4)
+            or msg.msh.value(3)
+        )
+        retired_id = patient_key(authority, value)
+        if retired_id == surviving["id"]:
+            return None
+        identifier: dict[str, Any] = {"value": value, "use": "old"}
+        ns = component_of(rep, msg.seps, 4, 1)
+        if ns:
+            identifier["assigner"] = {"display": ns}
+        return {
+            "resourceType": "Patient",
+            "id": retired_id,
+            "active": False,
+            "identifier": [identifier],
+            "link": [{"other": {"reference": f"Patient/{surviving['id']}"}, "type": "replaced-by"}],
+        }
+    return None

@@ -74,12 +74,21 @@ def register_normalizer(
             return
 
         async def publish() -> None:
+            headers = {k: v.decode() for k, v in out.envelope.to_headers()}
             await broker.publish(
                 out.model_dump_json().encode(),
                 topic=topics.fhir,
                 key=out.patient_id.encode(),
-                headers={k: v.decode() for k, v in out.envelope.to_headers()},
+                headers=headers,
             )
+            for other_id, resources in result.also:  # e.g. the retired patient of a merge, under its own key
+                other = FhirRecord(envelope=out.envelope, patient_id=other_id, resources=resources)
+                await broker.publish(
+                    other.model_dump_json().encode(),
+                    topic=topics.fhir,
+                    key=other_id.encode(),
+                    headers=headers,
+                )
 
         if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
             NORMALIZED.labels(result.message_type).inc()

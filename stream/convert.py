@@ -40,7 +40,7 @@ def as_bundle(result: Normalized, source_system: str) -> dict[str, Any]:
                 "resource": r,
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
             }
-            for r in result.resources
+            for r in [*result.resources, *(r for _, also in result.also for r in also)]
         ],
     }
 

@@ -24,7 +24,23 @@ SCHEMA_VERSION = 1
 SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
     {
         ("ADT", e)
-        for e in ("A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A28", "A31")
+        for e in (
+            "A01",
+            "A02",
+            "A03",
+            "A04",
+            "A05",
+            "A06",
+            "A07",
+            "A08",
+            "A11",
+            "A12",
+            "A13",
+            "A28",
+            "A31",
+            "A40",
+            "A47",
+        )
     }
     | {("ORU", "R01")}
 )

@@ -25,6 +25,7 @@ from stream.adt import (
     map_allergies,
     map_diagnoses,
     map_encounter,
+    map_merge,
     map_patient,
 )
 from stream.errors import MappingError, UnsupportedMessageError
@@ -43,12 +44,17 @@ _MODELS: dict[str, Any] = {
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
-    """The outcome of normalizing one message."""
+    """The outcome of normalizing one message.
+
+    ``also`` holds records for other patients the message changes (the retired patient of a
+    merge), each as (patient id, resources), published under that patient's key.
+    """
 
     patient_id: str
     message_type: str
     control_id: str
     resources: list[dict[str, Any]]
+    also: tuple[tuple[str, list[dict[str, Any]]], ...] = ()
 
 
 def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
@@ -74,12 +80,20 @@ def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
         )
     resources = mapper(msg, tz)
     validated = [validate_resource(r, msg) for r in resources]
+    patient_id = str(validated[0]["id"])
+    own = [r for r in validated if not _retired(r, patient_id)]
+    others = tuple((str(r["id"]), [r]) for r in validated if _retired(r, patient_id))
     return Normalized(
-        patient_id=str(validated[0]["id"]),
+        patient_id=patient_id,
         message_type=msg.message_type,
         control_id=msg.control_id,
-        resources=validated,
+        resources=own,
+        also=others,
     )
+
+
+def _retired(resource: dict[str, Any], survivor: str) -> bool:
+    return bool(resource["resourceType"] == "Patient" and resource["id"] != survivor)
 
 
 def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
@@ -104,8 +118,12 @@ def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
 
 
 def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
-    """Every ADT event: Patient; the visit's Encounter; AL1, DG1 and OBX content."""
+    """Every ADT event: Patient; the visit's Encounter; AL1, DG1 and OBX content; merges."""
     patient = map_patient(msg)
+    retired = map_merge(msg, patient) if msg.trigger_event in ("A40", "A47") else None
+    if retired is not None:
+        patient["link"] = [{"other": {"reference": f"Patient/{retired['id']}"}, "type": "replaces"}]
+        return [patient, retired]
     status = encounter_status_for(msg)
     encounter = map_encounter(msg, patient["id"], tz, status=status) if status else None
     encounter_id = encounter["id"] if encounter else None

@@ -277,3 +277,29 @@ def test_discharge_sets_the_end_from_evn_when_pv1_has_none():
     # The same visit discharged again (a corrected A03) overwrites rather than duplicates.
     again = normalize_hl7(text.replace("ADT9", "ADT10"), tz=UTC).resources
     assert [r["id"] for r in again] == [r["id"] for r in resources]
+
+
+def test_a40_merge_links_and_rekeys(corpora):
+    result = normalize_hl7(_source(corpora, "ADT-A40-01"), tz=UTC)
+    [survivor] = result.resources
+    [(retired_id, [retired])] = result.also
+    assert survivor["id"] == result.patient_id == patient_key("BCBS", "12345")
+    assert retired_id == retired["id"] == patient_key("BCBS", "56789")
+    assert survivor["link"] == [{"other": {"reference": f"Patient/{retired_id}"}, "type": "replaces"}]
+    assert retired["active"] is False
+    assert retired["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+
+
+def test_a47_identifier_change_uses_the_same_link():
+    text = (
+        "MSH|^~\\&|ADT|MERCY|EHR|MERCY|202503090930||ADT^A47^ADT_A30|CHG1|P|2.5.1\r"
+        "PID|1||200001^^^MERCY^MR||DOE^JANE||19580312|F\r"
+        "MRG|100001^^^MERCY^MR\r"
+    )
+    result = normalize_hl7(text, tz=UTC)
+    assert result.patient_id == patient_key("MERCY", "200001")
+    assert result.also[0][0] == patient_key("MERCY", "100001")
+    # An MRG naming the same identifier is no merge at all.
+    same = normalize_hl7(text.replace("MRG|100001", "MRG|200001"), tz=UTC)
+    assert same.also == ()
+    assert "link" not in same.resources[0]
