@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
@@ -31,6 +32,7 @@ from stream.adt import (
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
+from stream.mdm import map_document
 from stream.oru import map_observations
 
 _MODELS: dict[str, Any] = {
@@ -39,6 +41,7 @@ _MODELS: dict[str, Any] = {
     "Observation": Observation,
     "AllergyIntolerance": AllergyIntolerance,
     "Condition": Condition,
+    "DocumentReference": DocumentReference,
 }
 
 
@@ -143,9 +146,19 @@ def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     return [patient] + ([encounter] if encounter else []) + observations
 
 
+def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter_id = encounter["id"] if encounter else None
+    return (
+        [patient] + ([encounter] if encounter else []) + [map_document(msg, patient["id"], encounter_id, tz)]
+    )
+
+
 _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
     **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
+    **{("MDM", f"T{n:02d}"): _mdm for n in range(1, 12)},
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
     raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

@@ -303,3 +303,45 @@ def test_a47_identifier_change_uses_the_same_link():
     same = normalize_hl7(text.replace("MRG|100001", "MRG|200001"), tz=UTC)
     assert same.also == ()
     assert "link" not in same.resources[0]
+
+
+MDM = (
+    "MSH|^~\\&|TRANS|MERCY|EHR|MERCY|202503071015||MDM^T02^MDM_T02|DOC1|P|2.5.1\r"
+    "EVN|T02|202503071015\r"
+    "PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"
+    "PV1|1|I|4W^412^B^MERCY||||||||||||||||V10000206^^^MERCY\r"
+    "TXA|1|DS^Discharge summary^L|TX|202503071000||202503071015||||||DOC-778^MERCY|||||AU\r"
+    "OBX|1|TX|DS^Discharge summary^L||Admitted with hyperkalaemia (K 6.4 mmol/L).||||||F\r"
+    "OBX|2|FT|DS^Discharge summary^L||Treated with insulin\\.br\\and dextrose.||||||F\r"
+)
+
+
+def test_mdm_becomes_a_document_reference_with_the_text():
+    import base64
+
+    patient, encounter, doc = normalize_hl7(MDM, tz=UTC).resources
+    assert doc["resourceType"] == "DocumentReference"
+    assert (doc["status"], doc["docStatus"], doc["masterIdentifier"]["value"]) == (
+        "current",
+        "final",
+        "DOC-778",
+    )
+    assert doc["subject"]["reference"] == f"Patient/{patient['id']}"
+    assert doc["context"]["encounter"][0]["reference"] == f"Encounter/{encounter['id']}"
+    text = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    assert text == "Admitted with hyperkalaemia (K 6.4 mmol/L).\nTreated with insulin\nand dextrose."
+    cancelled = normalize_hl7(MDM.replace("MDM^T02^MDM_T02|DOC1", "MDM^T11^MDM_T01|DOC2"), tz=UTC).resources[
+        -1
+    ]
+    assert cancelled["id"] == doc["id"]
+    assert cancelled["status"] == "entered-in-error"
+
+
+def test_mdm_corpus_documents_keep_their_pdfs(corpora):
+    [doc] = [
+        r
+        for r in normalize_hl7(_source(corpora, "MDM-T02-01"), tz=UTC).resources
+        if r["resourceType"] == "DocumentReference"
+    ]
+    assert doc["type"]["coding"][0]["code"] == "DI"
+    assert doc["content"]
