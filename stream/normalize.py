@@ -16,6 +16,7 @@ from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
@@ -34,6 +35,7 @@ from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
 from stream.mdm import map_document
 from stream.oru import map_observations
+from stream.vxu import map_immunizations
 
 _MODELS: dict[str, Any] = {
     "Patient": Patient,
@@ -42,6 +44,7 @@ _MODELS: dict[str, Any] = {
     "AllergyIntolerance": AllergyIntolerance,
     "Condition": Condition,
     "DocumentReference": DocumentReference,
+    "Immunization": Immunization,
 }
 
 
@@ -155,10 +158,23 @@ def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     )
 
 
+def _vxu(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter_id = encounter["id"] if encounter else None
+    return (
+        [patient]
+        + ([encounter] if encounter else [])
+        + map_immunizations(msg, patient["id"], encounter_id, tz)
+        + map_observations(msg, patient["id"], encounter_id, tz, category=None)
+    )
+
+
 _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
     **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
     **{("MDM", f"T{n:02d}"): _mdm for n in range(1, 12)},
+    ("VXU", "V04"): _vxu,
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
     raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

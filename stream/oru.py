@@ -33,6 +33,9 @@ CODE_SYSTEMS = {
     "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
     "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
     "UCUM": UCUM,
+    "CVX": "http://hl7.org/fhir/sid/cvx",
+    "MVX": "http://hl7.org/fhir/sid/mvx",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
 }
 # OBX-11 observation result status (HL7 table 0085) → Observation.status.
 _STATUS = {

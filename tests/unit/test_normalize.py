@@ -345,3 +345,22 @@ def test_mdm_corpus_documents_keep_their_pdfs(corpora):
     ]
     assert doc["type"]["coding"][0]["code"] == "DI"
     assert doc["content"]
+
+
+@pytest.mark.parametrize("name", ["VXU", "VXU-V04-01", "VXU-V04-02"])
+def test_immunizations_agree_with_fhir_converter(corpora, name):
+    ours = _of(normalize_hl7(_source(corpora, name), tz=UTC).resources, "Immunization")
+    expected = _of(_expected(corpora, name), "Immunization")
+    assert len(ours) == len(expected)
+    for mine, theirs in zip(ours, expected, strict=True):
+        assert mine["status"] == theirs["status"]
+        assert mine["vaccineCode"]["coding"][0]["code"] == theirs["vaccineCode"]["coding"][0]["code"]
+        assert mine["occurrenceDateTime"][:10] == theirs["occurrenceDateTime"][:10]
+        assert mine.get("primarySource") == theirs.get("primarySource")
+        assert mine.get("lotNumber") == theirs.get("lotNumber")
+        if theirs.get("doseQuantity", {}).get("value") == 999:  # CDC IG: 999 = amount unknown
+            assert "doseQuantity" not in mine
+        elif "doseQuantity" in theirs:
+            assert mine["doseQuantity"]["value"] == theirs["doseQuantity"]["value"]
+        if mine["vaccineCode"]["coding"][0].get("system", "").endswith("cvx"):
+            assert mine["vaccineCode"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/cvx"

@@ -1,0 +1,112 @@
+"""VXU^V04 (RXA, RXR, ORC) → Immunization, one per RXA.
+
+Pure functions. Follows the CDC immunization implementation guide where it speaks:
+RXA-6 ``999`` means "amount unknown" and yields no doseQuantity; RXA-9 ``00`` (new
+record) marks a primary-source administration, ``01`` a historical one; RXA-20 RE/NA
+(refused, not administered) → ``not-done``; RXA-21 D (delete) → ``entered-in-error``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from stream.errors import MappingError
+from stream.events import deterministic_id
+from stream.hl7v2 import Message, Segment, to_fhir_datetime
+from stream.oru import codeable_concept, json_number
+
+_STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
+UNKNOWN_AMOUNT = "999"
+
+
+def map_immunizations(
+    msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """Every RXA as an Immunization (RXR after an RXA gives its route and site)."""
+    out: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    order: Segment | None = None
+    for seg in msg.segments:
+        if seg.name == "ORC":
+            order = seg
+        elif seg.name == "RXA":
+            current = _immunization(seg, order, msg, patient_id, encounter_id, tz)
+            out.append(current)
+        elif seg.name == "RXR" and current is not None:
+            route = seg.repetitions(1)
+            site = seg.repetitions(2)
+            if route and (concept := codeable_concept(route[0], msg)):
+                current["route"] = concept
+            if site and (concept := codeable_concept(site[0], msg)):
+                current["site"] = concept
+    return out
+
+
+def _immunization(
+    rxa: Segment, order: Segment | None, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> dict[str, Any]:
+    raw = rxa.repetitions(5)
+    vaccine = codeable_concept(raw[0], msg) if raw else None
+    if vaccine is None:
+        raise MappingError(
+            "RXA-5 administered code is missing", code=101, segment="RXA", field=5, control_id=msg.control_id
+        )
+    when = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
+    if when is None:
+        raise MappingError(
+            "RXA-3 administration date is missing",
+            code=101,
+            segment="RXA",
+            field=3,
+            control_id=msg.control_id,
+        )
+    filler = order.value(3) if order is not None else ""
+    key = filler or f"{rxa.value(5, 1)}@{rxa.value(3)}"
+    status = (
+        "entered-in-error"
+        if rxa.value(21).upper() == "D"
+        else _STATUS.get(rxa.value(20).upper(), "completed")
+    )
+    resource: dict[str, Any] = {
+        "resourceType": "Immunization",
+        "id": deterministic_id("Immunization", patient_id, msg.msh.value(4), key),
+        "status": status,
+        "vaccineCode": vaccine,
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "occurrenceDateTime": when,
+    }
+    if encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    amount = rxa.value(6).strip()
+    if amount and amount != UNKNOWN_AMOUNT:
+        try:
+            dose: dict[str, Any] = {"value": json_number(Decimal(amount))}
+        except InvalidOperation as exc:
+            raise MappingError(
+                "RXA-6 administered amount is not a number",
+                code=102,
+                segment="RXA",
+                field=6,
+                control_id=msg.control_id,
+            ) from exc
+        unit = rxa.value(7)
+        if unit:
+            dose["unit"] = unit
+            if rxa.value(7, 3).upper() == "UCUM":
+                dose.update({"system": "http://unitsofmeasure.org", "code": unit})
+        resource["doseQuantity"] = dose
+    source = rxa.value(9).strip()
+    if source in ("00", "01"):
+        resource["primarySource"] = source == "00"
+    lot = rxa.value(15)
+    if lot:
+        resource["lotNumber"] = lot
+    expiry = to_fhir_datetime(rxa.value(16)[:8], tz, segment="RXA", field=16)
+    if expiry:
+        resource["expirationDate"] = expiry
+    refusal = rxa.repetitions(18)
+    if status == "not-done" and refusal and (reason := codeable_concept(refusal[0], msg)):
+        resource["statusReason"] = reason
+    return resource
