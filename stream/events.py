@@ -45,6 +45,7 @@ SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
     | {("ORU", "R01")}
     | {("MDM", f"T{n:02d}") for n in range(1, 12)}
     | {("VXU", "V04")}
+    | {("PPR", f"PC{n}") for n in (1, 2, 3)}
 )
 
 

@@ -35,6 +35,7 @@ from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
 from stream.mdm import map_document
 from stream.oru import map_observations
+from stream.ppr import map_problems
 from stream.vxu import map_immunizations
 
 _MODELS: dict[str, Any] = {
@@ -170,11 +171,17 @@ def _vxu(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     )
 
 
+def _ppr(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    patient = map_patient(msg)
+    return [patient, *map_problems(msg, patient["id"], tz)]
+
+
 _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
     **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
     **{("MDM", f"T{n:02d}"): _mdm for n in range(1, 12)},
     ("VXU", "V04"): _vxu,
+    **{("PPR", f"PC{n}"): _ppr for n in (1, 2, 3)},
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
     raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

@@ -364,3 +364,32 @@ def test_immunizations_agree_with_fhir_converter(corpora, name):
             assert mine["doseQuantity"]["value"] == theirs["doseQuantity"]["value"]
         if mine["vaccineCode"]["coding"][0].get("system", "").endswith("cvx"):
             assert mine["vaccineCode"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/cvx"
+
+
+PPR = (
+    "MSH|^~\\&|EHR|MERCY|CLIN|MERCY|20250307||PPR^PC1^PPR_PC1|PRB1|P|2.5.1\r"
+    "PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"
+    "PRB|AD|20170110074000|K80.00^Cholelithiasis^I10|53956|E1|1|20100907175347|20150907175347|20180310074000||||"
+    "confirmed^Confirmed^http://terminology.hl7.org/CodeSystem/condition-ver-status|remission^Remission|||20100907\r"
+    "PRB|UP|2004062916580000|786.5^CHEST PAIN^I9|26793|||20040629||20040629||||Resolved|||20040629\r"
+)
+
+
+def test_problems_become_problem_list_conditions():
+    _patient, first, second = normalize_hl7(PPR, tz=UTC).resources
+    assert first["category"][0]["coding"][0]["code"] == "problem-list-item"
+    assert first["code"]["coding"][0] == {
+        "system": "http://hl7.org/fhir/sid/icd-10",
+        "code": "K80.00",
+        "display": "Cholelithiasis",
+    }
+    assert first["clinicalStatus"]["coding"][0]["code"] == "remission"
+    assert first["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert first["abatementDateTime"].startswith("2018-03-10")
+    assert second["clinicalStatus"]["coding"][0]["code"] == "resolved"
+    deleted = normalize_hl7(
+        PPR.replace("PPR^PC1^PPR_PC1|PRB1", "PPR^PC3^PPR_PC1|PRB2").replace("PRB|UP|", "PRB|DE|"), tz=UTC
+    ).resources[2]
+    assert deleted["id"] == second["id"]
+    assert deleted["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert "clinicalStatus" not in deleted
