@@ -42,7 +42,7 @@ SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
             "A47",
         )
     }
-    | {("ORU", "R01")}
+    | {("ORU", "R01"), ("OUL", "R22")}
     | {("MDM", f"T{n:02d}") for n in range(1, 12)}
     | {("VXU", "V04")}
     | {("PPR", f"PC{n}") for n in (1, 2, 3)}

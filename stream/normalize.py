@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.immunization import Immunization
@@ -34,7 +35,7 @@ from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
 from stream.mdm import map_document
-from stream.oru import map_observations
+from stream.oru import map_observations, map_reports
 from stream.ppr import map_problems
 from stream.vxu import map_immunizations
 
@@ -44,6 +45,7 @@ _MODELS: dict[str, Any] = {
     "Observation": Observation,
     "AllergyIntolerance": AllergyIntolerance,
     "Condition": Condition,
+    "DiagnosticReport": DiagnosticReport,
     "DocumentReference": DocumentReference,
     "Immunization": Immunization,
 }
@@ -144,10 +146,13 @@ def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 
 
 def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Results (ORU^R01, OUL^R22): Patient, Encounter, Observations, one DiagnosticReport per OBR."""
     patient = map_patient(msg)
     encounter = map_encounter(msg, patient["id"], tz, status="unknown")
-    observations = map_observations(msg, patient["id"], encounter["id"] if encounter else None, tz)
-    return [patient] + ([encounter] if encounter else []) + observations
+    encounter_id = encounter["id"] if encounter else None
+    observations = map_observations(msg, patient["id"], encounter_id, tz)
+    reports = map_reports(msg, patient["id"], encounter_id, observations, tz)
+    return [patient] + ([encounter] if encounter else []) + observations + reports
 
 
 def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -179,6 +184,7 @@ def _ppr(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any]]]] = {
     **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
+    ("OUL", "R22"): _oru_r01,
     **{("MDM", f"T{n:02d}"): _mdm for n in range(1, 12)},
     ("VXU", "V04"): _vxu,
     **{("PPR", f"PC{n}"): _ppr for n in (1, 2, 3)},

@@ -275,3 +275,73 @@ def _reference_range(text: str, unit: dict[str, Any]) -> dict[str, Any] | None:
         "high": {"value": json_number(Decimal(m[2])), **unit},
         "text": text,
     }
+
+
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# OBR-25 result status (HL7 table 0123) → DiagnosticReport.status.
+_REPORT_STATUS = {
+    "F": "final",
+    "C": "corrected",
+    "A": "partial",
+    "P": "preliminary",
+    "R": "partial",
+    "S": "partial",
+    "I": "registered",
+    "O": "registered",
+    "X": "cancelled",
+}
+
+
+def map_reports(
+    msg: Message,
+    patient_id: str,
+    encounter_id: str | None,
+    observations: list[dict[str, Any]],
+    tz: ZoneInfo,
+) -> list[dict[str, Any]]:
+    """One DiagnosticReport per OBR, whose results are the Observations of its OBX.
+
+    ``observations`` must be `map_observations`' output for the same message (same order).
+    The id comes from the order number (OBR-3, else OBR-2), so a corrected report
+    overwrites the preliminary one.
+    """
+    out: list[dict[str, Any]] = []
+    index = 0
+    report: dict[str, Any] | None = None
+    for seg in msg.segments:
+        if seg.name == "OBR":
+            report = _report(seg, msg, patient_id, encounter_id, tz)
+            out.append(report)
+        elif seg.name == "OBX":
+            if report is not None and index < len(observations):
+                report.setdefault("result", []).append(
+                    {"reference": f"Observation/{observations[index]['id']}"}
+                )
+            index += 1
+    return out
+
+
+def _report(
+    obr: Segment, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> dict[str, Any]:
+    raw = obr.repetitions(4)
+    concept = codeable_concept(raw[0], msg) if raw else None
+    resource: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": deterministic_id("DiagnosticReport", msg.msh.value(4), _order_number(obr, msg)),
+        "status": _REPORT_STATUS.get(obr.value(25).upper(), "final"),
+        "code": concept or {"text": "Report"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    section = obr.value(24)
+    if section:
+        resource["category"] = [{"coding": [{"system": V2_0074, "code": section}]}]
+    if encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    effective = to_fhir_datetime(obr.value(7), tz, segment="OBR", field=7)
+    if effective:
+        resource["effectiveDateTime"] = effective
+    issued = to_fhir_datetime(obr.value(22), tz, segment="OBR", field=22)
+    if issued and "T" in issued:  # issued is an instant: only with a time
+        resource["issued"] = issued
+    return resource

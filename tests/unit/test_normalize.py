@@ -137,7 +137,8 @@ def test_corrected_result_overwrites_the_preliminary_one():
         DEMO_ORU.replace("LAB00012", "LAB00013").replace("|6.4|", "|5.4|").replace("|HH|||P|", "|N|||C|"),
         tz=UTC,
     )
-    p_obs, c_obs = prelim.resources[-1], corrected.resources[-1]
+    [p_obs] = _of(prelim.resources, "Observation")
+    [c_obs] = _of(corrected.resources, "Observation")
     assert p_obs["id"] == c_obs["id"]
     assert (p_obs["status"], c_obs["status"]) == ("preliminary", "corrected")
     assert c_obs["valueQuantity"]["value"] == 5.4
@@ -145,7 +146,9 @@ def test_corrected_result_overwrites_the_preliminary_one():
 
 def test_observation_mapping_details():
     result = normalize_hl7(DEMO_ORU, tz=ZoneInfo("America/Chicago"))
-    patient, encounter, obs = result.resources
+    patient, encounter, obs, report = result.resources
+    assert report["result"] == [{"reference": f"Observation/{obs['id']}"}]
+    assert report["encounter"]["reference"] == f"Encounter/{encounter['id']}"
     assert patient["id"] == result.patient_id == patient_key("MERCY", "100002")
     assert encounter["subject"]["reference"] == f"Patient/{patient['id']}"
     assert obs["code"]["coding"][0] == {
@@ -393,3 +396,24 @@ def test_problems_become_problem_list_conditions():
     assert deleted["id"] == second["id"]
     assert deleted["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
     assert "clinicalStatus" not in deleted
+
+
+def test_report_per_order_with_its_results_and_status(corpora):
+    result = normalize_hl7(_source(corpora, "LAB-ORU-1"), tz=UTC)
+    reports = _of(result.resources, "DiagnosticReport")
+    observations = {f"Observation/{o['id']}" for o in _of(result.resources, "Observation")}
+    assert reports
+    assert {r["reference"] for rep in reports for r in rep.get("result", [])} == observations
+    expected = _of(_expected(corpora, "LAB-ORU-1"), "DiagnosticReport")
+    assert len(reports) == len(expected)
+    assert [r["code"]["coding"][0]["code"] for r in reports] == [
+        e["code"]["coding"][0]["code"] for e in expected
+    ]
+    prelim = normalize_hl7(
+        DEMO_ORU.replace("|||202503060830\r", "|||202503060830||||||||||||||||||P\r", 1), tz=UTC
+    )
+    final = normalize_hl7(DEMO_ORU.replace("LAB00012", "LAB00013"), tz=UTC)
+    [p_report] = _of(prelim.resources, "DiagnosticReport")
+    [f_report] = _of(final.resources, "DiagnosticReport")
+    assert p_report["id"] == f_report["id"]
+    assert (p_report["status"], f_report["status"]) == ("preliminary", "final")
