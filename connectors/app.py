@@ -21,10 +21,17 @@ from connectors.errors import DeliveryError
 from connectors.fhir_client import FhirWriter
 from connectors.mllp_client import OutboundMllp
 from stream.events import DeadLetter, Topics, WritebackOutcome
-from stream.kafka import commit_after, publish_dead_letters, single_record
+from stream.kafka import (
+    commit_after,
+    dead_letter_and_commit,
+    dead_letter_for,
+    publish_dead_letters,
+    single_record,
+)
 
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = 1.0
+STAGE = "connectors.outbound"
 
 
 async def _record(
@@ -61,40 +68,20 @@ def register_outbound_mllp(
                 at=datetime.now(UTC),
             )
         except Exception as exc:  # unreadable outbound message: never retried forever
-            unreadable = DeadLetter.from_error(
-                exc,
-                stage="connectors.outbound",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-            )
-            await commit_after(
-                msg,
-                lambda: publish_dead_letters(broker, topics, [unreadable]),
-                stage="connectors.outbound",
-                backoff_s=RETRY_BACKOFF_S,
-            )
+            unreadable = dead_letter_for(exc, record, stage=STAGE)
+            await dead_letter_and_commit(msg, broker, topics, unreadable, backoff_s=RETRY_BACKOFF_S)
             return
         letter: DeadLetter | None = None
         if result.outcome != "delivered":
-            letter = DeadLetter.from_error(
+            letter = dead_letter_for(
                 DeliveryError(
                     f"MLLP delivery {result.outcome} with {result.code} after {result.attempts} attempts"
                 ),
-                stage="connectors.outbound",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
+                record,
+                stage=STAGE,
             )
         await commit_after(
-            msg,
-            lambda: _record(broker, topics, outcome, letter),
-            stage="connectors.outbound",
-            backoff_s=RETRY_BACKOFF_S,
+            msg, lambda: _record(broker, topics, outcome, letter), stage=STAGE, backoff_s=RETRY_BACKOFF_S
         )
 
 
@@ -113,21 +100,8 @@ def register_outbound_fhir(
             resource = json.loads(payload)
             result = await writer.put(resource)
         except Exception as exc:  # not a resource with type and id: dead letter, never a loop
-            unreadable = DeadLetter.from_error(
-                exc,
-                stage="connectors.outbound",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-            )
-            await commit_after(
-                msg,
-                lambda: publish_dead_letters(broker, topics, [unreadable]),
-                stage="connectors.outbound",
-                backoff_s=RETRY_BACKOFF_S,
-            )
+            unreadable = dead_letter_for(exc, record, stage=STAGE)
+            await dead_letter_and_commit(msg, broker, topics, unreadable, backoff_s=RETRY_BACKOFF_S)
             return
         outcome = WritebackOutcome(
             channel="fhir",
@@ -140,21 +114,14 @@ def register_outbound_fhir(
         )
         letter: DeadLetter | None = None
         if result.outcome != "delivered":
-            letter = DeadLetter.from_error(
+            letter = dead_letter_for(
                 DeliveryError(
-                    f"FHIR write-back {result.outcome} with HTTP {result.status} after "
-                    f"{result.attempts} attempts"
+                    f"FHIR write-back {result.outcome} with HTTP {result.status} "
+                    f"after {result.attempts} attempts"
                 ),
-                stage="connectors.outbound",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
+                record,
+                stage=STAGE,
             )
         await commit_after(
-            msg,
-            lambda: _record(broker, topics, outcome, letter),
-            stage="connectors.outbound",
-            backoff_s=RETRY_BACKOFF_S,
+            msg, lambda: _record(broker, topics, outcome, letter), stage=STAGE, backoff_s=RETRY_BACKOFF_S
         )

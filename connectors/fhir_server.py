@@ -32,15 +32,14 @@ from connectors.fhir_ingress import (
     validate_bundle,
     validate_resource,
 )
-from connectors.kafka_sink import RecordSink
+from connectors.kafka_sink import RecordSink, send_dead_letter
 from stream.events import (
-    SCHEMA_VERSION,
     DeadLetter,
-    Envelope,
     FhirInbound,
     FhirInteraction,
     Topics,
     content_hash,
+    envelope_headers,
 )
 from stream.settings import HttpSettings
 
@@ -112,12 +111,7 @@ class FhirIngress:
     async def _refuse(self, request: Request, body: bytes, exc: FhirInputError) -> Response:
         letter = DeadLetter.from_error(exc, stage="connectors.fhir", payload=body)
         try:
-            await self._sink.send(
-                self._topics.deadletter,
-                letter.model_dump_json().encode(),
-                key=None,
-                headers=[(k, v.encode()) for k, v in letter.headers().items()],
-            )
+            await send_dead_letter(self._sink, self._topics.deadletter, letter)
         except BrokerUnavailableError:
             return outcome_response(
                 503, [Issue("transient", "cannot record the refusal now; retry later")], {"Retry-After": "5"}
@@ -134,7 +128,7 @@ class FhirIngress:
     async def _publish(
         self,
         request: Request,
-        body: bytes,
+        digest: str,
         interaction: FhirInteraction,
         resources: list[dict[str, Any]],
         message_id: str,
@@ -144,14 +138,13 @@ class FhirIngress:
     ) -> None:
         patient = next((p for p in (patient_ref(r) for r in resources) if p), None)
         source = f"fhir:{getattr(request.state, 'principal', 'unknown')}"
-        envelope = Envelope.model_construct(
+        headers = envelope_headers(  # the Envelope contract, built without model validation
             source_system=source,
             source_message_id=message_id,
-            content_hash=content_hash(body),
+            content_hash=digest,
             received_at=datetime.now(UTC),
             trace_id=secrets.token_hex(16),
             message_type=f"FHIR {interaction}",
-            schema_version=SCHEMA_VERSION,
         )
         record = FhirInbound(
             interaction=interaction,
@@ -164,7 +157,7 @@ class FhirIngress:
             self._topics.inbound_fhir,
             record.model_dump_json().encode(),
             key=record_key(patient, source).encode(),
-            headers=envelope.to_headers(),
+            headers=headers,
         )
 
     @staticmethod
@@ -176,7 +169,7 @@ class FhirIngress:
         """POST /fhir/{type}."""
         resource = validate_resource(parse_json(body), expected_type=request.path_params["type"])
         resource = assign_id(resource, body)
-        await self._publish(request, body, "create", [resource], self._version_id(resource))
+        await self._publish(request, content_hash(body), "create", [resource], self._version_id(resource))
         location = f"{str(request.base_url).rstrip('/')}/fhir/{resource['resourceType']}/{resource['id']}"
         return fhir_response(resource, 201, {"Location": location})
 
@@ -185,16 +178,18 @@ class FhirIngress:
         resource = validate_resource(
             parse_json(body), expected_type=request.path_params["type"], expected_id=request.path_params["id"]
         )
-        await self._publish(request, body, "update", [resource], self._version_id(resource))
+        await self._publish(request, content_hash(body), "update", [resource], self._version_id(resource))
         return fhir_response(resource, 200)
 
     async def bundle(self, request: Request, body: bytes) -> Response:
         """POST /fhir with a batch or transaction Bundle."""
         data = parse_json(body)
         result = validate_bundle(data)
-        bundle_id = str(data.get("id") or content_hash(body)[:32])
+        digest = content_hash(body)
+        bundle_id = str(data.get("id") or digest[:32])
+        # Only entries without an id need one derived from the body (and their position).
         resources = [
-            assign_id(r, body + str(n).encode())
+            r if r.get("id") else assign_id(r, body + str(n).encode())
             for n, r in zip(result.accepted, result.resources, strict=True)
         ]
         locations = {
@@ -202,17 +197,12 @@ class FhirIngress:
         }
         if result.bundle_type == "transaction":
             await self._publish(
-                request, body, "transaction", resources, bundle_id, full_urls=result.full_urls
+                request, digest, "transaction", resources, bundle_id, full_urls=result.full_urls
             )
         else:
-            for n, resource in zip(result.accepted, resources, strict=True):
+            for n, resource, full_url in zip(result.accepted, resources, result.full_urls, strict=True):
                 await self._publish(
-                    request,
-                    body,
-                    "batch-entry",
-                    [resource],
-                    f"{bundle_id}/{n}",
-                    full_urls=[result.full_urls[result.accepted.index(n)]],
+                    request, digest, "batch-entry", [resource], f"{bundle_id}/{n}", full_urls=[full_url]
                 )
             if result.rejected:
                 await self._refuse_entries(body, result.rejected)
@@ -221,23 +211,19 @@ class FhirIngress:
     async def _refuse_entries(self, body: bytes, rejected: dict[int, list[Issue]]) -> None:
         for issues in rejected.values():
             letter = DeadLetter.from_error(FhirInputError(400, issues), stage="connectors.fhir", payload=body)
-            await self._sink.send(
-                self._topics.deadletter,
-                letter.model_dump_json().encode(),
-                key=None,
-                headers=[(k, v.encode()) for k, v in letter.headers().items()],
-            )
+            await send_dead_letter(self._sink, self._topics.deadletter, letter)
 
     async def notification(self, request: Request, body: bytes) -> Response:
         """POST /fhir/subscription-notification (topic-based Subscriptions, R4B and the R4 backport)."""
         note = read_notification(parse_json(body))
         if note.type == "event-notification" and (note.resources or note.references):
+            digest = content_hash(body)
             await self._publish(
                 request,
-                body,
+                digest,
                 "notification",
                 note.resources,
-                f"{note.subscription}#{content_hash(body)[:16]}",
+                f"{note.subscription}#{digest[:16]}",
                 references=note.references,
             )
         log.info(

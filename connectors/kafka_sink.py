@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.errors import BrokerUnavailableError
+from stream.events import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,16 @@ class RecordSink(Protocol):
         self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """Return only once the record is durably stored; raise BrokerUnavailableError otherwise."""
+
+
+async def send_dead_letter(sink: RecordSink, topic: str, letter: DeadLetter) -> None:
+    """Write a dead letter through a sink (unkeyed; its headers carry no PHI)."""
+    await sink.send(
+        topic,
+        letter.model_dump_json().encode(),
+        key=None,
+        headers=[(k, v.encode()) for k, v in letter.headers().items()],
+    )
 
 
 class CachedPartitioner:

@@ -35,11 +35,7 @@ class AckResult:
 
 def ack_code(ack: bytes) -> str | None:
     """MSA-1 of an ACK, or None if the bytes are not a readable ACK."""
-    try:
-        msa = parse_message(ack.decode("utf-8", "replace")).first("MSA")
-    except ValueError:
-        return None
-    return msa.value(1) if msa is not None else None
+    return ack_of(ack)[0]
 
 
 class MllpClient:

@@ -44,7 +44,7 @@ from connectors.ack import (
 )
 from connectors.errors import BrokerUnavailableError, FramingError, SenderNotAllowedError
 from connectors.framing import frame, split_frames
-from connectors.kafka_sink import RecordSink
+from connectors.kafka_sink import RecordSink, send_dead_letter
 from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
 from stream.events import (
     DeadLetter,
@@ -350,12 +350,7 @@ class MllpServer:
             error.control_id = msg.control_id
         letter = DeadLetter.from_error(cause or error, stage="connectors.mllp", payload=payload)
         try:
-            await self._sink.send(
-                self._topics.deadletter,
-                letter.model_dump_json().encode(),
-                key=None,
-                headers=[(k, v.encode()) for k, v in letter.headers().items()],
-            )
+            await send_dead_letter(self._sink, self._topics.deadletter, letter)
         except BrokerUnavailableError:
             # The dead letter is not stored: do not claim anything to the sender; it retries.
             log.warning("broker unavailable: rejected message not dead-lettered, no ACK sent")

@@ -17,8 +17,8 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
 from inference.critical import evaluate
-from stream.events import Alert, DeadLetter, FhirRecord, Topics
-from stream.kafka import commit_after, publish_dead_letters, single_record
+from stream.events import Alert, FhirRecord, Topics
+from stream.kafka import commit_after, dead_letter_and_commit, dead_letter_for, single_record
 from stream.settings import CdsSettings
 
 log = logging.getLogger(__name__)
@@ -41,26 +41,12 @@ def register_cds(
     )
     async def decide(msg: KafkaMessage) -> None:
         record = single_record(msg)
-        payload: bytes = record.value or b""
         try:
-            parsed = FhirRecord.model_validate_json(payload)
+            parsed = FhirRecord.model_validate_json(record.value or b"")
             alerts = evaluate(parsed, threshold=threshold, now=datetime.now(UTC))
         except Exception as exc:  # a record the rules cannot read is dead-lettered, never skipped
-            letter = DeadLetter.from_error(
-                exc,
-                stage="cds",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-            )
-            await commit_after(
-                msg,
-                lambda: publish_dead_letters(broker, topics, [letter]),
-                stage="cds",
-                backoff_s=RETRY_BACKOFF_S,
-            )
+            letter = dead_letter_for(exc, record, stage="cds")
+            await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
             return
         if await commit_after(
             msg, lambda: _publish(broker, topics, alerts), stage="cds", backoff_s=RETRY_BACKOFF_S

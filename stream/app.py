@@ -16,10 +16,10 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
+from stream.events import FhirInbound, FhirRecord, Topics
 from stream.fhir_input import normalize_fhir
 from stream.hl7v2 import decode_payload
-from stream.kafka import commit_after, publish_dead_letters, single_record
+from stream.kafka import commit_after, dead_letter_and_commit, dead_letter_for, envelope_of, single_record
 from stream.normalize import normalize_hl7
 from stream.settings import NormalizerSettings
 
@@ -43,34 +43,15 @@ def register_normalizer(
     )
     async def normalize(msg: KafkaMessage) -> None:
         record = single_record(msg)
-        payload: bytes = record.value or b""
-        envelope: Envelope | None
+        envelope = envelope_of(record)
         try:
-            envelope = Envelope.from_headers(record.headers)
-        except ValueError:
-            envelope = None
-        try:
-            result = normalize_hl7(decode_payload(payload), tz=tz)
+            result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
             if envelope is None:
                 raise ValueError("record has no valid envelope headers")
             out = FhirRecord(envelope=envelope, patient_id=result.patient_id, resources=result.resources)
         except Exception as exc:  # every failure of the pure core becomes a dead letter
-            letter = DeadLetter.from_error(
-                exc,
-                stage="normalizer",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                envelope=envelope,
-            )
-            await commit_after(
-                msg,
-                lambda: publish_dead_letters(broker, topics, [letter]),
-                stage="normalizer",
-                backoff_s=RETRY_BACKOFF_S,
-            )
+            letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
+            await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
             return
 
         async def publish() -> None:
@@ -108,36 +89,17 @@ def register_fhir_normalizer(
     )
     async def normalize_fhir_input(msg: KafkaMessage) -> None:
         record = single_record(msg)
-        payload: bytes = record.value or b""
-        envelope: Envelope | None
-        try:
-            envelope = Envelope.from_headers(record.headers)
-        except ValueError:
-            envelope = None
+        envelope = envelope_of(record)
         try:
             if envelope is None:
                 raise ValueError("record has no valid envelope headers")
-            groups = normalize_fhir(FhirInbound.model_validate_json(payload))
+            groups = normalize_fhir(FhirInbound.model_validate_json(record.value or b""))
             outputs = [
                 FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources) for g in groups
             ]
         except Exception as exc:  # every failure of the pure core becomes a dead letter
-            letter = DeadLetter.from_error(
-                exc,
-                stage="normalizer",
-                payload=payload,
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                envelope=envelope,
-                key=record.key,
-            )
-            await commit_after(
-                msg,
-                lambda: publish_dead_letters(broker, topics, [letter]),
-                stage="normalizer",
-                backoff_s=RETRY_BACKOFF_S,
-            )
+            letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
+            await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
             return
 
         async def publish() -> None:

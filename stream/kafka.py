@@ -18,7 +18,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import DeadLetter, Topics
+from stream.events import DeadLetter, Envelope, Topics
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +66,36 @@ async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: lis
             letter.control_id,
             letter.offset,
         )
+
+
+def envelope_of(record: Any) -> Envelope | None:
+    """The envelope in a record's headers, or None when they are missing or invalid."""
+    try:
+        return Envelope.from_headers(record.headers)
+    except ValueError:
+        return None
+
+
+def dead_letter_for(
+    error: Exception, record: Any, *, stage: str, envelope: Envelope | None = None
+) -> DeadLetter:
+    """A dead letter for a consumed record, keeping its bytes, key and position for replay."""
+    return DeadLetter.from_error(
+        error,
+        stage=stage,
+        payload=record.value or b"",
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        envelope=envelope,
+        key=record.key,
+    )
+
+
+async def dead_letter_and_commit(
+    msg: KafkaMessage, broker: KafkaBroker, topics: Topics, letter: DeadLetter, *, backoff_s: float
+) -> bool:
+    """Publish the dead letter, then commit the record it replaces (retry on failure)."""
+    return await commit_after(
+        msg, lambda: publish_dead_letters(broker, topics, [letter]), stage=letter.stage, backoff_s=backoff_s
+    )
