@@ -216,11 +216,27 @@ ENCOUNTER_STATUS: dict[str, str | None] = {
     "A11": "cancelled",  # cancel admit
     "A12": "in-progress",  # cancel transfer
     "A13": "in-progress",  # cancel discharge
+    "A09": "in-progress",  # patient departing (tracking)
+    "A10": "in-progress",  # patient arriving (tracking)
+    "A14": "planned",  # pending admit
+    "A15": "in-progress",  # pending transfer
+    "A16": "in-progress",  # pending discharge
+    "A25": "in-progress",  # cancel pending discharge
+    "A26": "in-progress",  # cancel pending transfer
+    "A27": "cancelled",  # cancel pending admit
     "A28": None,  # add person
     "A31": None,  # update person
+    "A60": None,  # update allergy information
+    "A30": None,  # merge person information
+    "A34": None,  # merge patient information (patient id only)
+    "A36": None,  # merge patient information (patient id and account)
+    "A39": None,  # merge person (patient id)
     "A40": None,  # merge patient (identifier list)
+    "A46": None,  # change patient id
     "A47": None,  # change patient identifier list
 }
+# Events whose MRG segment retires a patient identifier: the merges and identifier changes.
+MERGE_EVENTS = frozenset({"A30", "A34", "A36", "A39", "A40", "A46", "A47"})
 ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"

@@ -26,6 +26,11 @@ from stream.settings import NormalizerSettings
 log = logging.getLogger(__name__)
 
 NORMALIZED = Counter("clinstream_normalized_messages", "Messages normalized to FHIR", ["message_type"])
+UNMAPPED = Counter(
+    "clinstream_unmapped",
+    "Source segments (Z-segments included) and fields that no mapping read",
+    ["message_type", "item"],
+)
 RETRY_BACKOFF_S = 1.0
 
 
@@ -48,7 +53,12 @@ def register_normalizer(
             result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
             if envelope is None:
                 raise ValueError("record has no valid envelope headers")
-            out = FhirRecord(envelope=envelope, patient_id=result.patient_id, resources=result.resources)
+            out = FhirRecord(
+                envelope=envelope,
+                patient_id=result.patient_id,
+                resources=result.resources,
+                unmapped=result.unmapped,
+            )
         except Exception as exc:  # every failure of the pure core becomes a dead letter
             letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
             await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
@@ -73,6 +83,8 @@ def register_normalizer(
 
         if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
             NORMALIZED.labels(result.message_type).inc()
+            for item, count in result.unmapped.items():
+                UNMAPPED.labels(result.message_type, item).inc(count)
             log.debug("normalized control_id=%s resources=%d", result.control_id, len(result.resources))
 
 

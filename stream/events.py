@@ -40,12 +40,29 @@ SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
             "A31",
             "A40",
             "A47",
+            "A09",
+            "A10",
+            "A14",
+            "A15",
+            "A16",
+            "A25",
+            "A26",
+            "A27",
+            "A30",
+            "A34",
+            "A36",
+            "A39",
+            "A46",
+            "A60",
         )
     }
-    | {("ORU", "R01"), ("OUL", "R22")}
+    | {("ORU", "R01"), ("OUL", "R22"), ("OUL", "R23"), ("OUL", "R24")}
     | {("MDM", f"T{n:02d}") for n in range(1, 12)}
     | {("VXU", "V04")}
     | {("PPR", f"PC{n}") for n in (1, 2, 3)}
+    | {("ORM", "O01"), ("OML", "O21"), ("OML", "O33"), ("OMG", "O19")}
+    | {("RDE", "O11"), ("RDE", "O25"), ("RDS", "O13"), ("RAS", "O17"), ("OMP", "O09")}
+    | {("SIU", f"S{n}") for n in range(12, 27)}
 )
 
 
@@ -204,6 +221,10 @@ class FhirRecord(BaseModel):
     envelope: Envelope
     patient_id: str = Field(description="FHIR Patient id (= the record key).")
     resources: list[dict[str, Any]] = Field(description="FHIR R4 resources as JSON, validated.")
+    unmapped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Source segments (Z-segments included) and fields no mapping read, with counts.",
+    )
 
 
 class DeadLetter(BaseModel):

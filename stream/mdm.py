@@ -9,14 +9,13 @@ addendum or a replacement (T03-T10) of the same document overwrites it and a can
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, component_of, to_fhir_datetime
-from stream.oru import codeable_concept
+from stream.oru import codeable_concept, ed_attachment
 
 # TXA-17 document completion status (HL7 table 0271) → docStatus.
 _DOC_STATUS = {
@@ -90,31 +89,9 @@ def _attachments(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
                     lines.append(component_of(rep, msg.seps, 1))
         elif value_type == "ED":
             reps = obx.repetitions(5)
-            data = component_of(reps[0], msg.seps, 5) if reps else ""
-            if not data:
-                continue
-            encoding = component_of(reps[0], msg.seps, 4).upper()
-            if encoding != "BASE64":
-                raise MappingError(
-                    "OBX-5 ED encoding other than Base64 is not mapped",
-                    code=102,
-                    segment="OBX",
-                    field=5,
-                    control_id=msg.control_id,
-                )
-            try:
-                base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise MappingError(
-                    "OBX-5 ED data is not valid Base64",
-                    code=102,
-                    segment="OBX",
-                    field=5,
-                    control_id=msg.control_id,
-                ) from exc
-            subtype = component_of(reps[0], msg.seps, 3).lower() or "octet-stream"
-            media = (component_of(reps[0], msg.seps, 2) or "application").lower()
-            out.append({"attachment": {"contentType": f"{media}/{subtype}", "data": data}})
+            attachment = ed_attachment(reps[0], msg) if reps else None
+            if attachment is not None:
+                out.append({"attachment": attachment})
     if lines:
         text = "\n".join(lines).strip("\n")
         out.insert(

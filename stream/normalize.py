@@ -8,22 +8,29 @@ settings: the handler in `stream.app` supplies the time zone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
+from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.immunization import Immunization
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
+from fhir.resources.R4B.medicationdispense import MedicationDispense
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.specimen import Specimen
 from pydantic import ValidationError
 
 from stream.adt import (
     ENCOUNTER_STATUS,
+    MERGE_EVENTS,
     encounter_status_for,
     map_allergies,
     map_diagnoses,
@@ -31,12 +38,16 @@ from stream.adt import (
     map_merge,
     map_patient,
 )
+from stream.coverage import unmapped
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import Message, check_header, parse_message
 from stream.mdm import map_document
+from stream.orders import map_service_requests, map_specimens, order_groups, order_keys, service_request_id
 from stream.oru import map_observations, map_reports
+from stream.pharmacy import map_medications
 from stream.ppr import map_problems
+from stream.siu import SIU_EVENTS, map_appointment
 from stream.vxu import map_immunizations
 
 _MODELS: dict[str, Any] = {
@@ -48,6 +59,12 @@ _MODELS: dict[str, Any] = {
     "DiagnosticReport": DiagnosticReport,
     "DocumentReference": DocumentReference,
     "Immunization": Immunization,
+    "ServiceRequest": ServiceRequest,
+    "Specimen": Specimen,
+    "MedicationRequest": MedicationRequest,
+    "MedicationDispense": MedicationDispense,
+    "MedicationAdministration": MedicationAdministration,
+    "Appointment": Appointment,
 }
 
 
@@ -57,6 +74,7 @@ class Normalized:
 
     ``also`` holds records for other patients the message changes (the retired patient of a
     merge), each as (patient id, resources), published under that patient's key.
+    ``unmapped`` counts the segments and fields no mapping read (`stream.coverage`).
     """
 
     patient_id: str
@@ -64,6 +82,7 @@ class Normalized:
     control_id: str
     resources: list[dict[str, Any]]
     also: tuple[tuple[str, list[dict[str, Any]]], ...] = ()
+    unmapped: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
@@ -87,7 +106,7 @@ def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
             control_id=msg.control_id,
             reject=True,
         )
-    resources = mapper(msg, tz)
+    resources = _one_per_id(mapper(msg, tz), msg)
     validated = [validate_resource(r, msg) for r in resources]
     patient_id = str(validated[0]["id"])
     own = [r for r in validated if not _retired(r, patient_id)]
@@ -98,7 +117,40 @@ def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
         control_id=msg.control_id,
         resources=own,
         also=others,
+        unmapped=unmapped(msg),
     )
+
+
+# Resources whose id is the clinical fact itself (the patient's allergy to X, problem Y, the
+# specimen with number Z, the dose of vaccine V given at T): a second mention in one message is the same fact, and the later
+# mention wins, as it would in the next message.
+_SAME_FACT = frozenset({"AllergyIntolerance", "Condition", "Immunization", "Specimen"})
+
+
+def _one_per_id(resources: list[dict[str, Any]], msg: Message) -> list[dict[str, Any]]:
+    """One resource per id: exact repeats are dropped, same-fact mentions merged (last wins).
+
+    Raises:
+        MappingError: two different resources of another type got one id; publishing both
+            would let one silently overwrite the other.
+    """
+    by_key: dict[tuple[str, str], int] = {}
+    out: list[dict[str, Any]] = []
+    for resource in resources:
+        key = (resource["resourceType"], resource["id"])
+        at = by_key.get(key)
+        if at is None:
+            by_key[key] = len(out)
+            out.append(resource)
+        elif out[at] != resource:
+            if key[0] not in _SAME_FACT:
+                raise MappingError(
+                    f"two different {key[0]} resources derive from the same source identifiers",
+                    code=205,
+                    control_id=msg.control_id,
+                )
+            out[at] = resource
+    return out
 
 
 def _retired(resource: dict[str, Any], survivor: str) -> bool:
@@ -129,7 +181,7 @@ def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
 def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     """Every ADT event: Patient; the visit's Encounter; AL1, DG1 and OBX content; merges."""
     patient = map_patient(msg)
-    retired = map_merge(msg, patient) if msg.trigger_event in ("A40", "A47") else None
+    retired = map_merge(msg, patient) if msg.trigger_event in MERGE_EVENTS else None
     if retired is not None:
         patient["link"] = [{"other": {"reference": f"Patient/{retired['id']}"}, "type": "replaces"}]
         return [patient, retired]
@@ -146,13 +198,50 @@ def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 
 
 def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
-    """Results (ORU^R01, OUL^R22): Patient, Encounter, Observations, one DiagnosticReport per OBR."""
+    """Results (ORU^R01, OUL^R22): Patient, Encounter, Specimens, the orders (ServiceRequest),
+    Observations and one DiagnosticReport per OBR, based on its order."""
     patient = map_patient(msg)
     encounter = map_encounter(msg, patient["id"], tz, status="unknown")
     encounter_id = encounter["id"] if encounter else None
-    observations = map_observations(msg, patient["id"], encounter_id, tz)
+    specimens, links = map_specimens(msg, patient["id"], tz)
+    requests = map_service_requests(msg, patient["id"], encounter_id, tz, specimens=links)
+    observations = map_observations(msg, patient["id"], encounter_id, tz, narrative=True)
     reports = map_reports(msg, patient["id"], encounter_id, observations, tz)
-    return [patient] + ([encounter] if encounter else []) + observations + reports
+    keyed = zip(order_keys(msg), order_groups(msg), strict=True)
+    obr_groups = [(key, obr) for key, (_, obr, _) in keyed if obr is not None]
+    for report, (key, obr) in zip(reports, obr_groups, strict=False):
+        report["basedOn"] = [{"reference": f"ServiceRequest/{service_request_id(msg, key)}"}]
+        linked = links.get(msg.segments.index(obr))
+        if linked:
+            report["specimen"] = [{"reference": f"Specimen/{i}"} for i in linked]
+    return [patient] + ([encounter] if encounter else []) + specimens + requests + observations + reports
+
+
+def _orders(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Orders and pharmacy (ORM, OML, OMG, RDE, RDS, RAS, OMP): Patient, Encounter, Specimens,
+    ServiceRequests, medication requests/dispenses/administrations, and the AL1, DG1 and OBX
+    content the order carries."""
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter_id = encounter["id"] if encounter else None
+    specimens, links = map_specimens(msg, patient["id"], tz)
+    return (
+        [patient]
+        + ([encounter] if encounter else [])
+        + specimens
+        + map_service_requests(msg, patient["id"], encounter_id, tz, specimens=links)
+        + map_medications(msg, patient["id"], encounter_id, tz)
+        + map_allergies(msg, patient["id"], tz)
+        + map_diagnoses(msg, patient["id"], encounter_id, tz)
+        + map_observations(msg, patient["id"], encounter_id, tz, category=None)
+    )
+
+
+def _siu(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Scheduling: Patient, the visit's Encounter when PV1 is sent, and the Appointment."""
+    patient = map_patient(msg)
+    encounter = map_encounter(msg, patient["id"], tz, status="planned")
+    return [patient] + ([encounter] if encounter else []) + [map_appointment(msg, patient["id"], tz)]
 
 
 def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -185,9 +274,26 @@ _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any
     **{("ADT", event): _adt for event in ENCOUNTER_STATUS},
     ("ORU", "R01"): _oru_r01,
     ("OUL", "R22"): _oru_r01,
+    ("OUL", "R23"): _oru_r01,
+    ("OUL", "R24"): _oru_r01,
     **{("MDM", f"T{n:02d}"): _mdm for n in range(1, 12)},
     ("VXU", "V04"): _vxu,
     **{("PPR", f"PC{n}"): _ppr for n in (1, 2, 3)},
+    **{
+        key: _orders
+        for key in (
+            ("ORM", "O01"),
+            ("OML", "O21"),
+            ("OML", "O33"),
+            ("OMG", "O19"),
+            ("RDE", "O11"),
+            ("RDE", "O25"),
+            ("RDS", "O13"),
+            ("RAS", "O17"),
+            ("OMP", "O09"),
+        )
+    },
+    **{("SIU", event): _siu for event in SIU_EVENTS},
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
     raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

@@ -7,6 +7,8 @@ Pure functions. Each OBX becomes one Observation whose id is derived from the or
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -55,6 +57,16 @@ _NUMERIC_TYPES = {"NM"}
 _TEXT_TYPES = {"ST", "TX", "FT"}
 _CODED_TYPES = {"CE", "CWE", "CNE"}
 _DATE_TYPES = {"DT", "DTM", "TS"}
+# ED/RP type of data (HL7 table 0191) → MIME top-level type.
+_MEDIA = {
+    "IM": "image",
+    "AP": "application",
+    "AU": "audio",
+    "TX": "text",
+    "TEXT": "text",
+    "NS": "application",
+}
+_DOCUMENT_TYPES = {"ED", "RP"}
 
 
 def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
@@ -78,6 +90,19 @@ def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
     return out
 
 
+def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
+    """The NTE segments that directly follow ``seg``, as FHIR Annotations."""
+    out: list[dict[str, str]] = []
+    start = msg.segments.index(seg) + 1
+    for nxt in msg.segments[start:]:
+        if nxt.name != "NTE":
+            break
+        text = "\n".join(component_of(r, msg.seps, 1) for r in nxt.repetitions(3) if r)
+        if text:
+            out.append({"text": text})
+    return out
+
+
 def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
     """CodeableConcept from a CWE/CE with its primary and alternate codings."""
     codings = [c for c in (coding(raw, msg), coding(raw, msg, offset=3)) if c]
@@ -97,11 +122,14 @@ def map_observations(
     tz: ZoneInfo,
     *,
     category: str | None = "laboratory",
+    narrative: bool = False,
 ) -> list[dict[str, Any]]:
     """Every OBX of the message as an Observation, in message order.
 
     ``category`` is the observation-category code (laboratory for results messages; None
-    for the OBX of ADT messages, which may be vitals, height, weight or answers).
+    for the OBX of ADT messages, which may be vitals, height, weight or answers). ED and RP
+    values become DocumentReferences. With ``narrative``, uncoded text lines (see
+    `is_narrative`) are left to the report; otherwise they fail as a missing OBX-3.
     """
     out: list[dict[str, Any]] = []
     obr: Segment | None = None
@@ -110,14 +138,143 @@ def map_observations(
         if seg.name == "OBR":
             obr = seg
         elif seg.name == "OBX":
+            if (narrative and obr is not None and is_narrative(seg, msg)) or _is_blank(seg, msg):
+                continue
             order = _order_number(obr, msg)
             code_key = seg.value(3, 1) or seg.value(3, 2)
             sub = seg.value(4)
             occurrence = seen.get((order, code_key, sub), 0)
             seen[(order, code_key, sub)] = occurrence + 1
-            obs_id = deterministic_id("Observation", msg.msh.value(4), order, code_key, sub, str(occurrence))
+            parts = (msg.msh.value(4), order, code_key, sub, str(occurrence))
+            if seg.value(2).upper() in _DOCUMENT_TYPES and _document_data(seg, msg):
+                doc_id = deterministic_id("DocumentReference", *parts)
+                out.append(_document(seg, obr, msg, doc_id, patient_id, encounter_id, tz))
+                continue
+            obs_id = deterministic_id("Observation", *parts)
             out.append(_observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz, category))
     return out
+
+
+def _document_data(obx: Segment, msg: Message) -> str:
+    """The data (ED-5) or pointer (RP-1) of a document-valued OBX; empty when none was sent."""
+    reps = obx.repetitions(5)
+    if not reps:
+        return ""
+    return component_of(reps[0], msg.seps, 5 if obx.value(2).upper() == "ED" else 1)
+
+
+def _is_blank(obx: Segment, msg: Message) -> bool:
+    """An OBX with neither an identifier nor a value: nothing in it can be mapped.
+
+    Senders emit these as placeholders (``OBX||ED|||App^NS^Octet-stream^Base64``); they are
+    skipped and show up in the unmapped-content report instead of failing the message.
+    """
+    if obx.get(3).strip(msg.seps.component):
+        return False
+    if obx.value(2).upper() in _DOCUMENT_TYPES:
+        return not _document_data(obx, msg)
+    return not any(r.strip(msg.seps.component) for r in obx.repetitions(5))
+
+
+def is_narrative(obx: Segment, msg: Message) -> bool:
+    """An OBX without an identifier (OBX-3) whose value is a line of report text.
+
+    Radiology and transcription feeds send the report body this way, one line per OBX;
+    results messages keep such lines as the report's text (DiagnosticReport.presentedForm)
+    rather than inventing an observation code for them.
+    """
+    return not obx.get(3).strip(msg.seps.component) and obx.value(2).upper() in _TEXT_TYPES
+
+
+def ed_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
+    """FHIR Attachment from an ED value (source^type^subtype^encoding^data), or None when empty.
+
+    Raises:
+        MappingError: an encoding other than Base64, or corrupt Base64.
+    """
+    seps = msg.seps
+    data = component_of(raw, seps, 5)
+    if not data:
+        return None
+    if component_of(raw, seps, 4).upper() != "BASE64":
+        raise MappingError(
+            "OBX-5 ED encoding other than Base64 is not mapped",
+            code=102,
+            segment="OBX",
+            field=5,
+            control_id=msg.control_id,
+        )
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MappingError(
+            "OBX-5 ED data is not valid Base64", code=102, segment="OBX", field=5, control_id=msg.control_id
+        ) from exc
+    media = _MEDIA.get(component_of(raw, seps, 2).upper(), "application")
+    subtype = component_of(raw, seps, 3).lower() or "octet-stream"
+    return {"contentType": f"{media}/{subtype}", "data": data}
+
+
+def _rp_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
+    """FHIR Attachment pointing at an RP value (pointer^application^type^subtype)."""
+    seps = msg.seps
+    url = component_of(raw, seps, 1)
+    if not url:
+        return None
+    out: dict[str, Any] = {"url": url}
+    media = _MEDIA.get(component_of(raw, seps, 3).upper())
+    subtype = component_of(raw, seps, 4).lower()
+    if media and subtype:
+        out["contentType"] = f"{media}/{subtype}"
+    return out
+
+
+def _document(
+    obx: Segment,
+    obr: Segment | None,
+    msg: Message,
+    doc_id: str,
+    patient_id: str,
+    encounter_id: str | None,
+    tz: ZoneInfo,
+) -> dict[str, Any]:
+    """An ED (encapsulated data) or RP (reference pointer) OBX as a DocumentReference.
+
+    FHIR R4 Observation has no attachment value, so the image or file becomes a document of
+    the patient, typed by OBX-3 and linked from the report's presentedForm.
+    """
+    reps = obx.repetitions(5)
+    to_attachment = ed_attachment if obx.value(2).upper() == "ED" else _rp_attachment
+    attachment = to_attachment(reps[0], msg) if reps else None
+    if attachment is None:
+        raise MappingError(
+            f"OBX-5 {obx.value(2).upper()} value is empty",
+            code=101,
+            segment="OBX",
+            field=5,
+            control_id=msg.control_id,
+        )
+    code_raw = obx.repetitions(3)
+    concept = codeable_concept(code_raw[0], msg) if code_raw else None
+    when = to_fhir_datetime(obx.value(14), tz, segment="OBX", field=14)
+    if when is None and obr is not None:
+        when = to_fhir_datetime(obr.value(7), tz, segment="OBR", field=7)
+    if when:
+        attachment["creation"] = when
+    if concept and concept.get("text"):
+        attachment["title"] = concept["text"]
+    resource: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "id": doc_id,
+        "status": "entered-in-error" if obx.value(11).upper() in ("W", "D") else "current",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "content": [{"attachment": attachment}],
+    }
+    if concept:
+        resource["type"] = concept
+    if encounter_id:
+        resource["context"] = {"encounter": [{"reference": f"Encounter/{encounter_id}"}]}
+    return resource
 
 
 def _order_number(obr: Segment | None, msg: Message) -> str:
@@ -170,6 +327,9 @@ def _observation(
     ref_range = _reference_range(obx.value(7), unit)
     if ref_range:
         resource["referenceRange"] = [ref_range]
+    notes = notes_after(msg, obx)
+    if notes:
+        resource["note"] = notes
     flags = [f for f in obx.repetitions(8) if f]
     if flags:
         resource["interpretation"] = [
@@ -239,8 +399,24 @@ def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> di
             if comparator not in ("", "="):
                 quantity["comparator"] = comparator
             return {"valueQuantity": quantity}
+        separator = component_of(reps[0], msg.seps, 3)
+        second = component_of(reps[0], msg.seps, 4)
+        if comparator in ("", "=") and separator == "-" and second:
+            return {
+                "valueRange": {
+                    "low": {"value": _decimal(number, obx, msg), **unit},
+                    "high": {"value": _decimal(second, obx, msg), **unit},
+                }
+            }
+        if comparator in ("", "=") and separator in (":", "/") and second:
+            return {
+                "valueRatio": {
+                    "numerator": {"value": _decimal(number, obx, msg)},
+                    "denominator": {"value": _decimal(second, obx, msg)},
+                }
+            }
         raise UnsupportedMessageError(
-            "OBX-5 structured numeric ranges/ratios are not mapped yet",
+            "OBX-5 structured numeric with this comparator/separator is not mapped",
             code=102,
             segment="OBX",
             field=5,
@@ -252,6 +428,8 @@ def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> di
     if value_type in _CODED_TYPES:
         concept = codeable_concept(reps[0], msg)
         return {"valueCodeableConcept": concept} if concept else {}
+    if value_type in _DOCUMENT_TYPES:
+        return {}  # a document OBX without data: the Observation keeps its code and status
     if value_type in _DATE_TYPES:
         when = to_fhir_datetime(component_of(reps[0], msg.seps, 1), tz, segment="OBX", field=5)
         return {"valueDateTime": when} if when else {}
@@ -308,17 +486,40 @@ def map_reports(
     out: list[dict[str, Any]] = []
     index = 0
     report: dict[str, Any] | None = None
+    lines: list[str] = []
     for seg in msg.segments:
         if seg.name == "OBR":
+            _add_text(report, lines)
             report = _report(seg, msg, patient_id, encounter_id, tz)
             out.append(report)
         elif seg.name == "OBX":
+            if _is_blank(seg, msg):
+                continue
+            if report is not None and is_narrative(seg, msg):
+                lines.extend(component_of(r, msg.seps, 1) for r in seg.repetitions(5))
+                continue
             if report is not None and index < len(observations):
-                report.setdefault("result", []).append(
-                    {"reference": f"Observation/{observations[index]['id']}"}
-                )
+                made = observations[index]
+                if made["resourceType"] == "Observation":
+                    report.setdefault("result", []).append({"reference": f"Observation/{made['id']}"})
+                else:
+                    report.setdefault("presentedForm", []).append(made["content"][0]["attachment"])
             index += 1
+    _add_text(report, lines)
     return out
+
+
+def _add_text(report: dict[str, Any] | None, lines: list[str]) -> None:
+    """Uncoded report lines as the report's text/plain presentedForm (first, before files)."""
+    text = "\n".join(lines).strip("\n")
+    lines.clear()
+    if report is None or not text:
+        return
+    attachment = {
+        "contentType": "text/plain; charset=utf-8",
+        "data": base64.b64encode(text.encode()).decode(),
+    }
+    report.setdefault("presentedForm", []).insert(0, attachment)
 
 
 def _report(

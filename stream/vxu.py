@@ -63,7 +63,9 @@ def _immunization(
             control_id=msg.control_id,
         )
     filler = order.value(3) if order is not None else ""
-    key = filler or f"{rxa.value(5, 1)}@{rxa.value(3)}"
+    # Senders reuse one order number for several administrations (the IG's own VXU sample
+    # does): the vaccine and the time tell them apart.
+    key = f"{filler}|{rxa.value(5, 1)}@{rxa.value(3)}"
     status = (
         "entered-in-error"
         if rxa.value(21).upper() == "D"

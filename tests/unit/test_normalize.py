@@ -85,15 +85,17 @@ def test_rule_checks_on_corpus(path):
     try:
         result = normalize_hl7(text, tz=UTC)
     except Hl7Error as exc:
-        assert exc.code in (100, 101, 102, 200)
+        assert exc.code in (100, 101, 102, 200, 205)
         return
     types = [r["resourceType"] for r in result.resources]
     assert types.count("Patient") == 1
-    ids = {f"{r['resourceType']}/{r['id']}" for r in result.resources}
-    for resource in result.resources:
-        for ref_field in ("subject", "encounter"):
-            if ref_field in resource:
-                assert resource[ref_field]["reference"] in ids, "reference does not resolve"
+    everything = result.resources + [r for _, also in result.also for r in also]
+    keys = [f"{r['resourceType']}/{r['id']}" for r in everything]
+    assert len(keys) == len(set(keys)), "two resources of one message share an id"
+    ids = set(keys)
+    for resource in everything:
+        for ref in _references(resource):
+            assert ref in ids, f"{resource['resourceType']} reference to {ref.split('/')[0]} does not resolve"
     # Every Observation value is traceable to the source text.
     for obs in (r for r in result.resources if r["resourceType"] == "Observation"):
         if "valueQuantity" in obs:
@@ -101,6 +103,17 @@ def test_rule_checks_on_corpus(path):
         if "valueString" in obs:
             first_line = obs["valueString"].split("\n")[0][:20]
             assert first_line in text or first_line.replace("&", "\\T\\") in text or not first_line
+
+
+def _references(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node["reference"]
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
 
 
 def _number_in(text, value):
@@ -146,8 +159,11 @@ def test_corrected_result_overwrites_the_preliminary_one():
 
 def test_observation_mapping_details():
     result = normalize_hl7(DEMO_ORU, tz=ZoneInfo("America/Chicago"))
-    patient, encounter, obs, report = result.resources
+    patient, encounter, order, obs, report = result.resources
     assert report["result"] == [{"reference": f"Observation/{obs['id']}"}]
+    assert report["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    assert order["resourceType"] == "ServiceRequest"
+    assert order["code"]["coding"][0]["code"] == report["code"]["coding"][0]["code"]
     assert report["encounter"]["reference"] == f"Encounter/{encounter['id']}"
     assert patient["id"] == result.patient_id == patient_key("MERCY", "100002")
     assert encounter["subject"]["reference"] == f"Patient/{patient['id']}"
@@ -178,7 +194,7 @@ def test_non_numeric_nm_value_is_a_located_mapping_error():
 
 def test_unsupported_type_is_refused():
     with pytest.raises(UnsupportedMessageError) as err:
-        normalize_hl7(DEMO_ORU.replace("ORU^R01^ORU_R01", "SIU^S12"), tz=UTC)
+        normalize_hl7(DEMO_ORU.replace("ORU^R01^ORU_R01", "DFT^P03"), tz=UTC)
     assert err.value.code == 200
 
 
