@@ -46,11 +46,22 @@ def map_patient(msg: Message) -> dict[str, Any]:
     pid = msg.first("PID") or Segment("PID", "PID", msg.seps)
     seps = msg.seps
     identifiers: list[dict[str, Any]] = []
-    for rep in pid.repetitions(3):
+    # PID-3 (identifier list), then PID-2/PID-4 (external and alternate ids, v2.3-2.4),
+    # PID-19 (SSN) and PID-20 (driver's licence), as the v2-to-FHIR guide maps them.
+    for field, rep in _identifier_fields(pid):
         value = component_of(rep, seps, 1)
-        if not value:
+        if not value or (field != 3 and any(i["value"] == value for i in identifiers)):
             continue
         ident: dict[str, Any] = {"value": value}
+        if field == 19:
+            ident["type"] = {"coding": [{"system": V2_0203, "code": "SS"}]}
+            ident["system"] = "http://hl7.org/fhir/sid/us-ssn"
+            identifiers.append(ident)
+            continue
+        if field == 20:
+            ident["type"] = {"coding": [{"system": V2_0203, "code": "DL"}]}
+            identifiers.append(ident)
+            continue
         ns = component_of(rep, seps, 4, 1)
         system = identifier_system(ns, component_of(rep, seps, 4, 2), component_of(rep, seps, 4, 3))
         if system:
@@ -65,7 +76,7 @@ def map_patient(msg: Message) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Patient", "id": patient_key(authority, mrn)}
     if identifiers:
         resource["identifier"] = identifiers
-    names = [_name(rep, msg) for rep in pid.repetitions(5)]
+    names = [_name(rep, msg) for rep in pid.repetitions(5) + pid.repetitions(9)]  # PID-9: alias
     names = [n for n in names if n]
     if names:
         resource["name"] = names
@@ -86,6 +97,10 @@ def map_patient(msg: Message) -> dict[str, Any]:
     if pid.value(30).upper() == "Y":
         resource["deceasedBoolean"] = True
     return resource
+
+
+def _identifier_fields(pid: Segment) -> list[tuple[int, str]]:
+    return [(field, rep) for field in (3, 2, 4, 19, 20) for rep in pid.repetitions(field)]
 
 
 def _date_only(value: str, seg: Segment) -> str | None:
@@ -145,8 +160,14 @@ def _telecom(rep: str, msg: Message) -> dict[str, Any] | None:
     return out
 
 
-def map_encounter(msg: Message, patient_id: str, tz: ZoneInfo, *, status: str) -> dict[str, Any] | None:
+def map_encounter(
+    msg: Message, patient_id: str, tz: ZoneInfo, *, status: str, infer: bool = False
+) -> dict[str, Any] | None:
     """Encounter from PV1, or None when the message has no PV1.
+
+    With ``infer`` (messages that do not say where the visit stands: results, orders,
+    documents, an A08 update), the status comes from the visit's dates and class when they
+    are sent, and stays ``status`` otherwise.
 
     The id comes from the visit number (PV1-19) and its authority when present, else
     from the source message, so an A08 update of the same visit overwrites.
@@ -191,8 +212,13 @@ def map_encounter(msg: Message, patient_id: str, tz: ZoneInfo, *, status: str) -
     period = {k: v for k, v in (("start", start), ("end", end)) if v}
     if period:
         resource["period"] = period
-    if end and status == "unknown":
-        resource["status"] = "finished"
+    if infer and (end or start):
+        # Outside ADT the visit's dates say where it stands: discharged, admitted, or (PV1-2
+        # P, pre-admit) still planned. Without dates nothing is assumed: unknown.
+        if end:
+            resource["status"] = "finished"
+        else:
+            resource["status"] = "planned" if patient_class == "P" else "in-progress"
     loc_raw = pv1.repetitions(3)
     if loc_raw:
         parts = [component_of(loc_raw[0], seps, i) for i in (4, 1, 2, 3)]
@@ -265,12 +291,7 @@ def encounter_status_for(msg: Message) -> str | None:
     status = ENCOUNTER_STATUS.get(msg.trigger_event)
     if status != "from-dates":
         return status
-    pv1 = msg.first("PV1")
-    if pv1 is not None and pv1.value(45):
-        return "finished"
-    if pv1 is not None and pv1.value(44):
-        return "in-progress"
-    return "unknown"
+    return "unknown"  # map_encounter reads PV1-44/45 and PV1-2
 
 
 def map_allergies(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str, Any]]:

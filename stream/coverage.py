@@ -23,7 +23,7 @@ MAPPED: dict[str, frozenset[int]] = {
     # version and acknowledgment types are read by the connector and the envelope.
     "MSH": _f(1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16),
     "EVN": _f(2, 6),
-    "PID": _f(1, 2, 3, 4, 5, 7, 8, 11, 13, 30),
+    "PID": _f(1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 19, 20, 30),
     "PV1": _f(1, 2, 3, 19, 44, 45),
     "MRG": _f(1),
     "AL1": _f(1, 2, 3, 4, 5, 6),
@@ -37,7 +37,7 @@ MAPPED: dict[str, frozenset[int]] = {
     "PRB": _f(1, 3, 4, 7, 9, 13, 14, 16),
     "RXA": _f(3, 5, 6, 7, 9, 15, 16, 18, 20, 21),
     "RXR": _f(1, 2),
-    "RXE": _f(1, 2, 3, 5, 7, 10, 11, 12, 27),
+    "RXE": _f(1, 2, 3, 5, 7, 10, 11, 12, 15, 27),
     "RXO": _f(1, 2, 4, 7, 20),
     "RXD": _f(1, 2, 3, 4, 5, 7),
     "SCH": _f(1, 2, 7, 8, 9, 10, 11, 25),

@@ -122,8 +122,8 @@ def normalize_hl7(text: str, *, tz: ZoneInfo) -> Normalized:
 
 
 # Resources whose id is the clinical fact itself (the patient's allergy to X, problem Y, the
-# specimen with number Z, the dose of vaccine V given at T): a second mention in one message is the same fact, and the later
-# mention wins, as it would in the next message.
+# specimen with number Z, the dose of vaccine V given at T): a second mention in one message
+# is the same fact, and the later mention wins, as it would in the next message.
 _SAME_FACT = frozenset({"AllergyIntolerance", "Condition", "Immunization", "Specimen"})
 
 
@@ -186,7 +186,8 @@ def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
         patient["link"] = [{"other": {"reference": f"Patient/{retired['id']}"}, "type": "replaces"}]
         return [patient, retired]
     status = encounter_status_for(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status=status) if status else None
+    infer = ENCOUNTER_STATUS.get(msg.trigger_event) == "from-dates"
+    encounter = map_encounter(msg, patient["id"], tz, status=status, infer=infer) if status else None
     encounter_id = encounter["id"] if encounter else None
     return (
         [patient]
@@ -201,7 +202,7 @@ def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     """Results (ORU^R01, OUL^R22): Patient, Encounter, Specimens, the orders (ServiceRequest),
     Observations and one DiagnosticReport per OBR, based on its order."""
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown", infer=True)
     encounter_id = encounter["id"] if encounter else None
     specimens, links = map_specimens(msg, patient["id"], tz)
     requests = map_service_requests(msg, patient["id"], encounter_id, tz, specimens=links)
@@ -222,7 +223,7 @@ def _orders(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     ServiceRequests, medication requests/dispenses/administrations, and the AL1, DG1 and OBX
     content the order carries."""
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown", infer=True)
     encounter_id = encounter["id"] if encounter else None
     specimens, links = map_specimens(msg, patient["id"], tz)
     return (
@@ -240,13 +241,13 @@ def _orders(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 def _siu(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     """Scheduling: Patient, the visit's Encounter when PV1 is sent, and the Appointment."""
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="planned")
+    encounter = map_encounter(msg, patient["id"], tz, status="planned", infer=True)
     return [patient] + ([encounter] if encounter else []) + [map_appointment(msg, patient["id"], tz)]
 
 
 def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown", infer=True)
     encounter_id = encounter["id"] if encounter else None
     return (
         [patient] + ([encounter] if encounter else []) + [map_document(msg, patient["id"], encounter_id, tz)]
@@ -255,7 +256,7 @@ def _mdm(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
 
 def _vxu(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     patient = map_patient(msg)
-    encounter = map_encounter(msg, patient["id"], tz, status="unknown")
+    encounter = map_encounter(msg, patient["id"], tz, status="unknown", infer=True)
     encounter_id = encounter["id"] if encounter else None
     return (
         [patient]

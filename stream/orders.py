@@ -56,9 +56,9 @@ _MEDICATION_SEGMENTS = frozenset({"RXO", "RXE", "RXD", "RXG", "RXA"})
 
 
 def order_status(orc: Segment | None) -> str:
-    """Request status from ORC-5 when the sender filled it, else from ORC-1."""
+    """Request status from ORC-5 when the sender filled it, else from ORC-1; unknown without ORC."""
     if orc is None:
-        return "active"
+        return "unknown"
     return ORDER_STATUS.get(orc.value(5).upper()) or ORDER_CONTROL_STATUS.get(orc.value(1).upper(), "active")
 
 

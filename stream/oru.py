@@ -305,7 +305,8 @@ def _observation(
             field=3,
             control_id=msg.control_id,
         )
-    status = _STATUS.get(obx.value(11).upper(), "final")
+    # OBX-11 is required; when a sender leaves it empty the result is not claimed final.
+    status = _STATUS.get(obx.value(11).upper(), "unknown")
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": obs_id,
@@ -349,7 +350,7 @@ def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
     system = component_of(raw[0], seps, 3).upper()
     out: dict[str, Any] = {}
     if code or text:
-        out["unit"] = code or text
+        out["unit"] = text or code  # Quantity.unit is the human-readable form (CWE.2)
     if code and system in ("UCUM", "ISO+", "ANS+", ""):
         # Units written without a coding system are, in practice, UCUM-style codes
         # (mmol/L, mg/dL); keep them as UCUM codes only when they carry no spaces.
@@ -530,7 +531,7 @@ def _report(
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": deterministic_id("DiagnosticReport", msg.msh.value(4), _order_number(obr, msg)),
-        "status": _REPORT_STATUS.get(obr.value(25).upper(), "final"),
+        "status": _REPORT_STATUS.get(obr.value(25).upper(), "unknown"),
         "code": concept or {"text": "Report"},
         "subject": {"reference": f"Patient/{patient_id}"},
     }

@@ -153,6 +153,8 @@ def _request(
         "subject": {"reference": f"Patient/{patient_id}"},
     }
     identifiers = order_identifiers(orc, None, msg)
+    if rxe and order.value(15):  # RXE-15 prescription number
+        identifiers.append({"value": order.value(15)})
     if identifiers:
         resource["identifier"] = identifiers
     if encounter_id:

@@ -428,7 +428,12 @@ def test_report_per_order_with_its_results_and_status(corpora):
     prelim = normalize_hl7(
         DEMO_ORU.replace("|||202503060830\r", "|||202503060830||||||||||||||||||P\r", 1), tz=UTC
     )
-    final = normalize_hl7(DEMO_ORU.replace("LAB00012", "LAB00013"), tz=UTC)
+    final = normalize_hl7(
+        DEMO_ORU.replace("LAB00012", "LAB00013").replace(
+            "|||202503060830\r", "|||202503060830||||||||||||||||||F\r", 1
+        ),
+        tz=UTC,
+    )
     [p_report] = _of(prelim.resources, "DiagnosticReport")
     [f_report] = _of(final.resources, "DiagnosticReport")
     assert p_report["id"] == f_report["id"]
