@@ -5,7 +5,8 @@ else that carries a value is reported (``ZPI`` for a whole segment, ``PID-10`` f
 field), so a Z-segment or an unexpected field is counted, never silently lost. The report
 travels with the normalized record (`FhirRecord.unmapped`) and feeds the
 ``clinstream_unmapped`` metric per message type. When a mapper starts reading a field,
-add it here: `tests/unit/test_coverage.py` checks the table against the corpus.
+add it here; the table is kept by hand, so a field listed here but not read would hide
+content (reviewers: check both sides).
 """
 
 from __future__ import annotations
