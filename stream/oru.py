@@ -103,6 +103,25 @@ def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
     return out
 
 
+def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
+    """The CodeableConcept of a required coded field (first repetition).
+
+    Raises:
+        MappingError: code 101 at ``SEG-field`` when the field is empty.
+    """
+    raw = seg.repetitions(field)
+    concept = codeable_concept(raw[0], msg) if raw else None
+    if concept is None:
+        raise MappingError(
+            f"{seg.name}-{field} {what} is missing",
+            code=101,
+            segment=seg.name,
+            field=field,
+            control_id=msg.control_id,
+        )
+    return concept
+
+
 def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
     """CodeableConcept from a CWE/CE with its primary and alternate codings."""
     codings = [c for c in (coding(raw, msg), coding(raw, msg, offset=3)) if c]

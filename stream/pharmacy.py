@@ -24,7 +24,7 @@ from stream.orders import (
     practitioner_ref,
     priority_of,
 )
-from stream.oru import UCUM, codeable_concept, json_number
+from stream.oru import UCUM, codeable_concept, json_number, required_concept
 
 # RXA-20 completion status (HL7 table 0322) → MedicationAdministration.status.
 _ADMINISTRATION_STATUS = {"CP": "completed", "PA": "in-progress", "RE": "not-done", "NA": "not-done"}
@@ -133,17 +133,7 @@ def _request(
     tz: ZoneInfo,
 ) -> dict[str, Any]:
     rxe = order.name == "RXE"
-    code_raw = order.repetitions(2 if rxe else 1)
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
-    if concept is None:
-        field = 2 if rxe else 1
-        raise MappingError(
-            f"{order.name}-{field} medication code is missing",
-            code=101,
-            segment=order.name,
-            field=field,
-            control_id=msg.control_id,
-        )
+    concept = required_concept(order, 2 if rxe else 1, msg, "medication code")
     resource: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "id": request_id,
@@ -218,12 +208,7 @@ def _dispense(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    code_raw = rxd.repetitions(2)
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
-    if concept is None:
-        raise MappingError(
-            "RXD-2 dispense give code is missing", code=101, segment="RXD", field=2, control_id=msg.control_id
-        )
+    concept = required_concept(rxd, 2, msg, "dispense give code")
     resource: dict[str, Any] = {
         "resourceType": "MedicationDispense",
         "id": deterministic_id(
@@ -258,12 +243,7 @@ def _administration(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    code_raw = rxa.repetitions(5)
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
-    if concept is None:
-        raise MappingError(
-            "RXA-5 administered code is missing", code=101, segment="RXA", field=5, control_id=msg.control_id
-        )
+    concept = required_concept(rxa, 5, msg, "administered code")
     start = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
     end = to_fhir_datetime(rxa.value(4), tz, segment="RXA", field=4)
     if start is None:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, to_fhir_datetime
-from stream.oru import codeable_concept, json_number
+from stream.oru import codeable_concept, json_number, required_concept
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"
@@ -47,12 +47,7 @@ def map_immunizations(
 def _immunization(
     rxa: Segment, order: Segment | None, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
-    raw = rxa.repetitions(5)
-    vaccine = codeable_concept(raw[0], msg) if raw else None
-    if vaccine is None:
-        raise MappingError(
-            "RXA-5 administered code is missing", code=101, segment="RXA", field=5, control_id=msg.control_id
-        )
+    vaccine = required_concept(rxa, 5, msg, "administered code")
     when = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
     if when is None:
         raise MappingError(
