@@ -11,6 +11,8 @@ content (reviewers: check both sides).
 
 from __future__ import annotations
 
+import functools
+
 from stream.hl7v2 import Message
 
 
@@ -80,11 +82,19 @@ def unmapped(msg: Message) -> dict[str, int]:
         if mapped is None:
             out[name] = out.get(name, 0) + 1
             continue
-        for n, raw in enumerate(seg.fields):
-            if n and raw and n not in mapped and raw.strip(blank):
+        fields = seg.fields
+        for n in _unread(mapped, len(fields)):
+            raw = fields[n]
+            if raw and raw.strip(blank):
                 key = f"{name}-{n}"
                 out[key] = out.get(key, 0) + 1
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _unread(mapped: frozenset[int], count: int) -> tuple[int, ...]:
+    """Field numbers 1..count-1 that ``mapped`` does not list."""
+    return tuple(n for n in range(1, count) if n not in mapped)
 
 
 def z_segments(report: dict[str, int]) -> int:

@@ -86,21 +86,45 @@ class Segment:
 
     def value(self, n: int, component: int = 1, subcomponent: int = 1, repetition: int = 0) -> str:
         """Decoded text of field n, component, subcomponent, repetition (all 1-based but repetition)."""
-        reps = self.repetitions(n)
-        if repetition >= len(reps):
+        fields = self._fields if self._fields is not None else self.fields
+        raw = fields[n] if n < len(fields) else ""
+        if not raw:
             return ""
-        return component_of(reps[repetition], self.seps, component, subcomponent)
+        if self.name != "MSH" or n > 2:
+            separator = self.seps.repetition
+            if repetition == 0:
+                if separator in raw:
+                    raw = raw.split(separator, 1)[0]
+            else:
+                reps = raw.split(separator)
+                if repetition >= len(reps):
+                    return ""
+                raw = reps[repetition]
+        elif repetition:
+            return ""
+        return component_of(raw, self.seps, component, subcomponent)
 
 
 def component_of(raw: str, seps: Separators, component: int = 1, subcomponent: int = 1) -> str:
     """Decoded component/subcomponent of one raw field repetition."""
-    comps = raw.split(seps.component)
-    if component > len(comps):
+    # The hot path of every mapper: split no further than the part asked for.
+    if seps.component in raw:
+        comps = raw.split(seps.component, component)
+        if component > len(comps):
+            return ""
+        part = comps[component - 1]
+    elif component == 1:
+        part = raw
+    else:
         return ""
-    subs = comps[component - 1].split(seps.subcomponent)
-    if subcomponent > len(subs):
+    if seps.subcomponent in part:
+        subs = part.split(seps.subcomponent, subcomponent)
+        if subcomponent > len(subs):
+            return ""
+        part = subs[subcomponent - 1]
+    elif subcomponent != 1:
         return ""
-    return unescape(subs[subcomponent - 1], seps)
+    return unescape(part, seps)
 
 
 def unescape(value: str, seps: Separators) -> str:
@@ -151,6 +175,7 @@ class Message:
     """A parsed HL7 v2 message. MSH fields every stage reads are decoded once, at parse time."""
 
     __slots__ = (
+        "_positions",
         "accept_ack_type",
         "application_ack_type",
         "control_id",
@@ -166,6 +191,7 @@ class Message:
     def __init__(self, segments: list[Segment], seps: Separators) -> None:
         self.segments = segments
         self.seps = seps
+        self._positions: dict[int, int] | None = None
         self.msh = msh = segments[0]
         self.control_id: str = msh.value(10)
         """MSH-10."""
@@ -189,6 +215,12 @@ class Message:
             if seg.name == name:
                 return seg
         return None
+
+    def position(self, seg: Segment) -> int:
+        """Index of this segment in ``segments`` (by identity), without a linear search."""
+        if self._positions is None:
+            self._positions = {id(s): i for i, s in enumerate(self.segments)}
+        return self._positions[id(seg)]
 
     def all(self, name: str) -> list[Segment]:
         """Every segment with this id, in order."""

@@ -7,28 +7,10 @@ settings: the handler in `stream.app` supplies the time zone.
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
-
-from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
-from fhir.resources.R4B.appointment import Appointment
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from fhir.resources.R4B.documentreference import DocumentReference
-from fhir.resources.R4B.encounter import Encounter
-from fhir.resources.R4B.immunization import Immunization
-from fhir.resources.R4B.medicationadministration import MedicationAdministration
-from fhir.resources.R4B.medicationdispense import MedicationDispense
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.servicerequest import ServiceRequest
-from fhir.resources.R4B.specimen import Specimen
-from pydantic import ValidationError
 
 from stream.adt import (
     ENCOUNTER_STATUS,
@@ -50,24 +32,8 @@ from stream.oru import map_observations, map_reports
 from stream.pharmacy import map_medications
 from stream.ppr import map_problems
 from stream.siu import SIU_EVENTS, map_appointment
+from stream.validation import InvalidResource, clear_memos, validate
 from stream.vxu import map_immunizations
-
-_MODELS: dict[str, Any] = {
-    "Patient": Patient,
-    "Encounter": Encounter,
-    "Observation": Observation,
-    "AllergyIntolerance": AllergyIntolerance,
-    "Condition": Condition,
-    "DiagnosticReport": DiagnosticReport,
-    "DocumentReference": DocumentReference,
-    "Immunization": Immunization,
-    "ServiceRequest": ServiceRequest,
-    "Specimen": Specimen,
-    "MedicationRequest": MedicationRequest,
-    "MedicationDispense": MedicationDispense,
-    "MedicationAdministration": MedicationAdministration,
-    "Appointment": Appointment,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,34 +130,18 @@ def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
 
     Serializing the validated model back (``model_dump``) cost more than validating it (60 %
     of the normalizer's time), and the mappers already build plain JSON: what was validated
-    is exactly what goes out. The error names the failing element path, never its value.
-
-    Feeds repeat content: every message about a patient carries the same Patient, every
-    result of a visit the same Encounter. Validation is a pure function of the content, so
-    the verdict for content already validated is remembered (`_validated`, keyed by the
-    exact JSON text, bounded); only successes are remembered.
+    is exactly what goes out. `stream.validation` remembers verdicts for repeated content.
     """
     try:
-        _validated(resource["resourceType"], json.dumps(resource, separators=(",", ":")))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise MappingError(
-            f"{resource['resourceType']} fails FHIR R4 validation at {path} ({first['type']})",
-            code=102,
-            control_id=msg.control_id,
-        ) from None
+        validate(resource)
+    except InvalidResource as exc:
+        raise MappingError(str(exc), code=102, control_id=msg.control_id) from None
     return resource
-
-
-@functools.lru_cache(maxsize=4096)
-def _validated(resource_type: str, content: str) -> None:
-    _MODELS[resource_type].model_validate_json(content)
 
 
 def clear_validation_cache() -> None:
     """Forget remembered verdicts (benchmarks measure with and without them)."""
-    _validated.cache_clear()
+    clear_memos()
 
 
 def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -228,7 +178,7 @@ def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
     obr_groups = [(key, obr) for key, (_, obr, _) in keyed if obr is not None]
     for report, (key, obr) in zip(reports, obr_groups, strict=False):
         report["basedOn"] = [{"reference": f"ServiceRequest/{service_request_id(msg, key)}"}]
-        linked = links.get(msg.segments.index(obr))
+        linked = links.get(msg.position(obr))
         if linked:
             report["specimen"] = [{"reference": f"Specimen/{i}"} for i in linked]
     return [patient] + ([encounter] if encounter else []) + specimens + requests + observations + reports

@@ -236,7 +236,7 @@ def _service_request(
         notes = notes_after(msg, obr)
         if notes:
             resource["note"] = notes
-        ids = specimens.get(msg.segments.index(obr))
+        ids = specimens.get(msg.position(obr))
         if ids:
             resource["specimen"] = [{"reference": f"Specimen/{i}"} for i in ids]
     return resource

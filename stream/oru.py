@@ -93,7 +93,7 @@ def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
 def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
     """The NTE segments that directly follow ``seg``, as FHIR Annotations."""
     out: list[dict[str, str]] = []
-    start = msg.segments.index(seg) + 1
+    start = msg.position(seg) + 1
     for nxt in msg.segments[start:]:
         if nxt.name != "NTE":
             break

@@ -87,7 +87,7 @@ def _quantity(value: str, unit_raw: str, msg: Message, seg: Segment, field: int)
 
 def _route(msg: Message, after: Segment) -> dict[str, Any] | None:
     """RXR-1 of the RXR segment that follows ``after`` within its group."""
-    start = msg.segments.index(after) + 1
+    start = msg.position(after) + 1
     for seg in msg.segments[start:]:
         if seg.name in ("RXR",):
             raw = seg.repetitions(1)
@@ -99,7 +99,7 @@ def _route(msg: Message, after: Segment) -> dict[str, Any] | None:
 
 def _timing(msg: Message, order: Segment, tz: ZoneInfo) -> dict[str, Any] | None:
     """TQ1 (v2.5+) else RXE-1 quantity/timing (v2.3-2.4): repeat pattern and start/end."""
-    start = msg.segments.index(order)
+    start = msg.position(order)
     tq1 = next((s for s in reversed(msg.segments[:start]) if s.name in ("TQ1", "ORC")), None)
     after = next((s for s in msg.segments[start + 1 :] if s.name in ("TQ1", "ORC", "RXO", "RXE")), None)
     if after is not None and after.name == "TQ1":
