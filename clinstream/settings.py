@@ -7,6 +7,7 @@ Nested sections use ``__``: ``CLINSTREAM_KAFKA__BOOTSTRAP=kafka:9092``,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field
@@ -68,7 +69,7 @@ def settings_table() -> list[tuple[str, str, str]]:
                 rows.append(
                     (
                         f"CLINSTREAM_{name.upper()}__{sub.upper()}",
-                        _default(subfield.default),
+                        _default(subfield.get_default(call_default_factory=True)),
                         subfield.description or "",
                     )
                 )
@@ -82,4 +83,6 @@ def _default(value: object) -> str:
         return "(unset)"
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
     return str(value)

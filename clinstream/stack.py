@@ -165,7 +165,9 @@ async def running_stack(
         register_normalizer(
             brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer"
         )
-        register_fhir_normalizer(brokers["normalizer"], topics, group_id=f"{group_prefix}normalizer-fhir")
+        register_fhir_normalizer(
+            brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer-fhir"
+        )
         register_indexer(
             brokers["indexer"], topics, settings.indexer, embedder, store, group_id=f"{group_prefix}indexer"
         )

@@ -89,9 +89,14 @@ def register_normalizer(
 
 
 def register_fhir_normalizer(
-    broker: KafkaBroker, topics: Topics, *, group_id: str = "normalizer-fhir"
+    broker: KafkaBroker,
+    topics: Topics,
+    settings: NormalizerSettings | None = None,
+    *,
+    group_id: str = "normalizer-fhir",
 ) -> None:
     """Subscribe the FHIR-input normalizer to `ehr.inbound.fhir.v1`."""
+    authorities = dict(settings.patient_authorities) if settings is not None else {}
 
     @broker.subscriber(
         topics.inbound_fhir,
@@ -105,7 +110,8 @@ def register_fhir_normalizer(
         try:
             if envelope is None:
                 raise ValueError("record has no valid envelope headers")
-            groups = normalize_fhir(FhirInbound.model_validate_json(record.value or b""))
+            inbound = FhirInbound.model_validate_json(record.value or b"")
+            groups = normalize_fhir(inbound, authorities=authorities)
             outputs = [
                 FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources) for g in groups
             ]

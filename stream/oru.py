@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
+from stream.units import UCUM, quantity_unit
 
 LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
@@ -361,22 +361,23 @@ def _observation(
 
 def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
     raw = obx.repetitions(6)
-    if not raw:
-        return {}
+    return unit_of(raw[0], msg) if raw else {}
+
+
+def unit_of(raw: str, msg: Message) -> dict[str, Any]:
+    """Quantity ``unit``/``system``/``code`` from a CWE unit (code^text^system).
+
+    ``unit`` is the human-readable form (CWE.2, else the code). The UCUM system and code are
+    set only when the coding system is UCUM, ISO+, ANS+ or unnamed and the code is UCUM as
+    written or in one of the unambiguous spellings `stream.units` rewrites (beats/min → /min).
+    """
     seps = msg.seps
-    code = component_of(raw[0], seps, 1)
-    text = component_of(raw[0], seps, 2)
-    system = component_of(raw[0], seps, 3).upper()
-    out: dict[str, Any] = {}
-    if code or text:
-        out["unit"] = text or code  # Quantity.unit is the human-readable form (CWE.2)
-    if code and system in ("UCUM", "ISO+", "ANS+", ""):
-        # Units written without a coding system are, in practice, UCUM-style codes
-        # (mmol/L, mg/dL); keep them as UCUM codes only when they carry no spaces.
-        if " " not in code:
-            out["system"] = UCUM
-            out["code"] = code
-    return out
+    code = component_of(raw, seps, 1)
+    text = component_of(raw, seps, 2)
+    if component_of(raw, seps, 3).upper() in ("UCUM", "ISO+", "ANS+", ""):
+        return quantity_unit(code, text)
+    shown = text or code
+    return {"unit": shown} if shown else {}
 
 
 def json_number(value: Decimal) -> int | float:

@@ -24,7 +24,7 @@ from stream.orders import (
     practitioner_ref,
     priority_of,
 )
-from stream.oru import UCUM, codeable_concept, json_number, required_concept
+from stream.oru import codeable_concept, json_number, required_concept, unit_of
 
 # RXA-20 completion status (HL7 table 0322) → MedicationAdministration.status.
 _ADMINISTRATION_STATUS = {"CP": "completed", "PA": "in-progress", "RE": "not-done", "NA": "not-done"}
@@ -73,16 +73,7 @@ def _quantity(value: str, unit_raw: str, msg: Message, seg: Segment, field: int)
             field=field,
             control_id=msg.control_id,
         )
-    quantity: dict[str, Any] = {"value": json_number(number)}
-    code = component_of(unit_raw, msg.seps, 1)
-    text = component_of(unit_raw, msg.seps, 2)
-    system = component_of(unit_raw, msg.seps, 3).upper()
-    if code or text:
-        quantity["unit"] = text or code
-    if code and " " not in code and system in ("UCUM", "ISO+", "ANS+", ""):
-        quantity["system"] = UCUM
-        quantity["code"] = code
-    return quantity
+    return {"value": json_number(number), **unit_of(unit_raw, msg)}
 
 
 def _route(msg: Message, after: Segment) -> dict[str, Any] | None:

@@ -166,6 +166,11 @@ class NormalizerSettings(_Section):
         default="UTC",
         description="IANA zone for HL7 timestamps that carry no offset (set to the hospital's zone).",
     )
+    patient_authorities: dict[str, str] = Field(
+        default_factory=dict,
+        description="FHIR Patient identifier system → HL7 assigning authority (PID-3 CX.4), as JSON, so "
+        'a FHIR Patient gets the same key as its HL7 messages: {"http://mercy.example/mrn":"MERCY"}.',
+    )
 
 
 class IndexerSettings(_Section):

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, to_fhir_datetime
-from stream.oru import codeable_concept, json_number, required_concept
+from stream.oru import codeable_concept, json_number, required_concept, unit_of
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"
@@ -88,11 +88,9 @@ def _immunization(
                 field=6,
                 control_id=msg.control_id,
             ) from exc
-        unit = rxa.value(7)
-        if unit:
-            dose["unit"] = unit
-            if rxa.value(7, 3).upper() == "UCUM":
-                dose.update({"system": "http://unitsofmeasure.org", "code": unit})
+        units = rxa.repetitions(7)
+        if units:
+            dose.update(unit_of(units[0], msg))
         resource["doseQuantity"] = dose
     source = rxa.value(9).strip()
     if source in ("00", "01"):
