@@ -135,6 +135,8 @@ COMPARED: dict[str, tuple[str, ...]] = {
     ),
     "Condition": ("code.coding.code", "clinicalStatus.coding.code", "onsetDateTime", "subject->"),
     "DocumentReference": ("type.coding.code", "status", "docStatus", "subject->"),
+    "Procedure": ("code.coding.code", "status", "performedDateTime", "subject->", "encounter->"),
+    "Coverage": ("identifier.value", "status", "subscriberId", "period.start", "period.end", "beneficiary->"),
     "Appointment": (
         "identifier.value",
         "status",

@@ -94,9 +94,65 @@ def map_patient(msg: Message) -> dict[str, Any]:
     telecom = [t for t in telecom if t]
     if telecom:
         resource["telecom"] = telecom
-    if pid.value(30).upper() == "Y":
+    died = (
+        to_fhir_datetime(pid.value(29), ZoneInfo("UTC"), segment="PID", field=29) if pid.value(29) else None
+    )
+    if died:
+        resource["deceasedDateTime"] = died
+    elif pid.value(30).upper() == "Y":
         resource["deceasedBoolean"] = True
+    contacts = [c for c in (_contact(nk1, msg) for nk1 in msg.all("NK1")) if c]
+    if contacts:
+        resource["contact"] = contacts
+    practitioners = _general_practitioners(msg)
+    if practitioners:
+        resource["generalPractitioner"] = practitioners
     return resource
+
+
+def _contact(nk1: Segment, msg: Message) -> dict[str, Any] | None:
+    """NK1 (next of kin / associated party) → Patient.contact."""
+    contact: dict[str, Any] = {}
+    relationship_raw = nk1.repetitions(3)
+    relationship = codeable_concept(relationship_raw[0], msg) if relationship_raw else None
+    if relationship:
+        contact["relationship"] = [relationship]
+    names = [n for n in (_name(rep, msg) for rep in nk1.repetitions(2)) if n]
+    if names:
+        contact["name"] = names[0]
+    telecom = [t for t in (_telecom(rep, msg) for rep in nk1.repetitions(5) + nk1.repetitions(6)) if t]
+    if telecom:
+        contact["telecom"] = telecom
+    addresses = [a for a in (_address(rep, msg) for rep in nk1.repetitions(4)) if a]
+    if addresses:
+        contact["address"] = addresses[0]
+    gender = _GENDER.get(nk1.value(15).upper())
+    if gender:
+        contact["gender"] = gender
+    return contact or None
+
+
+def _general_practitioners(msg: Message) -> list[dict[str, Any]]:
+    """PD1-4 (primary care provider, XCN) and PD1-3 (primary facility, XON) by display."""
+    pd1 = msg.first("PD1")
+    if pd1 is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for rep in pd1.repetitions(4):
+        ident = component_of(rep, msg.seps, 1)
+        name = " ".join(p for p in (component_of(rep, msg.seps, 3), component_of(rep, msg.seps, 2, 1)) if p)
+        ref: dict[str, Any] = {}
+        if ident:
+            ref["identifier"] = {"value": ident}
+        if name:
+            ref["display"] = name
+        if ref:
+            out.append(ref)
+    for rep in pd1.repetitions(3):
+        facility = component_of(rep, msg.seps, 1)
+        if facility:
+            out.append({"display": facility})
+    return out
 
 
 def _identifier_fields(pid: Segment) -> list[tuple[int, str]]:
@@ -219,6 +275,11 @@ def map_encounter(
             resource["status"] = "finished"
         else:
             resource["status"] = "planned" if patient_class == "P" else "in-progress"
+    pv2 = msg.first("PV2")
+    reason_raw = pv2.repetitions(3) if pv2 is not None else []
+    reason = codeable_concept(reason_raw[0], msg) if reason_raw else None
+    if reason:
+        resource["reasonCode"] = [reason]  # PV2-3 admit reason
     loc_raw = pv1.repetitions(3)
     if loc_raw:
         parts = [component_of(loc_raw[0], seps, i) for i in (4, 1, 2, 3)]
@@ -405,3 +466,91 @@ def map_merge(msg: Message, surviving: dict[str, Any]) -> dict[str, Any] | None:
             "link": [{"other": {"reference": f"Patient/{surviving['id']}"}, "type": "replaced-by"}],
         }
     return None
+
+
+# IN1-17 insured's relationship to patient (HL7 table 0063) → subscriber-relationship.
+_SUBSCRIBER = {"SEL": "self", "SPO": "spouse", "CHD": "child", "PAR": "parent", "DOM": "common"}
+SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+
+
+def map_procedures(
+    msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """PR1 → Procedure (completed), id from patient + encounter + code + time."""
+    out = []
+    for pr1 in msg.all("PR1"):
+        raw = pr1.repetitions(3)
+        concept = codeable_concept(raw[0], msg) if raw else None
+        description = pr1.value(4)
+        if concept is None and not description:
+            continue
+        concept = concept or {"text": description}
+        when = to_fhir_datetime(pr1.value(5), tz, segment="PR1", field=5)
+        resource: dict[str, Any] = {
+            "resourceType": "Procedure",
+            "id": deterministic_id(
+                "Procedure", patient_id, encounter_id, pr1.value(3, 1) or description, when
+            ),
+            "status": "completed",
+            "code": concept,
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+        if encounter_id:
+            resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+        if when:
+            resource["performedDateTime"] = when
+        out.append(resource)
+    return out
+
+
+def map_coverages(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """IN1 → Coverage: the payer by name (IN1-4), plan (IN1-2), policy (IN1-36), period."""
+    out = []
+    for in1 in msg.all("IN1"):
+        payer = in1.value(4) or in1.value(3)
+        if not payer:
+            continue  # R4 Coverage needs a payor
+        policy = in1.value(36)
+        resource: dict[str, Any] = {
+            "resourceType": "Coverage",
+            "id": deterministic_id("Coverage", patient_id, in1.value(3), in1.value(2), policy),
+            "status": "active",
+            "beneficiary": {"reference": f"Patient/{patient_id}"},
+            "payor": [{"display": payer}],
+        }
+        if policy:
+            resource["identifier"] = [{"value": policy}]
+        subscriber = in1.value(49)
+        if subscriber:
+            resource["subscriberId"] = subscriber
+        plan = in1.value(2, 2) or in1.value(2)
+        if plan:
+            resource["class"] = [{"type": {"text": "plan"}, "value": in1.value(2) or plan, "name": plan}]
+        start = to_fhir_datetime(in1.value(12), tz, segment="IN1", field=12)
+        end = to_fhir_datetime(in1.value(13), tz, segment="IN1", field=13)
+        period = {k: v for k, v in (("start", start), ("end", end)) if v}
+        if period:
+            resource["period"] = period
+        relationship = _SUBSCRIBER.get(in1.value(17).upper())
+        if relationship:
+            resource["relationship"] = {"coding": [{"system": SUBSCRIBER_RELATIONSHIP, "code": relationship}]}
+        out.append(resource)
+    return out
+
+
+def map_death_cause(msg: Message, patient_id: str) -> list[dict[str, Any]]:
+    """PDA-1 (death cause code) → Condition, categorised as the cause of death."""
+    pda = msg.first("PDA")
+    raw = pda.repetitions(1) if pda is not None else []
+    concept = codeable_concept(raw[0], msg) if raw else None
+    if concept is None:
+        return []
+    return [
+        {
+            "resourceType": "Condition",
+            "id": deterministic_id("Condition", patient_id, "cause-of-death", raw[0]),
+            "category": [{"text": "cause of death"}],
+            "code": concept,
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+    ]

@@ -17,10 +17,13 @@ from stream.adt import (
     MERGE_EVENTS,
     encounter_status_for,
     map_allergies,
+    map_coverages,
+    map_death_cause,
     map_diagnoses,
     map_encounter,
     map_merge,
     map_patient,
+    map_procedures,
 )
 from stream.coverage import unmapped
 from stream.errors import MappingError, UnsupportedMessageError
@@ -145,7 +148,8 @@ def clear_validation_cache() -> None:
 
 
 def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
-    """Every ADT event: Patient; the visit's Encounter; AL1, DG1 and OBX content; merges."""
+    """Every ADT event: Patient (with NK1 contacts and PD1 providers); the visit's Encounter;
+    AL1, DG1, PR1, IN1, PDA and OBX content; merges."""
     patient = map_patient(msg)
     retired = map_merge(msg, patient) if msg.trigger_event in MERGE_EVENTS else None
     if retired is not None:
@@ -160,6 +164,9 @@ def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
         + ([encounter] if encounter else [])
         + map_allergies(msg, patient["id"], tz)
         + map_diagnoses(msg, patient["id"], encounter_id, tz)
+        + map_death_cause(msg, patient["id"])
+        + map_procedures(msg, patient["id"], encounter_id, tz)
+        + map_coverages(msg, patient["id"], tz)
         + map_observations(msg, patient["id"], encounter_id, tz, category=None)
     )
 
@@ -200,6 +207,11 @@ def _orders(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
         + map_medications(msg, patient["id"], encounter_id, tz)
         + map_allergies(msg, patient["id"], tz)
         + map_diagnoses(msg, patient["id"], encounter_id, tz)
+        + map_procedures(msg, patient["id"], encounter_id, tz)
+        + map_coverages(msg, patient["id"], tz)
+        + map_death_cause(msg, patient["id"])
+        + map_procedures(msg, patient["id"], encounter_id, tz)
+        + map_coverages(msg, patient["id"], tz)
         + map_observations(msg, patient["id"], encounter_id, tz, category=None)
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.encounter import Encounter
@@ -36,6 +37,7 @@ from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.specimen import Specimen
 from pydantic import BaseModel, ValidationError
@@ -56,6 +58,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "MedicationDispense": MedicationDispense,
     "MedicationAdministration": MedicationAdministration,
     "Appointment": Appointment,
+    "Procedure": Procedure,
+    "Coverage": Coverage,
 }
 VERDICTS_KEPT = 4096
 # A resource's key: its type and, per element, the primitive value or the element's JSON.

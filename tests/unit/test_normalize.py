@@ -244,11 +244,10 @@ def test_adt_events_agree_with_fhir_converter(corpora, name):
     if name.startswith("ADT-A03"):  # a discharge has an end
         assert encounter["period"]["end"]
         assert exp_encounter["period"]["end"]
-    # PDA (death and autopsy) is not mapped yet: its cause-of-death Condition is left out.
-    pda = {seg.value(1) for seg in parse_message(_source(corpora, name)).all("PDA")}
+    # PDA-1 (cause of death) is a Condition on both sides.
     for rtype in ("AllergyIntolerance", "Condition"):
         first_codes = [r.get("code", {}).get("coding", [{}])[0].get("code") for r in _of(expected, rtype)]
-        exp_codes = sorted(c for c in first_codes if c and c not in pda)
+        exp_codes = sorted(c for c in first_codes if c)
         our_codes = sorted(r["code"]["coding"][0]["code"] for r in _of(ours, rtype) if "coding" in r["code"])
         assert our_codes == exp_codes, rtype
     for ours_a, exp_a in zip(

@@ -218,3 +218,26 @@ def test_agreement_with_fhir_converter_is_at_least_95_percent(corpora):
     assert report.total.rate >= 0.95, report.total.disagreements.most_common(5)
     # Only the message types outside the normalizer's scope are refused.
     assert {mt.split("^")[0] for _, mt, _ in report.refused} <= {"ADT", "BAR", "DFT", "REF"}
+
+
+def test_adt_patient_contacts_providers_procedures_coverage_and_death(corpora):
+    result = normalize_hl7(_sample(corpora, "ADT-A01-01"), tz=UTC)
+    [patient] = _of(result.resources, "Patient")
+    assert patient["contact"][0]["name"]["family"] == "Evan"  # NK1-2
+    assert patient["contact"][0]["relationship"][0]["coding"][0]["code"] == "EMC"
+    assert patient["generalPractitioner"][0] == {"identifier": {"value": "88"}, "display": "rold Hippo"}
+    [encounter] = _of(result.resources, "Encounter")
+    assert encounter["reasonCode"][0]["coding"][0]["code"] == "140004"  # PV2-3
+    procedures = _of(result.resources, "Procedure")
+    assert {p["code"]["coding"][0]["code"] for p in procedures} >= {"76164006"}
+    assert all(p["encounter"]["reference"] == f"Encounter/{encounter['id']}" for p in procedures)
+    coverages = _of(result.resources, "Coverage")
+    assert coverages
+    assert coverages[0]["payor"] == [{"display": "Blue Cross Blue Shield of Texas"}]
+    assert coverages[0]["beneficiary"]["reference"] == f"Patient/{result.patient_id}"
+    death = [
+        c for c in _of(result.resources, "Condition") if c.get("category") == [{"text": "cause of death"}]
+    ]
+    assert [c["code"]["coding"][0]["code"] for c in death] == ["I21"]
+    for item in ("NK1-2", "PD1-4", "PV2-3", "PR1-3", "IN1-4", "PDA-1"):
+        assert item not in result.unmapped
