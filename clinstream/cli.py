@@ -133,6 +133,8 @@ def _convert(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     ok, failed, files = 0, Counter[str](), 0
+    unmapped = Counter[str]()
+    nonconforming = 0
     try:
         paths = list(iter_files(list(args.paths)))
     except FileNotFoundError as exc:
@@ -141,6 +143,13 @@ def _convert(args: argparse.Namespace) -> int:
     for path in paths:
         files += 1
         for item in convert_text(decode_payload(path.read_bytes()), tz=tz, source_system=path.name):
+            if args.check_structure:
+                from stream.structure import structure_problems
+
+                for problem in structure_problems(item.message):
+                    nonconforming += 1
+                    print(f"{path}#{item.index + 1}: structure: {problem}", file=sys.stderr)
+            unmapped.update(item.unmapped)
             if item.error is not None:
                 failed[type(item.error).__name__] += 1
                 where = item.error.location or "-"
@@ -162,7 +171,12 @@ def _convert(args: argparse.Namespace) -> int:
         f"converted {ok} of {total} messages from {files} files" + (f"; failed: {detail}" if failed else ""),
         file=sys.stderr,
     )
-    return 0 if not failed else 1
+    if unmapped:
+        top = ", ".join(f"{item} {n}" for item, n in unmapped.most_common(12))
+        print(f"unmapped content (segment or field: times): {top}", file=sys.stderr)
+    if args.check_structure:
+        print(f"structure (hl7apy, strict): {total - nonconforming} of {total} conform", file=sys.stderr)
+    return 0 if not failed and not nonconforming else 1
 
 
 def _iso(value: str) -> datetime:
@@ -248,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="write one Bundle per message here (default: JSON lines on stdout)"
     )
     convert.add_argument("--timezone", default=None, help="IANA zone for timestamps without an offset")
+    convert.add_argument(
+        "--check-structure",
+        action="store_true",
+        help="also check each message against the HL7 standard's structures (hl7apy, strict; slow)",
+    )
     replay = sub.add_parser(
         "replay", help="re-publish dead letters to the topic they came from (after a fix)"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,8 @@ class Converted:
     index: int  # position of the message in its source
     bundle: dict[str, Any] | None
     error: Hl7Error | None
+    message: str = ""  # the message's text (CR-separated), for further checks
+    unmapped: dict[str, int] = field(default_factory=dict)
 
 
 def as_bundle(result: Normalized, source_system: str) -> dict[str, Any]:
@@ -58,6 +60,6 @@ def convert_text(text: str, *, tz: ZoneInfo, source_system: str = "file") -> Ite
         try:
             result = normalize_hl7(message, tz=tz)
         except Hl7Error as exc:
-            yield Converted(index, None, exc)
+            yield Converted(index, None, exc, message)
             continue
-        yield Converted(index, as_bundle(result, source_system), None)
+        yield Converted(index, as_bundle(result, source_system), None, message, result.unmapped)

@@ -69,3 +69,36 @@ def test_cli_reports_failures_and_keeps_converting(tmp_path):
     )
     assert result.returncode == 0
     assert [p.name for p in out.iterdir()] == ["ADT-A01-01-1.json"]
+
+
+def test_cli_reports_unmapped_content_and_structure(tmp_path):
+    conforming = tmp_path / "adt.hl7"
+    conforming.write_text(
+        "MSH|^~\\&|A|MERCY|C|D|20250101||ADT^A01^ADT_A01|1|P|2.5\rEVN|A01|20250101\r"
+        "PID|1||1^^^MERCY^MR||DOE^JANE||||||||||||ACCT-9\rPV1|1|I\rZPI|1|site data\r"
+    )
+    missing_evn = tmp_path / "adt2.hl7"
+    missing_evn.write_text("MSH|^~\\&|A|MERCY|C|D|20250101||ADT^A01^ADT_A01|2|P|2.5\rPID|1||1^^^MERCY^MR\r")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clinstream",
+            "convert",
+            str(conforming),
+            str(missing_evn),
+            "--check-structure",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "converted 2 of 2 messages" in result.stderr
+    assert "unmapped content (segment or field: times): " in result.stderr
+    assert "PID-17 1" in result.stderr
+    assert "ZPI 1" in result.stderr
+    assert "adt2.hl7#1: structure: ValidationError: Missing required child ADT_A01.EVN" in result.stderr
+    assert "ACCT-9" not in result.stderr  # values never appear, only locations
+    assert result.returncode == 1  # a message that does not conform fails the check
