@@ -101,6 +101,22 @@ def map_patient(msg: Message) -> dict[str, Any]:
         resource["deceasedDateTime"] = died
     elif pid.value(30).upper() == "Y":
         resource["deceasedBoolean"] = True
+    marital = pid.value(16).upper()
+    if marital:
+        resource["maritalStatus"] = {
+            "coding": [{"system": V3_MARITAL, "code": _MARITAL.get(marital, "UNK")}],
+            "text": pid.value(16, 2) or marital,
+        }
+    extensions = _race_ethnicity(pid, msg)
+    mother = component_of(pid.get(6).split(seps.repetition)[0], seps, 1, 1) if pid.get(6) else ""
+    if mother:
+        extensions.append({"url": MOTHERS_MAIDEN_NAME, "valueString": mother})
+    if extensions:
+        resource["extension"] = extensions
+    language = pid.repetitions(15)
+    concept = codeable_concept(language[0], msg) if language else None
+    if concept:
+        resource["communication"] = [{"language": concept}]
     contacts = [c for c in (_contact(nk1, msg) for nk1 in msg.all("NK1")) if c]
     if contacts:
         resource["contact"] = contacts
@@ -108,6 +124,54 @@ def map_patient(msg: Message) -> dict[str, Any]:
     if practitioners:
         resource["generalPractitioner"] = practitioners
     return resource
+
+
+V3_MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+# PID-16 marital status (HL7 table 0002) → v3 MaritalStatus.
+_MARITAL = {
+    "A": "L",
+    "D": "D",
+    "M": "M",
+    "S": "S",
+    "W": "W",
+    "C": "C",
+    "P": "T",
+    "R": "T",
+    "E": "L",
+    "N": "A",
+    "I": "I",
+}
+MOTHERS_MAIDEN_NAME = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+CDC_RACE_ETHNICITY = "urn:oid:2.16.840.1.113883.6.238"
+_OMB_RACE = frozenset({"1002-5", "2028-9", "2054-5", "2076-8", "2106-3", "UNK", "ASKU"})
+# PID-22 ethnic group: HL7 table 0189 letters or CDC codes → OMB ethnicity.
+_ETHNICITY = {"H": "2135-2", "N": "2186-5", "2135-2": "2135-2", "2186-5": "2186-5"}
+
+
+def _race_ethnicity(pid: Segment, msg: Message) -> list[dict[str, Any]]:
+    """PID-10 race and PID-22 ethnic group as the US Core extensions (OMB category or detail)."""
+    out: list[dict[str, Any]] = []
+    for field, url, known in ((10, US_CORE_RACE, None), (22, US_CORE_ETHNICITY, _ETHNICITY)):
+        parts: list[dict[str, Any]] = []
+        texts: list[str] = []
+        for rep in pid.repetitions(field):
+            code = component_of(rep, msg.seps, 1)
+            display = component_of(rep, msg.seps, 2)
+            texts.append(display or code)
+            cdc = known.get(code.upper()) if known is not None else code
+            if not cdc:
+                continue
+            coding: dict[str, Any] = {"system": CDC_RACE_ETHNICITY, "code": cdc}
+            if display:
+                coding["display"] = display
+            omb = cdc in _OMB_RACE or cdc in ("2135-2", "2186-5")
+            parts.append({"url": "ombCategory" if omb else "detailed", "valueCoding": coding})
+        text = ", ".join(t for t in texts if t)
+        if text:
+            out.append({"url": url, "extension": [*parts, {"url": "text", "valueString": text}]})
+    return out
 
 
 def _contact(nk1: Segment, msg: Message) -> dict[str, Any] | None:
@@ -275,6 +339,9 @@ def map_encounter(
             resource["status"] = "finished"
         else:
             resource["status"] = "planned" if patient_class == "P" else "in-progress"
+    participants = _participants(pv1, msg)
+    if participants:
+        resource["participant"] = participants
     pv2 = msg.first("PV2")
     reason_raw = pv2.repetitions(3) if pv2 is not None else []
     reason = codeable_concept(reason_raw[0], msg) if reason_raw else None
@@ -554,3 +621,38 @@ def map_death_cause(msg: Message, patient_id: str) -> list[dict[str, Any]]:
             "subject": {"reference": f"Patient/{patient_id}"},
         }
     ]
+
+
+V3_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+# PV1 doctor fields → Encounter.participant.type (v3 ParticipationType).
+_DOCTORS = (
+    (7, "ATND", "attender"),
+    (8, "REF", "referrer"),
+    (9, "CON", "consultant"),
+    (17, "ADM", "admitter"),
+)
+
+
+def _participants(pv1: Segment, msg: Message) -> list[dict[str, Any]]:
+    """PV1-7/8/9/17 (attending, referring, consulting, admitting) by identifier + display."""
+    out: list[dict[str, Any]] = []
+    for field, code, display in _DOCTORS:
+        for rep in pv1.repetitions(field):
+            ident = component_of(rep, msg.seps, 1)
+            name = " ".join(
+                p for p in (component_of(rep, msg.seps, 3), component_of(rep, msg.seps, 2, 1)) if p
+            )
+            if not ident and not name:
+                continue
+            who: dict[str, Any] = {}
+            if ident:
+                who["identifier"] = {"value": ident}
+            if name:
+                who["display"] = name
+            out.append(
+                {
+                    "type": [{"coding": [{"system": V3_PARTICIPATION, "code": code, "display": display}]}],
+                    "individual": who,
+                }
+            )
+    return out

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from stream.adt import MOTHERS_MAIDEN_NAME
 from stream.coverage import unmapped, z_segments
 from stream.errors import MappingError
 from stream.hl7v2 import decode_payload, parse_message
@@ -199,10 +200,10 @@ def test_unmapped_fields_and_z_segments_are_reported():
 
 def test_unmapped_reports_a_field_with_content_only():
     msg = parse_message(
-        "MSH|^~\\&|A|B|C|D|20250101||ADT^A08|1|P|2.5\rPID|1||1^^^X||DOE^J|||F||2106-3^White|^^^\r"
+        "MSH|^~\\&|A|B|C|D|20250101||ADT^A08|1|P|2.5\rPID|1||1^^^X||DOE^J|||F||||^^^||555-0100\r"
     )
     report = unmapped(msg)
-    assert report == {"PID-10": 1}  # PID-11 holds only separators
+    assert report == {"PID-14": 1}  # PID-12 holds only separators
 
 
 def test_agreement_with_fhir_converter_is_at_least_95_percent(corpora):
@@ -241,3 +242,22 @@ def test_adt_patient_contacts_providers_procedures_coverage_and_death(corpora):
     assert [c["code"]["coding"][0]["code"] for c in death] == ["I21"]
     for item in ("NK1-2", "PD1-4", "PV2-3", "PR1-3", "IN1-4", "PDA-1"):
         assert item not in result.unmapped
+
+
+def test_demographics_and_visit_participants(corpora):
+    result = normalize_hl7(_sample(corpora, "ORM-O01-01"), tz=UTC)
+    [patient] = _of(result.resources, "Patient")
+    assert patient["maritalStatus"]["coding"][0]["code"] == "M"
+    race, ethnicity, mother = patient["extension"]
+    assert race["url"].endswith("us-core-race")
+    assert [e["valueCoding"]["code"] for e in race["extension"] if e["url"] == "ombCategory"] == [
+        "2106-3",
+        "2028-9",
+    ]
+    assert race["extension"][-1] == {"url": "text", "valueString": "White, Asian"}
+    assert ethnicity["extension"][0]["valueCoding"]["code"] == "2186-5"  # table 0189 N
+    assert mother == {"url": MOTHERS_MAIDEN_NAME, "valueString": "SMITH"}
+    [encounter] = _of(result.resources, "Encounter")
+    roles = {p["type"][0]["coding"][0]["code"]: p["individual"] for p in encounter["participant"]}
+    assert roles["ATND"] == {"identifier": {"value": "0210"}, "display": "AARON ATTEND"}
+    assert roles["REF"]["identifier"] == {"value": "0310"}
