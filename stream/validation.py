@@ -7,11 +7,12 @@ Patient, and the resources of a visit share the same code concepts, references, 
 and identifiers. So:
 
 - a resource whose exact JSON was already validated is not validated again (`_verdicts`);
-- each complex top-level element (a CodeableConcept, Reference, Quantity, backbone element)
-  is validated once per exact JSON by its own fhir.resources model (`_element`), and the
-  resource model then receives the validated element instances, which pydantic accepts
-  without validating them again. The resource's own rules (required elements, choice
-  types, empty complex elements) still run on every new resource.
+- each complex element, at every depth (a Coding, a CodeableConcept, a Reference, a
+  Quantity, a backbone element), is validated once per exact JSON by its own
+  fhir.resources model (`_elements_seen`), its children first; the model above it then
+  receives the validated instances, which pydantic accepts without validating them again.
+  Each model's own rules (required elements, choice types, empty complex elements,
+  primitive formats) still run on every new content.
 
 Only successes are remembered. The error names the failing element path, never its value.
 """
@@ -62,9 +63,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "Coverage": Coverage,
 }
 VERDICTS_KEPT = 4096
-# A resource's key: its type and, per element, the primitive value or the element's JSON.
-_Key = tuple[Any, ...]
-_verdicts: OrderedDict[_Key, None] = OrderedDict()
+_verdicts: OrderedDict[bytes, None] = OrderedDict()
+ELEMENTS_KEPT = 8192
+_elements_seen: OrderedDict[tuple[type[BaseModel], bytes], BaseModel] = OrderedDict()
 
 
 class InvalidResource(ValueError):
@@ -88,41 +89,15 @@ def validate(resource: dict[str, Any]) -> None:
         KeyError: a resource type the normalizer does not produce (a programming error).
     """
     kind = resource["resourceType"]
-    elements = _elements(kind)
-    # Each complex value is serialized once: its JSON is both part of the resource's key and
-    # the key of the element's own verdict.
-    dumped: dict[str, Any] = {}
-    parts: list[Any] = [kind]
-    for name, value in resource.items():
-        if isinstance(value, list):
-            text: Any = tuple(_dump(item) for item in value)
-        elif isinstance(value, dict):
-            text = _dump(value)
-        else:
-            text = (type(value).__name__, value)
-        dumped[name] = text
-        parts.append(name)
-        parts.append(text)
-    key = tuple(parts)
+    model = MODELS[kind]
+    key = _dump(resource)
     if key in _verdicts:
         _verdicts.move_to_end(key)
         return
-    data: dict[str, Any] = {}
-    for name, value in resource.items():
-        spec = elements.get(name)
-        if spec is None:
-            data[name] = value
-        elif spec[1] and isinstance(value, list):
-            data[name] = [
-                _checked(kind, spec[0], f"{name}.{i}", item, text)
-                for i, (item, text) in enumerate(zip(value, dumped[name], strict=True))
-            ]
-        elif not spec[1] and isinstance(value, dict):
-            data[name] = _checked(kind, spec[0], name, value, dumped[name])
-        else:
-            data[name] = value  # the wrong shape: the resource model reports it
+    data = _with_instances(model, resource, kind, "")
     try:
-        MODELS[kind].model_validate(data)
+        # The constructor validates once; model_validate ran fhir_core's after-validators twice.
+        model(**data)
     except ValidationError as exc:
         raise _invalid(kind, "", exc) from None
     _verdicts[key] = None
@@ -133,21 +108,46 @@ def validate(resource: dict[str, Any]) -> None:
 def clear_memos() -> None:
     """Forget remembered verdicts and elements (benchmarks measure with and without them)."""
     _verdicts.clear()
-    _element.cache_clear()
+    _elements_seen.clear()
 
 
-def _checked(kind: str, model: type[BaseModel], path: str, value: Any, text: bytes) -> Any:
-    if not isinstance(value, dict):
-        return value
+def _with_instances(model: type[BaseModel], value: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
+    """``value`` with each complex child replaced by its validated element instance."""
+    fields = _complex_fields(model)
+    data: dict[str, Any] = {}
+    for name, child in value.items():
+        spec = fields.get(name)
+        where = f"{path}.{name}" if path else name
+        if spec is None:
+            data[name] = child
+        elif spec[1] and isinstance(child, list):
+            data[name] = [
+                _instance(spec[0], item, kind, f"{where}.{i}") if isinstance(item, dict) else item
+                for i, item in enumerate(child)
+            ]
+        elif not spec[1] and isinstance(child, dict):
+            data[name] = _instance(spec[0], child, kind, where)
+        else:
+            data[name] = child  # the wrong shape: the model reports it
+    return data
+
+
+def _instance(model: type[BaseModel], value: dict[str, Any], kind: str, path: str) -> BaseModel:
+    """The validated instance of one element, validated once per exact JSON (children first)."""
+    key = (model, _dump(value))
+    seen = _elements_seen.get(key)
+    if seen is not None:
+        _elements_seen.move_to_end(key)
+        return seen
+    data = _with_instances(model, value, kind, path)
     try:
-        return _element(model, text)
+        element = model(**data)
     except ValidationError as exc:
         raise _invalid(kind, path, exc) from None
-
-
-@functools.lru_cache(maxsize=8192)
-def _element(model: type[BaseModel], content: bytes) -> BaseModel:
-    return model.model_validate_json(content)
+    _elements_seen[key] = element
+    if len(_elements_seen) > ELEMENTS_KEPT:
+        _elements_seen.popitem(last=False)
+    return element
 
 
 def _invalid(kind: str, prefix: str, exc: ValidationError) -> InvalidResource:
@@ -158,10 +158,10 @@ def _invalid(kind: str, prefix: str, exc: ValidationError) -> InvalidResource:
 
 
 @functools.cache
-def _elements(kind: str) -> dict[str, tuple[type[BaseModel], bool]]:
-    """JSON name → (element model, repeats) for the complex top-level elements of a type."""
+def _complex_fields(model: type[BaseModel]) -> dict[str, tuple[type[BaseModel], bool]]:
+    """JSON name → (element model, repeats) for the complex elements of a model."""
     out: dict[str, tuple[type[BaseModel], bool]] = {}
-    for name, info in MODELS[kind].model_fields.items():
+    for name, info in model.model_fields.items():
         resolved = _model_of(info.annotation)
         if resolved is not None:
             out[info.alias or name] = resolved
