@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id, patient_key
-from stream.hl7v2 import Message, Segment, component_of, patient_identifier, to_fhir_datetime
+from stream.hl7v2 import Message, Segment, component_of, components, patient_identifier, to_fhir_datetime
 from stream.oru import codeable_concept
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -230,50 +230,54 @@ def _date_only(value: str, seg: Segment) -> str | None:
 
 
 def _name(rep: str, msg: Message) -> dict[str, Any] | None:
-    seps = msg.seps
-    family = component_of(rep, seps, 1, 1)
-    given = [g for g in (component_of(rep, seps, 2), component_of(rep, seps, 3)) if g]
+    parts = components(rep, msg.seps)
+    family = _at(parts, 1)  # XPN.1 is an FN: its first subcomponent is the surname
+    given = [g for g in (_at(parts, 2), _at(parts, 3)) if g]
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
     if given:
         name["given"] = given
-    suffix = component_of(rep, seps, 4)
+    suffix = _at(parts, 4)
     if suffix:
         name["suffix"] = [suffix]
-    prefix = component_of(rep, seps, 5)
+    prefix = _at(parts, 5)
     if prefix:
         name["prefix"] = [prefix]
-    if component_of(rep, seps, 7).upper() == "L":
+    if _at(parts, 7).upper() == "L":
         name["use"] = "official"
     return name or None
 
 
+def _at(parts: list[str], number: int) -> str:
+    return parts[number - 1] if number <= len(parts) else ""
+
+
 def _address(rep: str, msg: Message) -> dict[str, Any] | None:
-    seps = msg.seps
-    lines = [x for x in (component_of(rep, seps, 1, 1), component_of(rep, seps, 2)) if x]
+    parts = components(rep, msg.seps)
+    lines = [x for x in (_at(parts, 1), _at(parts, 2)) if x]  # XAD.1 is an SAD: street first
     addr: dict[str, Any] = {}
     if lines:
         addr["line"] = lines
     for key, comp in (("city", 3), ("state", 4), ("postalCode", 5), ("country", 6)):
-        v = component_of(rep, seps, comp)
+        v = _at(parts, comp)
         if v:
             addr[key] = v
     return addr or None
 
 
 def _telecom(rep: str, msg: Message) -> dict[str, Any] | None:
-    seps = msg.seps
-    email = component_of(rep, seps, 4)
+    parts = components(rep, msg.seps)
+    email = _at(parts, 4)
     if email and "@" in email:
         return {"system": "email", "value": email}
-    number = component_of(rep, seps, 1)
+    number = _at(parts, 1)
     if not number:
-        area, local = component_of(rep, seps, 6), component_of(rep, seps, 7)
+        area, local = _at(parts, 6), _at(parts, 7)
         number = f"({area}) {local}" if area and local else local
     if not number:
         return None
-    use = {"PRN": "home", "WPN": "work", "ORN": "home", "VHN": "home"}.get(component_of(rep, seps, 2).upper())
+    use = {"PRN": "home", "WPN": "work", "ORN": "home", "VHN": "home"}.get(_at(parts, 2).upper())
     out: dict[str, Any] = {"system": "phone", "value": number}
     if use:
         out["use"] = use

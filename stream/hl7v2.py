@@ -127,6 +127,16 @@ def component_of(raw: str, seps: Separators, component: int = 1, subcomponent: i
     return unescape(part, seps)
 
 
+def components(raw: str, seps: Separators) -> list[str]:
+    """Each component of one raw field repetition, decoded (its first subcomponent).
+
+    ``components(raw)[k - 1]`` equals ``component_of(raw, seps, k)``; splitting once serves
+    mappers that read several components of one value (a CWE, an XPN, an XAD).
+    """
+    sub = seps.subcomponent
+    return [unescape(c.partition(sub)[0] if sub in c else c, seps) for c in raw.split(seps.component)]
+
+
 def unescape(value: str, seps: Separators) -> str:
     r"""Decode HL7 escape sequences (\F\ \S\ \T\ \R\ \E\ \.br\ \Xhh\); drop formatting ones."""
     esc = seps.escape

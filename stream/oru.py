@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
+from stream.hl7v2 import Message, Segment, component_of, components, to_fhir_datetime
 from stream.units import UCUM, quantity_unit
 
 LOINC = "http://loinc.org"
@@ -71,10 +71,17 @@ _DOCUMENT_TYPES = {"ED", "RP"}
 
 def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
     """One FHIR Coding from CWE components (1-3, or 4-6 with ``offset=3``)."""
-    seps = msg.seps
-    code = component_of(raw, seps, 1 + offset)
-    display = component_of(raw, seps, 2 + offset)
-    sys_name = component_of(raw, seps, 3 + offset)
+    return _coding(components(raw, msg.seps), offset)
+
+
+def _part(parts: list[str], number: int) -> str:
+    return parts[number - 1] if number <= len(parts) else ""
+
+
+def _coding(parts: list[str], offset: int) -> dict[str, Any] | None:
+    code = _part(parts, 1 + offset)
+    display = _part(parts, 2 + offset)
+    sys_name = _part(parts, 3 + offset)
     if not code and not display:
         return None
     out: dict[str, Any] = {}
@@ -124,11 +131,12 @@ def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[
 
 def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
     """CodeableConcept from a CWE/CE with its primary and alternate codings."""
-    codings = [c for c in (coding(raw, msg), coding(raw, msg, offset=3)) if c]
+    parts = components(raw, msg.seps)
+    codings = [c for c in (_coding(parts, 0), _coding(parts, 3)) if c]
     if not codings:
         return None
     concept: dict[str, Any] = {"coding": codings}
-    text = component_of(raw, msg.seps, 2) or component_of(raw, msg.seps, 9)
+    text = _part(parts, 2) or _part(parts, 9)
     if text:
         concept["text"] = text
     return concept

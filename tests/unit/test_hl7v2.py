@@ -8,6 +8,8 @@ from stream.errors import Hl7Error, Hl7ParseError, MappingError
 from stream.hl7v2 import (
     Separators,
     check_header,
+    component_of,
+    components,
     decode_payload,
     parse_message,
     patient_identifier,
@@ -153,3 +155,11 @@ def test_malformed_timestamps_are_mapping_errors(value):
 
 def test_latin1_payload_decodes():
     assert decode_payload("MÜLLER".encode("latin-1")) == "MÜLLER"
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab^&~\\\\XFST.0")), max_size=40))
+def test_components_agree_with_component_of(raw):
+    seps = parse_message("MSH|^~\\&|A|B\r").seps
+    parts = components(raw, seps)
+    for k in range(1, len(parts) + 3):
+        assert (parts[k - 1] if k <= len(parts) else "") == component_of(raw, seps, k)
