@@ -96,13 +96,64 @@ def test_rule_checks_on_corpus(path):
     for resource in everything:
         for ref in _references(resource):
             assert ref in ids, f"{resource['resourceType']} reference to {ref.split('/')[0]} does not resolve"
-    # Every Observation value is traceable to the source text.
+    # Every number and every date in the output is traceable to the source text.
+    numbers = {Decimal(tok) for tok in _numbers(text)}
+    numbers |= {abs(n) for n in numbers}  # "4-8.4" is a range, not minus 8.4
+    digits = text.replace("-", "")
+    for resource in everything:
+        for value in _quantity_values(resource):
+            assert Decimal(str(value)) in numbers, f"{resource['resourceType']} number not in the message"
+        for stamp in _dates(resource):
+            assert stamp[:10].replace("-", "") in digits, f"{resource['resourceType']} date not traced"
     for obs in (r for r in result.resources if r["resourceType"] == "Observation"):
-        if "valueQuantity" in obs:
-            assert _number_in(text, obs["valueQuantity"]["value"])
         if "valueString" in obs:
             first_line = obs["valueString"].split("\n")[0][:20]
             assert first_line in text or first_line.replace("&", "\\T\\") in text or not first_line
+
+
+_DATE_KEYS = {
+    "birthDate",
+    "effectiveDateTime",
+    "issued",
+    "authoredOn",
+    "occurrenceDateTime",
+    "onsetDateTime",
+    "recordedDate",
+    "performedDateTime",
+    "whenHandedOver",
+    "deceasedDateTime",
+    "collectedDateTime",
+    "receivedTime",
+    "start",
+    "end",
+    "creation",
+}
+
+
+def _dates(node):
+    """Date and dateTime values anywhere in a resource (keys that hold times in our output)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _DATE_KEYS and isinstance(value, str):
+                yield value
+            else:
+                yield from _dates(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _dates(item)
+
+
+def _quantity_values(node):
+    """Every Quantity value (value with a unit or comparator, range bounds, ratio parts)."""
+    if isinstance(node, dict):
+        value = node.get("value")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield value
+        for child in node.values():
+            yield from _quantity_values(child)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _quantity_values(item)
 
 
 def _references(node):
@@ -124,7 +175,7 @@ def _number_in(text, value):
 def _numbers(text):
     import re
 
-    return re.findall(r"-?\d+(?:\.\d+)?", text)
+    return re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text)
 
 
 def test_same_message_twice_gives_same_ids(corpora):
