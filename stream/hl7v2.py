@@ -124,7 +124,14 @@ def component_of(raw: str, seps: Separators, component: int = 1, subcomponent: i
         part = subs[subcomponent - 1]
     elif subcomponent != 1:
         return ""
+    if part == NULL:
+        return ""
     return unescape(part, seps)
+
+
+# HL7's explicit null (``""``): "this value is now empty". Every resource is published whole
+# (a PUT), so an element the sender nulls is simply absent from the new version.
+NULL = '""'
 
 
 def components(raw: str, seps: Separators) -> list[str]:
@@ -134,7 +141,8 @@ def components(raw: str, seps: Separators) -> list[str]:
     mappers that read several components of one value (a CWE, an XPN, an XAD).
     """
     sub = seps.subcomponent
-    return [unescape(c.partition(sub)[0] if sub in c else c, seps) for c in raw.split(seps.component)]
+    parts = [c.partition(sub)[0] if sub in c else c for c in raw.split(seps.component)]
+    return ["" if p == NULL else unescape(p, seps) for p in parts]
 
 
 def unescape(value: str, seps: Separators) -> str:

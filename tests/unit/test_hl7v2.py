@@ -163,3 +163,12 @@ def test_components_agree_with_component_of(raw):
     parts = components(raw, seps)
     for k in range(1, len(parts) + 3):
         assert (parts[k - 1] if k <= len(parts) else "") == component_of(raw, seps, k)
+
+
+def test_explicit_null_reads_as_empty():
+    msg = parse_message('MSH|^~\\&|A|B\rPID|1||1^^^X||DOE^""||""|F|||""^^Springfield\r')
+    pid = msg.first("PID")
+    assert pid.value(7) == ""  # birth date nulled
+    assert pid.value(5, 2) == ""
+    assert components(pid.get(11), msg.seps)[:3] == ["", "", "Springfield"]
+    assert pid.value(8) == "F"
