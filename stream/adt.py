@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id, patient_key
 from stream.hl7v2 import Message, Segment, component_of, components, patient_identifier, to_fhir_datetime
-from stream.oru import codeable_concept
+from stream.oru import concept_at
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -113,8 +113,7 @@ def map_patient(msg: Message) -> dict[str, Any]:
         extensions.append({"url": MOTHERS_MAIDEN_NAME, "valueString": mother})
     if extensions:
         resource["extension"] = extensions
-    language = pid.repetitions(15)
-    concept = codeable_concept(language[0], msg) if language else None
+    concept = concept_at(pid, 15, msg)
     if concept:
         resource["communication"] = [{"language": concept}]
     contacts = [c for c in (_contact(nk1, msg) for nk1 in msg.all("NK1")) if c]
@@ -177,8 +176,7 @@ def _race_ethnicity(pid: Segment, msg: Message) -> list[dict[str, Any]]:
 def _contact(nk1: Segment, msg: Message) -> dict[str, Any] | None:
     """NK1 (next of kin / associated party) → Patient.contact."""
     contact: dict[str, Any] = {}
-    relationship_raw = nk1.repetitions(3)
-    relationship = codeable_concept(relationship_raw[0], msg) if relationship_raw else None
+    relationship = concept_at(nk1, 3, msg)
     if relationship:
         contact["relationship"] = [relationship]
     names = [n for n in (_name(rep, msg) for rep in nk1.repetitions(2)) if n]
@@ -346,9 +344,7 @@ def map_encounter(
     participants = _participants(pv1, msg)
     if participants:
         resource["participant"] = participants
-    pv2 = msg.first("PV2")
-    reason_raw = pv2.repetitions(3) if pv2 is not None else []
-    reason = codeable_concept(reason_raw[0], msg) if reason_raw else None
+    reason = concept_at(msg.first("PV2"), 3, msg)
     if reason:
         resource["reasonCode"] = [reason]  # PV2-3 admit reason
     loc_raw = pv1.repetitions(3)
@@ -430,8 +426,7 @@ def map_allergies(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str,
     """AL1 → AllergyIntolerance, one per allergen (id from patient + allergen code)."""
     out = []
     for al1 in msg.all("AL1"):
-        raw = al1.repetitions(3)
-        concept = codeable_concept(raw[0], msg) if raw else None
+        concept = concept_at(al1, 3, msg)
         if concept is None:
             continue
         key = al1.value(3, 1) or al1.value(3, 2)
@@ -469,8 +464,7 @@ def map_diagnoses(
     """DG1 → Condition (encounter diagnosis), id from patient + encounter + code."""
     out = []
     for dg1 in msg.all("DG1"):
-        raw = dg1.repetitions(3)
-        concept = codeable_concept(raw[0], msg) if raw else None
+        concept = concept_at(dg1, 3, msg)
         description = dg1.value(4)
         if concept is None and not description:
             continue
@@ -550,8 +544,7 @@ def map_procedures(
     """PR1 → Procedure (completed), id from patient + encounter + code + time."""
     out = []
     for pr1 in msg.all("PR1"):
-        raw = pr1.repetitions(3)
-        concept = codeable_concept(raw[0], msg) if raw else None
+        concept = concept_at(pr1, 3, msg)
         description = pr1.value(4)
         if concept is None and not description:
             continue
@@ -612,14 +605,13 @@ def map_coverages(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str,
 def map_death_cause(msg: Message, patient_id: str) -> list[dict[str, Any]]:
     """PDA-1 (death cause code) → Condition, categorised as the cause of death."""
     pda = msg.first("PDA")
-    raw = pda.repetitions(1) if pda is not None else []
-    concept = codeable_concept(raw[0], msg) if raw else None
-    if concept is None:
+    concept = concept_at(pda, 1, msg)
+    if pda is None or concept is None:
         return []
     return [
         {
             "resourceType": "Condition",
-            "id": deterministic_id("Condition", patient_id, "cause-of-death", raw[0]),
+            "id": deterministic_id("Condition", patient_id, "cause-of-death", pda.repetitions(1)[0]),
             "category": [{"text": "cause of death"}],
             "code": concept,
             "subject": {"reference": f"Patient/{patient_id}"},

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, component_of, to_fhir_datetime
-from stream.oru import codeable_concept, ed_attachment
+from stream.oru import concept_at, ed_attachment
 
 # TXA-17 document completion status (HL7 table 0271) → docStatus.
 _DOC_STATUS = {
@@ -55,8 +55,7 @@ def map_document(msg: Message, patient_id: str, encounter_id: str | None, tz: Zo
     doc_status = _DOC_STATUS.get(txa.value(17).upper())
     if doc_status:
         resource["docStatus"] = doc_status
-    raw_type = txa.repetitions(2)
-    concept = codeable_concept(raw_type[0], msg) if raw_type else None
+    concept = concept_at(txa, 2, msg)
     if concept:
         resource["type"] = concept
     if number:

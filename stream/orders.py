@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
-from stream.oru import codeable_concept, notes_after
+from stream.oru import codeable_concept, concept_at, notes_after
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -213,8 +213,7 @@ def _service_request(
         resource["identifier"] = identifiers
     if orc is not None and orc.value(4):
         resource["requisition"] = {"value": orc.value(4)}
-    code_raw = obr.repetitions(4) if obr is not None else []
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
+    concept = concept_at(obr, 4, msg)
     if concept:
         resource["code"] = concept
     priority = priority_of(orc, obr, msg)
@@ -295,8 +294,7 @@ def _specimen(spm: Segment, msg: Message, patient_id: str, tz: ZoneInfo, index: 
     ]
     if identifiers:
         resource["identifier"] = identifiers
-    type_raw = spm.repetitions(4)
-    concept = codeable_concept(type_raw[0], msg) if type_raw else None
+    concept = concept_at(spm, 4, msg)
     if concept:
         resource["type"] = concept
     collection: dict[str, Any] = {}
@@ -306,8 +304,7 @@ def _specimen(spm: Segment, msg: Message, patient_id: str, tz: ZoneInfo, index: 
         collection["collectedPeriod"] = {"start": collected, "end": collected_end}
     elif collected:
         collection["collectedDateTime"] = collected
-    site_raw = spm.repetitions(8)
-    site = codeable_concept(site_raw[0], msg) if site_raw else None
+    site = concept_at(spm, 8, msg)
     if site:
         collection["bodySite"] = site
     if collection:

@@ -110,14 +110,19 @@ def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
     return out
 
 
+def concept_at(seg: Segment | None, field: int, msg: Message) -> dict[str, Any] | None:
+    """The CodeableConcept of a coded field's first repetition; None when absent or empty."""
+    raw = seg.repetitions(field) if seg is not None else []
+    return codeable_concept(raw[0], msg) if raw else None
+
+
 def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
     """The CodeableConcept of a required coded field (first repetition).
 
     Raises:
         MappingError: code 101 at ``SEG-field`` when the field is empty.
     """
-    raw = seg.repetitions(field)
-    concept = codeable_concept(raw[0], msg) if raw else None
+    concept = concept_at(seg, field, msg)
     if concept is None:
         raise MappingError(
             f"{seg.name}-{field} {what} is missing",
@@ -281,8 +286,7 @@ def _document(
             field=5,
             control_id=msg.control_id,
         )
-    code_raw = obx.repetitions(3)
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
+    concept = concept_at(obx, 3, msg)
     when = to_fhir_datetime(obx.value(14), tz, segment="OBX", field=14)
     if when is None and obr is not None:
         when = to_fhir_datetime(obr.value(7), tz, segment="OBR", field=7)
@@ -322,8 +326,7 @@ def _observation(
     tz: ZoneInfo,
     category: str | None,
 ) -> dict[str, Any]:
-    code_raw = obx.repetitions(3)
-    concept = codeable_concept(code_raw[0], msg) if code_raw else None
+    concept = concept_at(obx, 3, msg)
     if concept is None:
         raise MappingError(
             "OBX-3 observation identifier is missing",
@@ -554,8 +557,7 @@ def _add_text(report: dict[str, Any] | None, lines: list[str]) -> None:
 def _report(
     obr: Segment, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
-    raw = obr.repetitions(4)
-    concept = codeable_concept(raw[0], msg) if raw else None
+    concept = concept_at(obr, 4, msg)
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": deterministic_id("DiagnosticReport", msg.msh.value(4), _order_number(obr, msg)),

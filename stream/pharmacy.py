@@ -24,7 +24,7 @@ from stream.orders import (
     practitioner_ref,
     priority_of,
 )
-from stream.oru import codeable_concept, json_number, required_concept, unit_of
+from stream.oru import codeable_concept, concept_at, json_number, required_concept, unit_of
 
 # RXA-20 completion status (HL7 table 0322) → MedicationAdministration.status.
 _ADMINISTRATION_STATUS = {"CP": "completed", "PA": "in-progress", "RE": "not-done", "NA": "not-done"}
@@ -81,8 +81,7 @@ def _route(msg: Message, after: Segment) -> dict[str, Any] | None:
     start = msg.position(after) + 1
     for seg in msg.segments[start:]:
         if seg.name in ("RXR",):
-            raw = seg.repetitions(1)
-            return codeable_concept(raw[0], msg) if raw else None
+            return concept_at(seg, 1, msg)
         if seg.name in ("ORC", "RXO", "RXE", "RXD", "RXA", "RXG"):
             return None
     return None

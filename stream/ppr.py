@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from stream.adt import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, to_fhir_datetime
-from stream.oru import codeable_concept
+from stream.oru import concept_at
 
 _CLINICAL = {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
 _VERIFICATION = {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
@@ -24,8 +24,7 @@ def map_problems(msg: Message, patient_id: str, tz: ZoneInfo) -> list[dict[str, 
     """Every PRB as a problem-list Condition."""
     out: list[dict[str, Any]] = []
     for prb in msg.all("PRB"):
-        raw = prb.repetitions(3)
-        concept = codeable_concept(raw[0], msg) if raw else None
+        concept = concept_at(prb, 3, msg)
         if concept is None:
             continue
         key = prb.value(4) or prb.value(3, 1) or prb.value(3, 2)

@@ -14,7 +14,7 @@ from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
 from stream.orders import V2_0203, practitioner_ref
-from stream.oru import codeable_concept, notes_after
+from stream.oru import codeable_concept, concept_at, notes_after
 
 # SCH-25 filler status (HL7 table 0278) → Appointment.status.
 _FILLER_STATUS = {
@@ -69,12 +69,10 @@ def map_appointment(msg: Message, patient_id: str, tz: ZoneInfo) -> dict[str, An
             if value
         ],
     }
-    reason_raw = sch.repetitions(7)
-    reason = codeable_concept(reason_raw[0], msg) if reason_raw else None
+    reason = concept_at(sch, 7, msg)
     if reason:
         resource["reasonCode"] = [reason]
-    kind_raw = sch.repetitions(8)
-    kind = codeable_concept(kind_raw[0], msg) if kind_raw else None
+    kind = concept_at(sch, 8, msg)
     if kind:
         resource["appointmentType"] = kind
     start, end = _times(msg, sch, tz)
