@@ -399,21 +399,50 @@ def json_number(value: Decimal) -> int | float:
 
 
 def _decimal(text: str, obx: Segment, msg: Message) -> int | float:
+    return field_number(text, obx, 5, msg, why="is not a number although OBX-2 is NM")
+
+
+def field_number(
+    text: str, seg: Segment, field: int, msg: Message, *, why: str = "is not a number"
+) -> int | float:
+    """A finite decimal from a numeric field, as a JSON number.
+
+    Raises:
+        MappingError: code 102 at ``SEG-field``; the message names the place, never the text.
+    """
     try:
         value = Decimal(text.strip())
     except InvalidOperation as exc:
         raise MappingError(
-            "OBX-5 is not a number although OBX-2 is NM",
-            code=102,
-            segment="OBX",
-            field=5,
-            control_id=msg.control_id,
+            f"{seg.name}-{field} {why}", code=102, segment=seg.name, field=field, control_id=msg.control_id
         ) from exc
     if not value.is_finite():
         raise MappingError(
-            "OBX-5 is not a finite number", code=102, segment="OBX", field=5, control_id=msg.control_id
+            f"{seg.name}-{field} is not a finite number",
+            code=102,
+            segment=seg.name,
+            field=field,
+            control_id=msg.control_id,
         )
     return json_number(value)
+
+
+def required_datetime(seg: Segment, field: int, msg: Message, tz: ZoneInfo, what: str) -> str:
+    """The FHIR dateTime of a required timestamp field.
+
+    Raises:
+        MappingError: code 101 when the field is empty, 102 when it is malformed.
+    """
+    when = to_fhir_datetime(seg.value(field), tz, segment=seg.name, field=field)
+    if when is None:
+        raise MappingError(
+            f"{seg.name}-{field} {what} is missing",
+            code=101,
+            segment=seg.name,
+            field=field,
+            control_id=msg.control_id,
+        )
+    return when
 
 
 def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:

@@ -9,11 +9,9 @@ because a code from one message is all an order carries (``docs/mapping.md``).
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
 from stream.orders import (
@@ -24,7 +22,14 @@ from stream.orders import (
     practitioner_ref,
     priority_of,
 )
-from stream.oru import codeable_concept, concept_at, json_number, required_concept, unit_of
+from stream.oru import (
+    codeable_concept,
+    concept_at,
+    field_number,
+    required_concept,
+    required_datetime,
+    unit_of,
+)
 
 # RXA-20 completion status (HL7 table 0322) → MedicationAdministration.status.
 _ADMINISTRATION_STATUS = {"CP": "completed", "PA": "in-progress", "RE": "not-done", "NA": "not-done"}
@@ -52,28 +57,9 @@ def map_medications(
 
 
 def _quantity(value: str, unit_raw: str, msg: Message, seg: Segment, field: int) -> dict[str, Any] | None:
-    value = value.strip()
-    if not value:
+    if not value.strip():
         return None
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise MappingError(
-            f"{seg.name}-{field} is not a number",
-            code=102,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        ) from None
-    if not number.is_finite():
-        raise MappingError(
-            f"{seg.name}-{field} is not a finite number",
-            code=102,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        )
-    return {"value": json_number(number), **unit_of(unit_raw, msg)}
+    return {"value": field_number(value, seg, field, msg), **unit_of(unit_raw, msg)}
 
 
 def _route(msg: Message, after: Segment) -> dict[str, Any] | None:
@@ -234,16 +220,8 @@ def _administration(
     tz: ZoneInfo,
 ) -> dict[str, Any]:
     concept = required_concept(rxa, 5, msg, "administered code")
-    start = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
+    start = required_datetime(rxa, 3, msg, tz, "administration time")
     end = to_fhir_datetime(rxa.value(4), tz, segment="RXA", field=4)
-    if start is None:
-        raise MappingError(
-            "RXA-3 administration time is missing",
-            code=101,
-            segment="RXA",
-            field=3,
-            control_id=msg.control_id,
-        )
     resource: dict[str, Any] = {
         "resourceType": "MedicationAdministration",
         "id": deterministic_id(

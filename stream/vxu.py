@@ -8,14 +8,12 @@ record) marks a primary-source administration, ``01`` a historical one; RXA-20 R
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, to_fhir_datetime
-from stream.oru import codeable_concept, json_number, required_concept, unit_of
+from stream.oru import codeable_concept, field_number, required_concept, required_datetime, unit_of
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"
@@ -48,15 +46,7 @@ def _immunization(
     rxa: Segment, order: Segment | None, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
     vaccine = required_concept(rxa, 5, msg, "administered code")
-    when = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
-    if when is None:
-        raise MappingError(
-            "RXA-3 administration date is missing",
-            code=101,
-            segment="RXA",
-            field=3,
-            control_id=msg.control_id,
-        )
+    when = required_datetime(rxa, 3, msg, tz, "administration date")
     filler = order.value(3) if order is not None else ""
     # Senders reuse one order number for several administrations (the IG's own VXU sample
     # does): the vaccine and the time tell them apart.
@@ -78,16 +68,9 @@ def _immunization(
         resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
     amount = rxa.value(6).strip()
     if amount and amount != UNKNOWN_AMOUNT:
-        try:
-            dose: dict[str, Any] = {"value": json_number(Decimal(amount))}
-        except InvalidOperation as exc:
-            raise MappingError(
-                "RXA-6 administered amount is not a number",
-                code=102,
-                segment="RXA",
-                field=6,
-                control_id=msg.control_id,
-            ) from exc
+        dose: dict[str, Any] = {
+            "value": field_number(amount, rxa, 6, msg, why="administered amount is not a number")
+        }
         units = rxa.repetitions(7)
         if units:
             dose.update(unit_of(units[0], msg))
