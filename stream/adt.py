@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id, patient_key
 from stream.hl7v2 import Message, Segment, component_of, components, patient_identifier, to_fhir_datetime
-from stream.oru import concept_at
+from stream.oru import concept_at, practitioner_ref
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -199,17 +199,9 @@ def _general_practitioners(msg: Message) -> list[dict[str, Any]]:
     pd1 = msg.first("PD1")
     if pd1 is None:
         return []
-    out: list[dict[str, Any]] = []
-    for rep in pd1.repetitions(4):
-        ident = component_of(rep, msg.seps, 1)
-        name = " ".join(p for p in (component_of(rep, msg.seps, 3), component_of(rep, msg.seps, 2, 1)) if p)
-        ref: dict[str, Any] = {}
-        if ident:
-            ref["identifier"] = {"value": ident}
-        if name:
-            ref["display"] = name
-        if ref:
-            out.append(ref)
+    out: list[dict[str, Any]] = [
+        ref for ref in (practitioner_ref(rep, msg) for rep in pd1.repetitions(4)) if ref is not None
+    ]
     for rep in pd1.repetitions(3):
         facility = component_of(rep, msg.seps, 1)
         if facility:
@@ -634,17 +626,9 @@ def _participants(pv1: Segment, msg: Message) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for field, code, display in _DOCTORS:
         for rep in pv1.repetitions(field):
-            ident = component_of(rep, msg.seps, 1)
-            name = " ".join(
-                p for p in (component_of(rep, msg.seps, 3), component_of(rep, msg.seps, 2, 1)) if p
-            )
-            if not ident and not name:
+            who = practitioner_ref(rep, msg)
+            if who is None:
                 continue
-            who: dict[str, Any] = {}
-            if ident:
-                who["identifier"] = {"value": ident}
-            if name:
-                who["display"] = name
             out.append(
                 {
                     "type": [{"coding": [{"system": V3_PARTICIPATION, "code": code, "display": display}]}],

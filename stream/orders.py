@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
-from stream.oru import codeable_concept, concept_at, notes_after
+from stream.oru import codeable_concept, concept_at, notes_after, practitioner_ref
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -96,21 +96,6 @@ def order_key(orc: Segment | None, detail: Segment | None, msg: Message, *, inde
             if value:
                 return value
     return f"{msg.control_id}#{index}"
-
-
-def practitioner_ref(raw: str, msg: Message) -> dict[str, Any] | None:
-    """A Reference by identifier and display to the person an XCN names (no resource is made)."""
-    seps = msg.seps
-    ident = component_of(raw, seps, 1)
-    name = " ".join(p for p in (component_of(raw, seps, 3), component_of(raw, seps, 2, 1)) if p)
-    if not ident and not name:
-        return None
-    ref: dict[str, Any] = {}
-    if ident:
-        ref["identifier"] = {"value": ident}
-    if name:
-        ref["display"] = name
-    return ref
 
 
 def priority_of(orc: Segment | None, detail: Segment | None, msg: Message) -> str | None:

@@ -110,6 +110,21 @@ def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
     return out
 
 
+def practitioner_ref(raw: str, msg: Message) -> dict[str, Any] | None:
+    """A Reference by identifier and display to the person an XCN names (no resource is made)."""
+    seps = msg.seps
+    ident = component_of(raw, seps, 1)
+    name = " ".join(p for p in (component_of(raw, seps, 3), component_of(raw, seps, 2, 1)) if p)
+    if not ident and not name:
+        return None
+    ref: dict[str, Any] = {}
+    if ident:
+        ref["identifier"] = {"value": ident}
+    if name:
+        ref["display"] = name
+    return ref
+
+
 def concept_at(seg: Segment | None, field: int, msg: Message) -> dict[str, Any] | None:
     """The CodeableConcept of a coded field's first repetition; None when absent or empty."""
     raw = seg.repetitions(field) if seg is not None else []

@@ -19,13 +19,13 @@ from stream.orders import (
     order_identifiers,
     order_keys,
     order_status,
-    practitioner_ref,
     priority_of,
 )
 from stream.oru import (
     codeable_concept,
     concept_at,
     field_number,
+    practitioner_ref,
     required_concept,
     required_datetime,
     unit_of,

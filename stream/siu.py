@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
-from stream.orders import V2_0203, practitioner_ref
-from stream.oru import codeable_concept, concept_at, notes_after
+from stream.orders import V2_0203
+from stream.oru import codeable_concept, concept_at, notes_after, practitioner_ref
 
 # SCH-25 filler status (HL7 table 0278) → Appointment.status.
 _FILLER_STATUS = {
