@@ -186,33 +186,14 @@ def _service_request(
     tz: ZoneInfo,
     specimens: dict[int, list[str]],
 ) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "ServiceRequest",
-        "id": service_request_id(msg, key),
-        "status": order_status(orc),
-        "intent": "order",
-        "subject": {"reference": f"Patient/{patient_id}"},
-    }
-    identifiers = order_identifiers(orc, obr, msg)
-    if identifiers:
-        resource["identifier"] = identifiers
+    resource = order_request(
+        "ServiceRequest", service_request_id(msg, key), msg, orc, obr, patient_id, encounter_id, tz
+    )
     if orc is not None and orc.value(4):
         resource["requisition"] = {"value": orc.value(4)}
     concept = concept_at(obr, 4, msg)
     if concept:
         resource["code"] = concept
-    priority = priority_of(orc, obr, msg)
-    if priority:
-        resource["priority"] = priority
-    if encounter_id:
-        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
-    authored = to_fhir_datetime(orc.value(9), tz, segment="ORC", field=9) if orc is not None else None
-    if authored:
-        resource["authoredOn"] = authored
-    requester_raw = (orc.get(12) if orc is not None else "") or (obr.get(16) if obr is not None else "")
-    requester = practitioner_ref(requester_raw.split(msg.seps.repetition)[0], msg) if requester_raw else None
-    if requester:
-        resource["requester"] = requester
     if obr is not None:
         reasons = [c for c in (codeable_concept(r, msg) for r in obr.repetitions(31) if r) if c]
         if reasons:
@@ -223,6 +204,47 @@ def _service_request(
         ids = specimens.get(msg.position(obr))
         if ids:
             resource["specimen"] = [{"reference": f"Specimen/{i}"} for i in ids]
+    return resource
+
+
+def order_request(
+    kind: str,
+    request_id: str,
+    msg: Message,
+    orc: Segment | None,
+    detail: Segment | None,
+    patient_id: str,
+    encounter_id: str | None,
+    tz: ZoneInfo,
+    *,
+    identifiers: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    """What every request made from an order has (ServiceRequest, MedicationRequest): status
+    and intent, placer/filler identifiers (plus ``identifiers``), encounter, authoredOn
+    (ORC-9), requester (ORC-12, else OBR-16) and priority."""
+    resource: dict[str, Any] = {
+        "resourceType": kind,
+        "id": request_id,
+        "status": order_status(orc),
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    all_identifiers = [*order_identifiers(orc, detail, msg), *identifiers]
+    if all_identifiers:
+        resource["identifier"] = all_identifiers
+    priority = priority_of(orc, detail, msg)
+    if priority:
+        resource["priority"] = priority
+    if encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    authored = to_fhir_datetime(orc.value(9), tz, segment="ORC", field=9) if orc is not None else None
+    if authored:
+        resource["authoredOn"] = authored
+    obr = detail if detail is not None and detail.name == "OBR" else None
+    requester_raw = (orc.get(12) if orc is not None else "") or (obr.get(16) if obr is not None else "")
+    requester = practitioner_ref(requester_raw.split(msg.seps.repetition)[0], msg) if requester_raw else None
+    if requester:
+        resource["requester"] = requester
     return resource
 
 

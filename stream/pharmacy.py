@@ -16,16 +16,13 @@ from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
 from stream.orders import (
     order_groups,
-    order_identifiers,
     order_keys,
-    order_status,
-    priority_of,
+    order_request,
 )
 from stream.oru import (
     codeable_concept,
     concept_at,
     field_number,
-    practitioner_ref,
     required_concept,
     required_datetime,
     unit_of,
@@ -110,31 +107,19 @@ def _request(
 ) -> dict[str, Any]:
     rxe = order.name == "RXE"
     concept = required_concept(order, 2 if rxe else 1, msg, "medication code")
-    resource: dict[str, Any] = {
-        "resourceType": "MedicationRequest",
-        "id": request_id,
-        "status": order_status(orc),
-        "intent": "order",
-        "medicationCodeableConcept": concept,
-        "subject": {"reference": f"Patient/{patient_id}"},
-    }
-    identifiers = order_identifiers(orc, None, msg)
-    if rxe and order.value(15):  # RXE-15 prescription number
-        identifiers.append({"value": order.value(15)})
-    if identifiers:
-        resource["identifier"] = identifiers
-    if encounter_id:
-        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
-    authored = to_fhir_datetime(orc.value(9), tz, segment="ORC", field=9) if orc is not None else None
-    if authored:
-        resource["authoredOn"] = authored
-    requester_raw = orc.repetitions(12) if orc is not None else []
-    requester = practitioner_ref(requester_raw[0], msg) if requester_raw else None
-    if requester:
-        resource["requester"] = requester
-    priority = priority_of(orc, None, msg)
-    if priority:
-        resource["priority"] = priority
+    prescription = order.value(15) if rxe else ""  # RXE-15 prescription number
+    resource = order_request(
+        "MedicationRequest",
+        request_id,
+        msg,
+        orc,
+        None,
+        patient_id,
+        encounter_id,
+        tz,
+        identifiers=({"value": prescription},) if prescription else (),
+    )
+    resource["medicationCodeableConcept"] = concept
     # Amount and units: RXE-3/4/5 or RXO-2/3/4; instructions RXE-7 / RXO-7; indication RXE-27 / RXO-20.
     amount_field, units_field, text_field, reason_field = (3, 5, 7, 27) if rxe else (2, 4, 7, 20)
     dosage: dict[str, Any] = {}
