@@ -23,7 +23,8 @@ from hl7apy.parser import parse_message as hl7apy_parse_message
 from stream.errors import Hl7Error
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.hl7v2 import decode_payload, parse_message
-from stream.normalize import clear_validation_cache, normalize_hl7
+from stream.normalize import normalize_hl7
+from stream.validation import clear_memos
 
 
 def corpus_messages(corpora: Path) -> list[str]:
@@ -60,7 +61,7 @@ def rate(fn, messages: list[str], min_seconds: float = 1.0) -> float:
     remembered, so only repeats within the corpus (as in a live feed) are served from memory."""
     n, start = 0, time.perf_counter()
     while True:
-        clear_validation_cache()
+        clear_memos()
         for text in messages:
             fn(text)
         n += len(messages)
@@ -84,7 +85,7 @@ def main() -> None:
     full_rates = [rate(lambda t: normalize_hl7(t, tz=tz), messages) for _ in range(args.runs)]
 
     def cold(text: str) -> None:
-        clear_validation_cache()  # no verdict remembered from any earlier message
+        clear_memos()  # no verdict remembered from any earlier message
         normalize_hl7(text, tz=tz)
 
     cold_rates = [rate(cold, messages) for _ in range(args.runs)]

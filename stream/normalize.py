@@ -35,7 +35,7 @@ from stream.oru import map_observations, map_reports
 from stream.pharmacy import map_medications
 from stream.ppr import map_problems
 from stream.siu import SIU_EVENTS, map_appointment
-from stream.validation import InvalidResource, clear_memos, validate
+from stream.validation import InvalidResource, validate
 from stream.vxu import map_immunizations
 
 
@@ -140,11 +140,6 @@ def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
     except InvalidResource as exc:
         raise MappingError(str(exc), code=102, control_id=msg.control_id) from None
     return resource
-
-
-def clear_validation_cache() -> None:
-    """Forget remembered verdicts (benchmarks measure with and without them)."""
-    clear_memos()
 
 
 def _adt(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:

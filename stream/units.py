@@ -120,8 +120,9 @@ def _factor(source: str, target: str) -> tuple[Decimal, Decimal] | None:
     """(scale, offset) with target = value * scale + offset, or None when not convertible."""
     registry = _registry()
     try:
-        zero = registry.Quantity(0, registry.from_ucum(source).units).to(registry.from_ucum(target).units)
-        one = registry.Quantity(1, registry.from_ucum(source).units).to(registry.from_ucum(target).units)
+        source_units, target_units = registry.from_ucum(source).units, registry.from_ucum(target).units
+        zero = registry.Quantity(0, source_units).to(target_units)
+        one = registry.Quantity(1, source_units).to(target_units)
     except Exception:  # pint: dimensionality errors; ucumvert: invalid units
         return None
     offset = Decimal(str(zero.magnitude))
