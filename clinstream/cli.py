@@ -127,6 +127,7 @@ def _convert(args: argparse.Namespace) -> int:
     from connectors.send_tool import iter_files
     from stream.convert import convert_text
     from stream.hl7v2 import decode_payload
+    from stream.structure import structure_problems
 
     zone = args.timezone or Settings().normalizer.default_timezone
     tz = ZoneInfo(zone)
@@ -144,8 +145,6 @@ def _convert(args: argparse.Namespace) -> int:
         files += 1
         for item in convert_text(decode_payload(path.read_bytes()), tz=tz, source_system=path.name):
             if args.check_structure:
-                from stream.structure import structure_problems
-
                 for problem in structure_problems(item.message):
                     nonconforming += 1
                     print(f"{path}#{item.index + 1}: structure: {problem}", file=sys.stderr)
