@@ -102,3 +102,16 @@ def test_cli_reports_unmapped_content_and_structure(tmp_path):
     assert "adt2.hl7#1: structure: ValidationError: Missing required child ADT_A01.EVN" in result.stderr
     assert "ACCT-9" not in result.stderr  # values never appear, only locations
     assert result.returncode == 1  # a message that does not conform fails the check
+
+
+def test_structure_problems_never_show_values():
+    from stream.structure import structure_problems
+
+    head = "MSH|^~\\&|A|B|C|D|20250101||ADT^A01^ADT_A01|1|P|2.5\rEVN|A01|20250101\r"
+    [bad_date] = structure_problems(head + "PID|1||1^^^X||DOE^JANE||1958XX12|F\rPV1|1|I\r")
+    assert bad_date == "ValueError: … is not an HL7 valid date value"
+    [too_long] = structure_problems(head + "PID|1||1^^^X||DOE^JANE||19580312|History and physical exam\r")
+    assert "History" not in too_long
+    assert too_long.startswith("MaxLengthReached: The value … exceed")
+    [missing] = structure_problems(head.replace("EVN|A01|20250101\r", "") + "PID|1||1^^^X\r")
+    assert missing == "ValidationError: Missing required child ADT_A01.EVN"
