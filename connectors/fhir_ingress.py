@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from stream.errors import ClinstreamError
 from stream.events import deterministic_id
+from stream.fhir_models import model_class
 
 IssueCode = Literal[
     "invalid",
@@ -186,7 +186,7 @@ def _model(resource_type: object) -> Any:
     if not isinstance(resource_type, str) or not resource_type:
         raise FhirInputError(400, [Issue("required", "resourceType is missing", ("resourceType",))])
     try:
-        return get_fhir_model_class(resource_type)
+        return model_class(resource_type)
     except (ValueError, KeyError) as exc:
         raise FhirInputError(
             400,
@@ -287,7 +287,7 @@ def check_references(resource: dict[str, Any], prefix: str = "") -> list[Issue]:
 
 def _is_resource_type(name: str) -> bool:
     try:
-        get_fhir_model_class(name)
+        model_class(name)
     except (ValueError, KeyError):
         return False
     return True

@@ -25,43 +25,11 @@ import typing
 from collections import OrderedDict
 from typing import Any
 
-from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
-from fhir.resources.R4B.appointment import Appointment
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.coverage import Coverage
-from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from fhir.resources.R4B.documentreference import DocumentReference
-from fhir.resources.R4B.encounter import Encounter
-from fhir.resources.R4B.immunization import Immunization
-from fhir.resources.R4B.medicationadministration import MedicationAdministration
-from fhir.resources.R4B.medicationdispense import MedicationDispense
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.procedure import Procedure
-from fhir.resources.R4B.servicerequest import ServiceRequest
-from fhir.resources.R4B.specimen import Specimen
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
-MODELS: dict[str, type[BaseModel]] = {
-    "Patient": Patient,
-    "Encounter": Encounter,
-    "Observation": Observation,
-    "AllergyIntolerance": AllergyIntolerance,
-    "Condition": Condition,
-    "DiagnosticReport": DiagnosticReport,
-    "DocumentReference": DocumentReference,
-    "Immunization": Immunization,
-    "ServiceRequest": ServiceRequest,
-    "Specimen": Specimen,
-    "MedicationRequest": MedicationRequest,
-    "MedicationDispense": MedicationDispense,
-    "MedicationAdministration": MedicationAdministration,
-    "Appointment": Appointment,
-    "Procedure": Procedure,
-    "Coverage": Coverage,
-}
+from stream.fhir_models import MODELS
+
 VERDICTS_KEPT = 4096
 _verdicts: OrderedDict[bytes, None] = OrderedDict()
 ELEMENTS_KEPT = 8192
@@ -94,12 +62,14 @@ def validate(resource: dict[str, Any]) -> None:
     if key in _verdicts:
         _verdicts.move_to_end(key)
         return
-    data = _with_instances(model, resource, kind, "")
     try:
+        data = _with_instances(model, resource)
         # The constructor validates once; model_validate ran fhir_core's after-validators twice.
         model(**data)
+    except _ElementInvalid as exc:
+        raise _invalid(kind, exc.path, exc.error) from None
     except ValidationError as exc:
-        raise _invalid(kind, "", exc) from None
+        raise _invalid(kind, [], exc) from None
     _verdicts[key] = None
     if len(_verdicts) > VERDICTS_KEPT:
         _verdicts.popitem(last=False)
@@ -111,49 +81,68 @@ def clear_memos() -> None:
     _elements_seen.clear()
 
 
-def _with_instances(model: type[BaseModel], value: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
+class _ElementInvalid(Exception):
+    """An element failed; each level above adds its own step to ``path`` on the way out, so
+    the valid path (every message but a bad one) builds no path strings."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__()
+        self.error = error
+        self.path: list[str] = []
+
+
+def _with_instances(model: type[BaseModel], value: dict[str, Any]) -> dict[str, Any]:
     """``value`` with each complex child replaced by its validated element instance."""
     fields = _complex_fields(model)
-    data: dict[str, Any] = {}
+    data = value.copy()
     for name, child in value.items():
         spec = fields.get(name)
-        where = f"{path}.{name}" if path else name
         if spec is None:
-            data[name] = child
-        elif spec[1] and isinstance(child, list):
-            data[name] = [
-                _instance(spec[0], item, kind, f"{where}.{i}") if isinstance(item, dict) else item
-                for i, item in enumerate(child)
-            ]
-        elif not spec[1] and isinstance(child, dict):
-            data[name] = _instance(spec[0], child, kind, where)
-        else:
-            data[name] = child  # the wrong shape: the model reports it
+            continue
+        element, repeats = spec
+        try:
+            if repeats and isinstance(child, list):
+                data[name] = [_indexed(element, item, i) for i, item in enumerate(child)]
+            elif not repeats and isinstance(child, dict):
+                data[name] = _instance(element, child)
+            # else the wrong shape: the model reports it
+        except _ElementInvalid as exc:
+            exc.path.insert(0, name)
+            raise
     return data
 
 
-def _instance(model: type[BaseModel], value: dict[str, Any], kind: str, path: str) -> BaseModel:
+def _indexed(model: type[BaseModel], item: Any, index: int) -> Any:
+    if not isinstance(item, dict):
+        return item
+    try:
+        return _instance(model, item)
+    except _ElementInvalid as exc:
+        exc.path.insert(0, str(index))
+        raise
+
+
+def _instance(model: type[BaseModel], value: dict[str, Any]) -> BaseModel:
     """The validated instance of one element, validated once per exact JSON (children first)."""
     key = (model, _dump(value))
     seen = _elements_seen.get(key)
     if seen is not None:
         _elements_seen.move_to_end(key)
         return seen
-    data = _with_instances(model, value, kind, path)
+    data = _with_instances(model, value)
     try:
         element = model(**data)
     except ValidationError as exc:
-        raise _invalid(kind, path, exc) from None
+        raise _ElementInvalid(exc) from None
     _elements_seen[key] = element
     if len(_elements_seen) > ELEMENTS_KEPT:
         _elements_seen.popitem(last=False)
     return element
 
 
-def _invalid(kind: str, prefix: str, exc: ValidationError) -> InvalidResource:
+def _invalid(kind: str, prefix: list[str], exc: ValidationError) -> InvalidResource:
     first = exc.errors()[0]
-    inner = ".".join(str(p) for p in first["loc"])
-    path = ".".join(p for p in (prefix, inner) if p)
+    path = ".".join([*prefix, *(str(p) for p in first["loc"])])
     return InvalidResource(kind, path, first["type"])
 
 

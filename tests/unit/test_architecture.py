@@ -34,7 +34,14 @@ PURE_MODULES = [
     "inference/critical.py",
 ]
 # What a stage may import from another stage: the shared contracts.
-SHARED = {"stream.events", "stream.settings", "stream.errors", "stream.hl7v2", "stream.kafka"}
+SHARED = {
+    "stream.events",
+    "stream.settings",
+    "stream.errors",
+    "stream.hl7v2",
+    "stream.kafka",
+    "stream.fhir_models",
+}
 
 
 def _imports(path):
