@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 from stream.errors import Hl7ParseError, MappingError
@@ -140,9 +140,9 @@ def components(raw: str, seps: Separators) -> list[str]:
     ``components(raw)[k - 1]`` equals ``component_of(raw, seps, k)``; splitting once serves
     mappers that read several components of one value (a CWE, an XPN, an XAD).
     """
-    sub = seps.subcomponent
+    sub, esc = seps.subcomponent, seps.escape
     parts = [c.partition(sub)[0] if sub in c else c for c in raw.split(seps.component)]
-    return ["" if p == NULL else unescape(p, seps) for p in parts]
+    return ["" if p == NULL else unescape(p, seps) if esc in p else p for p in parts]
 
 
 def unescape(value: str, seps: Separators) -> str:
@@ -193,6 +193,7 @@ class Message:
     """A parsed HL7 v2 message. MSH fields every stage reads are decoded once, at parse time."""
 
     __slots__ = (
+        "_by_name",
         "_positions",
         "accept_ack_type",
         "application_ack_type",
@@ -210,6 +211,7 @@ class Message:
         self.segments = segments
         self.seps = seps
         self._positions: dict[int, int] | None = None
+        self._by_name: dict[str, list[Segment]] | None = None
         self.msh = msh = segments[0]
         self.control_id: str = msh.value(10)
         """MSH-10."""
@@ -229,10 +231,17 @@ class Message:
 
     def first(self, name: str) -> Segment | None:
         """The first segment with this id, if any."""
-        for seg in self.segments:
-            if seg.name == name:
-                return seg
-        return None
+        found = self._index().get(name)
+        return found[0] if found else None
+
+    def _index(self) -> dict[str, list[Segment]]:
+        # Mappers ask for PID, PV1, ORC... many times per message: index the ids once.
+        if self._by_name is None:
+            index: dict[str, list[Segment]] = {}
+            for seg in self.segments:
+                index.setdefault(seg.name, []).append(seg)
+            self._by_name = index
+        return self._by_name
 
     def position(self, seg: Segment) -> int:
         """Index of this segment in ``segments`` (by identity), without a linear search."""
@@ -242,7 +251,7 @@ class Message:
 
     def all(self, name: str) -> list[Segment]:
         """Every segment with this id, in order."""
-        return [seg for seg in self.segments if seg.name == name]
+        return list(self._index().get(name, ()))
 
     @property
     def message_type(self) -> str:
@@ -419,6 +428,16 @@ def patient_identifier(msg: Message) -> tuple[str, str]:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _offset_zone(offset: str) -> timezone:
+    """``+hhmm`` / ``-hhmm`` as a fixed zone (a feed uses a handful of offsets)."""
+    hh, mm = int(offset[1:3]), int(offset[3:5])
+    if hh > 23 or mm > 59:
+        raise ValueError("offset")
+    sign = 1 if offset[0] == "+" else -1
+    return timezone(sign * timedelta(hours=hh, minutes=mm))
+
+
 def to_fhir_datetime(value: str, tz: ZoneInfo, *, segment: str, field: int) -> str | None:
     """Convert an HL7 DTM/TS value to a FHIR dateTime string, keeping its precision.
 
@@ -450,18 +469,11 @@ def to_fhir_datetime(value: str, tz: ZoneInfo, *, segment: str, field: int) -> s
             raise ValueError("time without a full date")
         frac = m["f"] or ""
         micro = int((frac + "000000")[:6]) if frac else 0
-        local = datetime.combine(
-            date(int(y), int(mo), int(d)),
-            time(int(m["h"]), int(m["mi"] or 0), int(m["s"] or 0), micro),
+        offset = m["tz"]
+        zone: tzinfo = tz if not offset else _offset_zone(offset)
+        stamped = datetime(
+            int(y), int(mo), int(d), int(m["h"]), int(m["mi"] or 0), int(m["s"] or 0), micro, tzinfo=zone
         )
-        if m["tz"]:
-            sign = 1 if m["tz"][0] == "+" else -1
-            hh, mm = int(m["tz"][1:3]), int(m["tz"][3:5])
-            if hh > 23 or mm > 59:
-                raise ValueError("offset")
-            stamped = local.replace(tzinfo=timezone(sign * timedelta(hours=hh, minutes=mm)))
-        else:
-            stamped = local.replace(tzinfo=tz)
     except ValueError as exc:
         raise MappingError(
             f"invalid date or time in {segment}-{field}", code=102, segment=segment, field=field
