@@ -49,7 +49,8 @@ def map_patient(msg: Message) -> dict[str, Any]:
     # PID-3 (identifier list), then PID-2/PID-4 (external and alternate ids, v2.3-2.4),
     # PID-19 (SSN) and PID-20 (driver's licence), as the v2-to-FHIR guide maps them.
     for field, rep in _identifier_fields(pid):
-        value = component_of(rep, seps, 1)
+        parts = components(rep, seps)  # CX: id, check digit, scheme, authority (HD), type
+        value = parts[0]
         if not value or (field != 3 and any(i["value"] == value for i in identifiers)):
             continue
         ident: dict[str, Any] = {"value": value}
@@ -62,13 +63,16 @@ def map_patient(msg: Message) -> dict[str, Any]:
             ident["type"] = {"coding": [{"system": V2_0203, "code": "DL"}]}
             identifiers.append(ident)
             continue
-        ns = component_of(rep, seps, 4, 1)
-        system = identifier_system(ns, component_of(rep, seps, 4, 2), component_of(rep, seps, 4, 3))
+        ns = _at(parts, 4)  # HD.1, the first subcomponent of CX.4
+        if seps.subcomponent in rep:
+            system = identifier_system(ns, component_of(rep, seps, 4, 2), component_of(rep, seps, 4, 3))
+        else:
+            system = identifier_system(ns, "", "")
         if system:
             ident["system"] = system
         if ns:
             ident["assigner"] = {"display": ns}
-        id_type = component_of(rep, seps, 5)
+        id_type = _at(parts, 5)
         if id_type:
             ident["type"] = {"coding": [{"system": V2_0203, "code": id_type}]}
         identifiers.append(ident)
@@ -156,8 +160,8 @@ def _race_ethnicity(pid: Segment, msg: Message) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
         texts: list[str] = []
         for rep in pid.repetitions(field):
-            code = component_of(rep, msg.seps, 1)
-            display = component_of(rep, msg.seps, 2)
+            cwe = components(rep, msg.seps)
+            code, display = cwe[0], _at(cwe, 2)
             texts.append(display or code)
             cdc = known.get(code.upper()) if known is not None else code
             if not cdc:

@@ -98,11 +98,8 @@ def deterministic_id(kind: str, *parts: str | None) -> str:
 
     The same source identifiers always give the same id, so replays overwrite.
     """
-    h = hashlib.sha256(kind.encode())
-    for part in parts:
-        h.update(b"\x1f")
-        h.update((part or "").encode())
-    return h.hexdigest()[:32]
+    text = "\x1f".join([kind, *(part or "" for part in parts)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def patient_key(assigning_authority: str, identifier: str) -> str:

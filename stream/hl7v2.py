@@ -72,15 +72,16 @@ class Segment:
 
     def get(self, n: int) -> str:
         """Raw field n (escapes not decoded, repetitions not split); ``""`` when absent."""
-        fields = self.fields
+        fields = self._fields if self._fields is not None else self.fields
         return fields[n] if n < len(fields) else ""
 
     def repetitions(self, n: int) -> list[str]:
         """Raw repetitions of field n (MSH-2 is never split)."""
-        raw = self.get(n)
+        fields = self._fields if self._fields is not None else self.fields
+        raw = fields[n] if n < len(fields) else ""
         if not raw:
             return []
-        if self.name == "MSH" and n <= 2:
+        if n <= 2 and self.name == "MSH":
             return [raw]
         return raw.split(self.seps.repetition)
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from stream.errors import Hl7Error, MappingError, UnsupportedMessageError
-from stream.events import SUPPORTED_HL7_EVENTS, patient_key
+from stream.events import SUPPORTED_HL7_EVENTS, deterministic_id, patient_key
 from stream.hl7v2 import decode_payload, parse_message
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
@@ -488,3 +488,11 @@ def test_report_per_order_with_its_results_and_status(corpora):
     [f_report] = _of(final.resources, "DiagnosticReport")
     assert p_report["id"] == f_report["id"]
     assert (p_report["status"], f_report["status"]) == ("preliminary", "final")
+
+
+def test_ids_do_not_change_between_releases():
+    # Kafka keys, FHIR ids and Milvus partition keys already stored were derived this way: a
+    # change here would make every replayed message a new resource instead of an overwrite.
+    assert deterministic_id("Patient", "A", "b") == "a8e4e0e87987ede8245e7e5ef4fe4a98"
+    assert deterministic_id("X", None, "é") == "fd0fea46e6888419e26b6c8c6f6b09e2"
+    assert patient_key(" hospital-a ", "MRN123 ") == "313abba3cf7a0d269be6bb4765453da7"
