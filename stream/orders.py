@@ -117,20 +117,20 @@ def order_groups(msg: Message) -> list[tuple[Segment | None, Segment | None, lis
     An ORC opens an order; the OBR after it is its detail. An OBR without its own ORC (ORU,
     older ORM) is an order of its own that shares the previous ORC's common fields.
     """
-    groups: list[tuple[Segment | None, Segment | None, list[Segment]]] = []
+    groups: list[list[Any]] = []  # [ORC, OBR, medication segments] while they are collected
     orc: Segment | None = None
     current: list[Any] | None = None
     for seg in msg.segments:
         if seg.name == "ORC":
             orc = seg
             current = [seg, None, []]
-            groups.append(current)  # type: ignore[arg-type]
+            groups.append(current)
         elif seg.name == "OBR":
             if current is not None and current[1] is None and not current[2]:
                 current[1] = seg
             else:
                 current = [orc, seg, []]
-                groups.append(current)  # type: ignore[arg-type]
+                groups.append(current)
         elif seg.name in _MEDICATION_SEGMENTS and current is not None:
             current[2].append(seg)
     return [(g[0], g[1], g[2]) for g in groups]

@@ -1,0 +1,88 @@
+"""Compile the normalizer's pure modules with mypyc into build/native (run by `make install`).
+
+The HL7 v2 parser and mappers are plain typed Python; mypyc (part of mypy) compiles them to
+C extension modules that run the same code about twice as fast. The sources stay the only
+truth: the build works on a copy, keeps only the compiled modules, and records the sha256 of
+each source it compiled. `stream/__init__.py` uses the compiled modules only while every
+recorded source is unchanged (and the Python version matches); after any edit the package is
+pure Python again until the next `make install`. `CLINSTREAM_NATIVE=0` turns them off.
+
+Usage: python tools/build_native.py [--out build/native]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Pure, hot and free of pydantic models (mypyc does not compile pydantic classes).
+MODULES = (
+    "stream/hl7v2.py",
+    "stream/adt.py",
+    "stream/oru.py",
+    "stream/orders.py",
+    "stream/pharmacy.py",
+    "stream/siu.py",
+    "stream/mdm.py",
+    "stream/vxu.py",
+    "stream/ppr.py",
+    "stream/coverage.py",
+)
+
+
+def source_digests() -> dict[str, str]:
+    return {m: hashlib.sha256((REPO / m).read_bytes()).hexdigest() for m in MODULES}
+
+
+def build(out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="clinstream-native-") as tmp:
+        work = Path(tmp)
+        skip = shutil.ignore_patterns("__pycache__", "*.so")
+        shutil.copytree(REPO / "stream", work / "stream", ignore=skip)
+        done = subprocess.run(
+            [sys.executable, "-m", "mypyc", *MODULES], cwd=work, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            sys.exit(f"mypyc failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "stream").mkdir(parents=True)
+        for module in MODULES:
+            compiled = (work / module).with_suffix(suffix)
+            shutil.copy(compiled, out / "stream" / compiled.name)
+        for runtime in work.glob(f"*__mypyc{suffix}"):  # mypyc's shared runtime module
+            shutil.copy(runtime, out / runtime.name)
+    manifest = {"python": sys.implementation.cache_tag, "suffix": suffix, "sources": source_digests()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "native")
+    args = parser.parse_args()
+    manifest = args.out / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text())
+        same_python = recorded.get("python") == sys.implementation.cache_tag
+        if same_python and recorded.get("sources") == source_digests():
+            print(f"native modules up to date in {args.out}")
+            return
+    if importlib.util.find_spec("mypyc") is None:
+        print("mypyc is not installed (it comes with the dev extra): the normalizer runs as pure Python")
+        return
+    build(args.out)
+    print(f"compiled {len(MODULES)} modules into {args.out}")
+
+
+if __name__ == "__main__":
+    main()
