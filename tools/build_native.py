@@ -7,6 +7,9 @@ each source it compiled. `stream/__init__.py` uses the compiled modules only whi
 recorded source is unchanged (and the Python version matches); after any edit the package is
 pure Python again until the next `make install`. `CLINSTREAM_NATIVE=0` turns them off.
 
+Needs a C compiler (`make native` installs Debian's gcc when there is none).
+``CLINSTREAM_NATIVE=0`` skips the build.
+
 Usage: python tools/build_native.py [--out build/native]
 """
 
@@ -16,6 +19,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,6 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "build" / "native")
     args = parser.parse_args()
+    if os.environ.get("CLINSTREAM_NATIVE") == "0":
+        print("CLINSTREAM_NATIVE=0: not compiling; the normalizer runs as pure Python")
+        return
     manifest = args.out / "manifest.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text())
