@@ -25,7 +25,9 @@ from stream.settings import IndexerSettings
 log = logging.getLogger(__name__)
 
 CHUNKS_UPSERTED = Counter("clinstream_index_chunks_upserted", "Chunks written to the vector store")
-CHUNKS_DELETED = Counter("clinstream_index_chunks_deleted", "Chunks removed from the vector store")
+CHUNKS_DELETED = Counter(
+    "clinstream_index_resources_removed", "Resources taken out of the index (entered-in-error, cancelled)"
+)
 LAST_INDEXED = Gauge("clinstream_index_last_batch_timestamp", "Unix time of the last committed batch")
 RETRY_BACKOFF_S = 2.0
 
@@ -60,7 +62,7 @@ def register_indexer(
 
         if await commit_after(msg, write, stage="indexer", backoff_s=RETRY_BACKOFF_S):
             CHUNKS_UPSERTED.inc(len(plan.upserts))
-            CHUNKS_DELETED.inc(len(plan.deletes))
+            CHUNKS_DELETED.inc(plan.removed)
             LAST_INDEXED.set_to_current_time()
 
 
@@ -68,7 +70,7 @@ def write_plan(embedder: TextEmbedder, store: VectorStore, plan: BatchPlan) -> N
     """Embed and write a batch plan, then flush (blocking; run in a thread)."""
     if plan.upserts:
         store.upsert(plan.upserts, embedder.embed([c.text for c in plan.upserts]))
-    if plan.deletes:
-        store.delete(plan.deletes)
-    if plan.upserts or plan.deletes:
+    if plan.keep:
+        store.retire(plan.keep)  # chunks numbered beyond each resource's new count
+    if plan.upserts or plan.keep:
         store.flush()

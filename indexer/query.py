@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,12 @@ class Hit:
     text: str
     score: float
     date: str
+    chunk_no: int = 0
+    section: str = ""
+    version: str = ""
+
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
 
 
 class VectorStore(Protocol):
@@ -34,14 +40,22 @@ class VectorStore(Protocol):
     def upsert(self, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
         """Insert or overwrite chunks by id."""
 
-    def delete(self, ids: Sequence[str]) -> None:
-        """Remove chunks by id (missing ids are ignored)."""
+    def retire(self, keep: Mapping[str, int]) -> None:
+        """For each resource id, remove its chunks numbered ``keep[id]`` and above (0: all)."""
 
     def flush(self) -> None:
         """Seal recent writes so searches over them are fast and durable."""
 
-    def search(self, vector: npt.NDArray[np.float32], expr: str, k: int) -> list[Hit]:
-        """Nearest chunks to ``vector`` among those matching ``expr``."""
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        expr: str,
+        k: int,
+        *,
+        question: str = "",
+        mode: SearchMode = "hybrid",
+    ) -> list[Hit]:
+        """The k best chunks among those matching ``expr`` (dense, BM25 or both fused)."""
 
 
 class TextEmbedder(Protocol):
@@ -92,8 +106,9 @@ class ContextualQuery:
         types: Sequence[str] = (),
         since: datetime | None = None,
         until: datetime | None = None,
+        mode: SearchMode = "hybrid",
     ) -> list[Hit]:
-        """The k chunks of this patient's record closest to the question."""
+        """The k chunks of this patient's record that best answer the question."""
         expr = build_filter(patient_id, types=types, since=since, until=until)
         vector = self._embedder.embed([question])[0]
-        return self._store.search(vector, expr, k)
+        return self._store.search(vector, expr, k, question=question, mode=mode)

@@ -33,14 +33,14 @@ class FlakyStore:
             raise ConnectionError("milvus unavailable")
         self.inner.upsert(chunks, vectors)
 
-    def delete(self, ids):
-        self.inner.delete(ids)
+    def retire(self, keep):
+        self.inner.retire(keep)
 
     def flush(self):
         self.inner.flush()
 
-    def search(self, vector, expr, k):
-        return self.inner.search(vector, expr, k)
+    def search(self, vector, expr, k, **kwargs):
+        return self.inner.search(vector, expr, k, **kwargs)
 
 
 async def test_indexer_retries_from_the_same_offset_then_commits(

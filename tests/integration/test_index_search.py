@@ -1,11 +1,14 @@
-"""Real ONNX embeddings into a Milvus Lite file: patient isolation, idempotent upserts, deletes."""
+"""Real ONNX embeddings into a Milvus Lite file: patient isolation in dense, BM25 and hybrid search,
+idempotent upserts, shrinking and retracted resources, refusing an old collection layout."""
 
+import re
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
-from indexer.chunking import Chunk, chunk_id
+from indexer.app import write_plan
+from indexer.chunking import Chunk, chunk_id, plan_batch
 from indexer.milvus_store import MilvusStore, connect
 from indexer.query import ContextualQuery, build_filter
 
@@ -52,7 +55,130 @@ def test_patient_scoped_search_isolation_and_idempotence(store, embedder):
     assert all(h.resource_id.startswith("Observation/pa-") for h in hits)
     dated = query.search("pb", "potassium", k=5, since=datetime(2025, 3, 2, tzinfo=UTC))
     assert [h.resource_id for h in dated] == ["Observation/pb-2"]
-    store.delete([a[0].id])
+    store.retire({a[0].resource_id: 0})
     store.flush()
     assert store.count(build_filter("pa")) == 1
     assert "Observation/pa-1" not in [h.resource_id for h in query.search("pa", "potassium", k=5)]
+
+
+def _write(store, embedder, resources, patient, message_id="M1"):
+    from stream.events import Envelope, FhirRecord
+
+    envelope = Envelope(
+        source_system="A^B",
+        source_message_id=message_id,
+        content_hash="h",
+        received_at=datetime(2025, 1, 1, tzinfo=UTC),
+        trace_id="t",
+    )
+    plan = plan_batch([_Rec(FhirRecord(envelope=envelope, patient_id=patient, resources=resources))])
+    write_plan(embedder, store, plan)
+    return plan
+
+
+class _Rec:
+    def __init__(self, record):
+        self.value = record.model_dump_json().encode()
+        self.topic, self.partition, self.offset = "ehr.fhir.v1", 0, 0
+
+
+def _corpus_patients(corpora, count=4):
+    """The resources of the corpus patients with the most resources, by patient id."""
+    from zoneinfo import ZoneInfo
+
+    from stream.convert import convert_text
+    from stream.hl7v2 import decode_payload
+
+    by_patient: dict[str, dict[str, dict]] = {}
+    for path in sorted((corpora / "hl7v2").rglob("*")):
+        if not path.is_file():
+            continue
+        for item in convert_text(decode_payload(path.read_bytes()), tz=ZoneInfo("UTC")):
+            if item.bundle is None:
+                continue
+            resources = [e["resource"] for e in item.bundle["entry"]]
+            patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+            for r in resources:
+                by_patient.setdefault(patient, {})[f"{r['resourceType']}/{r['id']}"] = r
+    ranked = sorted(by_patient.items(), key=lambda kv: -len(kv[1]))[:count]
+    return {p: list(rs.values()) for p, rs in ranked}
+
+
+def test_corpus_records_hybrid_bm25_and_dense_stay_within_the_patient(store, embedder, corpora):
+    patients = _corpus_patients(corpora)
+    for patient, resources in patients.items():
+        _write(store, embedder, resources, patient)
+    total = store.count()
+    assert total >= 40
+    query = ContextualQuery(embedder, store)
+    for patient, resources in patients.items():
+        own = {f"{r['resourceType']}/{r['id']}" for r in resources}
+        word = _rarest_word(store_text(store, patient))  # BM25 needs a word the record has
+        for mode in ("hybrid", "dense", "bm25"):
+            for question in ("medication allergy result", word):
+                hits = query.search(patient, question, k=10, mode=mode)
+                assert {h.resource_id for h in hits} <= own, (mode, question)
+            assert query.search(patient, word, k=10, mode=mode), mode
+    # BM25 finds an exact word of one resource (a drug, a test) at the top; hybrid keeps it near.
+    patient = next(iter(patients))
+    rare = _rarest_word(store_text(store, patient))
+    top = query.search(patient, rare, k=3, mode="bm25")[0]
+    assert rare in top.text.lower()
+    assert any(rare in h.text.lower() for h in query.search(patient, rare, k=3, mode="hybrid"))
+    for patient, resources in patients.items():  # a replay of everything changes nothing
+        _write(store, embedder, resources, patient)
+    assert store.count() == total
+
+
+def store_text(store, patient):
+    rows = store._client.query(store.collection, filter=build_filter(patient), output_fields=["text"])
+    return [r["text"] for r in rows]
+
+
+def _rarest_word(texts):
+    from collections import Counter
+
+    words = Counter(w.lower() for t in texts for w in re.findall(r"[A-Za-z]{6,}", t))
+    return min(words, key=lambda w: (words[w], w))
+
+
+def test_a_shorter_note_drops_its_old_chunks_and_a_retracted_one_disappears(store, embedder):
+    import base64
+
+    def note(text, status="current"):
+        data = base64.b64encode(text.encode()).decode()
+        return {
+            "resourceType": "DocumentReference",
+            "id": "d1",
+            "status": status,
+            "type": {"text": "Discharge summary"},
+            "content": [{"attachment": {"contentType": "text/plain", "data": data}}],
+        }
+
+    long = "HPI:\nchest pain\nPLAN:\n" + " ".join(f"word{i}" for i in range(400))
+    _write(store, embedder, [note(long)], "pa")
+    by_resource = 'resource_id == "DocumentReference/d1"'
+    assert store.count(by_resource) == 5  # title, HPI, three PLAN windows
+    _write(store, embedder, [note("HPI:\nresolved")], "pa", "M2")
+    assert store.count(by_resource) == 2
+    [hit] = ContextualQuery(embedder, store).search("pa", "chest pain", k=5, types=["DocumentReference"])[:1]
+    assert (hit.version, hit.section) in {("M2", "HPI"), ("M2", "")}
+    _write(store, embedder, [note("x", "entered-in-error")], "pa", "M3")
+    assert store.count(by_resource) == 0
+
+
+def test_a_collection_with_another_layout_is_refused(tmp_path, embedder):
+    from pymilvus import DataType, MilvusClient
+
+    from indexer.errors import VectorStoreError
+
+    client = connect(None, lite_path=tmp_path / "milvus" / "old.db")
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=embedder.dimension)
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+    client.create_collection("chunks", schema=schema, index_params=index)
+    with pytest.raises(VectorStoreError, match="another layout"):
+        MilvusStore(client, "chunks", embedder.dimension).ensure_collection()
+    client.close()

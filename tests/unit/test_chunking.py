@@ -49,7 +49,7 @@ def test_plan_upserts_observations_with_deterministic_ids():
         "Observation",
     )
     assert chunk.effective == int(datetime(2025, 1, 1, 11, tzinfo=UTC).timestamp())
-    assert plan.deletes == []
+    assert plan.keep == {"Patient/p1": 0, "Observation/k1": 1}  # a Patient with nothing to say
 
 
 def test_entered_in_error_deletes_the_chunk():
@@ -58,7 +58,7 @@ def test_entered_in_error_deletes_the_chunk():
     )
     plan = plan_record(record)
     assert plan.upserts == []
-    assert plan.deletes == [chunk_id("Observation/k1")]
+    assert plan.keep == {"Observation/k1": 0}
 
 
 class Rec:
@@ -85,7 +85,7 @@ def test_batch_plan_applies_records_in_log_order_and_dead_letters_garbage():
         ]
     )
     assert [c.text for c in plan.upserts] == ["Potassium 5 mmol/L (ref 3.5-5.1) 2025-01-01 11:00"]
-    assert plan.deletes == [chunk_id("Observation/k2")]
+    assert plan.keep == {"Observation/k1": 1, "Observation/k2": 0}
     assert [(d.offset, d.stage) for d in plan.dead_letters] == [(1, "indexer"), (5, "indexer")]
     assert plan.dead_letters[0].payload == b"{garbage"
 
@@ -97,8 +97,8 @@ class MemoryStore:
     def upsert(self, chunks, vectors):
         self.calls.append(("upsert", [c.id for c in chunks], vectors.shape))
 
-    def delete(self, ids):
-        self.calls.append(("delete", list(ids)))
+    def retire(self, keep):
+        self.calls.append(("retire", dict(keep)))
 
     def flush(self):
         self.calls.append(("flush",))
@@ -115,7 +115,7 @@ def test_write_plan_upserts_deletes_then_flushes():
     write_plan(OnesEmbedder(), store, plan)
     assert store.calls == [
         ("upsert", [chunk_id("Observation/k1")], (1, 3)),
-        ("delete", [chunk_id("Observation/k2")]),
+        ("retire", {"Observation/k1": 1, "Observation/k2": 0}),
         ("flush",),
     ]
     empty = MemoryStore()

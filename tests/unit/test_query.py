@@ -42,10 +42,10 @@ class FakeStore:
         self.fail = fail
         self.calls = []
 
-    def search(self, vector, expr, k):
+    def search(self, vector, expr, k, *, question="", mode="hybrid"):
         if self.fail:
             raise VectorStoreError("down")
-        self.calls.append((expr, k))
+        self.calls.append((expr, k, question, mode))
         return [Hit("Observation/k1", "Observation", "Potassium 6.2 mmol/L", 0.9, "2025-01-01")]
 
 
@@ -87,7 +87,7 @@ def test_query_answers_hits_with_citations():
             }
         ]
     }
-    assert store.calls == [(f'patient == "{patient_key("HOSP", "123")}"', 3)]
+    assert store.calls == [(f'patient == "{patient_key("HOSP", "123")}"', 3, "potassium", "hybrid")]
 
 
 @pytest.mark.parametrize(
