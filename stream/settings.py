@@ -65,7 +65,10 @@ class MilvusSettings(_Section):
         default=None, description="Milvus server URI. Unset: Milvus Lite in `<var_dir>/milvus/`."
     )
     token: SecretStr | None = Field(default=None, description="Milvus server token (user:password).")
-    collection: str = Field(default="clinical_chunks", description="Collection of patient record chunks.")
+    collection: str = Field(
+        default="clinical_chunks_v2",
+        description="Collection of patient record chunks (v2 layout: with chunk number, encounter, codes).",
+    )
     index_type: str = Field(default="AUTOINDEX", description="Dense index type (HNSW on a server).")
 
 
