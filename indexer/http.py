@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
-from indexer.query import ContextualQuery
+from indexer.query import ContextualQuery, SearchMode
 from stream.events import patient_key
 
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -32,13 +32,32 @@ class QueryRequest(BaseModel):
     types: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,64}$")]] = Field(default_factory=list)
     since: datetime | None = None
     until: datetime | None = None
+    mode: SearchMode = Field(
+        default="hybrid", description="hybrid (dense + BM25, rank-fused), dense or bm25."
+    )
 
     def resolved_patient(self) -> str:
         """The patient key the index is partitioned by."""
-        if "|" in self.patient_id:
-            authority, _, identifier = self.patient_id.partition("|")
-            return patient_key(authority, identifier)
-        return self.patient_id
+        return resolve_patient(self.patient_id)
+
+
+def resolve_patient(patient_id: str) -> str:
+    """The index's patient key for a FHIR Patient id or an ``authority|identifier``."""
+    if "|" in patient_id:
+        authority, _, identifier = patient_id.partition("|")
+        return patient_key(authority, identifier)
+    return patient_id
+
+
+class TimelineParams(BaseModel):
+    """Query string of `GET /patients/{id}/timeline`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    types: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,64}$")]] = Field(default_factory=list)
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=200, ge=1, le=1000)
 
 
 def problem(status: int, detail: str) -> JSONResponse:
@@ -66,6 +85,7 @@ def query_routes(query: ContextualQuery) -> list[Route]:
                 types=body.types,
                 since=body.since,
                 until=body.until,
+                mode=body.mode,
             )
         except VectorStoreError:
             return problem(503, "index unavailable, retry later")
@@ -84,4 +104,46 @@ def query_routes(query: ContextualQuery) -> list[Route]:
             }
         )
 
-    return [Route("/query", post_query, methods=["POST"])]
+    async def get_timeline(request: Request) -> JSONResponse:
+        raw = request.path_params["patient"]
+        if not 1 <= len(raw) <= 256:
+            return problem(422, "invalid fields: patient")
+        try:
+            params = TimelineParams.model_validate(
+                {
+                    "types": request.query_params.getlist("type"),
+                    **{k: v for k, v in request.query_params.items() if k != "type"},
+                }
+            )
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+            return problem(422, f"invalid fields: {', '.join(fields)}")
+        try:
+            entries = await asyncio.to_thread(
+                query.timeline,
+                resolve_patient(raw),
+                types=params.types,
+                since=params.since,
+                until=params.until,
+                limit=params.limit,
+            )
+        except VectorStoreError:
+            return problem(503, "index unavailable, retry later")
+        return JSONResponse(
+            {
+                "entries": [
+                    {
+                        "resource_id": e.resource_id,
+                        "resource_type": e.resource_type,
+                        "text": e.text,
+                        "date": e.date,
+                    }
+                    for e in entries
+                ]
+            }
+        )
+
+    return [
+        Route("/query", post_query, methods=["POST"]),
+        Route("/patients/{patient:path}/timeline", get_timeline, methods=["GET"]),
+    ]

@@ -19,7 +19,7 @@ from pymilvus.exceptions import MilvusException
 
 from indexer.chunking import CODES_MAX, Chunk
 from indexer.errors import VectorStoreError
-from indexer.query import Hit, SearchMode
+from indexer.query import Hit, SearchMode, TimelineEntry
 
 log = logging.getLogger(__name__)
 TEXT_MAX = 8192
@@ -27,6 +27,8 @@ TEXT_MAX = 8192
 RRF_K = 60
 # Each of the two searches fused by RRF fetches this many times k candidates.
 FUSION_DEPTH = 4
+# Most rows one query returns (Milvus' own cap is 16,384).
+QUERY_LIMIT = 16_384
 _OUTPUT = ["resource_id", "resource_type", "text", "effective_text", "chunk_no", "section", "version"]
 
 
@@ -239,6 +241,30 @@ class MilvusStore:
             )
             for h in result[0]
         ]
+
+    def entries(self, expr: str, limit: int) -> list[TimelineEntry]:
+        """Chunks matching ``expr``, newest first (Milvus returns query rows unordered)."""
+        try:
+            rows = self._client.query(
+                self.collection,
+                filter=expr,
+                output_fields=["resource_id", "resource_type", "text", "effective_text", "effective"],
+                limit=QUERY_LIMIT,
+            )
+        except MilvusException as exc:
+            raise VectorStoreError("Milvus query failed") from exc
+        entries = [
+            TimelineEntry(
+                resource_id=r["resource_id"],
+                resource_type=r["resource_type"],
+                text=r["text"],
+                date=r["effective_text"],
+                effective=int(r["effective"]),
+            )
+            for r in rows
+        ]
+        entries.sort(key=lambda e: (e.effective == 0, -e.effective, e.resource_id))
+        return entries[:limit]
 
     def count(self, expr: str = "") -> int:
         """Number of chunks matching ``expr`` (all when empty)."""

@@ -57,6 +57,20 @@ class VectorStore(Protocol):
     ) -> list[Hit]:
         """The k best chunks among those matching ``expr`` (dense, BM25 or both fused)."""
 
+    def entries(self, expr: str, limit: int) -> list[TimelineEntry]:
+        """First chunks (``chunk_no == 0``) matching ``expr``, newest first, at most ``limit``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One resource on a patient's timeline (its first chunk: the line a chart would show)."""
+
+    resource_id: str
+    resource_type: str
+    text: str
+    date: str
+    effective: int
+
 
 class TextEmbedder(Protocol):
     """Text → vectors."""
@@ -112,3 +126,16 @@ class ContextualQuery:
         expr = build_filter(patient_id, types=types, since=since, until=until)
         vector = self._embedder.embed([question])[0]
         return self._store.search(vector, expr, k, question=question, mode=mode)
+
+    def timeline(
+        self,
+        patient_id: str,
+        *,
+        types: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 200,
+    ) -> list[TimelineEntry]:
+        """The patient's resources, newest first (undated ones last)."""
+        expr = build_filter(patient_id, types=types, since=since, until=until)
+        return self._store.entries(f"{expr} and chunk_no == 0", limit)

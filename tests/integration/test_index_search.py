@@ -125,6 +125,15 @@ def test_corpus_records_hybrid_bm25_and_dense_stay_within_the_patient(store, emb
     top = query.search(patient, rare, k=3, mode="bm25")[0]
     assert rare in top.text.lower()
     assert any(rare in h.text.lower() for h in query.search(patient, rare, k=3, mode="hybrid"))
+    for patient, resources in patients.items():  # the timeline: one line per resource, newest first
+        own = {f"{r['resourceType']}/{r['id']}" for r in resources}
+        entries = query.timeline(patient)
+        ids = [e.resource_id for e in entries]
+        assert len(ids) == len(set(ids))
+        assert set(ids) <= own
+        dated = [e.effective for e in entries if e.effective]
+        assert dated == sorted(dated, reverse=True)
+        assert [e.effective for e in entries[len(dated) :]] == [0] * (len(entries) - len(dated))
     for patient, resources in patients.items():  # a replay of everything changes nothing
         _write(store, embedder, resources, patient)
     assert store.count() == total

@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 from clinstream.http import build_app
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
-from indexer.query import ContextualQuery, Hit, build_filter
+from indexer.query import ContextualQuery, Hit, TimelineEntry, build_filter
 from stream.events import patient_key
 
 
@@ -47,6 +47,12 @@ class FakeStore:
             raise VectorStoreError("down")
         self.calls.append((expr, k, question, mode))
         return [Hit("Observation/k1", "Observation", "Potassium 6.2 mmol/L", 0.9, "2025-01-01")]
+
+    def entries(self, expr, limit):
+        if self.fail:
+            raise VectorStoreError("down")
+        self.calls.append((expr, limit))
+        return [TimelineEntry("Encounter/e1", "Encounter", "Encounter: inpatient", "2025-01-02", 1735776000)]
 
 
 TOKEN = "s3cret-token"
@@ -111,3 +117,51 @@ def test_index_down_is_503():
         "/query", json={"patient_id": "p1", "question": "x"}, headers=_auth()
     )
     assert response.status_code == 503
+
+
+def test_timeline_lists_the_patients_resources_scoped_and_authenticated():
+    store = FakeStore()
+    client = _client(store)
+    assert client.get("/patients/HOSP|123/timeline").status_code == 401
+    response = client.get(
+        "/patients/HOSP|123/timeline?type=Encounter&type=Observation&since=2025-01-01T00:00:00Z&limit=5",
+        headers=_auth(),
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "entries": [
+            {
+                "resource_id": "Encounter/e1",
+                "resource_type": "Encounter",
+                "text": "Encounter: inpatient",
+                "date": "2025-01-02",
+            }
+        ]
+    }
+    since = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+    key = patient_key("HOSP", "123")
+    assert store.calls == [
+        (
+            f'patient == "{key}" and resource_type in ["Encounter", "Observation"] and effective >= {since}'
+            " and chunk_no == 0",
+            5,
+        )
+    ]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=5000", "since=yesterday", "type=Obs'", "other=1"])
+def test_timeline_refuses_bad_parameters(query):
+    response = _client(FakeStore()).get(f"/patients/p1/timeline?{query}", headers=_auth())
+    assert response.status_code == 422
+
+
+def test_timeline_index_down_is_503():
+    assert _client(FakeStore(fail=True)).get("/patients/p1/timeline", headers=_auth()).status_code == 503
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_query_passes_the_search_mode(mode):
+    store = FakeStore()
+    body = {"patient_id": "p1", "question": "potassium", "mode": mode}
+    assert _client(store).post("/query", json=body, headers=_auth()).status_code == 200
+    assert store.calls[0][3] == mode
