@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--until", type=_iso, help="failed at or before (ISO 8601)")
     replay.add_argument("--stage", help="only dead letters of this stage (normalizer, indexer, cds, ...)")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    kb = sub.add_parser("kb", help="the knowledge base: add documents (Markdown, text, PDF)")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True)
+    kb_add = kb_sub.add_parser("add", help="add or replace documents; each needs a 'Source:' citation line")
+    kb_add.add_argument("paths", nargs="+", type=Path, help="files or folders of .md, .txt or .pdf documents")
     args = parser.parse_args(argv)
 
     if args.command == "replay":
@@ -296,4 +300,40 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "up":
         return _run(_up(settings))
+    if args.command == "kb":
+        return _kb_add(settings, args.paths)
     return _demo(settings)
+
+
+def _kb_add(settings: Settings, paths: list[Path]) -> int:
+    """Embed documents into the knowledge-base collection; exit 1 if any file failed.
+
+    With Milvus Lite, run it while `clinstream up` is stopped (one process per Lite file).
+    """
+    from clinstream.models import embedding_dir
+    from indexer.knowledge_files import add_files
+    from indexer.milvus_store import KnowledgeStore, connect
+    from indexer.ort_session import Embedder
+
+    embedder = Embedder(embedding_dir(settings.models.dir), providers=settings.models.providers)
+    client = connect(
+        settings.milvus.uri,
+        lite_path=settings.milvus_lite_path,
+        token=settings.milvus.token.get_secret_value() if settings.milvus.token else None,
+    )
+    try:
+        store = KnowledgeStore(
+            client,
+            settings.milvus.knowledge_collection,
+            embedder.dimension,
+            index_type=settings.milvus.index_type,
+        )
+        store.ensure_collection()
+        added = add_files(paths, store, embedder)
+    finally:
+        client.close()
+    for item in added:
+        print(f"{item.path}: {f'refused: {item.error}' if item.error else f'{item.chunks} passages'}")
+    failed = sum(1 for a in added if a.error)
+    print(f"{len(added) - failed} documents added, {failed} refused", file=sys.stderr)
+    return 1 if failed or not added else 0

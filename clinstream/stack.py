@@ -32,7 +32,8 @@ from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
 from indexer.app import register_indexer
 from indexer.http import query_routes
-from indexer.milvus_store import MilvusStore, connect
+from indexer.knowledge_files import load_starter
+from indexer.milvus_store import KnowledgeStore, MilvusStore, connect
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
@@ -159,6 +160,14 @@ async def running_stack(
             client, settings.milvus.collection, embedder.dimension, index_type=settings.milvus.index_type
         )
         await asyncio.to_thread(store.ensure_collection)
+        knowledge = KnowledgeStore(
+            client,
+            settings.milvus.knowledge_collection,
+            embedder.dimension,
+            index_type=settings.milvus.index_type,
+        )
+        await asyncio.to_thread(knowledge.ensure_collection)
+        await asyncio.to_thread(load_starter, knowledge, embedder)
 
         producer = producer_config(settings.kafka, bootstrap, embedded=settings.embedded)
         brokers = {name: stage_broker(name, producer) for name in ("normalizer", "indexer", "cds")}
@@ -189,7 +198,7 @@ async def running_stack(
         await mllp.start()
         stack.push_async_callback(mllp.stop)
 
-        query = ContextualQuery(embedder, store)
+        query = ContextualQuery(embedder, store, knowledge)
         fhir = FhirIngress(sink, topics, settings.http)
         app = build_app(Authenticator(api_token, settings.http), [*fhir.routes(), *query_routes(query)])
         server = make_server(app, settings.http.host, settings.http.port)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
-from indexer.query import ContextualQuery, SearchMode
+from indexer.query import ContextualQuery, Hit, KnowledgeHit, SearchMode
 from stream.events import patient_key
 
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -49,6 +49,48 @@ def resolve_patient(patient_id: str) -> str:
     return patient_id
 
 
+class KnowledgeRequest(BaseModel):
+    """Body of `POST /knowledge/query`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    k: int = Field(default=5, ge=1, le=50)
+    mode: SearchMode = "hybrid"
+
+
+class ContextRequest(QueryRequest):
+    """Body of `POST /context`: a record query plus knowledge passages for the same question."""
+
+    knowledge_k: int = Field(default=3, ge=0, le=20)
+
+
+def _hit(h: Hit) -> dict[str, object]:
+    return {
+        "resource_id": h.resource_id,
+        "resource_type": h.resource_type,
+        "text": h.text,
+        "score": round(h.score, 6),
+        "date": h.date,
+    }
+
+
+def _passage(h: KnowledgeHit) -> dict[str, object]:
+    return {
+        "source": h.source,
+        "title": h.title,
+        "section": h.section,
+        "citation": h.citation,
+        "text": h.text,
+        "score": round(h.score, 6),
+    }
+
+
+def _invalid(exc: ValidationError) -> JSONResponse:
+    fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+    return problem(422, f"invalid fields: {', '.join(fields)}")
+
+
 class TimelineParams(BaseModel):
     """Query string of `GET /patients/{id}/timeline`."""
 
@@ -65,6 +107,18 @@ def problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"status": status, "detail": detail}, status_code=status)
 
 
+def _record_hits(query: ContextualQuery, body: QueryRequest) -> list[Hit]:
+    return query.search(
+        body.resolved_patient(),
+        body.question,
+        k=body.k,
+        types=body.types,
+        since=body.since,
+        until=body.until,
+        mode=body.mode,
+    )
+
+
 def query_routes(query: ContextualQuery) -> list[Route]:
     """Routes served for the indexer."""
 
@@ -74,35 +128,43 @@ def query_routes(query: ContextualQuery) -> list[Route]:
         except json.JSONDecodeError:
             return problem(400, "body is not valid JSON")
         except ValidationError as exc:
-            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-            return problem(422, f"invalid fields: {', '.join(fields)}")
+            return _invalid(exc)
         try:
-            hits = await asyncio.to_thread(
-                query.search,
-                body.resolved_patient(),
-                body.question,
-                k=body.k,
-                types=body.types,
-                since=body.since,
-                until=body.until,
-                mode=body.mode,
+            hits = await asyncio.to_thread(_record_hits, query, body)
+        except VectorStoreError:
+            return problem(503, "index unavailable, retry later")
+        return JSONResponse({"results": [_hit(h) for h in hits]})
+
+    async def post_knowledge(request: Request) -> JSONResponse:
+        try:
+            body = KnowledgeRequest.model_validate(json.loads(await request.body()))
+        except json.JSONDecodeError:
+            return problem(400, "body is not valid JSON")
+        except ValidationError as exc:
+            return _invalid(exc)
+        try:
+            passages = await asyncio.to_thread(query.knowledge, body.question, k=body.k, mode=body.mode)
+        except VectorStoreError:
+            return problem(503, "index unavailable, retry later")
+        return JSONResponse({"results": [_passage(p) for p in passages]})
+
+    async def post_context(request: Request) -> JSONResponse:
+        try:
+            body = ContextRequest.model_validate(json.loads(await request.body()))
+        except json.JSONDecodeError:
+            return problem(400, "body is not valid JSON")
+        except ValidationError as exc:
+            return _invalid(exc)
+        try:
+            hits = await asyncio.to_thread(_record_hits, query, body)
+            passages = (
+                await asyncio.to_thread(query.knowledge, body.question, k=body.knowledge_k, mode=body.mode)
+                if body.knowledge_k
+                else []
             )
         except VectorStoreError:
             return problem(503, "index unavailable, retry later")
-        return JSONResponse(
-            {
-                "results": [
-                    {
-                        "resource_id": h.resource_id,
-                        "resource_type": h.resource_type,
-                        "text": h.text,
-                        "score": round(h.score, 6),
-                        "date": h.date,
-                    }
-                    for h in hits
-                ]
-            }
-        )
+        return JSONResponse({"record": [_hit(h) for h in hits], "knowledge": [_passage(p) for p in passages]})
 
     async def get_timeline(request: Request) -> JSONResponse:
         raw = request.path_params["patient"]
@@ -116,8 +178,7 @@ def query_routes(query: ContextualQuery) -> list[Route]:
                 }
             )
         except ValidationError as exc:
-            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-            return problem(422, f"invalid fields: {', '.join(fields)}")
+            return _invalid(exc)
         try:
             entries = await asyncio.to_thread(
                 query.timeline,
@@ -145,5 +206,7 @@ def query_routes(query: ContextualQuery) -> list[Route]:
 
     return [
         Route("/query", post_query, methods=["POST"]),
+        Route("/knowledge/query", post_knowledge, methods=["POST"]),
+        Route("/context", post_context, methods=["POST"]),
         Route("/patients/{patient:path}/timeline", get_timeline, methods=["GET"]),
     ]

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,8 @@ from pymilvus.exceptions import MilvusException
 
 from indexer.chunking import CODES_MAX, Chunk
 from indexer.errors import VectorStoreError
-from indexer.query import Hit, SearchMode, TimelineEntry
+from indexer.knowledge import KnowledgeChunk
+from indexer.query import Hit, KnowledgeHit, SearchMode, TimelineEntry
 
 log = logging.getLogger(__name__)
 TEXT_MAX = 8192
@@ -58,6 +60,91 @@ FIELDS = (
 )
 
 
+def _ranked(
+    client: MilvusClient,
+    collection: str,
+    vector: npt.NDArray[np.float32],
+    question: str,
+    expr: str,
+    k: int,
+    mode: SearchMode,
+    output: list[str],
+) -> list[dict[str, Any]]:
+    """Dense, BM25 or RRF-fused hybrid search over one collection's ``vector``/``sparse`` fields."""
+    try:
+        if mode == "dense" or not question.strip():
+            result = client.search(
+                collection,
+                data=[vector.tolist()],
+                anns_field="vector",
+                filter=expr,
+                limit=k,
+                output_fields=output,
+                search_params={"metric_type": "COSINE"},
+            )
+        elif mode == "bm25":
+            result = client.search(
+                collection,
+                data=[question],
+                anns_field="sparse",
+                filter=expr,
+                limit=k,
+                output_fields=output,
+                search_params={"metric_type": "BM25"},
+            )
+        else:
+            depth = k * FUSION_DEPTH
+            dense = AnnSearchRequest(
+                data=[vector.tolist()],
+                anns_field="vector",
+                param={"metric_type": "COSINE"},
+                limit=depth,
+                expr=expr,
+            )
+            sparse = AnnSearchRequest(
+                data=[question], anns_field="sparse", param={"metric_type": "BM25"}, limit=depth, expr=expr
+            )
+            result = client.hybrid_search(
+                collection, [dense, sparse], ranker=RRFRanker(RRF_K), limit=k, output_fields=output
+            )
+    except MilvusException as exc:
+        raise VectorStoreError("Milvus search failed") from exc
+    return list(result[0])
+
+
+def _text_schema(schema: Any, dim: int) -> None:
+    """The text, dense vector and BM25 sparse fields every collection of ours has."""
+    schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(
+        Function(
+            name="text_bm25",
+            function_type=FunctionType.BM25,
+            input_field_names=["text"],
+            output_field_names=["sparse"],
+        )
+    )
+
+
+def _create(client: MilvusClient, collection: str, schema: Any, index_type: str) -> None:
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type=index_type, metric_type="COSINE")
+    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    client.create_collection(collection, schema=schema, index_params=index)
+
+
+def _check_layout(client: MilvusClient, collection: str, fields: Sequence[str], dim: int) -> None:
+    found = {f["name"]: f for f in client.describe_collection(collection)["fields"]}
+    missing = sorted(set(fields) - set(found))
+    have = (found.get("vector") or {}).get("params", {}).get("dim")
+    if missing or (have is not None and int(have) != dim):
+        raise VectorStoreError(
+            f"collection {collection} has another layout (missing {missing}, dimension {have}); "
+            "point the collection setting at a new name and index again"
+        )
+
+
 class MilvusStore:
     """`VectorStore` over one Milvus collection."""
 
@@ -86,14 +173,7 @@ class MilvusStore:
             raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
 
     def _check_layout(self) -> None:
-        fields = {f["name"]: f for f in self._client.describe_collection(self.collection)["fields"]}
-        missing = sorted(set(FIELDS) - set(fields))
-        dim = (fields.get("vector") or {}).get("params", {}).get("dim")
-        if missing or (dim is not None and int(dim) != self._dim):
-            raise VectorStoreError(
-                f"collection {self.collection} has another layout (missing {missing}, dimension {dim}); "
-                "point CLINSTREAM_MILVUS__COLLECTION at a new name and re-index from the topic"
-            )
+        _check_layout(self._client, self.collection, FIELDS, self._dim)
 
     def _create(self) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -108,21 +188,8 @@ class MilvusStore:
         schema.add_field("codes", DataType.VARCHAR, max_length=CODES_MAX)
         schema.add_field("version", DataType.VARCHAR, max_length=128)
         schema.add_field("section", DataType.VARCHAR, max_length=128)
-        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX, enable_analyzer=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(
-            Function(
-                name="text_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["text"],
-                output_field_names=["sparse"],
-            )
-        )
-        index = self._client.prepare_index_params()
-        index.add_index("vector", index_type=self._index_type, metric_type="COSINE")
-        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self._client.create_collection(self.collection, schema=schema, index_params=index)
+        _text_schema(schema, self._dim)
+        _create(self._client, self.collection, schema, self._index_type)
         log.info("created Milvus collection %s (dim %d)", self.collection, self._dim)
 
     def upsert(self, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
@@ -186,48 +253,7 @@ class MilvusStore:
         """The k best chunks among those matching ``expr``: by the dense vector, by BM25 over
         ``question``, or both fused by reciprocal rank (hybrid; dense alone when there is no
         question text)."""
-        try:
-            if mode == "dense" or not question.strip():
-                result = self._client.search(
-                    self.collection,
-                    data=[vector.tolist()],
-                    anns_field="vector",
-                    filter=expr,
-                    limit=k,
-                    output_fields=_OUTPUT,
-                    search_params={"metric_type": "COSINE"},
-                )
-            elif mode == "bm25":
-                result = self._client.search(
-                    self.collection,
-                    data=[question],
-                    anns_field="sparse",
-                    filter=expr,
-                    limit=k,
-                    output_fields=_OUTPUT,
-                    search_params={"metric_type": "BM25"},
-                )
-            else:
-                depth = k * FUSION_DEPTH
-                dense = AnnSearchRequest(
-                    data=[vector.tolist()],
-                    anns_field="vector",
-                    param={"metric_type": "COSINE"},
-                    limit=depth,
-                    expr=expr,
-                )
-                sparse = AnnSearchRequest(
-                    data=[question],
-                    anns_field="sparse",
-                    param={"metric_type": "BM25"},
-                    limit=depth,
-                    expr=expr,
-                )
-                result = self._client.hybrid_search(
-                    self.collection, [dense, sparse], ranker=RRFRanker(RRF_K), limit=k, output_fields=_OUTPUT
-                )
-        except MilvusException as exc:
-            raise VectorStoreError("Milvus search failed") from exc
+        result = _ranked(self._client, self.collection, vector, question, expr, k, mode, _OUTPUT)
         return [
             Hit(
                 resource_id=h["entity"]["resource_id"],
@@ -239,7 +265,7 @@ class MilvusStore:
                 section=str(h["entity"].get("section", "")),
                 version=str(h["entity"].get("version", "")),
             )
-            for h in result[0]
+            for h in result
         ]
 
     def entries(self, expr: str, limit: int) -> list[TimelineEntry]:
@@ -270,6 +296,93 @@ class MilvusStore:
         """Number of chunks matching ``expr`` (all when empty)."""
         try:
             rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"])
+        except MilvusException as exc:
+            raise VectorStoreError("Milvus count failed") from exc
+        return int(rows[0]["count(*)"])
+
+
+KNOWLEDGE_FIELDS = ("id", "source", "title", "section", "citation", "chunk_no", "text", "vector", "sparse")
+
+
+class KnowledgeStore:
+    """The knowledge-base collection: cited guideline and drug-information passages."""
+
+    def __init__(
+        self, client: MilvusClient, collection: str, dimension: int, *, index_type: str = "AUTOINDEX"
+    ) -> None:
+        self._client = client
+        self.collection = collection
+        self._dim = dimension
+        self._index_type = index_type
+
+    def ensure_collection(self) -> None:
+        """Create the collection if missing (refusing one with another layout); load it."""
+        try:
+            if not self._client.has_collection(self.collection):
+                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+                schema.add_field("source", DataType.VARCHAR, max_length=256)
+                schema.add_field("title", DataType.VARCHAR, max_length=256)
+                schema.add_field("section", DataType.VARCHAR, max_length=256)
+                schema.add_field("citation", DataType.VARCHAR, max_length=1024)
+                schema.add_field("chunk_no", DataType.INT64)
+                _text_schema(schema, self._dim)
+                _create(self._client, self.collection, schema, self._index_type)
+            else:
+                _check_layout(self._client, self.collection, KNOWLEDGE_FIELDS, self._dim)
+            self._client.load_collection(self.collection)
+        except MilvusException as exc:
+            raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
+
+    def replace_source(
+        self, source: str, chunks: Sequence[KnowledgeChunk], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Make ``chunks`` the whole content of document ``source`` (a shorter new version
+        leaves nothing of the old one behind), then flush."""
+        rows = [
+            {
+                "id": c.id,
+                "source": c.source[:256],
+                "title": c.title[:256],
+                "section": c.section[:256],
+                "citation": c.citation[:1024],
+                "chunk_no": c.chunk_no,
+                "text": c.text[:TEXT_MAX],
+                "vector": vectors[i].tolist(),
+            }
+            for i, c in enumerate(chunks)
+        ]
+        try:
+            if rows:
+                self._client.upsert(self.collection, rows)
+            self._client.delete(
+                self.collection, filter=f"source == {json.dumps(source)} and chunk_no >= {len(rows)}"
+            )
+            self._client.flush(self.collection)
+        except MilvusException as exc:
+            raise VectorStoreError("Milvus rejected a knowledge-base write") from exc
+
+    def search(
+        self, vector: npt.NDArray[np.float32], question: str, k: int, *, mode: SearchMode = "hybrid"
+    ) -> list[KnowledgeHit]:
+        """The k passages that best answer ``question``."""
+        output = ["source", "title", "section", "citation", "text"]
+        return [
+            KnowledgeHit(
+                source=h["entity"]["source"],
+                title=h["entity"]["title"],
+                section=h["entity"]["section"],
+                citation=h["entity"]["citation"],
+                text=h["entity"]["text"],
+                score=float(h["distance"]),
+            )
+            for h in _ranked(self._client, self.collection, vector, question, "", k, mode, output)
+        ]
+
+    def count(self) -> int:
+        """Passages in the knowledge base."""
+        try:
+            rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
         except MilvusException as exc:
             raise VectorStoreError("Milvus count failed") from exc
         return int(rows[0]["count(*)"])

@@ -62,6 +62,27 @@ class VectorStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class KnowledgeHit:
+    """One knowledge-base passage with its citation (document, section, published source)."""
+
+    source: str
+    title: str
+    section: str
+    citation: str
+    text: str
+    score: float
+
+
+class KnowledgeBase(Protocol):
+    """Where knowledge-base passages live (Milvus behind it)."""
+
+    def search(
+        self, vector: npt.NDArray[np.float32], question: str, k: int, *, mode: SearchMode = "hybrid"
+    ) -> list[KnowledgeHit]:
+        """The k passages that best answer ``question``."""
+
+
+@dataclass(frozen=True, slots=True)
 class TimelineEntry:
     """One resource on a patient's timeline (its first chunk: the line a chart would show)."""
 
@@ -105,11 +126,21 @@ def build_filter(
 
 
 class ContextualQuery:
-    """Patient-scoped semantic search."""
+    """Patient-scoped search of the record, and search of the knowledge base."""
 
-    def __init__(self, embedder: TextEmbedder, store: VectorStore) -> None:
+    def __init__(
+        self, embedder: TextEmbedder, store: VectorStore, knowledge: KnowledgeBase | None = None
+    ) -> None:
         self._embedder = embedder
         self._store = store
+        self._knowledge = knowledge
+
+    def knowledge(self, question: str, *, k: int = 5, mode: SearchMode = "hybrid") -> list[KnowledgeHit]:
+        """The knowledge-base passages that best answer the question (none without a knowledge base)."""
+        if self._knowledge is None:
+            return []
+        vector = self._embedder.embed([question])[0]
+        return self._knowledge.search(vector, question, k, mode=mode)
 
     def search(
         self,

@@ -69,6 +69,9 @@ class MilvusSettings(_Section):
         default="clinical_chunks_v2",
         description="Collection of patient record chunks (v2 layout: with chunk number, encounter, codes).",
     )
+    knowledge_collection: str = Field(
+        default="knowledge_chunks", description="Collection of knowledge-base passages (`clinstream kb add`)."
+    )
     index_type: str = Field(default="AUTOINDEX", description="Dense index type (HNSW on a server).")
 
 

@@ -191,3 +191,57 @@ def test_a_collection_with_another_layout_is_refused(tmp_path, embedder):
     with pytest.raises(VectorStoreError, match="another layout"):
         MilvusStore(client, "chunks", embedder.dimension).ensure_collection()
     client.close()
+
+
+def _pdf(*lines):
+    """A minimal one-page PDF with ``lines`` in Helvetica, one under the other."""
+    shown = " ".join(f"({line}) Tj 0 -16 Td" for line in lines)
+    stream = f"BT /F1 12 Tf 72 712 Td {shown} ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_knowledge_base_starter_pdf_and_replacement(tmp_path, embedder):
+    from indexer.knowledge_files import add_files, load_starter
+    from indexer.milvus_store import KnowledgeStore
+
+    client = connect(None, lite_path=tmp_path / "milvus" / "kb.db")
+    store = KnowledgeStore(client, "kb", embedder.dimension)
+    store.ensure_collection()
+    loaded = load_starter(store, embedder)
+    assert loaded == store.count() >= 30
+    assert load_starter(store, embedder) == 0  # only into an empty knowledge base
+    query = ContextualQuery(embedder, store, store)  # the record side is unused here
+    [top] = query.knowledge("qSOFA respiratory rate systolic blood pressure mentation", k=1)
+    assert (top.source, top.section) == ("sepsis-3.md", "qSOFA (quick SOFA)")
+    assert top.citation.startswith("Singer M")
+    [top] = query.knowledge("simvastatin clarithromycin", k=1, mode="bm25")
+    assert top.source == "drug-interactions.md"
+    assert "June 2011" in top.citation
+    (tmp_path / "local.pdf").write_bytes(_pdf("Source: Local formulary 2026.", "Vancomycin trough monitoring."))
+    (tmp_path / "uncited.md").write_text("# Note\n\nno citation here\n")
+    added = {a.path.name: a for a in add_files([tmp_path], store, embedder)}
+    assert added["local.pdf"].chunks == 1
+    assert "Source" in added["uncited.md"].error
+    [pdf] = query.knowledge("vancomycin trough", k=1, mode="bm25")
+    assert (pdf.source, pdf.citation) == ("local.pdf", "Local formulary 2026.")
+    before = store.count()
+    (tmp_path / "local.pdf").write_bytes(_pdf("Source: Local formulary 2027."))
+    assert add_files([tmp_path / "local.pdf"], store, embedder)[0].chunks == 0
+    assert store.count() == before - 1  # the new, empty version leaves nothing of the old one
+    client.close()

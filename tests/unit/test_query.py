@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 from clinstream.http import build_app
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
-from indexer.query import ContextualQuery, Hit, TimelineEntry, build_filter
+from indexer.query import ContextualQuery, Hit, KnowledgeHit, TimelineEntry, build_filter
 from stream.events import patient_key
 
 
@@ -165,3 +165,47 @@ def test_query_passes_the_search_mode(mode):
     body = {"patient_id": "p1", "question": "potassium", "mode": mode}
     assert _client(store).post("/query", json=body, headers=_auth()).status_code == 200
     assert store.calls[0][3] == mode
+
+
+class FakeKnowledge:
+    def __init__(self):
+        self.calls = []
+
+    def search(self, vector, question, k, *, mode="hybrid"):
+        self.calls.append((question, k, mode))
+        return [
+            KnowledgeHit("news2.md", "NEWS2", "Pulse", "RCP 2017", "NEWS2 - Pulse: 131 or more scores 3", 0.5)
+        ]
+
+
+def _kb_client(store, knowledge):
+    return TestClient(build_app(TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store, knowledge))))
+
+
+def test_knowledge_query_returns_cited_passages():
+    knowledge = FakeKnowledge()
+    client = _kb_client(FakeStore(), knowledge)
+    body = {"question": "pulse score", "k": 2}
+    assert client.post("/knowledge/query", json=body).status_code == 401
+    response = client.post("/knowledge/query", json=body, headers=_auth())
+    assert response.status_code == 200
+    [passage] = response.json()["results"]
+    assert (passage["source"], passage["section"], passage["citation"]) == ("news2.md", "Pulse", "RCP 2017")
+    assert knowledge.calls == [("pulse score", 2, "hybrid")]
+    assert client.post("/knowledge/query", json={"question": ""}, headers=_auth()).status_code == 422
+
+
+def test_context_combines_the_patients_record_with_knowledge():
+    store, knowledge = FakeStore(), FakeKnowledge()
+    body = {"patient_id": "HOSP|123", "question": "is this potassium critical", "k": 3, "knowledge_k": 2}
+    response = _kb_client(store, knowledge).post("/context", json=body, headers=_auth())
+    assert response.status_code == 200
+    assert [r["resource_id"] for r in response.json()["record"]] == ["Observation/k1"]
+    assert [p["source"] for p in response.json()["knowledge"]] == ["news2.md"]
+    assert store.calls[0][0] == f'patient == "{patient_key("HOSP", "123")}"'
+    assert knowledge.calls == [("is this potassium critical", 2, "hybrid")]
+
+
+def test_without_a_knowledge_base_there_are_no_passages():
+    response = _client(FakeStore()).post("/knowledge/query", json={"question": "x"}, headers=_auth())
+    assert response.json() == {"results": []}
