@@ -233,7 +233,8 @@ def test_knowledge_base_starter_pdf_and_replacement(tmp_path, embedder):
     [top] = query.knowledge("simvastatin clarithromycin", k=1, mode="bm25")
     assert top.source == "drug-interactions.md"
     assert "June 2011" in top.citation
-    (tmp_path / "local.pdf").write_bytes(_pdf("Source: Local formulary 2026.", "Vancomycin trough monitoring."))
+    pdf_lines = ("Source: Local formulary 2026.", "Vancomycin trough monitoring.")
+    (tmp_path / "local.pdf").write_bytes(_pdf(*pdf_lines))
     (tmp_path / "uncited.md").write_text("# Note\n\nno citation here\n")
     added = {a.path.name: a for a in add_files([tmp_path], store, embedder)}
     assert added["local.pdf"].chunks == 1
