@@ -30,7 +30,9 @@ from connectors.kafka_sink import make_sink
 from connectors.mllp_client import OutboundMllp
 from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
-from indexer.app import register_indexer
+from indexer.app import Flusher, register_indexer
+from indexer.errors import VectorStoreError
+from indexer.flush import FlushPolicy
 from indexer.http import query_routes
 from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect
@@ -81,6 +83,16 @@ def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
         logger=logging.getLogger(f"clinstream.kafka.{stage}"),
         log_level=logging.DEBUG,  # per-message lines only at DEBUG
     )
+
+
+async def _flush_when_due(flusher: Flusher, every_s: float = 1.0) -> None:
+    """Seal by age when the feed is quiet (a batch seals by rows and age as it is written)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(flusher.flush_if_due)
+        except VectorStoreError:
+            log.warning("Milvus flush failed; retrying in %.0f s", every_s)
 
 
 async def _register_outbound(
@@ -177,9 +189,19 @@ async def running_stack(
         register_fhir_normalizer(
             brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer-fhir"
         )
+        flusher = Flusher(store, FlushPolicy(settings.indexer.flush_rows, settings.indexer.flush_age_s))
         register_indexer(
-            brokers["indexer"], topics, settings.indexer, embedder, store, group_id=f"{group_prefix}indexer"
+            brokers["indexer"],
+            topics,
+            settings.indexer,
+            embedder,
+            store,
+            group_id=f"{group_prefix}indexer",
+            flusher=flusher,
         )
+        stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
+        ticker = asyncio.create_task(_flush_when_due(flusher))
+        stack.callback(ticker.cancel)
         register_cds(brokers["cds"], topics, settings.cds, group_id=f"{group_prefix}cds")
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():

@@ -1,8 +1,9 @@
 """FastStream wiring of the indexer: `ehr.fhir.v1` → Milvus.
 
 Records arrive in batches (by count or wait time); each batch is chunked, embedded in
-one ONNX call per embedding batch, upserted and flushed, and only then are the offsets
-committed. If Milvus or the model fails the batch is sought back and retried after a
+one ONNX call per embedding batch and written, and only once Milvus has acknowledged the
+writes are the offsets committed. Segments are sealed (flushed) by rows and by age
+(`indexer.flush`). If Milvus or the model fails the batch is sought back and retried after a
 pause, so nothing is skipped; a record that is not a valid `FhirRecord` is dead-lettered.
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -17,6 +21,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
 
 from indexer.chunking import BatchPlan, plan_batch
+from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from stream.events import Topics
 from stream.kafka import commit_after, publish_dead_letters
@@ -29,6 +34,7 @@ CHUNKS_DELETED = Counter(
     "clinstream_index_resources_removed", "Resources taken out of the index (entered-in-error, cancelled)"
 )
 LAST_INDEXED = Gauge("clinstream_index_last_batch_timestamp", "Unix time of the last committed batch")
+FLUSHES = Counter("clinstream_index_flushes", "Milvus flushes (segment seals) by the flush policy")
 RETRY_BACKOFF_S = 2.0
 
 
@@ -40,6 +46,7 @@ def register_indexer(
     store: VectorStore,
     *,
     group_id: str = "indexer",
+    flusher: Flusher | None = None,
 ) -> None:
     """Subscribe the indexer to the normalized FHIR topic on ``broker``."""
 
@@ -57,7 +64,7 @@ def register_indexer(
         plan = plan_batch(records)
 
         async def write() -> None:
-            await asyncio.to_thread(write_plan, embedder, store, plan)
+            await asyncio.to_thread(write_plan, embedder, store, plan, flusher)
             await publish_dead_letters(broker, topics, plan.dead_letters)
 
         if await commit_after(msg, write, stage="indexer", backoff_s=RETRY_BACKOFF_S):
@@ -66,11 +73,51 @@ def register_indexer(
             LAST_INDEXED.set_to_current_time()
 
 
-def write_plan(embedder: TextEmbedder, store: VectorStore, plan: BatchPlan) -> None:
-    """Embed and write a batch plan, then flush (blocking; run in a thread)."""
+class Flusher:
+    """Applies a `FlushPolicy` to a store; called from the batch thread and a periodic task."""
+
+    def __init__(
+        self, store: VectorStore, policy: FlushPolicy, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store, self._policy, self._clock = store, policy, clock
+        self._lock = threading.Lock()
+
+    def wrote(self, rows: int) -> None:
+        """Rows were written (and acknowledged); flush if that makes one due."""
+        with self._lock:
+            self._policy.wrote(rows, self._clock())
+        self.flush_if_due()
+
+    def flush_if_due(self) -> bool:
+        """Flush when the policy says so; True when it flushed."""
+        with self._lock:
+            if not self._policy.due(self._clock()):
+                return False
+            self._store.flush()
+            self._policy.flushed()
+        FLUSHES.inc()
+        return True
+
+    def flush_now(self) -> None:
+        """Seal everything written (at shutdown)."""
+        with self._lock:
+            if self._policy.pending:
+                self._store.flush()
+                self._policy.flushed()
+
+
+def write_plan(
+    embedder: TextEmbedder, store: VectorStore, plan: BatchPlan, flusher: Flusher | None = None
+) -> None:
+    """Embed and write a batch plan (blocking; run in a thread). Returns once Milvus has
+    acknowledged the writes; they are sealed by ``flusher``'s policy, or at once without one."""
     if plan.upserts:
         store.upsert(plan.upserts, embedder.embed([c.text for c in plan.upserts]))
     if plan.keep:
         store.retire(plan.keep)  # chunks numbered beyond each resource's new count
-    if plan.upserts or plan.keep:
+    if not (plan.upserts or plan.keep):
+        return
+    if flusher is None:
         store.flush()
+    else:
+        flusher.wrote(len(plan.upserts) + len(plan.keep))

@@ -184,6 +184,12 @@ class IndexerSettings(_Section):
 
     batch_max_records: int = Field(default=256, ge=1, description="Records per indexing batch.")
     batch_timeout_ms: int = Field(default=100, ge=1, description="Longest wait to fill a batch.")
+    flush_rows: int = Field(
+        default=10_000, ge=1, description="Seal Milvus segments after this many written rows."
+    )
+    flush_age_s: float = Field(
+        default=5.0, gt=0, description="Seal Milvus segments once the oldest unsealed write is this old."
+    )
 
 
 class CdsSettings(_Section):
