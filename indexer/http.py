@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
-from indexer.query import ContextualQuery, Hit, KnowledgeHit, SearchMode
+from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
 from stream.events import patient_key
 
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -33,7 +33,7 @@ class QueryRequest(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     mode: SearchMode = Field(
-        default="hybrid", description="hybrid (dense + BM25, rank-fused), dense or bm25."
+        default=DEFAULT_MODE, description="dense (the default), bm25, or hybrid (dense + BM25, rank-fused)."
     )
 
     def resolved_patient(self) -> str:
@@ -56,7 +56,7 @@ class KnowledgeRequest(BaseModel):
 
     question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     k: int = Field(default=5, ge=1, le=50)
-    mode: SearchMode = "hybrid"
+    mode: SearchMode = DEFAULT_MODE
 
 
 class ContextRequest(QueryRequest):

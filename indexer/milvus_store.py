@@ -21,7 +21,7 @@ from pymilvus.exceptions import MilvusException
 from indexer.chunking import CODES_MAX, Chunk
 from indexer.errors import VectorStoreError
 from indexer.knowledge import KnowledgeChunk
-from indexer.query import Hit, KnowledgeHit, SearchMode, TimelineEntry
+from indexer.query import DEFAULT_MODE, Hit, KnowledgeHit, SearchMode, TimelineEntry
 
 log = logging.getLogger(__name__)
 TEXT_MAX = 8192
@@ -248,7 +248,7 @@ class MilvusStore:
         k: int,
         *,
         question: str = "",
-        mode: SearchMode = "hybrid",
+        mode: SearchMode = DEFAULT_MODE,
     ) -> list[Hit]:
         """The k best chunks among those matching ``expr``: by the dense vector, by BM25 over
         ``question``, or both fused by reciprocal rank (hybrid; dense alone when there is no
@@ -363,7 +363,7 @@ class KnowledgeStore:
             raise VectorStoreError("Milvus rejected a knowledge-base write") from exc
 
     def search(
-        self, vector: npt.NDArray[np.float32], question: str, k: int, *, mode: SearchMode = "hybrid"
+        self, vector: npt.NDArray[np.float32], question: str, k: int, *, mode: SearchMode = DEFAULT_MODE
     ) -> list[KnowledgeHit]:
         """The k passages that best answer ``question``."""
         output = ["source", "title", "section", "citation", "text"]

@@ -42,7 +42,7 @@ class FakeStore:
         self.fail = fail
         self.calls = []
 
-    def search(self, vector, expr, k, *, question="", mode="hybrid"):
+    def search(self, vector, expr, k, *, question="", mode="dense"):
         if self.fail:
             raise VectorStoreError("down")
         self.calls.append((expr, k, question, mode))
@@ -93,7 +93,7 @@ def test_query_answers_hits_with_citations():
             }
         ]
     }
-    assert store.calls == [(f'patient == "{patient_key("HOSP", "123")}"', 3, "potassium", "hybrid")]
+    assert store.calls == [(f'patient == "{patient_key("HOSP", "123")}"', 3, "potassium", "dense")]
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ class FakeKnowledge:
     def __init__(self):
         self.calls = []
 
-    def search(self, vector, question, k, *, mode="hybrid"):
+    def search(self, vector, question, k, *, mode="dense"):
         self.calls.append((question, k, mode))
         return [
             KnowledgeHit("news2.md", "NEWS2", "Pulse", "RCP 2017", "NEWS2 - Pulse: 131 or more scores 3", 0.5)
@@ -191,7 +191,7 @@ def test_knowledge_query_returns_cited_passages():
     assert response.status_code == 200
     [passage] = response.json()["results"]
     assert (passage["source"], passage["section"], passage["citation"]) == ("news2.md", "Pulse", "RCP 2017")
-    assert knowledge.calls == [("pulse score", 2, "hybrid")]
+    assert knowledge.calls == [("pulse score", 2, "dense")]
     assert client.post("/knowledge/query", json={"question": ""}, headers=_auth()).status_code == 422
 
 
@@ -203,7 +203,7 @@ def test_context_combines_the_patients_record_with_knowledge():
     assert [r["resource_id"] for r in response.json()["record"]] == ["Observation/k1"]
     assert [p["source"] for p in response.json()["knowledge"]] == ["news2.md"]
     assert store.calls[0][0] == f'patient == "{patient_key("HOSP", "123")}"'
-    assert knowledge.calls == [("is this potassium critical", 2, "hybrid")]
+    assert knowledge.calls == [("is this potassium critical", 2, "dense")]
 
 
 def test_without_a_knowledge_base_there_are_no_passages():
