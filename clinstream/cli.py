@@ -312,7 +312,7 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
     """
     from clinstream.models import embedding_dir
     from indexer.knowledge_files import add_files
-    from indexer.milvus_store import KnowledgeStore, connect
+    from indexer.milvus_store import KnowledgeStore, connect, index_for
     from indexer.ort_session import Embedder
 
     embedder = Embedder(embedding_dir(settings.models.dir), providers=settings.models.providers)
@@ -326,7 +326,7 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
             client,
             settings.milvus.knowledge_collection,
             embedder.dimension,
-            index_type=settings.milvus.index_type,
+            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
         )
         store.ensure_collection()
         added = add_files(paths, store, embedder)

@@ -35,7 +35,7 @@ from indexer.errors import VectorStoreError
 from indexer.flush import FlushPolicy
 from indexer.http import query_routes
 from indexer.knowledge_files import load_starter
-from indexer.milvus_store import KnowledgeStore, MilvusStore, connect
+from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
@@ -169,14 +169,17 @@ async def running_stack(
         )
         stack.callback(client.close)
         store = MilvusStore(
-            client, settings.milvus.collection, embedder.dimension, index_type=settings.milvus.index_type
+            client,
+            settings.milvus.collection,
+            embedder.dimension,
+            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
         )
         await asyncio.to_thread(store.ensure_collection)
         knowledge = KnowledgeStore(
             client,
             settings.milvus.knowledge_collection,
             embedder.dimension,
-            index_type=settings.milvus.index_type,
+            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
         )
         await asyncio.to_thread(knowledge.ensure_collection)
         await asyncio.to_thread(load_starter, knowledge, embedder)

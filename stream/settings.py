@@ -72,7 +72,10 @@ class MilvusSettings(_Section):
     knowledge_collection: str = Field(
         default="knowledge_chunks", description="Collection of knowledge-base passages (`clinstream kb add`)."
     )
-    index_type: str = Field(default="AUTOINDEX", description="Dense index type (HNSW on a server).")
+    index_type: str | None = Field(
+        default=None,
+        description="Dense index type. Unset: FLAT (exact) on Milvus Lite, HNSW on a server.",
+    )
 
 
 class MllpSettings(_Section):
