@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
@@ -16,6 +16,7 @@ from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
 from stream.events import patient_key
 
+Body = TypeVar("Body", bound=BaseModel)
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 
 
@@ -119,42 +120,48 @@ def _record_hits(query: ContextualQuery, body: QueryRequest) -> list[Hit]:
     )
 
 
+def _unavailable() -> JSONResponse:
+    """503 while Milvus is unreachable."""
+    return problem(503, "index unavailable, retry later")
+
+
+async def _body(request: Request, model: type[Body]) -> Body | JSONResponse:
+    """The request's JSON body as ``model``, or the 400/422 answer."""
+    try:
+        return model.model_validate(json.loads(await request.body()))
+    except json.JSONDecodeError:
+        return problem(400, "body is not valid JSON")
+    except ValidationError as exc:
+        return _invalid(exc)
+
+
 def query_routes(query: ContextualQuery) -> list[Route]:
     """Routes served for the indexer."""
 
     async def post_query(request: Request) -> JSONResponse:
-        try:
-            body = QueryRequest.model_validate(json.loads(await request.body()))
-        except json.JSONDecodeError:
-            return problem(400, "body is not valid JSON")
-        except ValidationError as exc:
-            return _invalid(exc)
+        body = await _body(request, QueryRequest)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             hits = await asyncio.to_thread(_record_hits, query, body)
         except VectorStoreError:
-            return problem(503, "index unavailable, retry later")
+            return _unavailable()
         return JSONResponse({"results": [_hit(h) for h in hits]})
 
     async def post_knowledge(request: Request) -> JSONResponse:
-        try:
-            body = KnowledgeRequest.model_validate(json.loads(await request.body()))
-        except json.JSONDecodeError:
-            return problem(400, "body is not valid JSON")
-        except ValidationError as exc:
-            return _invalid(exc)
+        body = await _body(request, KnowledgeRequest)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             passages = await asyncio.to_thread(query.knowledge, body.question, k=body.k, mode=body.mode)
         except VectorStoreError:
-            return problem(503, "index unavailable, retry later")
+            return _unavailable()
         return JSONResponse({"results": [_passage(p) for p in passages]})
 
     async def post_context(request: Request) -> JSONResponse:
-        try:
-            body = ContextRequest.model_validate(json.loads(await request.body()))
-        except json.JSONDecodeError:
-            return problem(400, "body is not valid JSON")
-        except ValidationError as exc:
-            return _invalid(exc)
+        body = await _body(request, ContextRequest)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             hits = await asyncio.to_thread(_record_hits, query, body)
             passages = (
@@ -163,7 +170,7 @@ def query_routes(query: ContextualQuery) -> list[Route]:
                 else []
             )
         except VectorStoreError:
-            return problem(503, "index unavailable, retry later")
+            return _unavailable()
         return JSONResponse({"record": [_hit(h) for h in hits], "knowledge": [_passage(p) for p in passages]})
 
     async def get_timeline(request: Request) -> JSONResponse:
@@ -189,7 +196,7 @@ def query_routes(query: ContextualQuery) -> list[Route]:
                 limit=params.limit,
             )
         except VectorStoreError:
-            return problem(503, "index unavailable, retry later")
+            return _unavailable()
         return JSONResponse(
             {
                 "entries": [

@@ -161,8 +161,11 @@ def _check_layout(client: MilvusClient, collection: str, fields: Sequence[str], 
         )
 
 
-class MilvusStore:
-    """`VectorStore` over one Milvus collection."""
+class _Collection:
+    """One Milvus collection of ours: created with its layout if missing, refused if another
+    layout (an older clinstream, another embedding dimension) is there, then loaded."""
+
+    fields: tuple[str, ...] = ()
 
     def __init__(
         self, client: MilvusClient, collection: str, dimension: int, *, index_type: str = "FLAT"
@@ -176,23 +179,31 @@ class MilvusStore:
         """Create the collection and its indexes if missing; load it.
 
         Raises:
-            VectorStoreError: Milvus is unreachable, or the collection exists with another
-                layout (an older clinstream, or another embedding dimension).
+            VectorStoreError: Milvus is unreachable, or the collection has another layout.
         """
         try:
             if not self._client.has_collection(self.collection):
-                self._create()
+                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+                self._add_fields(schema)
+                _text_schema(schema, self._dim)
+                _create(self._client, self.collection, schema, self._index_type)
+                log.info("created Milvus collection %s (dim %d)", self.collection, self._dim)
             else:
-                self._check_layout()
+                _check_layout(self._client, self.collection, self.fields, self._dim)
             self._client.load_collection(self.collection)
         except MilvusException as exc:
             raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
 
-    def _check_layout(self) -> None:
-        _check_layout(self._client, self.collection, FIELDS, self._dim)
+    def _add_fields(self, schema: Any) -> None:
+        raise NotImplementedError
 
-    def _create(self) -> None:
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+
+class MilvusStore(_Collection):
+    """`VectorStore` over the collection of patient record chunks."""
+
+    fields = FIELDS
+
+    def _add_fields(self, schema: Any) -> None:
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("patient", DataType.VARCHAR, max_length=64, is_partition_key=True)
         schema.add_field("resource_id", DataType.VARCHAR, max_length=128)
@@ -204,9 +215,6 @@ class MilvusStore:
         schema.add_field("codes", DataType.VARCHAR, max_length=CODES_MAX)
         schema.add_field("version", DataType.VARCHAR, max_length=128)
         schema.add_field("section", DataType.VARCHAR, max_length=128)
-        _text_schema(schema, self._dim)
-        _create(self._client, self.collection, schema, self._index_type)
-        log.info("created Milvus collection %s (dim %d)", self.collection, self._dim)
 
     def upsert(self, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
         """Insert or overwrite chunks by id."""
@@ -320,35 +328,18 @@ class MilvusStore:
 KNOWLEDGE_FIELDS = ("id", "source", "title", "section", "citation", "chunk_no", "text", "vector", "sparse")
 
 
-class KnowledgeStore:
+class KnowledgeStore(_Collection):
     """The knowledge-base collection: cited guideline and drug-information passages."""
 
-    def __init__(
-        self, client: MilvusClient, collection: str, dimension: int, *, index_type: str = "FLAT"
-    ) -> None:
-        self._client = client
-        self.collection = collection
-        self._dim = dimension
-        self._index_type = index_type
+    fields = KNOWLEDGE_FIELDS
 
-    def ensure_collection(self) -> None:
-        """Create the collection if missing (refusing one with another layout); load it."""
-        try:
-            if not self._client.has_collection(self.collection):
-                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-                schema.add_field("source", DataType.VARCHAR, max_length=256)
-                schema.add_field("title", DataType.VARCHAR, max_length=256)
-                schema.add_field("section", DataType.VARCHAR, max_length=256)
-                schema.add_field("citation", DataType.VARCHAR, max_length=1024)
-                schema.add_field("chunk_no", DataType.INT64)
-                _text_schema(schema, self._dim)
-                _create(self._client, self.collection, schema, self._index_type)
-            else:
-                _check_layout(self._client, self.collection, KNOWLEDGE_FIELDS, self._dim)
-            self._client.load_collection(self.collection)
-        except MilvusException as exc:
-            raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
+    def _add_fields(self, schema: Any) -> None:
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("source", DataType.VARCHAR, max_length=256)
+        schema.add_field("title", DataType.VARCHAR, max_length=256)
+        schema.add_field("section", DataType.VARCHAR, max_length=256)
+        schema.add_field("citation", DataType.VARCHAR, max_length=1024)
+        schema.add_field("chunk_no", DataType.INT64)
 
     def replace_source(
         self, source: str, chunks: Sequence[KnowledgeChunk], vectors: npt.NDArray[np.float32]
