@@ -7,6 +7,7 @@ from the chunk text; `search` runs dense, BM25 or both fused by reciprocal rank 
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -33,8 +34,8 @@ FUSION_DEPTH = 4
 # FLAT ignores search params.
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 HNSW_EF = 128
-# Most rows one query returns (Milvus' own cap is 16,384).
-QUERY_LIMIT = 16_384
+# Rows per page when a query reads every matching row.
+QUERY_PAGE = 4_096
 _OUTPUT = ["resource_id", "resource_type", "text", "effective_text", "chunk_no", "section", "version"]
 
 
@@ -159,6 +160,12 @@ def _check_layout(client: MilvusClient, collection: str, fields: Sequence[str], 
             f"collection {collection} has another layout (missing {missing}, dimension {have}); "
             "point the collection setting at a new name and index again"
         )
+
+
+def _newest_first(row: dict[str, Any]) -> tuple[bool, int, str]:
+    """Sort key: dated rows newest first, then undated ones, ties by resource id."""
+    effective = int(row["effective"])
+    return (effective == 0, -effective, str(row["resource_id"]))
 
 
 class _Collection:
@@ -293,17 +300,24 @@ class MilvusStore(_Collection):
         ]
 
     def entries(self, expr: str, limit: int) -> list[TimelineEntry]:
-        """Chunks matching ``expr``, newest first (Milvus returns query rows unordered)."""
+        """Chunks matching ``expr``, newest first, at most ``limit``.
+
+        Milvus returns query rows unordered and at most 16,384 at a time, so every matching
+        row is read in pages and only the ``limit`` newest are kept.
+        """
+        fields = ["resource_id", "resource_type", "text", "effective_text", "effective"]
         try:
-            rows = self._client.query(
-                self.collection,
-                filter=expr,
-                output_fields=["resource_id", "resource_type", "text", "effective_text", "effective"],
-                limit=QUERY_LIMIT,
+            pages = self._client.query_iterator(
+                self.collection, batch_size=QUERY_PAGE, filter=expr, output_fields=fields
             )
+            try:
+                rows = (row for page in iter(pages.next, []) for row in page)
+                newest = heapq.nsmallest(limit, rows, key=_newest_first)
+            finally:
+                pages.close()
         except MilvusException as exc:
             raise VectorStoreError("Milvus query failed") from exc
-        entries = [
+        return [
             TimelineEntry(
                 resource_id=r["resource_id"],
                 resource_type=r["resource_type"],
@@ -311,10 +325,8 @@ class MilvusStore(_Collection):
                 date=r["effective_text"],
                 effective=int(r["effective"]),
             )
-            for r in rows
+            for r in newest
         ]
-        entries.sort(key=lambda e: (e.effective == 0, -e.effective, e.resource_id))
-        return entries[:limit]
 
     def count(self, expr: str = "") -> int:
         """Number of chunks matching ``expr`` (all when empty)."""

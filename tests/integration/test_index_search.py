@@ -246,3 +246,31 @@ def test_knowledge_base_starter_pdf_and_replacement(tmp_path, embedder):
     assert add_files([tmp_path / "local.pdf"], store, embedder)[0].chunks == 0
     assert store.count() == before - 1  # the new, empty version leaves nothing of the old one
     client.close()
+
+
+def test_timeline_reads_past_one_query_page_of_milvus(tmp_path):
+    # Milvus answers one query with at most 16,384 rows, in no order: the newest entries
+    # must come from all the patient's rows, not from an arbitrary first 16,384.
+    client = connect(None, lite_path=tmp_path / "milvus" / "long.db")
+    store = MilvusStore(client, "long", 4)
+    store.ensure_collection()
+    count = 17_000
+    for lo in range(0, count, 5_000):
+        hi = min(count, lo + 5_000)
+        chunks = [
+            Chunk(
+                chunk_id(f"Observation/{i}"),
+                "p",
+                f"Observation/{i}",
+                "Observation",
+                f"o{i}",
+                1_600_000_000 + i,
+                "",
+            )
+            for i in range(lo, hi)
+        ]
+        store.upsert(chunks, np.ones((hi - lo, 4), dtype=np.float32))
+    store.flush()
+    entries = ContextualQuery(None, store).timeline("p", limit=3)
+    assert [e.resource_id for e in entries] == [f"Observation/{i}" for i in (16_999, 16_998, 16_997)]
+    client.close()
