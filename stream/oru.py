@@ -131,6 +131,17 @@ def concept_at(seg: Segment | None, field: int, msg: Message) -> dict[str, Any] 
     return codeable_concept(raw[0], msg) if raw else None
 
 
+def missing_field(seg: Segment, field: int, msg: Message, what: str) -> MappingError:
+    """The error for a required field left empty: HL7 code 101 at ``SEG-field``."""
+    return MappingError(
+        f"{seg.name}-{field} {what} is missing",
+        code=101,
+        segment=seg.name,
+        field=field,
+        control_id=msg.control_id,
+    )
+
+
 def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
     """The CodeableConcept of a required coded field (first repetition).
 
@@ -139,13 +150,7 @@ def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[
     """
     concept = concept_at(seg, field, msg)
     if concept is None:
-        raise MappingError(
-            f"{seg.name}-{field} {what} is missing",
-            code=101,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        )
+        raise missing_field(seg, field, msg, what)
     return concept
 
 
@@ -341,15 +346,7 @@ def _observation(
     tz: ZoneInfo,
     category: str | None,
 ) -> dict[str, Any]:
-    concept = concept_at(obx, 3, msg)
-    if concept is None:
-        raise MappingError(
-            "OBX-3 observation identifier is missing",
-            code=101,
-            segment="OBX",
-            field=3,
-            control_id=msg.control_id,
-        )
+    concept = required_concept(obx, 3, msg, "observation identifier")
     # OBX-11 is required; when a sender leaves it empty the result is not claimed final.
     status = _STATUS.get(obx.value(11).upper(), "unknown")
     resource: dict[str, Any] = {
@@ -450,13 +447,7 @@ def required_datetime(seg: Segment, field: int, msg: Message, tz: ZoneInfo, what
     """
     when = to_fhir_datetime(seg.value(field), tz, segment=seg.name, field=field)
     if when is None:
-        raise MappingError(
-            f"{seg.name}-{field} {what} is missing",
-            code=101,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        )
+        raise missing_field(seg, field, msg, what)
     return when
 
 

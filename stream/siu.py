@@ -14,7 +14,7 @@ from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
 from stream.orders import V2_0203
-from stream.oru import codeable_concept, concept_at, notes_after, practitioner_ref
+from stream.oru import codeable_concept, concept_at, missing_field, notes_after, practitioner_ref
 
 # SCH-25 filler status (HL7 table 0278) → Appointment.status.
 _FILLER_STATUS = {
@@ -47,13 +47,7 @@ def map_appointment(msg: Message, patient_id: str, tz: ZoneInfo) -> dict[str, An
         raise MappingError("SCH segment is missing", code=100, segment="SCH", control_id=msg.control_id)
     key = sch.value(2) or sch.value(1)
     if not key:
-        raise MappingError(
-            "SCH-2 filler appointment id is missing",
-            code=101,
-            segment="SCH",
-            field=2,
-            control_id=msg.control_id,
-        )
+        raise missing_field(sch, 2, msg, "filler appointment id")
     filler_status = sch.value(25, 1).upper()
     status = _EVENT_STATUS.get(msg.trigger_event) or _FILLER_STATUS.get(filler_status, "booked")
     resource: dict[str, Any] = {
