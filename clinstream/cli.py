@@ -311,23 +311,14 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
     With Milvus Lite, run it while `clinstream up` is stopped (one process per Lite file).
     """
     from clinstream.models import embedding_dir
+    from clinstream.stack import milvus_client, milvus_stores
     from indexer.knowledge_files import add_files
-    from indexer.milvus_store import KnowledgeStore, connect, index_for
     from indexer.ort_session import Embedder
 
     embedder = Embedder(embedding_dir(settings.models.dir), providers=settings.models.providers)
-    client = connect(
-        settings.milvus.uri,
-        lite_path=settings.milvus_lite_path,
-        token=settings.milvus.token.get_secret_value() if settings.milvus.token else None,
-    )
+    client = milvus_client(settings)
     try:
-        store = KnowledgeStore(
-            client,
-            settings.milvus.knowledge_collection,
-            embedder.dimension,
-            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
-        )
+        _, store = milvus_stores(settings, client, embedder.dimension)
         store.ensure_collection()
         added = add_files(paths, store, embedder)
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
+from pymilvus import MilvusClient
 
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir
@@ -82,6 +83,23 @@ def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
         client_id=f"clinstream-{stage}",
         logger=logging.getLogger(f"clinstream.kafka.{stage}"),
         log_level=logging.DEBUG,  # per-message lines only at DEBUG
+    )
+
+
+def milvus_client(settings: Settings) -> MilvusClient:
+    """The configured Milvus server, else the Milvus Lite file under ``var_dir``."""
+    token = settings.milvus.token.get_secret_value() if settings.milvus.token else None
+    return connect(settings.milvus.uri, lite_path=settings.milvus_lite_path, token=token)
+
+
+def milvus_stores(
+    settings: Settings, client: MilvusClient, dimension: int
+) -> tuple[MilvusStore, KnowledgeStore]:
+    """The record and knowledge-base collections (not yet created or loaded)."""
+    index_type = index_for(settings.milvus.uri, settings.milvus.index_type)
+    return (
+        MilvusStore(client, settings.milvus.collection, dimension, index_type=index_type),
+        KnowledgeStore(client, settings.milvus.knowledge_collection, dimension, index_type=index_type),
     )
 
 
@@ -161,26 +179,10 @@ async def running_stack(
             threads=settings.models.intra_op_threads,
             batch_size=settings.models.embedding_batch_size,
         )
-        client = await asyncio.to_thread(
-            connect,
-            settings.milvus.uri,
-            lite_path=settings.milvus_lite_path,
-            token=settings.milvus.token.get_secret_value() if settings.milvus.token else None,
-        )
+        client = await asyncio.to_thread(milvus_client, settings)
         stack.callback(client.close)
-        store = MilvusStore(
-            client,
-            settings.milvus.collection,
-            embedder.dimension,
-            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
-        )
+        store, knowledge = milvus_stores(settings, client, embedder.dimension)
         await asyncio.to_thread(store.ensure_collection)
-        knowledge = KnowledgeStore(
-            client,
-            settings.milvus.knowledge_collection,
-            embedder.dimension,
-            index_type=index_for(settings.milvus.uri, settings.milvus.index_type),
-        )
         await asyncio.to_thread(knowledge.ensure_collection)
         await asyncio.to_thread(load_starter, knowledge, embedder)
 

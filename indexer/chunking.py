@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from indexer.rendering import Resource, render, render_observation
+from indexer.rendering import Resource, render
 from stream.events import DeadLetter, FhirRecord, deterministic_id
-
-__all__ = ["BatchPlan", "Chunk", "ChunkPlan", "chunk_id", "plan_batch", "plan_record", "render_observation"]
 
 # Words per chunk window of a long note section, and the words repeated from the previous
 # window so a sentence cut at the border is found whole in one of them.

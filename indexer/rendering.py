@@ -91,10 +91,6 @@ def _period(period: dict[str, Any] | None) -> str:
     return start or (f"until {end}" if end else "")
 
 
-def _status(concept: dict[str, Any] | None) -> str:
-    return _code(concept)
-
-
 def _join(head: str, details: list[str], date: str = "") -> str:
     text = head
     details = [d for d in details if d]
@@ -165,8 +161,8 @@ def _condition(res: Resource) -> str:
     code = _code(res.get("code"))
     head = f"Problem: {label}" + (f" [{code}]" if code and code != label else "")
     details = [
-        _status(res.get("clinicalStatus")),
-        _status(res.get("verificationStatus")),
+        _code(res.get("clinicalStatus")),
+        _code(res.get("verificationStatus")),
         _concepts(res.get("category")),
         f"onset {when(res['onsetDateTime'])}" if res.get("onsetDateTime") else "",
         f"resolved {when(res['abatementDateTime'])}" if res.get("abatementDateTime") else "",
@@ -184,7 +180,7 @@ def _allergy(res: Resource) -> str:
         ", ".join(res.get("category", [])),
         f"reaction {'; '.join(r for r in reactions if r)}" if any(reactions) else "",
         f"criticality {res['criticality']}" if res.get("criticality") else "",
-        _status(res.get("clinicalStatus")),
+        _code(res.get("clinicalStatus")),
     ]
     date = when(res.get("onsetDateTime") or res.get("recordedDate"))
     return " ".join([_join(head, details, date), *_notes(res)])

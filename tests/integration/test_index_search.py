@@ -11,6 +11,7 @@ from indexer.app import write_plan
 from indexer.chunking import Chunk, chunk_id, plan_batch
 from indexer.milvus_store import MilvusStore, connect
 from indexer.query import ContextualQuery, build_filter
+from tests.conftest import hl7_corpus_files
 
 
 def _chunk(patient, n, text):
@@ -82,7 +83,7 @@ class _Rec:
         self.topic, self.partition, self.offset = "ehr.fhir.v1", 0, 0
 
 
-def _corpus_patients(corpora, count=4):
+def _corpus_patients(count=4):
     """The resources of the corpus patients with the most resources, by patient id."""
     from zoneinfo import ZoneInfo
 
@@ -90,9 +91,7 @@ def _corpus_patients(corpora, count=4):
     from stream.hl7v2 import decode_payload
 
     by_patient: dict[str, dict[str, dict]] = {}
-    for path in sorted((corpora / "hl7v2").rglob("*")):
-        if not path.is_file():
-            continue
+    for path in hl7_corpus_files():
         for item in convert_text(decode_payload(path.read_bytes()), tz=ZoneInfo("UTC")):
             if item.bundle is None:
                 continue
@@ -104,8 +103,8 @@ def _corpus_patients(corpora, count=4):
     return {p: list(rs.values()) for p, rs in ranked}
 
 
-def test_corpus_records_hybrid_bm25_and_dense_stay_within_the_patient(store, embedder, corpora):
-    patients = _corpus_patients(corpora)
+def test_corpus_records_hybrid_bm25_and_dense_stay_within_the_patient(store, embedder):
+    patients = _corpus_patients()
     for patient, resources in patients.items():
         _write(store, embedder, resources, patient)
     total = store.count()

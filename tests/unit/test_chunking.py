@@ -3,7 +3,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from indexer.app import write_plan
-from indexer.chunking import chunk_id, plan_batch, plan_record, render_observation
+from indexer.chunking import chunk_id, plan_batch, plan_record
+from indexer.rendering import render_observation
 from stream.events import Envelope, FhirRecord
 
 ENVELOPE = Envelope(
