@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def corpora_dir() -> Path:
-    """`CLINSTREAM_CORPORA`, else `../shared/corpora` next to the clone."""
+    """`CLINSTREAM_CORPORA`, else `../shared/corpora` next to the clone, else next to the local
+    checkout it was cloned from (a throwaway clone in a temporary folder)."""
     configured = os.environ.get("CLINSTREAM_CORPORA")
-    path = Path(configured) if configured else REPO.parent / "shared" / "corpora"
-    if not (path / "hl7v2").is_dir():
-        raise RuntimeError(f"third-party corpora not found at {path}; set CLINSTREAM_CORPORA")
-    return path
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        candidates = [REPO.parent / "shared" / "corpora"]
+        origin = _local_origin()
+        if origin is not None:
+            candidates.append(origin.parent / "shared" / "corpora")
+    for path in candidates:
+        if (path / "hl7v2").is_dir():
+            return path
+    raise RuntimeError(f"third-party corpora not found at {candidates[0]}; set CLINSTREAM_CORPORA")
+
+
+def _local_origin() -> Path | None:
+    """The folder this clone was cloned from, when that is a local checkout."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    url = done.stdout.strip().removeprefix("file://")
+    if not url or "://" in url or ":" in url.split("/", 1)[0]:
+        return None  # unset, or a remote (https://, ssh, host:path)
+    path = Path(url).expanduser()
+    return path if path.is_dir() else None
 
 
 def hl7_corpus_files() -> list[Path]:
