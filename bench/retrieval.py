@@ -12,7 +12,7 @@ answers a question whatever its date; ordering by date is the timeline's job, no
 recall@5 = answers in the top 5 / min(answers, 5); MRR = mean of 1 / rank of the first answer
 (0 when none is in the top 10).
 
-Usage: python bench/retrieval.py [--corpora ../shared/corpora] [--per-template 3]
+Usage: python bench/retrieval.py [--corpora ../shared/corpora] [--per-template 3] [--precision fp32|int8]
 """
 
 from __future__ import annotations
@@ -152,10 +152,11 @@ def main() -> None:
         "--corpora", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpora"
     )
     parser.add_argument("--per-template", type=int, default=3)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="embedding variant")
     args = parser.parse_args()
     records = synthea_records(args.corpora)
     questions = [q for q in labelled_set(records, args.per_template) if q.patient in records]
-    embedder = Embedder(embedding_dir())
+    embedder = Embedder(embedding_dir(), precision=args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         client = connect(None, lite_path=Path(tmp) / "retrieval.db")
         store = MilvusStore(client, "synthea", embedder.dimension)
@@ -168,7 +169,7 @@ def main() -> None:
         query = ContextualQuery(embedder, store)
         print(
             f"Synthea: {len(records)} patients, {len(chunks)} chunks; {len(questions)} labelled questions"
-            f" from {len(TEMPLATES)} templates"
+            f" from {len(TEMPLATES)} templates; embedding {embedder.identity}"
         )
         names = {t for t, _ in TEMPLATES[-NAMED:]}
         for mode in ("dense", "bm25", "hybrid"):

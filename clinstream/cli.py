@@ -310,15 +310,13 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
 
     With Milvus Lite, run it while `clinstream up` is stopped (one process per Lite file).
     """
-    from clinstream.models import embedding_dir
-    from clinstream.stack import milvus_client, milvus_stores
+    from clinstream.stack import milvus_client, milvus_stores, open_embedder
     from indexer.knowledge_files import add_files
-    from indexer.ort_session import Embedder
 
-    embedder = Embedder(embedding_dir(settings.models.dir), providers=settings.models.providers)
+    embedder = open_embedder(settings)
     client = milvus_client(settings)
     try:
-        _, store = milvus_stores(settings, client, embedder.dimension)
+        _, store = milvus_stores(settings, client, embedder)
         store.ensure_collection()
         added = add_files(paths, store, embedder)
     finally:

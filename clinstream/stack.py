@@ -92,14 +92,28 @@ def milvus_client(settings: Settings) -> MilvusClient:
     return connect(settings.milvus.uri, lite_path=settings.milvus_lite_path, token=token)
 
 
+def open_embedder(settings: Settings) -> Embedder:
+    """The ONNX embedding session the settings describe (model variant, threads, batching)."""
+    return Embedder(
+        embedding_dir(settings.models.dir),
+        providers=settings.models.providers,
+        threads=settings.models.intra_op_threads,
+        batch_size=settings.models.embedding_batch_size,
+        batch_tokens=settings.models.embedding_batch_tokens,
+        precision=settings.models.embedding_precision,
+    )
+
+
 def milvus_stores(
-    settings: Settings, client: MilvusClient, dimension: int
+    settings: Settings, client: MilvusClient, embedder: Embedder
 ) -> tuple[MilvusStore, KnowledgeStore]:
-    """The record and knowledge-base collections (not yet created or loaded)."""
+    """The record and knowledge-base collections for ``embedder``'s vectors (not yet created
+    or loaded)."""
     index_type = index_for(settings.milvus.uri, settings.milvus.index_type)
+    common = {"index_type": index_type, "embedding": embedder.identity}
     return (
-        MilvusStore(client, settings.milvus.collection, dimension, index_type=index_type),
-        KnowledgeStore(client, settings.milvus.knowledge_collection, dimension, index_type=index_type),
+        MilvusStore(client, settings.milvus.collection, embedder.dimension, **common),
+        KnowledgeStore(client, settings.milvus.knowledge_collection, embedder.dimension, **common),
     )
 
 
@@ -172,16 +186,10 @@ async def running_stack(
             replication_factor=settings.kafka.replication_factor,
         )
 
-        embedder = await asyncio.to_thread(
-            Embedder,
-            embedding_dir(settings.models.dir),
-            providers=settings.models.providers,
-            threads=settings.models.intra_op_threads,
-            batch_size=settings.models.embedding_batch_size,
-        )
+        embedder = await asyncio.to_thread(open_embedder, settings)
         client = await asyncio.to_thread(milvus_client, settings)
         stack.callback(client.close)
-        store, knowledge = milvus_stores(settings, client, embedder.dimension)
+        store, knowledge = milvus_stores(settings, client, embedder)
         await asyncio.to_thread(store.ensure_collection)
         await asyncio.to_thread(knowledge.ensure_collection)
         await asyncio.to_thread(load_starter, knowledge, embedder)

@@ -168,19 +168,42 @@ def _newest_first(row: dict[str, Any]) -> tuple[bool, int, str]:
     return (effective == 0, -effective, str(row["resource_id"]))
 
 
+EMBEDDING_PROPERTY = "clinstream.embedding"
+# Collections made before the property existed hold the only embedding clinstream had then.
+UNMARKED_EMBEDDING = "all-MiniLM-L6-v2/fp32/384"
+
+
+def _check_embedding(client: MilvusClient, collection: str, embedding: str) -> None:
+    properties = client.describe_collection(collection).get("properties") or {}
+    found = str(properties.get(EMBEDDING_PROPERTY, UNMARKED_EMBEDDING))
+    if found != embedding:
+        raise VectorStoreError(
+            f"collection {collection} holds {found} vectors, not {embedding}: vectors of two models"
+            " or precisions are not comparable; point the collection setting at a new name and index again"
+        )
+
+
 class _Collection:
     """One Milvus collection of ours: created with its layout if missing, refused if another
-    layout (an older clinstream, another embedding dimension) is there, then loaded."""
+    layout (an older clinstream, another embedding dimension) or another embedding (model,
+    precision) is there, then loaded."""
 
     fields: tuple[str, ...] = ()
 
     def __init__(
-        self, client: MilvusClient, collection: str, dimension: int, *, index_type: str = "FLAT"
+        self,
+        client: MilvusClient,
+        collection: str,
+        dimension: int,
+        *,
+        index_type: str = "FLAT",
+        embedding: str = UNMARKED_EMBEDDING,
     ) -> None:
         self._client = client
         self.collection = collection
         self._dim = dimension
         self._index_type = index_type
+        self.embedding = embedding
 
     def ensure_collection(self) -> None:
         """Create the collection and its indexes if missing; load it.
@@ -194,9 +217,13 @@ class _Collection:
                 self._add_fields(schema)
                 _text_schema(schema, self._dim)
                 _create(self._client, self.collection, schema, self._index_type)
-                log.info("created Milvus collection %s (dim %d)", self.collection, self._dim)
+                self._client.alter_collection_properties(
+                    self.collection, properties={EMBEDDING_PROPERTY: self.embedding}
+                )
+                log.info("created Milvus collection %s (%s)", self.collection, self.embedding)
             else:
                 _check_layout(self._client, self.collection, self.fields, self._dim)
+                _check_embedding(self._client, self.collection, self.embedding)
             self._client.load_collection(self.collection)
         except MilvusException as exc:
             raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc

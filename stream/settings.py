@@ -150,7 +150,16 @@ class ModelsSettings(_Section):
         description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped.",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads (0: runtime default).")
-    embedding_batch_size: int = Field(default=64, ge=1, description="Texts per embedding call.")
+    embedding_batch_size: int = Field(default=64, ge=1, description="Most texts per embedding call.")
+    embedding_batch_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Most tokens per embedding call, padding included (texts are grouped by length).",
+    )
+    embedding_precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="Embedding model variant (fp32, int8); a collection keeps the one it was built with.",
+    )
 
 
 class OutboundSettings(_Section):

@@ -1,5 +1,6 @@
 """Real ONNX embeddings into a Milvus Lite file: patient isolation in dense, BM25 and hybrid search,
-idempotent upserts, shrinking and retracted resources, refusing an old collection layout."""
+idempotent upserts, shrinking and retracted resources, refusing an old collection layout or
+another embedding; int8 vectors close to fp32."""
 
 import re
 from datetime import UTC, datetime
@@ -8,9 +9,12 @@ import numpy as np
 import pytest
 
 from indexer.app import write_plan
-from indexer.chunking import Chunk, chunk_id, plan_batch
+from indexer.chunking import Chunk, chunk_id, plan_batch, resource_chunks
 from indexer.milvus_store import MilvusStore, connect
+from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery, build_filter
+from stream.convert import convert_text
+from stream.hl7v2 import decode_payload
 from tests.conftest import hl7_corpus_files
 
 
@@ -85,14 +89,9 @@ class _Rec:
 
 def _corpus_patients(count=4):
     """The resources of the corpus patients with the most resources, by patient id."""
-    from zoneinfo import ZoneInfo
-
-    from stream.convert import convert_text
-    from stream.hl7v2 import decode_payload
-
     by_patient: dict[str, dict[str, dict]] = {}
     for path in hl7_corpus_files():
-        for item in convert_text(decode_payload(path.read_bytes()), tz=ZoneInfo("UTC")):
+        for item in convert_text(decode_payload(path.read_bytes()), tz=UTC):
             if item.bundle is None:
                 continue
             resources = [e["resource"] for e in item.bundle["entry"]]
@@ -190,6 +189,35 @@ def test_a_collection_with_another_layout_is_refused(tmp_path, embedder):
     with pytest.raises(VectorStoreError, match="another layout"):
         MilvusStore(client, "chunks", embedder.dimension).ensure_collection()
     client.close()
+
+
+def test_a_collection_keeps_the_embedding_it_was_built_with(tmp_path, model_dir, embedder):
+    """fp32 and int8 vectors are never mixed: the int8 session is refused on the fp32 collection."""
+    from indexer.errors import VectorStoreError
+
+    int8 = Embedder(model_dir, precision="int8")
+    assert int8.identity != embedder.identity
+    client = connect(None, lite_path=tmp_path / "milvus" / "e.db")
+    MilvusStore(client, "chunks", embedder.dimension, embedding=embedder.identity).ensure_collection()
+    with pytest.raises(VectorStoreError, match="not all-MiniLM-L6-v2/int8/384"):
+        MilvusStore(client, "chunks", int8.dimension, embedding=int8.identity).ensure_collection()
+    MilvusStore(client, "chunks", embedder.dimension, embedding=embedder.identity).ensure_collection()
+    client.close()
+
+
+def test_int8_vectors_stay_close_to_fp32_on_corpus_text(model_dir, embedder):
+    texts = [
+        c.text
+        for path in hl7_corpus_files()[:40]
+        for item in convert_text(decode_payload(path.read_bytes()), tz=UTC)
+        if item.bundle
+        for entry in item.bundle["entry"]
+        for c in resource_chunks(entry["resource"], "p")
+    ]
+    assert len(texts) > 50
+    fp32 = embedder.embed(texts)
+    int8 = Embedder(model_dir, precision="int8").embed(texts)
+    assert float((fp32 * int8).sum(axis=1).min()) >= 0.95
 
 
 def _pdf(*lines):

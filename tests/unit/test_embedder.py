@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from indexer.errors import ModelNotBuiltError
-from indexer.ort_session import Embedder
+from indexer.ort_session import Embedder, length_batches
 
 
 def _tiny_model(path):
@@ -77,3 +77,51 @@ def test_unavailable_providers_are_skipped(model_dir):
 def test_missing_model_says_how_to_build_it(tmp_path):
     with pytest.raises(ModelNotBuiltError, match="make models"):
         Embedder(tmp_path)
+
+
+def test_texts_of_mixed_length_come_back_in_input_order(model_dir):
+    texts = ["potassium " * 6, "low", "high high", "potassium low", "low " * 5, "high"]
+    grouped = Embedder(model_dir, batch_size=2, batch_tokens=12).embed(texts)
+    one_by_one = np.vstack([Embedder(model_dir, batch_size=1).embed([t]) for t in texts])
+    assert grouped.tolist() == one_by_one.tolist()
+
+
+def test_a_fixed_padding_in_tokenizer_json_is_ignored(model_dir):
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_padding(length=8, pad_id=0, pad_token="[PAD]")
+    tok.save(str(model_dir / "tokenizer.json"))
+    # a text of 3 tokens is fed as 3, not padded to 8 (the mask sum would hide that; ids/width not)
+    seen = []
+    embedder = Embedder(model_dir)
+    run = embedder._session.run
+    embedder._session.run = lambda names, feed: seen.append(feed["input_ids"].shape) or run(names, feed)
+    embedder.embed(["low"])
+    assert seen == [(1, 3)]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_texts", "max_tokens", "expected"),
+    [
+        ([5, 1, 3], 10, 100, [[1, 2, 0]]),  # shortest first, one group
+        ([5, 1, 3, 2], 2, 100, [[1, 3], [2, 0]]),  # at most max_texts
+        ([4, 4, 4, 10], 10, 12, [[0, 1, 2], [3]]),  # 4 x 4 would pad to 16 > 12
+        ([300, 2], 10, 100, [[1], [0]]),  # a text over the budget still gets its own group
+        ([], 4, 100, []),
+    ],
+)
+def test_length_batches(lengths, max_texts, max_tokens, expected):
+    assert length_batches(lengths, max_texts, max_tokens) == expected
+
+
+def test_the_precision_picks_the_variant_and_a_missing_one_says_how_to_build_it(model_dir):
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["variants"] = {"fp32": {"file": "model.onnx"}, "int8": {"file": "small.onnx"}}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    (model_dir / "model.onnx").rename(model_dir / "small.onnx")
+    embedder = Embedder(model_dir, precision="int8")
+    assert embedder.identity == "tiny/int8/2"
+    assert embedder.embed(["low"]).tolist() == [[3, 2 + 6 + 3]]
+    del manifest["variants"]["int8"]
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelNotBuiltError, match=r"no int8 variant.*make models"):
+        Embedder(model_dir, precision="int8")
