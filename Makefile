@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,dev
 
-.PHONY: install native models demo up test lint typecheck unit integration clean
+.PHONY: install native models demo up test lint typecheck unit integration bench-milvus-server clean
 
 install: $(STAMP) native models
 
@@ -54,5 +54,14 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+# Search latency on a real Milvus server (C++ standalone from the `milvus` wheel, no Docker):
+# its own environment, as it needs pymilvus 2.3 (the runtime uses pymilvus 3). Not part of test.
+MILVUS_BENCH := .venv-milvus-server
+bench-milvus-server:
+	@test -f $(MILVUS_BENCH)/.complete || ($(PYTHON) -m venv $(MILVUS_BENCH) && \
+		$(MILVUS_BENCH)/bin/pip install -q "milvus==2.3.5" "pymilvus>=2.3,<2.4" "setuptools<70" "marshmallow<3.20" "numpy<3" && \
+		touch $(MILVUS_BENCH)/.complete)
+	$(MILVUS_BENCH)/bin/python bench/milvus_server.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MILVUS_BENCH) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

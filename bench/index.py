@@ -10,8 +10,11 @@ seals it, then measures:
 - unscoped dense search over the whole collection (the shape of a knowledge-base search):
   p50/p99 and recall@10 against exact search over all N.
 
-Not yet measured here (issue #5 keeps them open): ONNX vs PyTorch embedding throughput,
-int8, event → searchable latency at 100 messages/s, and the 1M-chunk run.
+Milvus Lite 3.x is pure Python and walks every row in Python on each search (to drop
+superseded versions), so these figures grow with the collection whatever the index. The
+production path, a Milvus server with HNSW, is measured by `bench/milvus_server.py`
+(`make bench-milvus-server`, 100k and 1M chunks). Embedding speed: `bench/embed.py`;
+event → searchable latency: `bench/freshness.py`.
 
 Usage: python bench/index.py [--chunks 100000] [--patients 1000] [--queries 200]
 """

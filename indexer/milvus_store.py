@@ -22,7 +22,7 @@ from pymilvus.exceptions import MilvusException
 from indexer.chunking import CODES_MAX, Chunk
 from indexer.errors import VectorStoreError
 from indexer.knowledge import KnowledgeChunk
-from indexer.query import DEFAULT_MODE, Hit, KnowledgeHit, SearchMode, TimelineEntry
+from indexer.query import DEFAULT_MODE, Hit, KnowledgeHit, SearchMode, TimelineEntry, quote
 
 log = logging.getLogger(__name__)
 TEXT_MAX = 8192
@@ -285,7 +285,7 @@ class MilvusStore(_Collection):
             by_count.setdefault(count, []).append(resource_id)
         try:
             for count, ids in sorted(by_count.items()):
-                listed = ", ".join(json.dumps(i) for i in ids)
+                listed = ", ".join(quote(i) for i in ids)
                 self._client.delete(
                     self.collection, filter=f"chunk_no >= {count} and resource_id in [{listed}]"
                 )
@@ -354,6 +354,17 @@ class MilvusStore(_Collection):
             )
             for r in newest
         ]
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """Those of the chunk ``ids`` that are in the collection (searchable now)."""
+        if not ids:
+            return set()
+        listed = ", ".join(quote(i) for i in ids)
+        try:
+            rows = self._client.query(self.collection, filter=f"id in [{listed}]", output_fields=["id"])
+        except MilvusException as exc:
+            raise VectorStoreError("Milvus query failed") from exc
+        return {str(r["id"]) for r in rows}
 
     def count(self, expr: str = "") -> int:
         """Number of chunks matching ``expr`` (all when empty)."""

@@ -60,9 +60,11 @@ def test_patient_scoped_search_isolation_and_idempotence(store, embedder):
     assert all(h.resource_id.startswith("Observation/pa-") for h in hits)
     dated = query.search("pb", "potassium", k=5, since=datetime(2025, 3, 2, tzinfo=UTC))
     assert [h.resource_id for h in dated] == ["Observation/pb-2"]
+    assert store.existing([a[0].id, b[1].id, chunk_id("Observation/none")]) == {a[0].id, b[1].id}
     store.retire({a[0].resource_id: 0})
     store.flush()
     assert store.count(build_filter("pa")) == 1
+    assert store.existing([a[0].id, a[1].id]) == {a[1].id}
     assert "Observation/pa-1" not in [h.resource_id for h in query.search("pa", "potassium", k=5)]
 
 
