@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.mllp_ingest import control_id_template, corpus_messages  # noqa: E402
+from bench.synthetic import percentile  # noqa: E402
 from clinstream.settings import Settings  # noqa: E402
 from clinstream.stack import Stack, running_stack  # noqa: E402
 from connectors.mllp_client import MllpClient  # noqa: E402
@@ -49,11 +50,6 @@ from stream.convert import convert_text  # noqa: E402
 from stream.events import FhirRecord  # noqa: E402
 
 SETTLE_S = 120.0
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def follow(stack: Stack, chunks_of: dict[str, set[str]], stop: asyncio.Event) -> None:
@@ -134,8 +130,8 @@ async def run_rate(stack: Stack, texts: list[str], rate: float, tag: str, poll_s
     span = max(found_at.values()) - start if found_at else 0.0
     print(
         f"rate {rate:5.0f} msg/s (sent {len(templates)} in {send_s:5.1f} s): searchable p50"
-        f" {statistics.median(latencies):5.2f} s  p95 {pct(latencies, 95):5.2f} s"
-        f"  p99 {pct(latencies, 99):5.2f} s"
+        f" {statistics.median(latencies):5.2f} s  p95 {percentile(latencies, 95):5.2f} s"
+        f"  p99 {percentile(latencies, 99):5.2f} s"
         f"  max {max(latencies):5.2f} s over {len(latencies)} messages ({total_chunks} chunks,"
         f" {total_chunks / span:5.1f} chunks/s indexed); {refused} refused, {chunkless} without chunks,"
         f" {missing} never searchable; poll median {statistics.median(polls or [0]) * 1000:.0f} ms",

@@ -28,25 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic import DIM, percentile, synthetic
 
 from indexer.chunking import Chunk, chunk_id
 from indexer.milvus_store import MilvusStore, connect, index_for
 from indexer.query import build_filter
-
-DIM = 384
-
-
-def synthetic(n: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit vectors around ``clusters`` random topic centres (embeddings cluster by topic)."""
-    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
-    vectors = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -31,22 +31,10 @@ import time
 import milvus
 import numpy as np
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections, utility
+from synthetic import DIM, percentile, synthetic
 
-DIM = 384
 HNSW_BUILD = {"M": 16, "efConstruction": 200}  # indexer.milvus_store.HNSW_BUILD
 HNSW_SEARCH = {"ef": 128}  # indexer.milvus_store: ef = max(128, k)
-
-
-def synthetic(n: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
-    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
-    vectors = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def run(size: int, patients: int, queries: int, rng: np.random.Generator) -> None:
