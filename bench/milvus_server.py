@@ -10,9 +10,9 @@ wheel and a pymilvus 2.3 client (our runtime needs pymilvus 3).
 
 Milvus 2.3 has no BM25 function or sparse field, so the collection here is the dense part of
 our chunk layout: primary key, `patient` as partition key, `resource_id`, `effective`, the
-384-d vector; the index is ours (HNSW, M 16, efConstruction 200; search ef 128, see
-`indexer.milvus_store`). The vectors are synthetic unit vectors in topic clusters, as in
-`bench/index.py`. Measured, per collection size:
+384-d vector; the index is ours (HNSW, M 16, efConstruction 200; search ef 128 scoped, 512
+unscoped, see `indexer.milvus_store.search_breadth`). The vectors are synthetic unit
+vectors in topic clusters, as in `bench/index.py`. Measured, per collection size:
 
 - patient-scoped dense search (k=10), the shape of every `POST /query`: p50/p99 and
   recall@10 against exact search over that patient's vectors (numpy);
@@ -35,7 +35,7 @@ from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connec
 from synthetic import DIM, percentile, synthetic
 
 HNSW_BUILD = {"M": 16, "efConstruction": 200}  # indexer.milvus_store.HNSW_BUILD
-HNSW_SEARCH = {"ef": 128}  # indexer.milvus_store: ef = max(128, k)
+HNSW_SEARCH = {"ef": 128}  # indexer.milvus_store.search_breadth for a patient-scoped search
 
 
 def run(size: int, patients: int, queries: int, global_ef: list[int], rng: np.random.Generator) -> None:
