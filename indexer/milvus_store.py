@@ -8,7 +8,6 @@ from the chunk text; `search` runs dense, BM25 or both fused by reciprocal rank 
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,8 +158,8 @@ def _create(client: MilvusClient, collection: str, schema: Any, index_type: str)
     client.create_collection(collection, schema=schema, index_params=index)
 
 
-def _check_layout(client: MilvusClient, collection: str, fields: Sequence[str], dim: int) -> None:
-    found = {f["name"]: f for f in client.describe_collection(collection)["fields"]}
+def _check_layout(collection: str, described: Mapping[str, Any], fields: Sequence[str], dim: int) -> None:
+    found = {f["name"]: f for f in described["fields"]}
     missing = sorted(set(fields) - set(found))
     have = (found.get("vector") or {}).get("params", {}).get("dim")
     if missing or (have is not None and int(have) != dim):
@@ -181,8 +180,8 @@ EMBEDDING_PROPERTY = "clinstream.embedding"
 UNMARKED_EMBEDDING = "all-MiniLM-L6-v2/fp32/384"
 
 
-def _check_embedding(client: MilvusClient, collection: str, embedding: str) -> None:
-    properties = client.describe_collection(collection).get("properties") or {}
+def _check_embedding(collection: str, described: Mapping[str, Any], embedding: str) -> None:
+    properties = described.get("properties") or {}
     found = str(properties.get(EMBEDDING_PROPERTY, UNMARKED_EMBEDDING))
     if found != embedding:
         raise VectorStoreError(
@@ -230,11 +229,20 @@ class _Collection:
                 )
                 log.info("created Milvus collection %s (%s)", self.collection, self.embedding)
             else:
-                _check_layout(self._client, self.collection, self.fields, self._dim)
-                _check_embedding(self._client, self.collection, self.embedding)
+                described = self._client.describe_collection(self.collection)
+                _check_layout(self.collection, described, self.fields, self._dim)
+                _check_embedding(self.collection, described, self.embedding)
             self._client.load_collection(self.collection)
         except MilvusException as exc:
             raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
+
+    def count(self, expr: str = "") -> int:
+        """Number of rows (chunks, passages) matching ``expr`` (all when empty)."""
+        try:
+            rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"])
+        except MilvusException as exc:
+            raise VectorStoreError("Milvus count failed") from exc
+        return int(rows[0]["count(*)"])
 
     def _add_fields(self, schema: Any) -> None:
         raise NotImplementedError
@@ -374,14 +382,6 @@ class MilvusStore(_Collection):
             raise VectorStoreError("Milvus query failed") from exc
         return {str(r["id"]) for r in rows}
 
-    def count(self, expr: str = "") -> int:
-        """Number of chunks matching ``expr`` (all when empty)."""
-        try:
-            rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"])
-        except MilvusException as exc:
-            raise VectorStoreError("Milvus count failed") from exc
-        return int(rows[0]["count(*)"])
-
 
 KNOWLEDGE_FIELDS = ("id", "source", "title", "section", "citation", "chunk_no", "text", "vector", "sparse")
 
@@ -421,7 +421,7 @@ class KnowledgeStore(_Collection):
             if rows:
                 self._client.upsert(self.collection, rows)
             self._client.delete(
-                self.collection, filter=f"source == {json.dumps(source)} and chunk_no >= {len(rows)}"
+                self.collection, filter=f"source == {quote(source)} and chunk_no >= {len(rows)}"
             )
             self._client.flush(self.collection)
         except MilvusException as exc:
@@ -443,11 +443,3 @@ class KnowledgeStore(_Collection):
             )
             for h in _ranked(self._client, self.collection, vector, question, "", k, mode, output)
         ]
-
-    def count(self) -> int:
-        """Passages in the knowledge base."""
-        try:
-            rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
-        except MilvusException as exc:
-            raise VectorStoreError("Milvus count failed") from exc
-        return int(rows[0]["count(*)"])
