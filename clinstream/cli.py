@@ -59,16 +59,22 @@ async def _up(settings: Settings) -> int:
     return 0
 
 
+DEMO_STALE_AFTER_H = 24 * 365 * 50
+
+
 def _demo(settings: Settings) -> int:
     from clinstream.demo import run_demo
 
     # The demo is self-contained: free ports and its own Milvus Lite file (a Lite file can be
-    # opened by one process only), so it never collides with a running `clinstream up`.
+    # opened by one process only), so it never collides with a running `clinstream up`. Its
+    # feed was recorded in March 2025: results that old would be held back as stale by
+    # decision support, so the demo accepts them as if they had just arrived.
     demo_settings = settings.model_copy(
         update={
             "var_dir": settings.var_dir / "demo",
             "mllp": settings.mllp.model_copy(update={"port": 0}),
             "http": settings.http.model_copy(update={"port": 0}),
+            "cds": settings.cds.model_copy(update={"stale_after_h": DEMO_STALE_AFTER_H}),
         }
     )
     return _run(run_demo(demo_settings))

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         """The Milvus Lite database file used when no Milvus URI is configured."""
         return self.var_dir / "milvus" / "clinstream.db"
 
+    @property
+    def cds_state_path(self) -> Path:
+        """The SQLite file of decision support's per-patient state."""
+        return self.cds.state_path or self.var_dir / "cds" / "state.sqlite"
+
 
 def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, for the README and `clinstream config`."""

@@ -40,6 +40,8 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
+from inference.rules import ruleset_from
+from inference.state_store import SqliteStateStore
 from stream.app import register_fhir_normalizer, register_normalizer
 from stream.errors import ClinstreamError
 from stream.events import TOPICS, Topics
@@ -168,6 +170,7 @@ async def running_stack(
     if token is None and not settings.embedded:
         raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
     api_token = token or secrets.token_urlsafe(24)
+    rules = ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
 
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None
@@ -215,7 +218,9 @@ async def running_stack(
         stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
         ticker = asyncio.create_task(_flush_when_due(flusher))
         stack.callback(ticker.cancel)
-        register_cds(brokers["cds"], topics, settings.cds, group_id=f"{group_prefix}cds")
+        state_store = SqliteStateStore(settings.cds_state_path)
+        stack.callback(state_store.close)
+        register_cds(brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds")
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
             stack.push_async_callback(broker.stop)

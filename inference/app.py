@@ -1,37 +1,52 @@
-"""FastStream wiring of decision support: `ehr.fhir.v1` → `cds.alerts.v1`.
+"""FastStream wiring of decision support: `ehr.fhir.v1` → patient state → rules → `cds.alerts.v1`.
 
-Each normalized record is evaluated by the rules; alerts are published keyed by patient,
-then the offset is committed (`stream.kafka.commit_after`). Alert ids are deterministic,
-so a retried record re-publishes the same ids and consumers dedupe.
+For each normalized record: load the patient's state, apply the record and run the rules
+(`inference.rules.process`, pure), then publish the alerts keyed by patient, save the state,
+and commit the offset (`stream.kafka.commit_after`). Alerts go out before the state is saved:
+a crash in between replays the record, which raises the same alert ids again (consumers dedupe)
+instead of losing them. A record the rules cannot read is dead-lettered, never skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from inference.critical import evaluate
+from inference.rules import Outcome, RuleSet, process
+from inference.state_store import StateStore
 from stream.events import Alert, FhirRecord, Topics
-from stream.kafka import commit_after, dead_letter_and_commit, dead_letter_for, single_record
-from stream.settings import CdsSettings
+from stream.kafka import (
+    commit_after,
+    dead_letter_and_commit,
+    dead_letter_for,
+    retry_later,
+    single_record,
+)
 
 log = logging.getLogger(__name__)
 
 ALERTS = Counter("clinstream_alerts_raised", "Alerts published", ["rule_id", "severity"])
+HELD = Counter("clinstream_alerts_held", "Findings not raised, by reason", ["rule_id", "reason"])
 RETRY_BACKOFF_S = 1.0
 
 
 def register_cds(
-    broker: KafkaBroker, topics: Topics, settings: CdsSettings, *, group_id: str = "cds"
+    broker: KafkaBroker,
+    topics: Topics,
+    rules: RuleSet,
+    store: StateStore,
+    *,
+    group_id: str = "cds",
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Subscribe decision support to the normalized FHIR topic on ``broker``."""
-    threshold = Decimal(str(settings.potassium_critical_high))
 
     @broker.subscriber(
         topics.fhir,
@@ -43,23 +58,41 @@ def register_cds(
         record = single_record(msg)
         try:
             parsed = FhirRecord.model_validate_json(record.value or b"")
-            alerts = evaluate(parsed, threshold=threshold, now=datetime.now(UTC))
         except Exception as exc:  # a record the rules cannot read is dead-lettered, never skipped
-            letter = dead_letter_for(exc, record, stage="cds")
-            await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
+            await _dead_letter(msg, broker, topics, exc, record)
             return
-        if await commit_after(
-            msg, lambda: _publish(broker, topics, alerts), stage="cds", backoff_s=RETRY_BACKOFF_S
-        ):
-            for alert in alerts:
-                ALERTS.labels(alert.rule_id, alert.severity).inc()
-                log.info(
-                    "alert %s rule=%s severity=%s trace=%s",
-                    alert.id,
-                    alert.rule_id,
-                    alert.severity,
-                    alert.trace_id,
-                )
+        try:
+            state = await asyncio.to_thread(store.load, parsed.patient_id)
+        except Exception:
+            await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="patient state not readable")
+            return
+        try:
+            outcome = process(state, parsed, rules, now=clock())
+        except Exception as exc:  # the content breaks the record contract (RuleInputError)
+            await _dead_letter(msg, broker, topics, exc, record)
+            return
+
+        async def effects() -> None:
+            await _publish(broker, topics, outcome.alerts)
+            await asyncio.to_thread(store.save, outcome.state)
+
+        if await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S):
+            _count(outcome, parsed.envelope.trace_id)
+
+
+async def _dead_letter(
+    msg: KafkaMessage, broker: KafkaBroker, topics: Topics, exc: Exception, record: object
+) -> None:
+    letter = dead_letter_for(exc, record, stage="cds")
+    await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
+
+
+def _count(outcome: Outcome, trace_id: str) -> None:
+    for alert in outcome.alerts:
+        ALERTS.labels(alert.rule_id, alert.severity).inc()
+        log.info("alert %s rule=%s severity=%s trace=%s", alert.id, alert.rule_id, alert.severity, trace_id)
+    for held in outcome.held:
+        HELD.labels(held.finding.rule_id, held.reason).inc()
 
 
 async def _publish(broker: KafkaBroker, topics: Topics, alerts: list[Alert]) -> None:

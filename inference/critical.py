@@ -1,81 +1,119 @@
-"""Critical laboratory values: potassium ≥ 6.0 mmol/L (LOINC 2823-3) for now.
+"""Critical laboratory values: a new result at or beyond its analyte's critical limit.
 
-Pure functions over FHIR Observation JSON. The alert id is derived from the rule, its
-version and the Observation id and value, so the same result delivered twice yields
-the same alert id (consumers dedupe on it) while a corrected value yields a new one.
+Pure functions. Limits are in each analyte's canonical unit (`inference.analytes`), so a
+result sent in another unit (glucose in mmol/L, creatinine in µmol/L) is compared after
+conversion, and one in a unit that cannot be converted is never compared. Critical limits are
+set by each laboratory's policy (CLSI GP47); the defaults below sit within the ranges of the
+published surveys and are configurable per analyte (`CLINSTREAM_CDS__CRITICAL_LIMITS`). Only
+results carried by the record being processed are evaluated: a value already in the patient's
+state alerted (or did not) when it arrived.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from stream.events import Alert, FhirRecord, deterministic_id
+from inference.analytes import BY_NAME, Reading
+from inference.errors import RuleConfigError
+from inference.findings import Finding, input_of
+from inference.state import PatientState
 
-RULE_ID = "critical-lab-potassium"
-RULE_VERSION = "1.0.0"
-POTASSIUM_LOINC = {"2823-3", "6298-4"}  # serum/plasma, blood
-LOINC = "http://loinc.org"
-# mmol/L and mEq/L are numerically equal for a monovalent ion such as K+.
-_UNITS = {"mmol/l", "meq/l"}
+RULE_ID = "critical-lab"
+RULE_VERSION = "2.0.0"
 CITATION = (
-    "Kost GJ. Critical limits for urgent clinician notification at US medical centers. "
-    "JAMA 1990;263(5):704-707 (survey of laboratory critical limits; threshold set by local policy, "
-    "CLINSTREAM_CDS__POTASSIUM_CRITICAL_HIGH)."
+    "Critical limits are set by local laboratory policy (CLSI GP47, Management of Critical- and "
+    "Significant-Risk Laboratory Results, 2015). Defaults within the ranges surveyed by Kost GJ, "
+    "JAMA 1990;263(5):704-707 and Wagar EA et al., Arch Pathol Lab Med 2007;131(1):44-49; lactate "
+    "≥ 4 mmol/L per the Surviving Sepsis Campaign (Evans L et al., Crit Care Med 2021;49(11):e1063); "
+    "hs-troponin T ≥ 52 ng/L per the ESC 0 h rule-in (Collet JP et al., Eur Heart J 2021;42(14):1289)."
 )
 
 
-def _is_potassium(obs: dict[str, Any]) -> bool:
-    return any(
-        c.get("system") == LOINC and c.get("code") in POTASSIUM_LOINC
-        for c in obs.get("code", {}).get("coding", [])
-    )
+@dataclass(frozen=True, slots=True)
+class CriticalLimit:
+    """At or below ``low``, or at or above ``high`` (canonical unit), is critical."""
+
+    low: Decimal | None = None
+    high: Decimal | None = None
 
 
-def potassium_mmol_per_l(obs: dict[str, Any]) -> Decimal | None:
-    """The value in mmol/L, or None when absent or in a unit we do not know how to read."""
-    q = obs.get("valueQuantity")
-    if not q or "value" not in q or q.get("comparator") in ("<", "<="):
+def _limit(low: str | None, high: str | None) -> CriticalLimit:
+    return CriticalLimit(Decimal(low) if low else None, Decimal(high) if high else None)
+
+
+DEFAULT_LIMITS: Mapping[str, CriticalLimit] = {
+    "potassium": _limit("2.5", "6.0"),  # mmol/L
+    "sodium": _limit("120", "160"),  # mmol/L
+    "glucose": _limit("40", "500"),  # mg/dL
+    "hemoglobin": _limit("7.0", None),  # g/dL
+    "platelets": _limit("20", "1000"),  # 10*3/uL
+    "troponin_t_hs": _limit(None, "52"),  # ng/L
+    "lactate": _limit(None, "4.0"),  # mmol/L
+    "inr": _limit(None, "5.0"),
+}
+
+
+def _crossed(reading: Reading, limit: CriticalLimit) -> str | None:
+    value = reading.value
+    if value is None:
         return None
-    unit = str(q.get("code") or q.get("unit") or "").strip().lower()
-    if unit not in _UNITS:
-        return None
-    return Decimal(str(q["value"]))
+    if limit.high is not None and value >= limit.high:
+        return "high"
+    if limit.low is not None and value <= limit.low:
+        return "low"
+    return None
 
 
-def evaluate(record: FhirRecord, *, threshold: Decimal, now: datetime) -> list[Alert]:
-    """Alerts raised by one normalized record."""
-    alerts: list[Alert] = []
-    for res in record.resources:
-        if res.get("resourceType") != "Observation" or not _is_potassium(res):
-            continue
-        if res.get("status") in ("entered-in-error", "cancelled", "registered"):
-            continue
-        value = potassium_mmol_per_l(res)
-        if value is None or value < threshold:
-            continue
-        ref = f"Observation/{res['id']}"
-        when = res.get("effectiveDateTime")
-        alerts.append(
-            Alert(
-                id=deterministic_id("Alert", RULE_ID, RULE_VERSION, ref, str(value)),
-                patient_id=record.patient_id,
-                rule_id=RULE_ID,
-                rule_version=RULE_VERSION,
-                severity="critical",
-                summary=f"Critical potassium {value} mmol/L (≥ {threshold})",
-                detail=(
-                    f"Potassium {value} mmol/L"
-                    + (f" at {when}" if when else "")
-                    + f" is at or above the critical threshold of {threshold} mmol/L. "
-                    "Verify (haemolysis?), check ECG, treat hyperkalaemia per local protocol."
-                ),
-                evidence=[ref],
-                citation=CITATION,
-                effective=datetime.fromisoformat(when) if when and len(when) > 10 else None,
-                raised_at=now,
-                trace_id=record.envelope.trace_id,
+def evaluate(
+    state: PatientState, changed: frozenset[str], limits: Mapping[str, CriticalLimit]
+) -> list[Finding]:
+    """A finding per result in ``changed`` (resource refs of the record) at or beyond its limit."""
+    findings: list[Finding] = []
+    for name, limit in limits.items():
+        for reading in state.readings.get(name, []):
+            if reading.ref not in changed:
+                continue
+            side = _crossed(reading, limit)
+            if side is None:
+                continue
+            analyte = BY_NAME[name]
+            bound = limit.high if side == "high" else limit.low
+            sign = "≥" if side == "high" else "≤"
+            unit = analyte.unit.replace("{INR}", "").replace("10*3/uL", "× 10³/µL")
+            findings.append(
+                Finding(
+                    rule_id=RULE_ID,
+                    rule_version=RULE_VERSION,
+                    key=f"{RULE_ID}/{name}/{side}",
+                    severity="critical",
+                    level=1,
+                    summary=f"Critical {side} {analyte.label.lower()}: {reading.as_sent}"[:140],
+                    detail=f"{analyte.label} {reading.as_sent} at {reading.at.isoformat()} is {sign} the "
+                    f"critical limit of {bound} {unit}".rstrip()
+                    + ". Confirm the result (specimen quality, repeat) and act per local protocol.",
+                    inputs=(input_of(analyte.label, reading),),
+                    thresholds=f"{analyte.label} {sign} {bound} {unit}".rstrip(),
+                    citation=CITATION,
+                    at=reading.at,
+                )
             )
+    return findings
+
+
+def limits_with(
+    overrides: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> dict[str, CriticalLimit]:
+    """The default limits with a deployment's overrides (``{"potassium": {"high": 6.2}}``)."""
+    limits = dict(DEFAULT_LIMITS)
+    for name, bounds in (overrides or {}).items():
+        if name not in BY_NAME:
+            raise RuleConfigError(f"unknown analyte {name!r} in critical limits")
+        base = limits.get(name, CriticalLimit())
+        low = bounds["low"] if "low" in bounds else base.low
+        high = bounds["high"] if "high" in bounds else base.high
+        limits[name] = CriticalLimit(
+            Decimal(str(low)) if low is not None else None, Decimal(str(high)) if high is not None else None
         )
-    return alerts
+    return limits

@@ -307,12 +307,23 @@ class DeadLetter(BaseModel):
 Severity = Literal["info", "warning", "critical"]
 
 
+class AlertInput(BaseModel):
+    """One value an alert rests on, as the clinician saw it, with its time and source."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str = Field(description='e.g. "Respiratory rate"')
+    value: str = Field(description='As sent, e.g. "26 /min"; what it scored, if scored, e.g. "(3)".')
+    at: datetime | None = None
+    ref: str | None = Field(default=None, description="Source resource (Type/id).")
+
+
 class Alert(BaseModel):
     """A decision-support alert on `cds.alerts.v1`."""
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(description="Deterministic: rule + triggering resource, so redelivery dedupes.")
+    id: str = Field(description="Deterministic: rule + dedupe key + evidence, so redelivery dedupes.")
     patient_id: str
     rule_id: str
     rule_version: str
@@ -324,3 +335,7 @@ class Alert(BaseModel):
     effective: datetime | None = None
     raised_at: datetime
     trace_id: str
+    key: str = Field(default="", description="Dedupe key: rule + subject (one patient).")
+    level: int = Field(default=0, description="Rank in the key (NEWS2 band, AKI stage); a rise re-alerts.")
+    inputs: Sequence[AlertInput] = Field(default=(), description="What the rule read, with times.")
+    thresholds: str = Field(default="", description="The thresholds the inputs crossed.")

@@ -41,13 +41,18 @@ async def commit_after(
     try:
         await side_effect()
     except Exception:
-        RETRIES.labels(stage).inc()
-        log.exception("%s: side effect not confirmed; the message will be processed again", stage)
-        await msg.nack()
-        await asyncio.sleep(backoff_s)
+        await retry_later(msg, stage=stage, backoff_s=backoff_s, what="side effect not confirmed")
         return False
     await msg.ack()
     return True
+
+
+async def retry_later(msg: KafkaMessage, *, stage: str, backoff_s: float, what: str) -> None:
+    """Seek back to ``msg`` and pause: an outage (broker, store), not a bad message. Call in ``except``."""
+    RETRIES.labels(stage).inc()
+    log.exception("%s: %s; the message will be processed again", stage, what)
+    await msg.nack()
+    await asyncio.sleep(backoff_s)
 
 
 async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: list[DeadLetter]) -> None:

@@ -205,10 +205,46 @@ class IndexerSettings(_Section):
 
 
 class CdsSettings(_Section):
-    """Clinical decision support thresholds."""
+    """Clinical decision support: rule settings, alert hygiene, where patient state is kept."""
 
-    potassium_critical_high: float = Field(
-        default=6.0, gt=0, description="Potassium (LOINC 2823-3) at or above this, in mmol/L, is critical."
+    critical_limits: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description='Critical lab limits over the defaults, canonical units, as JSON: {"potassium": '
+        '{"low": 2.8, "high": 6.2}} (null switches a side off). Analytes: see docs/decision-support.md.',
+    )
+    vitals_window_h: float = Field(
+        default=12.0,
+        gt=0,
+        description="Hours: the latest vital sign within this counts (NEWS2, qSOFA, SIRS).",
+    )
+    news2_scale2_codes: tuple[str, ...] = Field(
+        default=(
+            "http://hl7.org/fhir/sid/icd-10-cm|J96.02",
+            "http://hl7.org/fhir/sid/icd-10-cm|J96.12",
+            "http://hl7.org/fhir/sid/icd-10-cm|J96.22",
+            "http://hl7.org/fhir/sid/icd-10-cm|J96.92",
+        ),
+        description="Active condition codes (system|code) that put a patient on NEWS2 SpO2 Scale 2.",
+    )
+    local_codes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Local observation codes → analyte, as JSON: {"http://hosp.example/obs|RESP": '
+        '"respiratory_rate"}. LOINC codes are known already.',
+    )
+    dedupe_window_h: float = Field(
+        default=12.0, gt=0, description="Hours within which one patient + rule + subject alerts once."
+    )
+    rule_dedupe_window_h: dict[str, float] = Field(
+        default_factory=dict, description='Per-rule dedupe windows in hours, as JSON: {"sepsis-sirs": 24}.'
+    )
+    disabled_rules: tuple[str, ...] = Field(default=(), description="Rule ids that raise nothing here.")
+    stale_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Hours: findings on older results (a backfill, a catch-up) update state, page no one.",
+    )
+    state_path: Path | None = Field(
+        default=None, description="SQLite file of per-patient state. Unset: `<var_dir>/cds/state.sqlite`."
     )
 
 

@@ -104,8 +104,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "ACK codes              AA 32, AR 1" in out
-    assert "alerts raised          1" in out
-    assert "Critical potassium 6.4 mmol/L" in out
+    # The bundled feed holds one critical potassium and three creatinine rises that meet KDIGO:
+    # 1.0 → 1.3 and 0.9 → 1.3 mg/dL within 48 h (stage 1), 0.5 → 1.1 mg/dL, 2.2 × baseline (stage 2).
+    assert "alerts raised          4" in out
+    assert "[critical] Critical high potassium: 6.4 mmol/L (critical-lab v2.0.0)" in out
+    assert "KDIGO stage 2: creatinine 1.1 mg/dL" in out
+    assert out.count("KDIGO stage 1: creatinine 1.3 mg/dL") == 2
     assert "dead letters           2" in out
     assert "OK: every accepted message accounted for" in out
     search = out.split("search (patient", 1)[1]

@@ -31,7 +31,15 @@ PURE_MODULES = [
     "stream/settings.py",
     "stream/errors.py",
     "indexer/chunking.py",
+    "inference/analytes.py",
+    "inference/state.py",
+    "inference/findings.py",
+    "inference/news2.py",
+    "inference/sepsis.py",
     "inference/critical.py",
+    "inference/aki.py",
+    "inference/hygiene.py",
+    "inference/rules.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {
@@ -41,6 +49,7 @@ SHARED = {
     "stream.hl7v2",
     "stream.kafka",
     "stream.fhir_models",
+    "stream.units",  # UCUM conversion: decision support compares values in canonical units
 }
 
 

@@ -1,71 +1,91 @@
-from datetime import UTC, datetime
+"""Critical laboratory values: limits on both sides, unit conversion, only new results."""
+
 from decimal import Decimal
 
 import pytest
 
-from inference.critical import RULE_ID, evaluate
-from stream.events import Envelope, FhirRecord
+from inference import critical
+from inference.critical import CriticalLimit, limits_with
+from inference.errors import RuleConfigError
+from inference.rules import changed_refs
+from tests.unit.cds_helpers import obs, record, state_of
 
-NOW = datetime(2025, 3, 6, 9, 0, tzinfo=UTC)
-ENVELOPE = Envelope(
-    source_system="LIS^LAB", source_message_id="C1", content_hash="h", received_at=NOW, trace_id="t1"
+LIMITS = limits_with()
+
+
+def _findings(*resources, limits=LIMITS):
+    state = state_of(*resources)
+    return critical.evaluate(state, changed_refs(record(*resources)), limits)
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "side"),
+    [
+        ("2823-3", 6.0, "mmol/L", "high"),
+        ("2823-3", 5.99, "mmol/L", None),
+        ("2823-3", 2.5, "mmol/L", "low"),
+        ("2823-3", 2.51, "mmol/L", None),
+        ("6298-4", 6.4, "meq/L", "high"),
+        ("2951-2", 160, "mmol/L", "high"),
+        ("2951-2", 159, "mmol/L", None),
+        ("2951-2", 120, "mmol/L", "low"),
+        ("2345-7", 40, "mg/dL", "low"),
+        ("2345-7", 41, "mg/dL", None),
+        ("2345-7", 500, "mg/dL", "high"),
+        ("2345-7", 2.2, "mmol/L", "low"),  # 39.6 mg/dL
+        ("2345-7", 2.3, "mmol/L", None),  # 41.4 mg/dL
+        ("718-7", 7.0, "g/dL", "low"),
+        ("718-7", 70, "g/L", "low"),
+        ("718-7", 7.1, "g/dL", None),
+        ("777-3", 20, "10*3/uL", "low"),
+        ("777-3", 21, "10*9/L", None),
+        ("777-3", 1000, "10*3/uL", "high"),
+        ("67151-1", 52, "ng/L", "high"),
+        ("67151-1", 51, "ng/L", None),
+        ("2524-7", 4.0, "mmol/L", "high"),
+        ("2524-7", 3.9, "mmol/L", None),
+        ("6301-6", 5.0, "{INR}", "high"),
+        ("6301-6", 4.9, "{INR}", None),
+    ],
 )
-
-
-def _record(value, unit="mmol/L", status="final", code="2823-3", comparator=None):
-    quantity = {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
-    if comparator:
-        quantity["comparator"] = comparator
-    obs = {
-        "resourceType": "Observation",
-        "id": "obs1",
-        "status": status,
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-03-06T08:30:00+00:00",
-        "valueQuantity": quantity,
-    }
-    return FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs])
-
-
-def _alerts(record):
-    return evaluate(record, threshold=Decimal("6.0"), now=NOW)
-
-
-@pytest.mark.parametrize(("value", "alerts"), [(5.9, 0), (5.99, 0), (6.0, 1), (6.4, 1), (9.1, 1)])
-def test_threshold_boundary(value, alerts):
-    assert len(_alerts(_record(value))) == alerts
-
-
-def test_meq_per_litre_reads_as_mmol_per_litre():
-    assert len(_alerts(_record(6.2, unit="mEq/L"))) == 1
+def test_limits(code, value, unit, side):
+    findings = _findings(obs(code, value, unit))
+    assert [f.key.rsplit("/", 1)[1] for f in findings] == ([side] if side else [])
+    for finding in findings:
+        assert finding.severity == "critical"
+        assert f"{value} {unit}" in finding.summary
 
 
 @pytest.mark.parametrize("unit", ["mg/dL", "", "mmol"])
 def test_unknown_unit_does_not_guess(unit):
-    assert _alerts(_record(62, unit=unit)) == []
+    assert _findings(obs("2823-3", 62, unit)) == []
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered"])
 def test_non_results_do_not_alert(status):
-    assert _alerts(_record(6.5, status=status)) == []
+    assert _findings(obs("2823-3", 7.0, "mmol/L", status=status)) == []
 
 
-def test_less_than_comparator_does_not_alert():
-    assert _alerts(_record(7.0, comparator="<")) == []
+def test_bounds_are_not_values():
+    quantity = {"value": 0.01, "comparator": "<", "unit": "ng/L", "code": "ng/L"}
+    assert _findings(obs("67151-1", None, valueQuantity=quantity)) == []
 
 
-def test_other_codes_do_not_alert():
-    assert _alerts(_record(6.5, code="2951-2")) == []
+def test_only_results_in_the_record_are_evaluated():
+    old = obs("2823-3", 6.5, "mmol/L")
+    state = state_of(old)
+    new = obs("2951-2", 140, "mmol/L")
+    assert critical.evaluate(state, changed_refs(record(new)), LIMITS) == []
 
 
-def test_alert_content_is_explained_and_deterministic():
-    [alert] = _alerts(_record(6.4))
-    assert alert.rule_id == RULE_ID
-    assert alert.severity == "critical"
-    assert alert.evidence == ["Observation/obs1"]
-    assert "6.4 mmol/L" in alert.summary
-    assert "JAMA" in alert.citation
-    assert alert.trace_id == "t1"
-    assert _alerts(_record(6.4))[0].id == alert.id
-    assert _alerts(_record(6.5))[0].id != alert.id
+def test_overrides_change_one_side_and_null_switches_it_off():
+    limits = limits_with({"potassium": {"high": 6.5}, "sodium": {"low": None}})
+    assert limits["potassium"] == CriticalLimit(Decimal("2.5"), Decimal("6.5"))
+    assert limits["sodium"].low is None
+    assert _findings(obs("2823-3", 6.2, "mmol/L"), limits=limits) == []
+    assert _findings(obs("2951-2", 110, "mmol/L"), limits=limits) == []
+
+
+def test_an_unknown_analyte_in_the_settings_is_refused():
+    with pytest.raises(RuleConfigError):
+        limits_with({"unobtainium": {"high": 1}})

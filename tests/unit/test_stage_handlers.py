@@ -9,9 +9,11 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from inference.app import register_cds
+from inference.rules import RuleSet
+from inference.state_store import SqliteStateStore
 from stream.app import register_normalizer
 from stream.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
-from stream.settings import CdsSettings, NormalizerSettings
+from stream.settings import NormalizerSettings
 
 TOPICS = Topics()
 ENVELOPE = Envelope(
@@ -58,7 +60,8 @@ async def test_normalizer_publishes_fhir_and_dead_letters_bad_input():
 
 async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
     broker = KafkaBroker()
-    register_cds(broker, TOPICS, CdsSettings())
+    store = SqliteStateStore(":memory:")
+    register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: ENVELOPE.received_at)
     alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
     obs = {
         "resourceType": "Observation",
@@ -82,4 +85,6 @@ async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
         await br.publish(weird, topic=TOPICS.fhir)
         await br.publish(good, topic=TOPICS.fhir)
     assert [Alert.model_validate_json(a).patient_id for a in alerts] == ["p1"]
-    assert len(dead) == 2
+    letters = [DeadLetter.model_validate_json(b) for b in dead]
+    assert [d.error_type for d in letters] == ["ValidationError", "RuleInputError"]
+    assert store.load("p1") is not None

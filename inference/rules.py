@@ -1,0 +1,101 @@
+"""The rule set: every versioned rule run over a patient's state when a record arrives.
+
+Pure functions. `process` applies one normalized record to the patient's state, evaluates the
+rules at the record's clinical time, and passes the findings through alert hygiene. It takes
+the wall-clock ``now`` from its caller (the stage, a test, a benchmark) and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from inference import aki, critical, news2, sepsis
+from inference.critical import CriticalLimit
+from inference.findings import Finding
+from inference.hygiene import HygieneConfig, Suppressed, screen
+from inference.state import PatientState, apply
+from stream.events import Alert, FhirRecord
+from stream.settings import CdsSettings
+
+RULES: Mapping[str, str] = {
+    news2.RULE_ID: news2.RULE_VERSION,
+    sepsis.QSOFA_ID: sepsis.RULE_VERSION,
+    sepsis.SIRS_ID: sepsis.RULE_VERSION,
+    critical.RULE_ID: critical.RULE_VERSION,
+    aki.RULE_ID: aki.RULE_VERSION,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The rules' settings for one deployment."""
+
+    vitals_window: timedelta = timedelta(hours=12)
+    scale_2_codes: tuple[str, ...] = news2.DEFAULT_SCALE_2_CODES
+    critical_limits: Mapping[str, CriticalLimit] = field(default_factory=critical.limits_with)
+    local_codes: Mapping[str, str] = field(default_factory=dict)
+    hygiene: HygieneConfig = field(default_factory=HygieneConfig)
+
+
+def ruleset_from(settings: CdsSettings) -> RuleSet:
+    """The rule set a deployment's settings describe (raises `RuleConfigError` on a bad limit)."""
+    return RuleSet(
+        vitals_window=timedelta(hours=settings.vitals_window_h),
+        scale_2_codes=settings.news2_scale2_codes,
+        critical_limits=critical.limits_with(settings.critical_limits),
+        local_codes=dict(settings.local_codes),
+        hygiene=HygieneConfig(
+            default_window=timedelta(hours=settings.dedupe_window_h),
+            windows={rule: timedelta(hours=h) for rule, h in settings.rule_dedupe_window_h.items()},
+            disabled=frozenset(settings.disabled_rules),
+            stale_after=timedelta(hours=settings.stale_after_h),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one record did: the new state, the alerts to publish, the findings held back."""
+
+    state: PatientState
+    alerts: list[Alert]
+    held: list[Suppressed]
+
+
+def evaluate(state: PatientState, at: datetime, changed: frozenset[str], rules: RuleSet) -> list[Finding]:
+    """Every rule's findings on ``state`` at clinical time ``at``."""
+    window = rules.vitals_window
+    return [
+        *news2.evaluate(state, at, news2.News2Config(window=window, scale_2_codes=rules.scale_2_codes)),
+        *sepsis.qsofa(state, at, window),
+        *sepsis.sirs(state, at, window),
+        *critical.evaluate(state, changed, rules.critical_limits),
+        *aki.evaluate(state, changed),
+    ]
+
+
+def changed_refs(record: FhirRecord) -> frozenset[str]:
+    """References (Type/id) of the resources ``record`` carries."""
+    return frozenset(f"{r.get('resourceType')}/{r.get('id')}" for r in record.resources)
+
+
+def clinical_time(state: PatientState, changed: frozenset[str]) -> datetime | None:
+    """The newest time of a reading the record brought, or None when it brought none."""
+    times = [r.at for series in state.readings.values() for r in series if r.ref in changed]
+    return max(times) if times else None
+
+
+def process(state: PatientState | None, record: FhirRecord, rules: RuleSet, *, now: datetime) -> Outcome:
+    """Apply ``record`` to ``state`` (None: a patient not seen before) and decide its alerts."""
+    current = apply(state or PatientState(patient_id=record.patient_id), record, rules.local_codes)
+    changed = changed_refs(record)
+    at = clinical_time(current, changed)
+    if at is None:
+        return Outcome(current, [], [])
+    findings = evaluate(current, at, changed, rules)
+    alerts, held, current = screen(
+        current, findings, now=now, trace_id=record.envelope.trace_id, config=rules.hygiene
+    )
+    return Outcome(current, alerts, held)

@@ -1,0 +1,96 @@
+"""Per-patient state kept in SQLite: the snapshot a restart resumes from.
+
+The decision-support stage loads a patient's state, applies a record, publishes its alerts,
+saves the state, and only then commits the offset. A restart therefore resumes from the
+committed offset with the state saved for everything before it; a record processed again after
+a crash between save and commit is applied again and changes nothing (`inference.state.apply`
+is idempotent and alert ids are deterministic).
+
+One process owns a file (WAL mode; writes are small and synchronous=NORMAL, which survives a
+process crash). A deployment that runs several decision-support processes gives each its own
+file only if each always gets the same partitions; otherwise see docs/decision-support.md.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+from inference.state import PatientState
+
+
+class StateStore(Protocol):
+    """Where patient state lives between records."""
+
+    def load(self, patient_id: str) -> PatientState | None:
+        """The saved state of ``patient_id``, or None for a patient not seen before."""
+        ...
+
+    def save(self, state: PatientState) -> None:
+        """Keep ``state`` (durably, before the caller commits its offset)."""
+        ...
+
+
+class SqliteStateStore:
+    """`StateStore` in one SQLite file, with the most recently used states kept in memory."""
+
+    def __init__(self, path: Path | str, *, cache_size: int = 10_000) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS patient_state (patient_id TEXT PRIMARY KEY, state TEXT NOT NULL)"
+        )
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, PatientState] = OrderedDict()
+        self._cache_size = cache_size
+
+    def load(self, patient_id: str) -> PatientState | None:
+        """The saved state of ``patient_id``, or None."""
+        with self._lock:
+            cached = self._cache.get(patient_id)
+            if cached is not None:
+                self._cache.move_to_end(patient_id)
+                return cached
+            row = self._db.execute(
+                "SELECT state FROM patient_state WHERE patient_id = ?", (patient_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        state = PatientState.model_validate_json(row[0])
+        self._remember(state)
+        return state
+
+    def save(self, state: PatientState) -> None:
+        """Write ``state``; returns once SQLite has it."""
+        payload = state.model_dump_json()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO patient_state (patient_id, state) VALUES (?, ?) "
+                "ON CONFLICT(patient_id) DO UPDATE SET state = excluded.state",
+                (state.patient_id, payload),
+            )
+        self._remember(state)
+
+    def patients(self) -> int:
+        """How many patients have a saved state."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM patient_state").fetchone()
+        return int(count)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+    def _remember(self, state: PatientState) -> None:
+        with self._lock:
+            self._cache[state.patient_id] = state
+            self._cache.move_to_end(state.patient_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
