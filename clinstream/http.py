@@ -27,16 +27,22 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 
 
 class BearerAuth(BaseHTTPMiddleware):
-    """Every path but /health and /fhir/metadata needs a valid bearer token or JWT."""
+    """Every path but /health and /fhir/metadata needs a valid bearer token or JWT.
 
-    def __init__(self, app: Any, authenticator: Authenticator) -> None:
+    Paths under ``own_auth`` prefixes authenticate themselves (CDS Hooks verifies the EHR's
+    JWT per call, with its own keys and audience).
+    """
+
+    def __init__(self, app: Any, authenticator: Authenticator, own_auth: tuple[str, ...] = ()) -> None:
         super().__init__(app)
         self._auth = authenticator
+        self._own = own_auth
 
     async def dispatch(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.url.path in PUBLIC_PATHS:
+        path = request.url.path
+        if path in PUBLIC_PATHS or any(path == p or path.startswith(p + "/") for p in self._own):
             return await call_next(request)
         principal = self._auth.identify(request.headers.get("authorization", ""))
         if principal is None:
@@ -51,10 +57,13 @@ class BearerAuth(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def build_app(authenticator: Authenticator | str, routes: Sequence[BaseRoute]) -> Starlette:
+def build_app(
+    authenticator: Authenticator | str, routes: Sequence[BaseRoute], *, own_auth: tuple[str, ...] = ()
+) -> Starlette:
     """The API application with health, metrics and the stages' routes.
 
-    ``authenticator`` may be a bare token (tests, simple deployments).
+    ``authenticator`` may be a bare token (tests, simple deployments); routes under the
+    ``own_auth`` path prefixes check their callers themselves.
     """
     auth = (
         authenticator
@@ -70,7 +79,7 @@ def build_app(authenticator: Authenticator | str, routes: Sequence[BaseRoute]) -
 
     return Starlette(
         routes=[Route("/health", health), Route("/metrics", metrics), *routes],
-        middleware=[Middleware(BearerAuth, authenticator=auth)],
+        middleware=[Middleware(BearerAuth, authenticator=auth, own_auth=own_auth)],
     )
 
 

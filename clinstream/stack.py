@@ -14,6 +14,7 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -40,11 +41,13 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
+from inference.cds_auth import CdsJwtVerifier
+from inference.cds_hooks import CdsHooksService
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
 from stream.app import register_fhir_normalizer, register_normalizer
 from stream.errors import ClinstreamError
-from stream.events import TOPICS, Topics
+from stream.events import TOPICS, ClinicianFeedback, Topics
 from stream.settings import producer_config
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,46 @@ async def _register_outbound(
         register_outbound_fhir(broker, topics, writer, group_id=f"{group_prefix}outbound-fhir")
 
 
+@dataclass
+class _Hooks:
+    service: CdsHooksService
+    http: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _cds_hooks(settings: Settings, topics: Topics, store: SqliteStateStore, broker: KafkaBroker) -> _Hooks:
+    """The CDS Hooks service over decision support's state; feedback goes out through its broker."""
+    cds = settings.cds
+    verifier = CdsJwtVerifier(
+        hs256_secret=cds.jwt_secret.get_secret_value() if cds.jwt_secret else None,
+        jwks_file=cds.jwks_file,
+        issuers=cds.jwt_issuers,
+    )
+    if not verifier.configured:
+        log.warning(
+            "CDS Hooks: no JWT key configured (CLINSTREAM_CDS__JWKS_FILE or __JWT_SECRET): calls get 401"
+        )
+
+    async def publish(feedback: ClinicianFeedback) -> None:
+        await broker.publish(
+            feedback.model_dump_json().encode(), topic=topics.feedback, key=feedback.patient_id.encode()
+        )
+
+    http = httpx.AsyncClient(timeout=5.0)
+    service = CdsHooksService(
+        store,
+        verifier,
+        publish,
+        http=http,
+        authorities=settings.normalizer.patient_authorities,
+        cards_window=timedelta(hours=cds.cards_window_h),
+        public_base_url=cds.public_base_url,
+    )
+    return _Hooks(service, http)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     settings: Settings, *, topics: Topics = TOPICS, group_prefix: str = ""
@@ -220,6 +263,8 @@ async def running_stack(
         stack.callback(ticker.cancel)
         state_store = SqliteStateStore(settings.cds_state_path)
         stack.callback(state_store.close)
+        hooks = _cds_hooks(settings, topics, state_store, brokers["cds"])
+        stack.push_async_callback(hooks.close)
         register_cds(brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds")
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
@@ -240,7 +285,11 @@ async def running_stack(
 
         query = ContextualQuery(embedder, store, knowledge)
         fhir = FhirIngress(sink, topics, settings.http)
-        app = build_app(Authenticator(api_token, settings.http), [*fhir.routes(), *query_routes(query)])
+        app = build_app(
+            Authenticator(api_token, settings.http),
+            [*fhir.routes(), *query_routes(query), *hooks.service.routes()],
+            own_auth=("/cds-services",),
+        )
         server = make_server(app, settings.http.host, settings.http.port)
         serve_task = asyncio.create_task(server.serve())
 

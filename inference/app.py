@@ -19,9 +19,10 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
+from inference.cards import snoozed_by
 from inference.rules import Outcome, RuleSet, process
 from inference.state_store import StateStore
-from stream.events import Alert, FhirRecord, Topics
+from stream.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from stream.kafka import (
     commit_after,
     dead_letter_and_commit,
@@ -33,6 +34,9 @@ from stream.kafka import (
 log = logging.getLogger(__name__)
 
 ALERTS = Counter("clinstream_alerts_raised", "Alerts published", ["rule_id", "severity"])
+FEEDBACK = Counter(
+    "clinstream_alert_feedback", "Clinician answers to alerts", ["rule_id", "outcome", "reason"]
+)
 HELD = Counter("clinstream_alerts_held", "Findings not raised, by reason", ["rule_id", "reason"])
 RETRY_BACKOFF_S = 1.0
 
@@ -46,7 +50,8 @@ def register_cds(
     group_id: str = "cds",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
-    """Subscribe decision support to the normalized FHIR topic on ``broker``."""
+    """Subscribe decision support to the normalized FHIR topic and to clinician feedback."""
+    lock = asyncio.Lock()  # both handlers read, change and save patient state
 
     @broker.subscriber(
         topics.fhir,
@@ -61,23 +66,52 @@ def register_cds(
         except Exception as exc:  # a record the rules cannot read is dead-lettered, never skipped
             await _dead_letter(msg, broker, topics, exc, record)
             return
+        async with lock:
+            try:
+                state = await asyncio.to_thread(store.load, parsed.patient_id)
+            except Exception:
+                await retry_later(
+                    msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="patient state not readable"
+                )
+                return
+            try:
+                outcome = process(state, parsed, rules, now=clock())
+            except Exception as exc:  # the content breaks the record contract (RuleInputError)
+                await _dead_letter(msg, broker, topics, exc, record)
+                return
+
+            async def effects() -> None:
+                await _publish(broker, topics, outcome.alerts)
+                await asyncio.to_thread(store.save, outcome.state)
+
+            committed = await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S)
+        if committed:
+            _count(outcome, parsed.envelope.trace_id)
+
+    @broker.subscriber(
+        topics.feedback,
+        group_id=f"{group_id}-feedback",
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+    )
+    async def learn(msg: KafkaMessage) -> None:
+        record = single_record(msg)
         try:
-            state = await asyncio.to_thread(store.load, parsed.patient_id)
-        except Exception:
-            await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="patient state not readable")
-            return
-        try:
-            outcome = process(state, parsed, rules, now=clock())
-        except Exception as exc:  # the content breaks the record contract (RuleInputError)
+            feedback = ClinicianFeedback.model_validate_json(record.value or b"")
+        except Exception as exc:
             await _dead_letter(msg, broker, topics, exc, record)
             return
+        async with lock:
 
-        async def effects() -> None:
-            await _publish(broker, topics, outcome.alerts)
-            await asyncio.to_thread(store.save, outcome.state)
+            async def effects() -> None:
+                state = await asyncio.to_thread(store.load, feedback.patient_id)
+                snoozed = snoozed_by(state, feedback) if state is not None else None
+                if snoozed is not None:
+                    await asyncio.to_thread(store.save, snoozed)
 
-        if await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S):
-            _count(outcome, parsed.envelope.trace_id)
+            committed = await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S)
+        if committed:
+            FEEDBACK.labels(feedback.rule_id or "-", feedback.outcome, feedback.reason_code or "-").inc()
 
 
 async def _dead_letter(

@@ -108,29 +108,28 @@ def screen(
         if reason is not None:
             held.append(Suppressed(finding, reason))
             continue
+        alert = Alert(
+            id=new_id,
+            patient_id=state.patient_id,
+            rule_id=finding.rule_id,
+            rule_version=finding.rule_version,
+            severity=finding.severity,
+            summary=finding.summary,
+            detail=finding.detail,
+            evidence=finding.evidence,
+            citation=finding.citation,
+            effective=finding.at,
+            raised_at=now,
+            trace_id=trace_id,
+            key=finding.key,
+            level=finding.level,
+            inputs=finding.inputs,
+            thresholds=finding.thresholds,
+        )
         memory[finding.key] = AlertMemo(
-            alert_id=new_id, severity=finding.severity, level=finding.level, at=finding.at
+            alert_id=new_id, severity=finding.severity, level=finding.level, at=finding.at, alert=alert
         )
-        alerts.append(
-            Alert(
-                id=new_id,
-                patient_id=state.patient_id,
-                rule_id=finding.rule_id,
-                rule_version=finding.rule_version,
-                severity=finding.severity,
-                summary=finding.summary,
-                detail=finding.detail,
-                evidence=finding.evidence,
-                citation=finding.citation,
-                effective=finding.at,
-                raised_at=now,
-                trace_id=trace_id,
-                key=finding.key,
-                level=finding.level,
-                inputs=finding.inputs,
-                thresholds=finding.thresholds,
-            )
-        )
+        alerts.append(alert)
     return alerts, held, state.model_copy(update={"alerts": memory})
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from inference.analytes import Reading, readings_of
 from inference.errors import RuleInputError
-from stream.events import FhirRecord, Severity
+from stream.events import Alert, FhirRecord, Severity
 
 HISTORY = timedelta(days=8)
 MAX_READINGS = 64
@@ -57,6 +57,7 @@ class AlertMemo(BaseModel):
     severity: Severity
     level: int
     at: datetime  # event time of the finding, so replays of history window the same way
+    alert: Alert | None = None  # what was raised: CDS Hooks cards are served from it
 
 
 class PatientState(BaseModel):

@@ -33,6 +33,14 @@ class StateStore(Protocol):
         """Keep ``state`` (durably, before the caller commits its offset)."""
         ...
 
+    def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
+        """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id`` (for feedback)."""
+        ...
+
+    def card_owner(self, card_id: str) -> tuple[str, str] | None:
+        """``(patient id, rule id)`` of a card shown before, or None."""
+        ...
+
 
 class SqliteStateStore:
     """`StateStore` in one SQLite file, with the most recently used states kept in memory."""
@@ -45,6 +53,10 @@ class SqliteStateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS patient_state (patient_id TEXT PRIMARY KEY, state TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS shown_card (card_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, "
+            "rule_id TEXT NOT NULL)"
         )
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, PatientState] = OrderedDict()
@@ -76,6 +88,24 @@ class SqliteStateStore:
                 (state.patient_id, payload),
             )
         self._remember(state)
+
+    def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
+        """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id``."""
+        if not cards:
+            return
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO shown_card (card_id, patient_id, rule_id) VALUES (?, ?, ?)",
+                [(card, patient_id, rule) for card, rule in cards],
+            )
+
+    def card_owner(self, card_id: str) -> tuple[str, str] | None:
+        """``(patient id, rule id)`` of a card shown before, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT patient_id, rule_id FROM shown_card WHERE card_id = ?", (card_id,)
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
 
     def patients(self) -> int:
         """How many patients have a saved state."""

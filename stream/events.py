@@ -8,7 +8,7 @@ events stay ordered within one partition. Envelope headers never carry PHI.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -318,6 +318,26 @@ class AlertInput(BaseModel):
     ref: str | None = Field(default=None, description="Source resource (Type/id).")
 
 
+class ClinicianFeedback(BaseModel):
+    """A clinician's answer to an alert card or a draft, on `clinician.feedback.v1`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Deterministic: target + outcome + time, so a resent feedback dedupes.")
+    patient_id: str
+    target: Literal["alert", "draft"]
+    target_id: str = Field(description="The alert id (= the CDS Hooks card uuid) or draft id.")
+    rule_id: str | None = None
+    outcome: Literal["accepted", "overridden", "edited", "rejected"]
+    reason_code: str | None = None
+    reason_display: str | None = None
+    comment: str | None = Field(default=None, description="The clinician's words; never logged.")
+    accepted_suggestions: tuple[str, ...] = ()
+    at: datetime
+    channel: str = Field(description='e.g. "cds-hooks"')
+    principal: str = Field(description="Who sent it: the JWT issuer, or api-token.")
+
+
 class Alert(BaseModel):
     """A decision-support alert on `cds.alerts.v1`."""
 
@@ -330,12 +350,12 @@ class Alert(BaseModel):
     severity: Severity
     summary: str = Field(max_length=140)
     detail: str
-    evidence: Sequence[str] = Field(description="Resource references the alert rests on (Type/id).")
+    evidence: tuple[str, ...] = Field(description="Resource references the alert rests on (Type/id).")
     citation: str
     effective: datetime | None = None
     raised_at: datetime
     trace_id: str
     key: str = Field(default="", description="Dedupe key: rule + subject (one patient).")
     level: int = Field(default=0, description="Rank in the key (NEWS2 band, AKI stage); a rise re-alerts.")
-    inputs: Sequence[AlertInput] = Field(default=(), description="What the rule read, with times.")
+    inputs: tuple[AlertInput, ...] = Field(default=(), description="What the rule read, with times.")
     thresholds: str = Field(default="", description="The thresholds the inputs crossed.")

@@ -246,6 +246,22 @@ class CdsSettings(_Section):
     state_path: Path | None = Field(
         default=None, description="SQLite file of per-patient state. Unset: `<var_dir>/cds/state.sqlite`."
     )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="CDS Hooks: accept HS256 JWTs signed with this (development and tests)."
+    )
+    jwks_file: Path | None = Field(
+        default=None, description="CDS Hooks: JWKS file of the EHR's public keys (RS/ES 256/384)."
+    )
+    jwt_issuers: tuple[str, ...] = Field(
+        default=(), description="CDS Hooks: accepted `iss` values (JSON list); empty: any a known key signed."
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="CDS Hooks: base URL the EHR calls (JWT `aud`) when behind a proxy. Unset: request URL.",
+    )
+    cards_window_h: float = Field(
+        default=24.0, gt=0, description="CDS Hooks: alerts raised within this many hours are shown as cards."
+    )
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

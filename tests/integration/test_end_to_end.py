@@ -6,9 +6,11 @@ embedded broker, on fresh topics and consumer groups and its own Milvus Lite fil
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime
 
 import httpx
+import jwt
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -17,9 +19,18 @@ from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
 from indexer.query import build_filter
-from stream.events import Alert, DeadLetter, Envelope, FhirInbound, FhirRecord, patient_key
+from stream.events import (
+    Alert,
+    ClinicianFeedback,
+    DeadLetter,
+    Envelope,
+    FhirInbound,
+    FhirRecord,
+    patient_key,
+)
 
 TOKEN = "integration-token"
+CDS_SECRET = "integration-cds-secret-integration-cds-secret"
 ADT = (
     "MSH|^~\\&|ADT|MERCY|EHR|MERCY|202503030415||ADT^A01^ADT_A01|ADT1|P|2.5.1\r"
     "EVN|A01|202503030415\r"
@@ -49,7 +60,8 @@ async def stack(broker, topics, prefix, tmp_path):
         mllp={"port": 0},
         http={"port": 0, "api_token": TOKEN},
         milvus={"collection": "e2e"},
-        cds={"stale_after_h": 24 * 365 * 50},  # the messages below are dated March 2025
+        # The messages below are dated March 2025; the CDS Hooks client signs with an HS256 secret.
+        cds={"stale_after_h": 24 * 365 * 50, "jwt_secret": CDS_SECRET},
     )
     async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
         yield s
@@ -273,3 +285,56 @@ async def test_fhir_transaction_is_normalized_indexed_and_alerted(stack):
     await _wait_count(stack.store, build_filter("fx-p1"), 1)
     hits = await asyncio.to_thread(stack.query.search, "fx-p1", "potassium", k=3)
     assert hits[0].text.startswith("Potassium 6.9 mmol/L")
+
+
+def _cds_jwt(port, path):
+    now = int(time.time())
+    claims = {"iss": "https://ehr.test", "aud": f"http://127.0.0.1:{port}{path}", "iat": now, "exp": now + 60}
+    return jwt.encode({**claims, "jti": uuid.uuid4().hex}, CDS_SECRET, algorithm="HS256")
+
+
+async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(stack):
+    dave = patient_key("MERCY", "900004")
+    async with MllpClient("127.0.0.1", stack.mllp_port) as client:
+        oru = _msg(ORU, ctrl="H1", mrn="900004", name="TEST^DAVE", k="6.6", na="118")
+        assert (await client.send(oru)).code == "AA"
+    await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 2)  # potassium and sodium
+    service = "/cds-services/clinstream-alerts"
+    hook = {
+        "hook": "patient-view",
+        "hookInstance": "h-1",
+        "context": {"patientId": dave, "userId": "Practitioner/1"},
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
+        for _ in range(50):  # the state is saved right after the alerts are published
+            response = await http.post(
+                service, json=hook, headers={"Authorization": f"Bearer {_cds_jwt(stack.http_port, service)}"}
+            )
+            cards = response.json()["cards"]
+            if len(cards) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(c["summary"].split(":")[0] for c in cards) == [
+            "Critical high potassium",
+            "Critical low sodium",
+        ]
+        assert (await http.post(service, json=hook)).status_code == 401
+        feedback = {
+            "feedback": [
+                {
+                    "card": cards[0]["uuid"],
+                    "outcome": "accepted",
+                    "outcomeTimestamp": datetime.now(UTC).isoformat(),
+                }
+            ]
+        }
+        answer = await http.post(
+            f"{service}/feedback",
+            json=feedback,
+            headers={"Authorization": f"Bearer {_cds_jwt(stack.http_port, service + '/feedback')}"},
+        )
+    assert answer.status_code == 200
+    [record] = await _collect(stack.bootstrap, stack.topics.feedback, lambda s: len(s) >= 1)
+    event = ClinicianFeedback.model_validate_json(record.value)
+    assert (event.patient_id, event.outcome, event.target_id) == (dave, "accepted", cards[0]["uuid"])
+    assert record.key == dave.encode()

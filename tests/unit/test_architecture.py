@@ -40,6 +40,7 @@ PURE_MODULES = [
     "inference/aki.py",
     "inference/hygiene.py",
     "inference/rules.py",
+    "inference/cards.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {
@@ -50,6 +51,7 @@ SHARED = {
     "stream.kafka",
     "stream.fhir_models",
     "stream.units",  # UCUM conversion: decision support compares values in canonical units
+    "stream.identity",  # how a FHIR Patient maps to the stream's patient key (CDS Hooks needs it)
 }
 
 

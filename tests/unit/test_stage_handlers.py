@@ -3,7 +3,7 @@
 The same handlers run against the real embedded broker in tests/integration/test_end_to_end.py.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -88,3 +88,43 @@ async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
     letters = [DeadLetter.model_validate_json(b) for b in dead]
     assert [d.error_type for d in letters] == ["ValidationError", "RuleInputError"]
     assert store.load("p1") is not None
+
+
+async def test_cds_applies_snooze_feedback_to_patient_state():
+    from inference.rules import process
+    from stream.events import ClinicianFeedback
+
+    store = SqliteStateStore(":memory:")
+    obs = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
+    }
+    first = process(
+        None,
+        FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs]),
+        RuleSet(),
+        now=ENVELOPE.received_at,
+    )
+    store.save(first.state)
+    [alert] = first.alerts
+    broker = KafkaBroker()
+    register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: ENVELOPE.received_at)
+    snooze = ClinicianFeedback(
+        id="f1",
+        patient_id="p1",
+        target="alert",
+        target_id=alert.id,
+        rule_id=alert.rule_id,
+        outcome="overridden",
+        reason_code="snooze-4h",
+        at=ENVELOPE.received_at,
+        channel="cds-hooks",
+        principal="ehr",
+    )
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(snooze.model_dump_json().encode(), topic=TOPICS.feedback)
+        await br.publish(b"{}", topic=TOPICS.feedback)
+    assert store.load("p1").snoozes == {alert.key: ENVELOPE.received_at + timedelta(hours=4)}

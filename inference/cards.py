@@ -1,0 +1,162 @@
+"""CDS Hooks 2.0 documents: the discovery response, cards from a patient's alerts, feedback.
+
+Pure functions. Cards are served from the precomputed patient state (`PatientState.alerts`
+keeps the last alert per dedupe key), so answering a hook reads no history and runs no rule.
+A card is the alert: its id is the card ``uuid`` (feedback names it), its summary is at most
+140 characters, its detail lists every input with its time and source, the thresholds, the
+rule version and the citation. Fields follow CDS Hooks 2.0 and stay valid in 3.0 (unknown
+fields are ignored by clients; ``extension`` carries ours).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference.hygiene import snooze
+from inference.state import PatientState
+from stream.events import Alert, ClinicianFeedback
+
+PATIENT_VIEW = "clinstream-alerts"
+SOURCE_LABEL = "clinstream decision support"
+OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
+OVERRIDE_REASONS = (
+    ("already-addressed", "Already addressed"),
+    ("not-clinically-relevant", "Not clinically relevant for this patient"),
+    ("data-error", "The data behind the alert is wrong"),
+    ("snooze-4h", "Snooze this alert for 4 hours"),
+)
+SNOOZE = {"snooze-4h": timedelta(hours=4)}
+_INDICATOR = {"info": "info", "warning": "warning", "critical": "critical"}
+_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def discovery() -> dict[str, Any]:
+    """The `/cds-services` response."""
+    return {
+        "services": [
+            {
+                "id": PATIENT_VIEW,
+                "hook": "patient-view",
+                "title": "clinstream: current decision-support alerts",
+                "description": "NEWS2, sepsis screening (qSOFA, SIRS), critical laboratory values and acute "
+                "kidney injury (KDIGO) raised on the patient's live data, with their inputs and sources.",
+                "prefetch": {"patient": "Patient/{{context.patientId}}"},
+                "usageRequirements": "The patient prefetch is needed when the deployment links EHR "
+                "patients to HL7 v2 medical record numbers; without it and without fhirServer, 412.",
+            }
+        ]
+    }
+
+
+def _markdown_detail(alert: Alert) -> str:
+    lines = [alert.detail, "", "| input | value | time |", "| --- | --- | --- |"]
+    for item in alert.inputs:
+        when = item.at.isoformat(timespec="minutes") if item.at else "—"
+        lines.append(f"| {item.label} | {item.value} | {when} |")
+    lines += ["", f"Thresholds: {alert.thresholds}.", f"Rule `{alert.rule_id}` v{alert.rule_version}."]
+    lines.append(f"Source: {alert.citation}")
+    return "\n".join(lines)
+
+
+def card(alert: Alert) -> dict[str, Any]:
+    """One CDS Hooks card for ``alert``."""
+    return {
+        "uuid": alert.id,
+        "summary": alert.summary[:140],
+        "indicator": _INDICATOR[alert.severity],
+        "detail": _markdown_detail(alert),
+        "source": {
+            "label": SOURCE_LABEL,
+            "topic": {"system": "https://clinstream.example/rules", "code": alert.rule_id},
+        },
+        "overrideReasons": [
+            {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+            for code, display in OVERRIDE_REASONS
+        ],
+        "links": [],
+        "extension": {
+            "clinstream-evidence": list(alert.evidence),
+            "clinstream-rule-version": alert.rule_version,
+            "clinstream-raised-at": alert.raised_at.isoformat(),
+        },
+    }
+
+
+def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> list[Alert]:
+    """Alerts raised within ``window`` of ``now`` and not snoozed, most severe first."""
+    shown = []
+    for key, memo in state.alerts.items():
+        alert = memo.alert
+        if alert is None or now - alert.raised_at > window:
+            continue
+        until = max((state.snoozes[k] for k in (key, alert.rule_id) if k in state.snoozes), default=None)
+        if until is not None and now < until:
+            continue
+        shown.append(alert)
+    return sorted(shown, key=lambda a: (_RANK[a.severity], -a.raised_at.timestamp()))
+
+
+class Coding(BaseModel):
+    """A FHIR Coding as CDS Hooks carries override reasons."""
+
+    system: str | None = None
+    code: str
+    display: str | None = None
+
+
+class OverrideReason(BaseModel):
+    """Why a clinician overrode a card."""
+
+    reason: Coding | None = None
+    userComment: str | None = Field(default=None, max_length=2000)
+
+
+class AcceptedSuggestion(BaseModel):
+    """A suggestion the clinician accepted."""
+
+    id: str
+
+
+class FeedbackItem(BaseModel):
+    """One item of a CDS Hooks feedback request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    card: str = Field(min_length=1, max_length=128)
+    outcome: Literal["accepted", "overridden"]
+    outcomeTimestamp: datetime
+    overrideReason: OverrideReason | None = None
+    acceptedSuggestions: list[AcceptedSuggestion] = Field(default_factory=list)
+
+
+class FeedbackRequest(BaseModel):
+    """The body of `POST /cds-services/{id}/feedback`."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+class HookRequest(BaseModel):
+    """The parts of a CDS Hooks request this service reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hook: str
+    hookInstance: str = Field(min_length=1, max_length=128)
+    fhirServer: str | None = None
+    fhirAuthorization: dict[str, Any] | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+
+
+def snoozed_by(state: PatientState, feedback: ClinicianFeedback) -> PatientState | None:
+    """``state`` with the card's alert snoozed when the override asks for it, else None."""
+    duration = SNOOZE.get(feedback.reason_code or "") if feedback.outcome == "overridden" else None
+    if duration is None:
+        return None
+    key = next((k for k, memo in state.alerts.items() if memo.alert_id == feedback.target_id), None)
+    if key is None:
+        return None
+    return snooze(state, key, feedback.at + duration)

@@ -1,0 +1,208 @@
+"""The CDS Hooks service (2.0): discovery, `patient-view` cards from patient state, feedback.
+
+Routes are Starlette routes mounted on the API server. They authenticate themselves with the
+CDS client's JWT (`inference.cds_auth`), not the API token: discovery is public (it holds no
+patient data), a service call or feedback without a valid token gets 401.
+
+A hook's patient is the EHR's FHIR Patient id (``context.patientId``). Where HL7 v2 feeds key
+patients by medical record number (`CLINSTREAM_NORMALIZER__PATIENT_AUTHORITIES`), the Patient
+resource is needed to find the key: from the request's prefetch, else read from the client's
+``fhirServer`` with its ``fhirAuthorization``, else the answer is 412, as the spec asks. Cards
+come from the saved state (no rule runs on the request path). Feedback is published to
+`clinician.feedback.v1` keyed by patient, and the answer is sent only after the broker
+confirmed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from inference.cards import (
+    PATIENT_VIEW,
+    FeedbackRequest,
+    HookRequest,
+    card,
+    current_alerts,
+    discovery,
+)
+from inference.cds_auth import CdsJwtVerifier
+from inference.state_store import StateStore
+from stream.events import ClinicianFeedback, deterministic_id
+from stream.identity import hl7_key
+
+log = logging.getLogger(__name__)
+Publish = Callable[[ClinicianFeedback], Awaitable[None]]
+MAX_BODY_BYTES = 4 * 1024 * 1024
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cds-hooks"'}
+
+
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "detail": detail}, status_code=status, headers=headers)
+
+
+class CdsHooksService:
+    """The CDS Hooks endpoints over a state store."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        verifier: CdsJwtVerifier,
+        publish: Publish,
+        *,
+        http: httpx.AsyncClient,
+        authorities: Mapping[str, str],
+        cards_window: timedelta,
+        public_base_url: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._verifier = verifier
+        self._publish = publish
+        self._http = http
+        self._authorities = dict(authorities)
+        self._window = cards_window
+        self._base = public_base_url.rstrip("/") if public_base_url else None
+        self._clock = clock
+
+    def routes(self) -> list[Route]:
+        """Discovery, the services and their feedback endpoints."""
+        return [
+            Route("/cds-services", self._discovery, methods=["GET"]),
+            Route("/cds-services/{service}", self._call, methods=["POST"]),
+            Route("/cds-services/{service}/feedback", self._feedback, methods=["POST"]),
+        ]
+
+    async def _discovery(self, _: Request) -> JSONResponse:
+        return JSONResponse(discovery())
+
+    def _authenticated(self, request: Request) -> str | None:
+        audience = f"{self._base}{request.url.path}" if self._base else str(request.url)
+        # The spec's aud is the service URL; a client may name the feedback URL's service instead.
+        principal = self._verifier.verify(request.headers.get("authorization", ""), audience)
+        if principal is None and request.url.path.endswith("/feedback"):
+            principal = self._verifier.verify(
+                request.headers.get("authorization", ""), audience.rsplit("/feedback", 1)[0]
+            )
+        return principal
+
+    async def _body(self, request: Request) -> bytes | JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "request body too large")
+        return body
+
+    async def _call(self, request: Request) -> Response:
+        if request.path_params["service"] != PATIENT_VIEW:
+            return _error(404, "no such CDS service")
+        if self._authenticated(request) is None:
+            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            hook = HookRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(400, f"not a CDS Hooks request: {exc.error_count()} error(s)")
+        if hook.hook != "patient-view":
+            return _error(400, f"service {PATIENT_VIEW} answers patient-view, not {hook.hook}")
+        patient = hook.context.get("patientId")
+        if not isinstance(patient, str) or not patient:
+            return _error(400, "context.patientId is required")
+        key = await self._patient_key(hook, patient)
+        if isinstance(key, JSONResponse):
+            return key
+        state = await asyncio.to_thread(self._store.load, key)
+        alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
+        await asyncio.to_thread(self._store.remember_cards, key, [(a.id, a.rule_id) for a in alerts])
+        return JSONResponse({"cards": [card(a) for a in alerts]})
+
+    async def _patient_key(self, hook: HookRequest, patient_id: str) -> str | JSONResponse:
+        if not self._authorities:
+            return patient_id
+        resource = (hook.prefetch or {}).get("patient")
+        if not isinstance(resource, dict) and hook.fhirServer:
+            resource = await self._fetch_patient(hook, patient_id)
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            return _error(412, "prefetch 'patient' is required and could not be fetched from fhirServer")
+        return hl7_key(resource, self._authorities) or patient_id
+
+    async def _fetch_patient(self, hook: HookRequest, patient_id: str) -> dict[str, Any] | None:
+        token = (hook.fhirAuthorization or {}).get("access_token")
+        headers = {"Accept": "application/fhir+json"}
+        if isinstance(token, str):
+            headers["Authorization"] = f"Bearer {token}"
+        url = f"{str(hook.fhirServer).rstrip('/')}/Patient/{patient_id}"
+        try:
+            response = await self._http.get(url, headers=headers)
+        except httpx.HTTPError:
+            log.warning("cds-hooks: patient read from the client's FHIR server failed")
+            return None
+        if response.status_code != 200:
+            log.warning("cds-hooks: patient read from the client's FHIR server: %s", response.status_code)
+            return None
+        try:
+            resource = response.json()
+        except ValueError:
+            return None
+        return resource if isinstance(resource, dict) else None
+
+    async def _feedback(self, request: Request) -> Response:
+        if request.path_params["service"] != PATIENT_VIEW:
+            return _error(404, "no such CDS service")
+        principal = self._authenticated(request)
+        if principal is None:
+            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            parsed = FeedbackRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(400, f"not a CDS Hooks feedback request: {exc.error_count()} error(s)")
+        events: list[ClinicianFeedback] = []
+        unknown: list[str] = []
+        for item in parsed.feedback:
+            owner = await asyncio.to_thread(self._store.card_owner, item.card)
+            if owner is None:
+                unknown.append(item.card)
+                continue
+            patient_id, rule_id = owner
+            reason = item.overrideReason.reason if item.overrideReason else None
+            events.append(
+                ClinicianFeedback(
+                    id=deterministic_id(
+                        "Feedback", item.card, item.outcome, item.outcomeTimestamp.isoformat()
+                    ),
+                    patient_id=patient_id,
+                    target="alert",
+                    target_id=item.card,
+                    rule_id=rule_id,
+                    outcome=item.outcome,
+                    reason_code=reason.code if reason else None,
+                    reason_display=reason.display if reason else None,
+                    comment=item.overrideReason.userComment if item.overrideReason else None,
+                    accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions),
+                    at=item.outcomeTimestamp,
+                    channel="cds-hooks",
+                    principal=principal,
+                )
+            )
+        if unknown:
+            return _error(404, f"{len(unknown)} card(s) were never served by this service")
+        try:
+            for event in events:
+                await self._publish(event)
+        except Exception:
+            log.exception("cds-hooks: feedback not confirmed by the broker")
+            return _error(503, "feedback not stored; retry", {"Retry-After": "5"})
+        return JSONResponse({}, status_code=200)

@@ -1,0 +1,305 @@
+"""CDS Hooks service: discovery, JWT as the spec asks, cards from state, 412, feedback."""
+
+import json
+import time
+import uuid
+from datetime import timedelta
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from clinstream.http import build_app
+from inference.cards import OVERRIDE_REASONS, snoozed_by
+from inference.cds_auth import CdsJwtVerifier
+from inference.cds_hooks import CdsHooksService
+from inference.rules import RuleSet, process
+from inference.state_store import SqliteStateStore
+from stream.events import ClinicianFeedback, patient_key
+from tests.unit.cds_helpers import T0, hours, obs, record, vitals
+
+SECRET = "cds-test-secret-at-least-32-bytes-long"
+BASE = "http://cds.test"
+SERVICE = f"{BASE}/cds-services/clinstream-alerts"
+MERCY = {"http://mercy.example/mrn": "MERCY"}
+
+
+def token(aud=SERVICE, *, iss="https://ehr.example", lifetime=60, jti=None, secret=SECRET, exp_offset=None):
+    now = int(time.time())
+    claims = {
+        "iss": iss,
+        "aud": aud,
+        "iat": now,
+        "exp": now + (exp_offset or lifetime),
+        "jti": jti or uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _state(patient="p1"):
+    state = None
+    for n, resources in enumerate([[obs("2823-3", 6.8, "mmol/L")], vitals(rr=30, hr=140, at=T0 + hours(1))]):
+        at = T0 + hours(n)
+        state = process(
+            state, record(*resources, patient=patient, at=at, message_id=str(n)), RuleSet(), now=at
+        ).state
+    return state
+
+
+@pytest.fixture
+def env():
+    store = SqliteStateStore(":memory:")
+    published = []
+
+    async def publish(event):
+        published.append(event)
+
+    def build(*, authorities=None, transport=None, issuers=()):
+        http = httpx.AsyncClient(transport=transport or httpx.MockTransport(lambda r: httpx.Response(404)))
+        service = CdsHooksService(
+            store,
+            CdsJwtVerifier(hs256_secret=SECRET, issuers=issuers),
+            publish,
+            http=http,
+            authorities=authorities or {},
+            cards_window=timedelta(hours=24),
+            clock=lambda: T0 + hours(2),
+        )
+        app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
+
+    return store, published, build
+
+
+def _hook(patient="p1", **extra):
+    return {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"patientId": patient, "userId": "Practitioner/1"},
+        **extra,
+    }
+
+
+def _auth(tok):
+    return {"Authorization": f"Bearer {tok}"}
+
+
+async def test_discovery_is_public_and_lists_the_service(env):
+    _, _, build = env
+    async with build() as client:
+        response = await client.get("/cds-services")
+    assert response.status_code == 200
+    [service] = response.json()["services"]
+    assert (service["id"], service["hook"]) == ("clinstream-alerts", "patient-view")
+    assert service["prefetch"] == {"patient": "Patient/{{context.patientId}}"}
+
+
+async def test_cards_come_from_state_with_explanations(env):
+    store, _, build = env
+    store.save(_state())
+    async with build() as client:
+        response = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    # Potassium 6.8; RR 30 + HR 140 (NEWS2 6, partial) and SIRS 2 of 4. Most severe first.
+    assert [c["indicator"] for c in cards] == ["critical", "warning", "info"]
+    potassium, news, _ = cards
+    assert potassium["summary"].startswith("Critical high potassium: 6.8 mmol/L")
+    assert news["summary"].startswith("NEWS2 6")
+    for c in cards:
+        assert len(c["summary"]) <= 140
+        assert c["source"]["label"] == "clinstream decision support"
+        assert [r["code"] for r in c["overrideReasons"]] == [code for code, _ in OVERRIDE_REASONS]
+        assert "| input | value | time |" in c["detail"]
+    assert store.card_owner(potassium["uuid"]) == ("p1", "critical-lab")
+
+
+async def test_an_unknown_patient_gets_no_cards(env):
+    _, _, build = env
+    async with build() as client:
+        response = await client.post(
+            "/cds-services/clinstream-alerts", json=_hook("nobody"), headers=_auth(token())
+        )
+    assert response.json() == {"cards": []}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "not-a-jwt",
+        token(aud=f"{BASE}/cds-services/other"),
+        token(secret="another-secret-another-secret-another"),
+        token(lifetime=600),  # the spec asks for at most 5 minutes
+        token(exp_offset=-120),  # expired
+        jwt.encode(
+            {"iss": "x", "aud": SERVICE, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+        ),  # no jti
+    ],
+)
+async def test_calls_without_a_valid_jwt_get_401(env, bad):
+    _, _, build = env
+    headers = _auth(bad) if bad else {}
+    async with build() as client:
+        response = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_replayed_token_and_an_untrusted_issuer_are_refused(env):
+    _, _, build = env
+    once = token()
+    async with build(issuers=("https://ehr.example",)) as client:
+        first = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(once))
+        replay = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(once))
+        stranger = await client.post(
+            "/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token(iss="https://other.example"))
+        )
+    assert (first.status_code, replay.status_code, stranger.status_code) == (200, 401, 401)
+
+
+def test_asymmetric_keys_from_a_jwks_file(tmp_path):
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public, "kid": "ehr-1", "alg": "ES384"}]}))
+    verifier = CdsJwtVerifier(jwks_file=tmp_path / "jwks.json")
+    now = int(time.time())
+    claims = {"iss": "ehr", "aud": SERVICE, "iat": now, "exp": now + 60, "jti": "j1"}
+    good = jwt.encode(claims, key, algorithm="ES384", headers={"kid": "ehr-1"})
+    unknown_kid = jwt.encode({**claims, "jti": "j2"}, key, algorithm="ES384", headers={"kid": "ehr-2"})
+    assert verifier.verify(f"Bearer {good}", SERVICE) == "ehr"
+    assert verifier.verify(f"Bearer {unknown_kid}", SERVICE) is None
+    assert not CdsJwtVerifier().configured
+
+
+async def test_linked_patients_need_the_patient_prefetch_or_a_fhir_server(env):
+    store, _, build = env
+    key = patient_key("MERCY", "100001")
+    store.save(_state(patient=key))
+    patient = {
+        "resourceType": "Patient",
+        "id": "ehr-7",
+        "identifier": [{"system": "http://mercy.example/mrn", "value": "100001"}],
+    }
+    async with build(authorities=MERCY) as client:
+        missing = await client.post(
+            "/cds-services/clinstream-alerts", json=_hook("ehr-7"), headers=_auth(token())
+        )
+        prefetched = await client.post(
+            "/cds-services/clinstream-alerts",
+            json=_hook("ehr-7", prefetch={"patient": patient}),
+            headers=_auth(token()),
+        )
+    assert missing.status_code == 412
+    assert len(prefetched.json()["cards"]) == 3
+
+    seen = []
+
+    def fhir(request):
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(200, json=patient)
+
+    fetched_hook = _hook(
+        "ehr-7",
+        fhirServer="https://ehr.example/fhir",
+        fhirAuthorization={"access_token": "at-1", "token_type": "Bearer"},
+    )
+    async with build(authorities=MERCY, transport=httpx.MockTransport(fhir)) as client:
+        fetched = await client.post(
+            "/cds-services/clinstream-alerts", json=fetched_hook, headers=_auth(token())
+        )
+    assert len(fetched.json()["cards"]) == 3
+    assert seen == [("https://ehr.example/fhir/Patient/ehr-7", "Bearer at-1")]
+
+
+async def test_feedback_is_published_for_cards_that_were_served(env):
+    store, published, build = env
+    store.save(_state())
+    async with build() as client:
+        cards = (
+            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+        ).json()["cards"]
+        item = {
+            "card": cards[0]["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"code": "snooze-4h", "system": "x"},
+                "userComment": "repeat pending",
+            },
+            "outcomeTimestamp": (T0 + hours(2)).isoformat(),
+        }
+        ok = await client.post(
+            "/cds-services/clinstream-alerts/feedback", json={"feedback": [item]}, headers=_auth(token())
+        )
+        unknown = await client.post(
+            "/cds-services/clinstream-alerts/feedback",
+            json={"feedback": [{**item, "card": "never-served"}]},
+            headers=_auth(token()),
+        )
+        invalid = await client.post(
+            "/cds-services/clinstream-alerts/feedback",
+            json={"feedback": [{"card": "x"}]},
+            headers=_auth(token()),
+        )
+        anonymous = await client.post("/cds-services/clinstream-alerts/feedback", json={"feedback": [item]})
+    assert (ok.status_code, unknown.status_code, invalid.status_code, anonymous.status_code) == (
+        200,
+        404,
+        400,
+        401,
+    )
+    [event] = published
+    assert (event.patient_id, event.rule_id, event.outcome, event.reason_code) == (
+        "p1",
+        "critical-lab",
+        "overridden",
+        "snooze-4h",
+    )
+    assert event.principal == "https://ehr.example"
+
+
+async def test_feedback_that_the_broker_does_not_confirm_gets_503(env):
+    store, _, _ = env
+    store.save(_state())
+
+    async def failing(_):
+        raise ConnectionError("broker down")
+
+    service = CdsHooksService(
+        store,
+        CdsJwtVerifier(hs256_secret=SECRET),
+        failing,
+        http=httpx.AsyncClient(),
+        authorities={},
+        cards_window=timedelta(hours=24),
+        clock=lambda: T0 + hours(2),
+    )
+    store.remember_cards("p1", [("card-1", "news2")])
+    app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+        item = {"card": "card-1", "outcome": "accepted", "outcomeTimestamp": T0.isoformat()}
+        response = await client.post(
+            "/cds-services/clinstream-alerts/feedback", json={"feedback": [item]}, headers=_auth(token())
+        )
+    assert response.status_code == 503
+
+
+def test_a_snooze_override_hides_the_card_until_it_ends():
+    state = _state()
+    memo = state.alerts["critical-lab/potassium/high"]
+    feedback = ClinicianFeedback(
+        id="f1",
+        patient_id="p1",
+        target="alert",
+        target_id=memo.alert_id,
+        rule_id="critical-lab",
+        outcome="overridden",
+        reason_code="snooze-4h",
+        at=T0 + hours(2),
+        channel="cds-hooks",
+        principal="ehr",
+    )
+    snoozed = snoozed_by(state, feedback)
+    assert snoozed.snoozes == {"critical-lab/potassium/high": T0 + hours(6)}
+    assert snoozed_by(state, feedback.model_copy(update={"outcome": "accepted"})) is None
