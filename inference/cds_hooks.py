@@ -19,10 +19,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -42,6 +42,7 @@ from stream.identity import hl7_key
 
 log = logging.getLogger(__name__)
 Publish = Callable[[ClinicianFeedback], Awaitable[None]]
+Body = TypeVar("Body", bound=BaseModel)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cds-hooks"'}
 
@@ -95,24 +96,26 @@ class CdsHooksService:
             )
         return principal
 
-    async def _body(self, request: Request) -> bytes | JSONResponse:
+    async def _admit(self, request: Request, model: type[Body], what: str) -> tuple[str, Body] | JSONResponse:
+        """The caller and the parsed body, or the 404/401/413/400 answer."""
+        if request.path_params["service"] != PATIENT_VIEW:
+            return _error(404, "no such CDS service")
+        principal = self._authenticated(request)
+        if principal is None:
+            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return _error(413, "request body too large")
-        return body
+        try:
+            return principal, model.model_validate_json(body)
+        except ValidationError as exc:
+            return _error(400, f"not a CDS Hooks {what}: {exc.error_count()} error(s)")
 
     async def _call(self, request: Request) -> Response:
-        if request.path_params["service"] != PATIENT_VIEW:
-            return _error(404, "no such CDS service")
-        if self._authenticated(request) is None:
-            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
-        body = await self._body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            hook = HookRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return _error(400, f"not a CDS Hooks request: {exc.error_count()} error(s)")
+        admitted = await self._admit(request, HookRequest, "request")
+        if isinstance(admitted, JSONResponse):
+            return admitted
+        _, hook = admitted
         if hook.hook != "patient-view":
             return _error(400, f"service {PATIENT_VIEW} answers patient-view, not {hook.hook}")
         patient = hook.context.get("patientId")
@@ -157,18 +160,10 @@ class CdsHooksService:
         return resource if isinstance(resource, dict) else None
 
     async def _feedback(self, request: Request) -> Response:
-        if request.path_params["service"] != PATIENT_VIEW:
-            return _error(404, "no such CDS service")
-        principal = self._authenticated(request)
-        if principal is None:
-            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
-        body = await self._body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            parsed = FeedbackRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return _error(400, f"not a CDS Hooks feedback request: {exc.error_count()} error(s)")
+        admitted = await self._admit(request, FeedbackRequest, "feedback request")
+        if isinstance(admitted, JSONResponse):
+            return admitted
+        principal, parsed = admitted
         events: list[ClinicianFeedback] = []
         unknown: list[str] = []
         for item in parsed.feedback:
