@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.hygiene import snooze
+from inference.hygiene import snooze, snoozed_until
 from inference.state import PatientState
 from stream.events import Alert, ClinicianFeedback
 
@@ -88,11 +88,10 @@ def card(alert: Alert) -> dict[str, Any]:
 def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> list[Alert]:
     """Alerts raised within ``window`` of ``now`` and not snoozed, most severe first."""
     shown = []
-    for key, memo in state.alerts.items():
-        alert = memo.alert
-        if alert is None or now - alert.raised_at > window:
+    for key, alert in state.alerts.items():
+        if now - alert.raised_at > window:
             continue
-        until = max((state.snoozes[k] for k in (key, alert.rule_id) if k in state.snoozes), default=None)
+        until = snoozed_until(state.snoozes, key, alert.rule_id)
         if until is not None and now < until:
             continue
         shown.append(alert)
@@ -156,7 +155,7 @@ def snoozed_by(state: PatientState, feedback: ClinicianFeedback) -> PatientState
     duration = SNOOZE.get(feedback.reason_code or "") if feedback.outcome == "overridden" else None
     if duration is None:
         return None
-    key = next((k for k, memo in state.alerts.items() if memo.alert_id == feedback.target_id), None)
+    key = next((k for k, alert in state.alerts.items() if alert.id == feedback.target_id), None)
     if key is None:
         return None
     return snooze(state, key, feedback.at + duration)

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from inference.findings import Finding
-from inference.state import AlertMemo, PatientState
+from inference.state import PatientState
 from stream.events import Alert, deterministic_id
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -64,8 +64,13 @@ def alert_id(patient_id: str, finding: Finding) -> str:
     )
 
 
+def snoozed_until(snoozes: Mapping[str, datetime], key: str, rule_id: str) -> datetime | None:
+    """When the snooze of a dedupe key or of its whole rule ends (the later of the two), or None."""
+    return max((snoozes[k] for k in (key, rule_id) if k in snoozes), default=None)
+
+
 def _reason(
-    memory: Mapping[str, AlertMemo],
+    memory: Mapping[str, Alert],
     snoozes: Mapping[str, datetime],
     finding: Finding,
     new_id: str,
@@ -74,18 +79,19 @@ def _reason(
 ) -> Reason | None:
     if finding.rule_id in config.disabled:
         return "disabled"
-    until = max((snoozes[k] for k in (finding.key, finding.rule_id) if k in snoozes), default=None)
+    until = snoozed_until(snoozes, finding.key, finding.rule_id)
     if until is not None and finding.at < until:
         return "snoozed"
     if now - finding.at > config.stale_after:
         return "stale"
-    memo = memory.get(finding.key)
-    if memo is None:
+    prior = memory.get(finding.key)
+    if prior is None:
         return None
-    if memo.alert_id == new_id:
+    if prior.id == new_id:
         return "duplicate"
-    worse = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[memo.severity] or finding.level > memo.level
-    if not worse and abs(finding.at - memo.at) < config.window(finding.rule_id):
+    worse = SEVERITY_RANK[finding.severity] > SEVERITY_RANK[prior.severity] or finding.level > prior.level
+    prior_at = prior.effective or prior.raised_at  # `screen` always sets effective (the finding's time)
+    if not worse and abs(finding.at - prior_at) < config.window(finding.rule_id):
         return "within-window"
     return None
 
@@ -126,9 +132,7 @@ def screen(
             inputs=finding.inputs,
             thresholds=finding.thresholds,
         )
-        memory[finding.key] = AlertMemo(
-            alert_id=new_id, severity=finding.severity, level=finding.level, at=finding.at, alert=alert
-        )
+        memory[finding.key] = alert
         alerts.append(alert)
     return alerts, held, state.model_copy(update={"alerts": memory})
 

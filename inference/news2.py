@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from inference.analytes import Reading
-from inference.findings import Finding, input_of
+from inference.findings import Finding, input_of, newest
 from inference.state import PatientState
 from stream.events import AlertInput, Severity
 
@@ -207,7 +207,6 @@ def evaluate(state: PatientState, at: datetime, config: News2Config) -> list[Fin
     detail = f"NEWS2 aggregate {result.aggregate}{partial}: {wording}."
     if result.missing:
         detail += f" No value in the last {_hours(config.window)} h for: {', '.join(result.missing)}."
-    newest = max((i.at for i in result.inputs if i.at is not None), default=at)
     return [
         Finding(
             rule_id=RULE_ID,
@@ -221,7 +220,7 @@ def evaluate(state: PatientState, at: datetime, config: News2Config) -> list[Fin
             thresholds="single parameter 3 (urgent ward-based), aggregate ≥ 5 (urgent), ≥ 7 (emergency)"
             + (f"; SpO2 scale {result.scale}" if result.scale == 2 else ""),
             citation=CITATION,
-            at=newest,
+            at=newest(result.inputs, at),
         )
     ]
 

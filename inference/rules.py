@@ -19,14 +19,6 @@ from inference.state import PatientState, apply
 from stream.events import Alert, FhirRecord
 from stream.settings import CdsSettings
 
-RULES: Mapping[str, str] = {
-    news2.RULE_ID: news2.RULE_VERSION,
-    sepsis.QSOFA_ID: sepsis.RULE_VERSION,
-    sepsis.SIRS_ID: sepsis.RULE_VERSION,
-    critical.RULE_ID: critical.RULE_VERSION,
-    aki.RULE_ID: aki.RULE_VERSION,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:

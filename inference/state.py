@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from inference.analytes import Reading, readings_of
 from inference.errors import RuleInputError
-from stream.events import Alert, FhirRecord, Severity
+from stream.events import Alert, FhirRecord
 
 HISTORY = timedelta(days=8)
 MAX_READINGS = 64
@@ -50,16 +50,6 @@ class EncounterInfo(BaseModel):
     end: str = ""
 
 
-class AlertMemo(BaseModel):
-    """The last alert raised for one dedupe key (patient + rule + subject)."""
-
-    alert_id: str
-    severity: Severity
-    level: int
-    at: datetime  # event time of the finding, so replays of history window the same way
-    alert: Alert | None = None  # what was raised: CDS Hooks cards are served from it
-
-
 class PatientState(BaseModel):
     """Everything the rules read about one patient."""
 
@@ -71,7 +61,8 @@ class PatientState(BaseModel):
     allergies: dict[str, Coded] = Field(default_factory=dict)
     conditions: dict[str, Coded] = Field(default_factory=dict)
     encounter: EncounterInfo | None = None
-    alerts: dict[str, AlertMemo] = Field(default_factory=dict)
+    # The last alert raised per dedupe key: hygiene compares with it, CDS Hooks cards show it.
+    alerts: dict[str, Alert] = Field(default_factory=dict)
     snoozes: dict[str, datetime] = Field(default_factory=dict)
 
     def latest(self, analyte: str, *, at: datetime, window: timedelta) -> Reading | None:

@@ -292,7 +292,7 @@ def test_a_snooze_override_hides_the_card_until_it_ends():
         id="f1",
         patient_id="p1",
         target="alert",
-        target_id=memo.alert_id,
+        target_id=memo.id,
         rule_id="critical-lab",
         outcome="overridden",
         reason_code="snooze-4h",

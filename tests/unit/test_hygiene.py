@@ -39,7 +39,7 @@ def test_first_finding_is_raised_with_a_deterministic_id_and_remembered():
     raised, held, state = _screen(state, _finding())
     assert raised == [alert_id("p1", _finding())]
     assert held == []
-    assert state.alerts["news2"].alert_id == raised[0]
+    assert state.alerts["news2"].id == raised[0]
 
 
 def test_redelivery_is_a_duplicate_and_changes_nothing():
