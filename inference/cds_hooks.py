@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -144,7 +145,8 @@ class CdsHooksService:
         headers = {"Accept": "application/fhir+json"}
         if isinstance(token, str):
             headers["Authorization"] = f"Bearer {token}"
-        url = f"{str(hook.fhirServer).rstrip('/')}/Patient/{patient_id}"
+        # The id comes from the request: quoted, it can only name a Patient, never another path.
+        url = f"{str(hook.fhirServer).rstrip('/')}/Patient/{quote(patient_id, safe='')}"
         try:
             response = await self._http.get(url, headers=headers)
         except httpx.HTTPError:

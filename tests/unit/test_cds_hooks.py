@@ -303,3 +303,18 @@ def test_a_snooze_override_hides_the_card_until_it_ends():
     snoozed = snoozed_by(state, feedback)
     assert snoozed.snoozes == {"critical-lab/potassium/high": T0 + hours(6)}
     assert snoozed_by(state, feedback.model_copy(update={"outcome": "accepted"})) is None
+
+
+async def test_the_patient_read_cannot_leave_the_patient_path(env):
+    _, _, build = env
+    seen = []
+
+    def fhir(request):
+        seen.append(request.url.raw_path)
+        return httpx.Response(404)
+
+    hook = _hook("../Observation?code=x", fhirServer="https://ehr.example/fhir")
+    async with build(authorities=MERCY, transport=httpx.MockTransport(fhir)) as client:
+        response = await client.post("/cds-services/clinstream-alerts", json=hook, headers=_auth(token()))
+    assert response.status_code == 412
+    assert seen == [b"/fhir/Patient/..%2FObservation%3Fcode%3Dx"]
