@@ -42,7 +42,7 @@ from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier
-from inference.cds_hooks import CdsHooksService
+from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -164,16 +164,13 @@ async def _register_outbound(
         register_outbound_fhir(broker, topics, writer, group_id=f"{group_prefix}outbound-fhir")
 
 
-@dataclass
-class _Hooks:
-    service: CdsHooksService
-    http: httpx.AsyncClient
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-
-def _cds_hooks(settings: Settings, topics: Topics, store: SqliteStateStore, broker: KafkaBroker) -> _Hooks:
+def _cds_hooks(
+    settings: Settings,
+    topics: Topics,
+    store: SqliteStateStore,
+    broker: KafkaBroker,
+    http: httpx.AsyncClient,
+) -> CdsHooksService:
     """The CDS Hooks service over decision support's state; feedback goes out through its broker."""
     cds = settings.cds
     verifier = CdsJwtVerifier(
@@ -191,8 +188,7 @@ def _cds_hooks(settings: Settings, topics: Topics, store: SqliteStateStore, brok
             feedback.model_dump_json().encode(), topic=topics.feedback, key=feedback.patient_id.encode()
         )
 
-    http = httpx.AsyncClient(timeout=5.0)
-    service = CdsHooksService(
+    return CdsHooksService(
         store,
         verifier,
         publish,
@@ -201,7 +197,6 @@ def _cds_hooks(settings: Settings, topics: Topics, store: SqliteStateStore, brok
         cards_window=timedelta(hours=cds.cards_window_h),
         public_base_url=cds.public_base_url,
     )
-    return _Hooks(service, http)
 
 
 @contextlib.asynccontextmanager
@@ -263,8 +258,9 @@ async def running_stack(
         stack.callback(ticker.cancel)
         state_store = SqliteStateStore(settings.cds_state_path)
         stack.callback(state_store.close)
-        hooks = _cds_hooks(settings, topics, state_store, brokers["cds"])
-        stack.push_async_callback(hooks.close)
+        hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
+        stack.push_async_callback(hooks_http.aclose)
+        hooks = _cds_hooks(settings, topics, state_store, brokers["cds"], hooks_http)
         register_cds(brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds")
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
@@ -287,8 +283,8 @@ async def running_stack(
         fhir = FhirIngress(sink, topics, settings.http)
         app = build_app(
             Authenticator(api_token, settings.http),
-            [*fhir.routes(), *query_routes(query), *hooks.service.routes()],
-            own_auth=("/cds-services",),
+            [*fhir.routes(), *query_routes(query), *hooks.routes()],
+            own_auth=(CDS_HOOKS_PATH,),
         )
         server = make_server(app, settings.http.host, settings.http.port)
         serve_task = asyncio.create_task(server.serve())

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[ClinicianFeedback], Awaitable[None]]
 Body = TypeVar("Body", bound=BaseModel)
 MAX_BODY_BYTES = 4 * 1024 * 1024
+CDS_HOOKS_PATH = "/cds-services"  # the routes check their callers themselves (`own_auth`)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cds-hooks"'}
 
 
@@ -79,9 +80,9 @@ class CdsHooksService:
     def routes(self) -> list[Route]:
         """Discovery, the services and their feedback endpoints."""
         return [
-            Route("/cds-services", self._discovery, methods=["GET"]),
-            Route("/cds-services/{service}", self._call, methods=["POST"]),
-            Route("/cds-services/{service}/feedback", self._feedback, methods=["POST"]),
+            Route(CDS_HOOKS_PATH, self._discovery, methods=["GET"]),
+            Route(CDS_HOOKS_PATH + "/{service}", self._call, methods=["POST"]),
+            Route(CDS_HOOKS_PATH + "/{service}/feedback", self._feedback, methods=["POST"]),
         ]
 
     async def _discovery(self, _: Request) -> JSONResponse:
