@@ -45,6 +45,7 @@ from inference.cds_auth import CdsJwtVerifier
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
+from inference.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
 from stream.errors import ClinstreamError
 from stream.events import TOPICS, ClinicianFeedback, Topics
@@ -164,6 +165,14 @@ async def _register_outbound(
         register_outbound_fhir(broker, topics, writer, group_id=f"{group_prefix}outbound-fhir")
 
 
+def _warn_undelivered(settings: Settings) -> None:
+    """Write-back switched on without an outbound target waits on its topic: say so at start."""
+    if settings.cds.writeback_fhir and settings.outbound.fhir_base_url is None:
+        log.warning("alert FHIR write-back is on but CLINSTREAM_OUTBOUND__FHIR_BASE_URL is unset here")
+    if settings.cds.writeback_hl7 and settings.outbound.mllp_host is None:
+        log.warning("alert HL7 write-back is on but CLINSTREAM_OUTBOUND__MLLP_HOST is unset here")
+
+
 def _cds_hooks(
     settings: Settings,
     topics: Topics,
@@ -261,7 +270,11 @@ async def running_stack(
         hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
         stack.push_async_callback(hooks_http.aclose)
         hooks = _cds_hooks(settings, topics, state_store, brokers["cds"], hooks_http)
-        register_cds(brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds")
+        writeback = writeback_from(settings.cds)
+        register_cds(
+            brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds", writeback=writeback
+        )
+        _warn_undelivered(settings)
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
             stack.push_async_callback(broker.stop)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from stream.errors import Hl7Error
-from stream.hl7v2 import Message, Separators
+from stream.hl7v2 import Message, Separators, escape
 
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
 
@@ -41,26 +41,6 @@ class Receiver:
 
     application: str = "CLINSTREAM"
     facility: str = "CLINSTREAM"
-
-
-def _escape(text: str, seps: Separators) -> str:
-    if text.isalnum():
-        return text
-    if not any(
-        c in text
-        for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, seps.escape, "\r", "\n")
-    ):
-        return text
-    esc = seps.escape
-    out = text.replace(esc, f"{esc}E{esc}")
-    for ch, code in (
-        (seps.field, "F"),
-        (seps.component, "S"),
-        (seps.repetition, "R"),
-        (seps.subcomponent, "T"),
-    ):
-        out = out.replace(ch, f"{esc}{code}{esc}")
-    return out.replace("\r", " ").replace("\n", " ")
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,21 +83,21 @@ def build_ack(
     msh_fields = [
         "MSH",
         seps.encoding_characters,
-        _escape(receiver.application, seps),
-        _escape(receiver.facility, seps),
+        escape(receiver.application, seps),
+        escape(receiver.facility, seps),
         sending_app,
         sending_fac,
         _ts(now),
         "",
         msg_type,
-        _escape(ack_control_id, seps),
+        escape(ack_control_id, seps),
         processing,
         version,
     ]
     segments = [f.join(msh_fields)]
-    msa = ["MSA", code, _escape(control_id, seps)]
+    msa = ["MSA", code, escape(control_id, seps)]
     if error is not None:
-        msa.append(_escape(error.reason, seps)[:80])
+        msa.append(escape(error.reason, seps)[:80])
     segments.append(f.join(msa))
     if error is not None:
         segments.append(_err_segment(error, seps, version))
@@ -133,7 +113,7 @@ def _err_segment(error: Hl7Error, seps: Separators, version: str) -> str:
             [error.segment, str(error.sequence or 1), str(error.field) if error.field else ""]
         ).rstrip(c)
     condition = f"{error.code}{c}{code_text}{c}HL70357"
-    diagnostic = _escape(error.reason, seps)
+    diagnostic = escape(error.reason, seps)
     if _before_25(version):
         # ERR-1 (ELD): segment^sequence^field^code&text&HL70357
         s = seps.subcomponent

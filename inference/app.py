@@ -1,7 +1,8 @@
 """FastStream wiring of decision support: `ehr.fhir.v1` → patient state → rules → `cds.alerts.v1`.
 
 For each normalized record: load the patient's state, apply the record and run the rules
-(`inference.rules.process`, pure), then publish the alerts keyed by patient, save the state,
+(`inference.rules.process`, pure), then publish the alerts keyed by patient (with, where the
+deployment switched it on, their write-back to the outbound topics), save the state,
 and commit the offset (`stream.kafka.commit_after`). Alerts go out before the state is saved:
 a crash in between replays the record, which raises the same alert ids again (consumers dedupe)
 instead of losing them. A record the rules cannot read is dead-lettered, never skipped.
@@ -21,7 +22,9 @@ from prometheus_client import Counter
 
 from inference.cards import snoozed_by
 from inference.rules import Outcome, RuleSet, process
+from inference.state import ChartIdentifier
 from inference.state_store import StateStore
+from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
 from stream.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from stream.kafka import (
     commit_after,
@@ -48,6 +51,7 @@ def register_cds(
     store: StateStore,
     *,
     group_id: str = "cds",
+    writeback: WritebackConfig = NO_WRITEBACK,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Subscribe decision support to the normalized FHIR topic and to clinician feedback."""
@@ -81,7 +85,7 @@ def register_cds(
                 return
 
             async def effects() -> None:
-                await _publish(broker, topics, outcome.alerts)
+                await _publish(broker, topics, outcome.alerts, outcome.state.identifier, writeback)
                 await asyncio.to_thread(store.save, outcome.state)
 
             committed = await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S)
@@ -129,11 +133,24 @@ def _count(outcome: Outcome, trace_id: str) -> None:
         HELD.labels(held.finding.rule_id, held.reason).inc()
 
 
-async def _publish(broker: KafkaBroker, topics: Topics, alerts: list[Alert]) -> None:
+async def _publish(
+    broker: KafkaBroker,
+    topics: Topics,
+    alerts: list[Alert],
+    patient: ChartIdentifier | None,
+    writeback: WritebackConfig,
+) -> None:
     for alert in alerts:
+        key = alert.patient_id.encode()
         await broker.publish(
             alert.model_dump_json().encode(),
             topic=topics.alerts,
-            key=alert.patient_id.encode(),
+            key=key,
             headers={"rule_id": alert.rule_id, "severity": alert.severity, "trace_id": alert.trace_id},
         )
+        out = outbound(alert, patient, writeback)
+        headers = {"trace_id": alert.trace_id, "alert_id": alert.id}
+        for payload in out.fhir:
+            await broker.publish(payload, topic=topics.outbound_fhir, key=key, headers=headers)
+        for payload in out.hl7:
+            await broker.publish(payload, topic=topics.outbound_hl7v2, key=key, headers=headers)

@@ -50,12 +50,21 @@ class EncounterInfo(BaseModel):
     end: str = ""
 
 
+class ChartIdentifier(BaseModel):
+    """The patient's medical record number as the EHR knows it: what write-back names."""
+
+    value: str
+    system: str = ""
+    authority: str = ""
+
+
 class PatientState(BaseModel):
     """Everything the rules read about one patient."""
 
     patient_id: str
     birth_date: date | None = None
     gender: str = ""
+    identifier: ChartIdentifier | None = None
     readings: dict[str, list[Reading]] = Field(default_factory=dict)
     medications: dict[str, Coded] = Field(default_factory=dict)
     allergies: dict[str, Coded] = Field(default_factory=dict)
@@ -102,6 +111,23 @@ def _status(concept: dict[str, Any] | None) -> str:
     if not concept:
         return ""
     return str(next((c.get("code") for c in concept.get("coding", []) if c.get("code")), ""))
+
+
+def _chart_identifier(res: dict[str, Any]) -> ChartIdentifier | None:
+    """The MR identifier (else the first that is not an SSN or licence) of a Patient."""
+    usable = []
+    for ident in res.get("identifier", []):
+        kind = _status(ident.get("type"))
+        if ident.get("value") and kind not in ("SS", "DL"):
+            usable.append((kind != "MR", ident))
+    if not usable:
+        return None
+    ident = min(usable, key=lambda pair: pair[0])[1]
+    return ChartIdentifier(
+        value=str(ident["value"]),
+        system=str(ident.get("system", "")),
+        authority=str((ident.get("assigner") or {}).get("display", "")),
+    )
 
 
 def _remove_readings(readings: dict[str, list[Reading]], ref: str) -> None:
@@ -200,6 +226,7 @@ def apply(
             new.gender = str(res.get("gender", ""))
             birth = res.get("birthDate")
             new.birth_date = date.fromisoformat(birth) if birth and len(birth) == 10 else None
+            new.identifier = _chart_identifier(res) or new.identifier
         elif kind == "Observation":
             _remove_readings(new.readings, ref)
             _add_readings(

@@ -190,6 +190,27 @@ def unescape(value: str, seps: Separators) -> str:
     return "".join(out)
 
 
+def escape(text: str, seps: Separators) -> str:
+    """Encode ``text`` for a field: delimiters become escape sequences, line breaks spaces."""
+    if text.isalnum():
+        return text
+    if not any(
+        c in text
+        for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, seps.escape, "\r", "\n")
+    ):
+        return text
+    esc = seps.escape
+    out = text.replace(esc, f"{esc}E{esc}")
+    for ch, code in (
+        (seps.field, "F"),
+        (seps.component, "S"),
+        (seps.repetition, "R"),
+        (seps.subcomponent, "T"),
+    ):
+        out = out.replace(ch, f"{esc}{code}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
 class Message:
     """A parsed HL7 v2 message. MSH fields every stage reads are decoded once, at parse time."""
 

@@ -262,6 +262,16 @@ class CdsSettings(_Section):
     cards_window_h: float = Field(
         default=24.0, gt=0, description="CDS Hooks: alerts raised within this many hours are shown as cards."
     )
+    writeback_fhir: bool = Field(
+        default=False,
+        description="Write each alert back as a FHIR DetectedIssue with its Provenance (outbound FHIR).",
+    )
+    writeback_hl7: bool = Field(
+        default=False, description="Send each alert to the EHR as an HL7 ORU^R01 (outbound MLLP)."
+    )
+    writeback_hl7_receiver: str = Field(
+        default="", description="MSH-5^MSH-6 (receiving application^facility) of those ORU^R01 messages."
+    )
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

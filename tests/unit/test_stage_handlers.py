@@ -90,6 +90,42 @@ async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
     assert store.load("p1") is not None
 
 
+async def test_cds_writes_alerts_back_on_the_channels_switched_on():
+    import json
+
+    from inference.writeback import WritebackConfig
+
+    broker = KafkaBroker()
+    store = SqliteStateStore(":memory:")
+    register_cds(
+        broker,
+        TOPICS,
+        RuleSet(),
+        store,
+        clock=lambda: ENVELOPE.received_at,
+        writeback=WritebackConfig(fhir=True, hl7=True),
+    )
+    alerts = _collector(broker, TOPICS.alerts)
+    fhir, hl7 = _collector(broker, TOPICS.outbound_fhir), _collector(broker, TOPICS.outbound_hl7v2)
+    obs = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
+    }
+    patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"value": "100002"}]}
+    good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[patient, obs]).model_dump_json().encode()
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(good, topic=TOPICS.fhir)
+    [alert] = [Alert.model_validate_json(a) for a in alerts]
+    assert [json.loads(r)["resourceType"] for r in fhir] == ["DetectedIssue", "Provenance"]
+    assert json.loads(fhir[0])["id"] == alert.id
+    [oru] = hl7
+    assert oru.startswith(b"MSH|")
+    assert b"PID|1||100002^^^^MR" in oru
+
+
 async def test_cds_applies_snooze_feedback_to_patient_state():
     from inference.rules import process
     from stream.events import ClinicianFeedback
