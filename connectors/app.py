@@ -22,6 +22,7 @@ from connectors.fhir_client import FhirWriter
 from connectors.mllp_client import OutboundMllp
 from stream.events import DeadLetter, Topics, WritebackOutcome
 from stream.kafka import (
+    FETCH_MAX_WAIT_MS,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -52,7 +53,11 @@ def register_outbound_mllp(
     """Deliver `ehr.outbound.hl7v2.v1` records (raw HL7) to the EHR's MLLP endpoint, in order."""
 
     @broker.subscriber(
-        topics.outbound_hl7v2, group_id=group_id, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+        topics.outbound_hl7v2,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        auto_offset_reset="earliest",
     )
     async def deliver(msg: KafkaMessage) -> None:
         record = single_record(msg)
@@ -91,7 +96,11 @@ def register_outbound_fhir(
     """Write `ehr.outbound.fhir.v1` records (one FHIR resource each) back to the EHR with PUT."""
 
     @broker.subscriber(
-        topics.outbound_fhir, group_id=group_id, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest"
+        topics.outbound_fhir,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        auto_offset_reset="earliest",
     )
     async def write_back(msg: KafkaMessage) -> None:
         record = single_record(msg)

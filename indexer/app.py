@@ -24,7 +24,7 @@ from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from stream.events import Topics
-from stream.kafka import commit_after, publish_dead_letters
+from stream.kafka import FETCH_MAX_WAIT_MS, commit_after, publish_dead_letters
 from stream.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def register_indexer(
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
         ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
     )
     async def index(msg: KafkaMessage) -> None:

@@ -27,6 +27,7 @@ from inference.state_store import StateStore
 from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
 from stream.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from stream.kafka import (
+    FETCH_MAX_WAIT_MS,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -61,6 +62,7 @@ def register_cds(
         topics.fhir,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
     )
     async def decide(msg: KafkaMessage) -> None:
@@ -96,6 +98,7 @@ def register_cds(
         topics.feedback,
         group_id=f"{group_id}-feedback",
         ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
     )
     async def learn(msg: KafkaMessage) -> None:

@@ -19,7 +19,14 @@ from prometheus_client import Counter
 from stream.events import FhirInbound, FhirRecord, Topics
 from stream.fhir_input import normalize_fhir
 from stream.hl7v2 import decode_payload
-from stream.kafka import commit_after, dead_letter_and_commit, dead_letter_for, envelope_of, single_record
+from stream.kafka import (
+    FETCH_MAX_WAIT_MS,
+    commit_after,
+    dead_letter_and_commit,
+    dead_letter_for,
+    envelope_of,
+    single_record,
+)
 from stream.normalize import normalize_hl7
 from stream.settings import NormalizerSettings
 
@@ -44,6 +51,7 @@ def register_normalizer(
         topics.inbound_hl7v2,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
     )
     async def normalize(msg: KafkaMessage) -> None:
@@ -102,6 +110,7 @@ def register_fhir_normalizer(
         topics.inbound_fhir,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         auto_offset_reset="earliest",
     )
     async def normalize_fhir_input(msg: KafkaMessage) -> None:

@@ -22,6 +22,16 @@ from stream.events import DeadLetter, Envelope, Topics
 
 log = logging.getLogger(__name__)
 
+FETCH_MAX_WAIT_MS = 50
+"""How long a stage's fetch request waits for records (aiokafka's default is 500 ms).
+
+Tansu, the embedded broker, holds a fetch for this whole time even when records arrive
+sooner, so at the default every hop between two stages added 250 ms on average (215 ms
+median, 466 ms max, one record per 137 ms; 7 ms median at 10 ms). Apache Kafka answers as
+soon as records arrive; there the only cost is more empty fetches while a topic is idle
+(20 a second per consumer).
+"""
+
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
 
