@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.fhir_ingress import Issue
 from connectors.fhir_server import outcome_response
@@ -26,35 +27,43 @@ PUBLIC_PATHS = frozenset({"/health", "/fhir/metadata"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 
 
-class BearerAuth(BaseHTTPMiddleware):
+class BearerAuth:
     """Every path but /health and /fhir/metadata needs a valid bearer token or JWT.
 
     Paths under ``own_auth`` prefixes authenticate themselves (CDS Hooks verifies the EHR's
-    JWT per call, with its own keys and audience).
+    JWT per call, with its own keys and audience). A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware ran every request through an extra task group, 0.5 ms a call.
     """
 
-    def __init__(self, app: Any, authenticator: Authenticator, own_auth: tuple[str, ...] = ()) -> None:
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, own_auth: tuple[str, ...] = ()) -> None:
+        self._app = app
         self._auth = authenticator
         self._own = own_auth
 
-    async def dispatch(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        path: str = scope["path"]
         if path in PUBLIC_PATHS or any(path == p or path.startswith(p + "/") for p in self._own):
-            return await call_next(request)
-        principal = self._auth.identify(request.headers.get("authorization", ""))
+            await self._app(scope, receive, send)
+            return
+        principal = self._auth.identify(Headers(scope=scope).get("authorization", ""))
         if principal is None:
-            if request.url.path.startswith("/fhir"):
-                return outcome_response(401, [Issue("login", "missing or invalid bearer token")], CHALLENGE)
-            return JSONResponse(
-                {"status": 401, "detail": "missing or invalid bearer token"},
-                status_code=401,
-                headers=CHALLENGE,
-            )
-        request.state.principal = principal
-        return await call_next(request)
+            if path.startswith("/fhir"):
+                refusal: Response = outcome_response(
+                    401, [Issue("login", "missing or invalid bearer token")], CHALLENGE
+                )
+            else:
+                refusal = JSONResponse(
+                    {"status": 401, "detail": "missing or invalid bearer token"},
+                    status_code=401,
+                    headers=CHALLENGE,
+                )
+            await refusal(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self._app(scope, receive, send)
 
 
 def build_app(
