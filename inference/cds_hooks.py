@@ -126,9 +126,12 @@ class CdsHooksService:
         key = await self._patient_key(hook, patient)
         if isinstance(key, JSONResponse):
             return key
-        state = await asyncio.to_thread(self._store.load, key)
+        # Cards come from memory when the state and the cards shown are there (the usual case):
+        # a thread hop per call would cost more than the answer.
+        state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
         alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
-        await asyncio.to_thread(self._store.remember_cards, key, [(a.id, a.rule_id) for a in alerts])
+        if not self._store.remembered([a.id for a in alerts]):
+            await asyncio.to_thread(self._store.remember_cards, key, [(a.id, a.rule_id) for a in alerts])
         return JSONResponse({"cards": [card(a) for a in alerts]})
 
     async def _patient_key(self, hook: HookRequest, patient_id: str) -> str | JSONResponse:

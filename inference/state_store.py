@@ -33,8 +33,16 @@ class StateStore(Protocol):
         """Keep ``state`` (durably, before the caller commits its offset)."""
         ...
 
+    def cached(self, patient_id: str) -> PatientState | None:
+        """The state of ``patient_id`` if it is in memory (no I/O; None: ask `load`)."""
+        ...
+
     def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
         """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id`` (for feedback)."""
+        ...
+
+    def remembered(self, card_ids: list[str]) -> bool:
+        """True when every card in ``card_ids`` is known to be remembered (no I/O)."""
         ...
 
     def card_owner(self, card_id: str) -> tuple[str, str] | None:
@@ -61,6 +69,7 @@ class SqliteStateStore:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, PatientState] = OrderedDict()
         self._cache_size = cache_size
+        self._shown: OrderedDict[str, None] = OrderedDict()  # card ids written, most recent last
 
     def load(self, patient_id: str) -> PatientState | None:
         """The saved state of ``patient_id``, or None."""
@@ -77,6 +86,14 @@ class SqliteStateStore:
         state = PatientState.model_validate_json(row[0])
         self._remember(state)
         return state
+
+    def cached(self, patient_id: str) -> PatientState | None:
+        """The state of ``patient_id`` if it is among the recently used ones, else None."""
+        with self._lock:
+            state = self._cache.get(patient_id)
+            if state is not None:
+                self._cache.move_to_end(patient_id)
+            return state
 
     def save(self, state: PatientState) -> None:
         """Write ``state``; returns once SQLite has it."""
@@ -98,6 +115,16 @@ class SqliteStateStore:
                 "INSERT OR IGNORE INTO shown_card (card_id, patient_id, rule_id) VALUES (?, ?, ?)",
                 [(card, patient_id, rule) for card, rule in cards],
             )
+            for card, _ in cards:
+                self._shown[card] = None
+                self._shown.move_to_end(card)
+            while len(self._shown) > self._cache_size:
+                self._shown.popitem(last=False)
+
+    def remembered(self, card_ids: list[str]) -> bool:
+        """True when every card in ``card_ids`` was written by this process recently."""
+        with self._lock:
+            return all(card in self._shown for card in card_ids)
 
     def card_owner(self, card_id: str) -> tuple[str, str] | None:
         """``(patient id, rule id)`` of a card shown before, or None."""

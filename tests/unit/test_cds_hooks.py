@@ -136,6 +136,11 @@ async def test_an_unknown_patient_gets_no_cards(env):
         jwt.encode(
             {"iss": "x", "aud": SERVICE, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
         ),  # no jti
+        "e30.e30.",  # "{}" header: no alg
+        "W10.e30.sig",  # a header that is a JSON list
+        "_-_-.e30.sig",  # not JSON
+        "/w.e30.sig",  # not UTF-8
+        jwt.encode(jwt.decode(token(), options={"verify_signature": False}), None, algorithm="none"),
     ],
 )
 async def test_calls_without_a_valid_jwt_get_401(env, bad):
@@ -157,6 +162,11 @@ async def test_a_replayed_token_and_an_untrusted_issuer_are_refused(env):
             "/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token(iss="https://other.example"))
         )
     assert (first.status_code, replay.status_code, stranger.status_code) == (200, 401, 401)
+
+
+@pytest.mark.parametrize("garbage", ["", ".", "€€€.e30.sig", "e30", "bnVsbA.e30.x", "%%%.e30.x"])
+def test_unreadable_tokens_are_refused_not_raised(garbage):
+    assert CdsJwtVerifier(hs256_secret=SECRET).verify(f"Bearer {garbage}", SERVICE) is None
 
 
 def test_asymmetric_keys_from_a_jwks_file(tmp_path):
