@@ -1,16 +1,13 @@
 """The rule pipeline on real Synthea patients and on a scripted ward stay: state → rules → hygiene."""
 
-import json
 import re
-from datetime import datetime
 
 import pytest
 
+from bench.synthea_feed import synthea_feed
 from inference.rules import RuleSet, process, ruleset_from
 from inference.state import PatientState
 from inference.state_store import SqliteStateStore
-from stream.events import FhirInbound
-from stream.fhir_input import normalize_fhir
 from stream.settings import CdsSettings
 from tests.conftest import corpora_dir
 from tests.unit.cds_helpers import T0, hours, obs, record, vitals
@@ -19,46 +16,19 @@ SYNTHEA = sorted((corpora_dir() / "fhir" / "smart-synthea-r4").glob("*.json"))
 RULES = RuleSet()
 
 
-def _synthea_records(path):
-    bundle = json.loads(path.read_text(encoding="utf-8-sig"))
-    entries = [e for e in bundle["entry"] if "resource" in e]
-    inbound = FhirInbound(
-        interaction="transaction",
-        resources=[e["resource"] for e in entries],
-        full_urls=[e.get("fullUrl") for e in entries],
-    )
-    return normalize_fhir(inbound)
-
-
-def _by_encounter(resources):
-    """A patient's resources as a live feed would send them: one record per encounter, in time order."""
-
-    def when(r):
-        return str(r.get("effectiveDateTime") or r.get("authoredOn") or r.get("onsetDateTime") or "")
-
-    groups = {}
-    for res in resources:
-        ref = (res.get("encounter") or res.get("context") or {}).get("reference", "")
-        groups.setdefault(ref, []).append(res)
-    return sorted(groups.values(), key=lambda g: min((when(r) for r in g if when(r)), default=""))
-
-
 def _replay(rules):
     alerts = []
     for path in SYNTHEA:
-        for group in _synthea_records(path):
+        for visits in synthea_feed(path, received_at=T0):
             state = None
             values = {
-                f"Observation/{r['id']}": r for r in group.resources if r.get("resourceType") == "Observation"
+                f"Observation/{r['id']}": r
+                for v in visits
+                for r in v.record.resources
+                if r.get("resourceType") == "Observation"
             }
-            for n, resources in enumerate(_by_encounter(group.resources)):
-                rec = record(*resources, patient=group.patient_id, message_id=str(n))
-                times = [
-                    datetime.fromisoformat(r["effectiveDateTime"])
-                    for r in resources
-                    if "effectiveDateTime" in r
-                ]
-                outcome = process(state, rec, rules, now=max(times, default=T0))
+            for visit in visits:
+                outcome = process(state, visit.record, rules, now=visit.at or T0)
                 state = outcome.state
                 alerts += [(a, values) for a in outcome.alerts]
     return alerts
@@ -153,3 +123,24 @@ def test_state_store_round_trip(tmp_path, path):
         reopened = SqliteStateStore(target)
         assert reopened.load("p1") == outcome.state
         reopened.close()
+
+
+def test_state_store_memory_fast_paths(tmp_path):
+    target = tmp_path / "state.sqlite"
+    store = SqliteStateStore(target, cache_size=1)
+    assert store.cached("p1") is None
+    store.save(PatientState(patient_id="p1"))
+    assert store.cached("p1") == PatientState(patient_id="p1")
+    store.save(PatientState(patient_id="p2"))  # evicts p1: memory says nothing, the file still has it
+    assert store.cached("p1") is None
+    assert store.load("p1") == PatientState(patient_id="p1")
+    assert not store.remembered(["card-1"])
+    assert store.remembered([])
+    store.remember_cards("p1", [("card-1", "critical-lab")])
+    assert store.remembered(["card-1"])
+    assert not store.remembered(["card-1", "card-2"])
+    store.close()
+    reopened = SqliteStateStore(target)
+    assert not reopened.remembered(["card-1"])  # a new process writes again (INSERT OR IGNORE)
+    assert reopened.card_owner("card-1") == ("p1", "critical-lab")
+    reopened.close()
