@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# Data packages of the medication-safety rules, without their declared extras: the interaction
+	@# table's MCP server (fastmcp) is not used; requests (imported by the drug-name finder) is ours.
+	$(BIN)/python -m pip install -q --no-deps 'drug-interaction-mcp==0.1.0' 'drug-named-entity-recognition==2.0.9'
 	@# onnxruntime and onnxruntime-gpu install the same module and overwrite each other.
 	@$(BIN)/python -c 'import importlib.metadata as m, sys; d = {x.metadata["Name"].lower() for x in m.distributions()}; sys.exit("onnxruntime and onnxruntime-gpu are both installed: keep one" if {"onnxruntime", "onnxruntime-gpu"} <= d else 0)'
 	touch $(STAMP)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from inference import aki, critical, news2, sepsis
+from inference import aki, critical, medsafety, news2, sepsis
 from inference.critical import CriticalLimit
 from inference.findings import Finding
 from inference.hygiene import HygieneConfig, Suppressed, screen
@@ -65,6 +65,7 @@ def evaluate(state: PatientState, at: datetime, changed: frozenset[str], rules: 
         *sepsis.sirs(state, at, window),
         *critical.evaluate(state, changed, rules.critical_limits),
         *aki.evaluate(state, changed),
+        *medsafety.evaluate(state, changed, at),
     ]
 
 
@@ -73,17 +74,23 @@ def changed_refs(record: FhirRecord) -> frozenset[str]:
     return frozenset(f"{r.get('resourceType')}/{r.get('id')}" for r in record.resources)
 
 
-def clinical_time(state: PatientState, changed: frozenset[str]) -> datetime | None:
-    """The newest time of a reading the record brought, or None when it brought none."""
+def clinical_time(state: PatientState, changed: frozenset[str], received: datetime) -> datetime | None:
+    """The newest time of a reading the record brought; for a medication or allergy without
+    readings, when it was ordered or recorded (else ``received``); None when it brought neither."""
     times = [r.at for series in state.readings.values() for r in series if r.ref in changed]
-    return max(times) if times else None
+    if times:
+        return max(times)
+    ordered = [c for c in (*state.medications.values(), *state.allergies.values()) if c.ref in changed]
+    if not ordered:
+        return None
+    return max(medsafety.recorded_at(c.recorded, received) for c in ordered)
 
 
 def process(state: PatientState | None, record: FhirRecord, rules: RuleSet, *, now: datetime) -> Outcome:
     """Apply ``record`` to ``state`` (None: a patient not seen before) and decide its alerts."""
     current = apply(state or PatientState(patient_id=record.patient_id), record, rules.local_codes)
     changed = changed_refs(record)
-    at = clinical_time(current, changed)
+    at = clinical_time(current, changed, record.envelope.received_at)
     if at is None:
         return Outcome(current, [], [])
     findings = evaluate(current, at, changed, rules)

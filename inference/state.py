@@ -148,7 +148,8 @@ def _add_readings(readings: dict[str, list[Reading]], new: list[Reading]) -> Non
         readings[reading.analyte] = [r for r in series if r.at > newest - HISTORY][-MAX_READINGS:]
 
 
-def _medication(res: dict[str, Any], ref: str) -> Coded:
+def medication(res: dict[str, Any], ref: str) -> Coded:
+    """A MedicationRequest or MedicationStatement as the rules read it."""
     concept = res.get("medicationCodeableConcept")
     codes, text = _codes(concept)
     if not text:
@@ -236,7 +237,7 @@ def apply(
             if status in _GONE:
                 new.medications.pop(ref, None)
             else:
-                new.medications[ref] = _medication(res, ref)
+                new.medications[ref] = medication(res, ref)
         elif kind == "AllergyIntolerance":
             allergy = _allergy(res, ref)
             if allergy is None:

@@ -42,6 +42,7 @@ PURE_MODULES = [
     "inference/rules.py",
     "inference/cards.py",
     "inference/writeback.py",
+    "inference/medsafety.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {

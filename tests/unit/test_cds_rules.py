@@ -21,12 +21,7 @@ def _replay(rules):
     for path in SYNTHEA:
         for visits in synthea_feed(path, received_at=T0):
             state = None
-            values = {
-                f"Observation/{r['id']}": r
-                for v in visits
-                for r in v.record.resources
-                if r.get("resourceType") == "Observation"
-            }
+            values = {f"{r['resourceType']}/{r['id']}": r for v in visits for r in v.record.resources}
             for visit in visits:
                 outcome = process(state, visit.record, rules, now=visit.at or T0)
                 state = outcome.state
@@ -34,9 +29,17 @@ def _replay(rules):
     return alerts
 
 
-def test_synthea_patients_with_default_limits_raise_nothing():
-    # Their labs sit inside every default critical limit and their vitals have no red score.
-    assert _replay(RULES) == []
+def test_synthea_patients_with_default_limits_raise_only_medication_alerts():
+    # Their labs sit inside every default critical limit and their vitals have no red score; a
+    # few of their medication lists hold pairs the interaction table lists, and one patient takes
+    # naproxen with an eGFR below 30.
+    raised = sorted({(a.rule_id, a.summary.split(":")[0]) for a, _ in _replay(RULES)})
+    assert raised == [
+        ("drug-interaction", "Interaction amlodipine + simvastatin"),
+        ("drug-interaction", "Interaction digoxin + verapamil"),
+        ("drug-interaction", "Interaction naproxen + sertraline"),
+        ("renal-dosing", "Naproxen with eGFR 26.186265168833234 mL/min"),
+    ]
 
 
 def test_synthea_alerts_are_explained_and_quote_only_the_patients_own_values():
@@ -52,7 +55,10 @@ def test_synthea_alerts_are_explained_and_quote_only_the_patients_own_values():
         for item in alert.inputs:
             if item.ref is None:
                 continue
-            source = values[item.ref]  # every input is one of the patient's own observations
+            source = values[item.ref]  # every input is one of the patient's own resources
+            if source["resourceType"] == "MedicationRequest":
+                assert item.value == source["medicationCodeableConcept"]["text"]
+                continue
             numbers = [
                 c.get("valueQuantity", {}).get("value") for c in [source, *source.get("component", [])]
             ]

@@ -1,0 +1,404 @@
+"""Medication safety: drug–drug interactions, drug–allergy conflicts, renal dosing against eGFR.
+
+Pure functions over the patient state. Medication and allergy texts are resolved to generic
+ingredient names by exact dictionary lookup (`drug-named-entity-recognition`, DrugBank and
+MeSH names; fuzzy matching is off: a near-miss drug name must not become another drug), then
+to the drug classes below. Interactions come from the 176 curated pairs of
+`drug-interaction-mcp` (FDA labels, DailyMed), matched on those names and classes; a pair
+the table does not list raises nothing, which is why a cleared order is not proof of safety
+and the card says so.
+
+Findings are raised only for what the record changed: a new or changed medication is checked
+against every active medication, allergy and the latest eGFR; a new allergy against every
+active medication; a new eGFR against every active medication. The same checks run on the
+draft orders of a CDS Hooks `order-select` / `order-sign` call (`check_orders`) without
+touching the state.
+
+The renal table follows the AGS Beers Criteria 2019 (Table 6; nitrofurantoin from Table 2),
+which states creatinine clearance; eGFR (mL/min/1.73 m², what laboratories report) stands in
+for it here, as docs/decision-support.md says.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from inference.findings import Finding, input_of
+from inference.state import Coded, PatientState, medication
+from stream.events import AlertInput, Severity
+
+DDI_RULE = "drug-interaction"
+ALLERGY_RULE = "drug-allergy"
+RENAL_RULE = "renal-dosing"
+RULE_VERSION = "1.0.0"
+EGFR_WINDOW = timedelta(days=7)
+DDI_CITATION = "drug-interaction-mcp 0.1.0 (curated from FDA drug labels and NIH DailyMed): {source}."
+ALLERGY_CITATION = (
+    "Khan DA, Banerji A, Blumenthal KG et al. Drug allergy: a 2022 practice parameter update. "
+    "J Allergy Clin Immunol 2022;150(6):1333-1393."
+)
+RENAL_CITATION = (
+    "2019 American Geriatrics Society Beers Criteria Update Expert Panel. J Am Geriatr Soc "
+    "2019;67(4):674-694 (Table 6; nitrofurantoin Table 2); metformin: FDA Drug Safety "
+    "Communication, 8 April 2016. Thresholds are creatinine clearance; eGFR stands in."
+)
+_SEVERITY: Mapping[str, Severity] = {"danger": "critical", "warning": "warning", "caution": "info"}
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
+
+# Drug classes the interaction table names, with their members (WHO ATC groups).
+CLASSES: Mapping[str, frozenset[str]] = {
+    name: frozenset(members.split(","))
+    for name, members in {
+        "nsaid": "ibuprofen,naproxen,diclofenac,ketorolac,meloxicam,celecoxib,indomethacin,etodolac,"
+        "nabumetone,piroxicam,ketoprofen,aspirin",
+        "ssri": "fluoxetine,sertraline,paroxetine,citalopram,escitalopram,fluvoxamine",
+        "snri": "venlafaxine,duloxetine,desvenlafaxine,milnacipran",
+        "maoi": "phenelzine,tranylcypromine,isocarboxazid,selegiline,rasagiline,linezolid",
+        "statin": "simvastatin,atorvastatin,lovastatin,rosuvastatin,pravastatin,fluvastatin,pitavastatin",
+        "opioid": "morphine,oxycodone,hydrocodone,hydromorphone,fentanyl,codeine,tramadol,methadone,"
+        "meperidine,tapentadol,buprenorphine",
+        "beta blocker": "metoprolol,atenolol,propranolol,carvedilol,bisoprolol,nadolol,labetalol,nebivolol",
+        "ace inhibitor": "lisinopril,enalapril,ramipril,captopril,benazepril,quinapril,perindopril,"
+        "fosinopril",
+        "fluoroquinolone": "ciprofloxacin,levofloxacin,moxifloxacin,ofloxacin",
+        "sulfonylurea": "glipizide,glyburide,glimepiride,gliclazide",
+        "potassium-sparing diuretic": "spironolactone,eplerenone,amiloride,triamterene",
+        "loop diuretic": "furosemide,bumetanide,torsemide",
+        "thiazide": "hydrochlorothiazide,chlorthalidone,indapamide,metolazone",
+        "anticoagulant": "warfarin,apixaban,rivaroxaban,dabigatran,edoxaban,heparin,enoxaparin",
+        "proton pump inhibitor": "omeprazole,esomeprazole,pantoprazole,lansoprazole,rabeprazole",
+        "corticosteroid": "prednisone,prednisolone,methylprednisolone,dexamethasone,hydrocortisone",
+        "benzodiazepine": "diazepam,lorazepam,alprazolam,clonazepam,midazolam,triazolam,temazepam",
+        "calcium channel blocker": "amlodipine,diltiazem,verapamil,nifedipine,felodipine",
+        "triptans": "sumatriptan,rizatriptan,zolmitriptan,eletriptan,naratriptan",
+        "sglt2 inhibitor": "empagliflozin,dapagliflozin,canagliflozin,ertugliflozin",
+        "nitrate": "nitroglycerin,isosorbide mononitrate,isosorbide dinitrate,isosorbide",
+    }.items()
+}
+
+# Allergy classes: a drug in the class conflicts with an allergy to the class or any member;
+# ``cross`` classes conflict at lower severity (penicillin allergy and cephalosporins).
+ALLERGY_CLASSES: Mapping[str, frozenset[str]] = {
+    name: frozenset(members.split(","))
+    for name, members in {
+        "penicillins": "penicillin,penicillin g,penicillin v,amoxicillin,ampicillin,piperacillin,nafcillin,"
+        "oxacillin,dicloxacillin,flucloxacillin,penicillins",
+        "cephalosporins": "cefazolin,cephalexin,cefuroxime,ceftriaxone,cefotaxime,ceftazidime,cefepime,"
+        "cefdinir,cefpodoxime,cefaclor,cephalosporins",
+        "sulfonamide antibiotics": "sulfamethoxazole,sulfadiazine,sulfasalazine,sulfonamides",
+        "nsaids": "ibuprofen,naproxen,diclofenac,ketorolac,meloxicam,indomethacin,aspirin,celecoxib",
+        "opioids": "morphine,codeine,oxycodone,hydrocodone,hydromorphone,fentanyl,tramadol,meperidine",
+    }.items()
+}
+_CLASS_WORDS = {
+    "penicillin": "penicillins",
+    "penicillins": "penicillins",
+    "cephalosporin": "cephalosporins",
+    "cephalosporins": "cephalosporins",
+    "sulfa": "sulfonamide antibiotics",
+    "sulfonamide": "sulfonamide antibiotics",
+    "sulfonamides": "sulfonamide antibiotics",
+    "nsaid": "nsaids",
+    "nsaids": "nsaids",
+    "opioid": "opioids",
+    "opioids": "opioids",
+    "opiate": "opioids",
+    "opiates": "opioids",
+}
+_CROSS = {("penicillins", "cephalosporins")}
+
+
+@dataclass(frozen=True, slots=True)
+class RenalLimit:
+    """Below ``below`` mL/min/1.73 m²: ``action`` (avoid: warning; reduce the dose: info)."""
+
+    below: Decimal
+    action: str
+    severity: Severity
+
+
+def _renal(*limits: tuple[str, str, Severity]) -> tuple[RenalLimit, ...]:
+    return tuple(RenalLimit(Decimal(b), a, s) for b, a, s in limits)
+
+
+_AVOID: Severity = "warning"
+_REDUCE: Severity = "info"
+RENAL: Mapping[str, tuple[RenalLimit, ...]] = {
+    "metformin": _renal(
+        ("30", "contraindicated", _AVOID), ("45", "do not start; reassess the benefit", _REDUCE)
+    ),
+    "nitrofurantoin": _renal(("30", "avoid", _AVOID)),
+    "spironolactone": _renal(("30", "avoid", _AVOID)),
+    "triamterene": _renal(("30", "avoid", _AVOID)),
+    "amiloride": _renal(("30", "avoid", _AVOID)),
+    "dabigatran": _renal(("30", "avoid", _AVOID)),
+    "rivaroxaban": _renal(("15", "avoid", _AVOID), ("50", "reduce the dose", _REDUCE)),
+    "apixaban": _renal(("25", "avoid", _AVOID)),
+    "edoxaban": _renal(("15", "avoid", _AVOID), ("50", "reduce the dose", _REDUCE)),
+    "fondaparinux": _renal(("30", "avoid", _AVOID)),
+    "enoxaparin": _renal(("30", "reduce the dose", _REDUCE)),
+    "ciprofloxacin": _renal(("30", "reduce the dose", _REDUCE)),
+    "trimethoprim": _renal(("15", "avoid", _AVOID), ("30", "reduce the dose", _REDUCE)),
+    "sulfamethoxazole": _renal(("15", "avoid", _AVOID), ("30", "reduce the dose", _REDUCE)),
+    "duloxetine": _renal(("30", "avoid", _AVOID)),
+    "gabapentin": _renal(("60", "reduce the dose", _REDUCE)),
+    "pregabalin": _renal(("60", "reduce the dose", _REDUCE)),
+    "levetiracetam": _renal(("80", "reduce the dose", _REDUCE)),
+    "tramadol": _renal(("30", "reduce the dose (immediate release)", _REDUCE)),
+    "famotidine": _renal(("50", "reduce the dose", _REDUCE)),
+    "colchicine": _renal(("30", "reduce the dose; monitor", _REDUCE)),
+    "probenecid": _renal(("30", "avoid", _AVOID)),
+    **{
+        nsaid: _renal(("30", "avoid", _AVOID))
+        for nsaid in ("ibuprofen", "naproxen", "diclofenac", "ketorolac", "meloxicam", "indomethacin")
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One pair of the interaction table: either side's names, severity, what and why."""
+
+    side_a: frozenset[str]
+    side_b: frozenset[str]
+    severity: Severity
+    description: str
+    recommendation: str
+    source: str
+
+
+@functools.cache
+def interactions() -> tuple[Interaction, ...]:
+    """The curated pairs (loaded once)."""
+    from drug_interaction_mcp.interactions import INTERACTIONS
+
+    return tuple(
+        Interaction(
+            frozenset(i.drug_a),
+            frozenset(i.drug_b),
+            _SEVERITY[i.severity.value],
+            i.description,
+            i.recommendation,
+            i.source,
+        )
+        for i in INTERACTIONS
+    )
+
+
+@functools.cache
+def _finder() -> Callable[..., list[Any]]:
+    from drug_named_entity_recognition import find_drugs  # loads its dictionary (about 4 s) once
+
+    finder: Callable[..., list[Any]] = find_drugs
+    return finder
+
+
+@functools.lru_cache(maxsize=8192)
+def ingredients(text: str) -> frozenset[str]:
+    """Generic names found in ``text`` (a medication or allergen as written), lower case."""
+    tokens = _TOKEN.findall(text)
+    if not tokens:
+        return frozenset()
+    found = _finder()(tokens, is_ignore_case=True)
+    return frozenset(str(match[0]["name"]).lower() for match in found if match[0].get("name"))
+
+
+def names_of(text: str) -> frozenset[str]:
+    """``text``'s ingredients and the classes they belong to."""
+    found = ingredients(text)
+    return found | {cls for cls, members in CLASSES.items() if found & members}
+
+
+def _allergy_classes(text: str) -> frozenset[str]:
+    words = {w.lower() for w in _TOKEN.findall(text)}
+    found = ingredients(text)
+    named = {_CLASS_WORDS[w] for w in words if w in _CLASS_WORDS}
+    return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
+
+
+def recorded_at(recorded: str, default: datetime) -> datetime:
+    """When a medication was ordered or an allergy recorded (``default`` when not readable)."""
+    try:
+        when = datetime.fromisoformat(recorded)
+    except ValueError:
+        return default
+    return when if when.tzinfo is not None else when.replace(tzinfo=default.tzinfo)
+
+
+def _input(label: str, item: Coded, at: datetime) -> AlertInput:
+    return AlertInput(
+        label=label, value=item.text or "(no text)", at=recorded_at(item.recorded, at), ref=item.ref
+    )
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
+    names_a, names_b = names_of(a.text), names_of(b.text)
+    if not names_a or not names_b or ingredients(a.text) == ingredients(b.text):
+        return []
+    out = []
+    for rule in interactions():
+        if not (
+            (names_a & rule.side_a and names_b & rule.side_b)
+            or (names_a & rule.side_b and names_b & rule.side_a)
+        ):
+            continue
+        first = sorted(ingredients(a.text))[0]
+        second = sorted(ingredients(b.text))[0]
+        pair = " + ".join(sorted((first, second)))
+        out.append(
+            Finding(
+                rule_id=DDI_RULE,
+                rule_version=RULE_VERSION,
+                key=f"{DDI_RULE}/{pair}",
+                severity=rule.severity,
+                level=0,
+                summary=_short(f"Interaction {pair}: {rule.description}", 140),
+                detail=f"{rule.description} {rule.recommendation}",
+                inputs=(_input("Medication", a, at), _input("Medication", b, at)),
+                thresholds="listed as an interacting pair",
+                citation=DDI_CITATION.format(source=rule.source),
+                at=at,
+            )
+        )
+        break  # the first (table order: most specific) entry for a pair
+    return out
+
+
+def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
+    drug = ingredients(medication.text)
+    if not drug:
+        return []
+    allergen_drugs = ingredients(allergy.text)
+    allergen_classes = _allergy_classes(allergy.text)
+    same = drug & allergen_drugs
+    in_class = sorted(c for c in allergen_classes if drug & ALLERGY_CLASSES[c])
+    cross = sorted(c for a, c in _CROSS if a in allergen_classes and drug & ALLERGY_CLASSES[c])
+    if same or in_class:
+        severity: Severity = "critical"
+        what = f"allergy to {sorted(same)[0]}" if same else f"allergy to {in_class[0]}"
+        level = 1
+    elif cross:
+        severity, what, level = "warning", f"possible cross-reactivity ({cross[0]})", 0
+    else:
+        return []
+    generic = sorted(drug)[0]
+    return [
+        Finding(
+            rule_id=ALLERGY_RULE,
+            rule_version=RULE_VERSION,
+            key=f"{ALLERGY_RULE}/{generic}",
+            severity=severity,
+            level=level,
+            summary=_short(f"{generic.capitalize()} ordered despite recorded {what}", 140),
+            detail=f"Recorded allergy or intolerance: {allergy.text or '(no text)'}"
+            + (f" (criticality {allergy.criticality})" if allergy.criticality else "")
+            + f". Ordered: {medication.text}.",
+            inputs=(_input("Medication", medication, at), _input("Allergy", allergy, at)),
+            thresholds="same drug or drug class as the allergen"
+            + ("" if severity == "critical" else "; penicillin-cephalosporin cross-reactivity"),
+            citation=ALLERGY_CITATION,
+            at=at,
+        )
+    ]
+
+
+def _renal_check(medication: Coded, state: PatientState, at: datetime) -> list[Finding]:
+    egfr = state.latest("egfr", at=at, window=EGFR_WINDOW)
+    if egfr is None or egfr.value is None:
+        return []
+    for generic in sorted(ingredients(medication.text)):
+        for band, limit in enumerate(RENAL.get(generic, ())):
+            if egfr.value < limit.below:
+                level = len(RENAL[generic]) - band
+                return [
+                    Finding(
+                        rule_id=RENAL_RULE,
+                        rule_version=RULE_VERSION,
+                        key=f"{RENAL_RULE}/{generic}",
+                        severity=limit.severity,
+                        level=level,
+                        summary=_short(
+                            f"{generic.capitalize()} with eGFR {egfr.as_sent}: {limit.action}", 140
+                        ),
+                        detail=f"{generic.capitalize()}: {limit.action} when eGFR is below {limit.below}"
+                        f" mL/min/1.73 m². Latest eGFR {egfr.as_sent}.",
+                        inputs=(_input("Medication", medication, at), input_of("eGFR", egfr)),
+                        thresholds=f"eGFR < {limit.below}: {limit.action}",
+                        citation=RENAL_CITATION,
+                        at=at,
+                    )
+                ]
+    return []
+
+
+def check_medications(
+    state: PatientState, new: Iterable[Coded], *, at: datetime, new_allergies: Iterable[Coded] = ()
+) -> list[Finding]:
+    """Findings for medications ``new`` (against the state) and allergies ``new_allergies``."""
+    new = list(new)
+    findings: list[Finding] = []
+    fresh = {m.ref for m in new}
+    for med in new:
+        for other in state.active_medications():
+            if other.ref not in fresh:
+                findings += _pair(med, other, at)
+        for allergy in state.active_allergies():
+            findings += _allergy(med, allergy, at)
+        findings += _renal_check(med, state, at)
+    for i, med in enumerate(new):  # pairs among the new medications themselves
+        for other in new[i + 1 :]:
+            findings += _pair(med, other, at)
+    for allergy in new_allergies:
+        for med in state.active_medications():
+            if med.ref not in fresh:
+                findings += _allergy(med, allergy, at)
+    return _best_per_key(findings)
+
+
+def _best_per_key(findings: list[Finding]) -> list[Finding]:
+    rank = {"info": 0, "warning": 1, "critical": 2}
+    best: dict[str, Finding] = {}
+    for finding in findings:
+        kept = best.get(finding.key)
+        if kept is None or (rank[finding.severity], finding.level) > (rank[kept.severity], kept.level):
+            best[finding.key] = finding
+    return list(best.values())
+
+
+def evaluate(state: PatientState, changed: frozenset[str], at: datetime) -> list[Finding]:
+    """Findings for what the record changed: medications, allergies, a new eGFR."""
+    active = state.active_medications()
+    new_meds = [m for m in active if m.ref in changed]
+    new_allergies = [a for a in state.active_allergies() if a.ref in changed]
+    findings = check_medications(
+        state.model_copy(update={"medications": {m.ref: m for m in active if m.ref not in changed}}),
+        new_meds,
+        at=at,
+        new_allergies=new_allergies,
+    )
+    if any(r.ref in changed for r in state.readings.get("egfr", [])):
+        seen = {f.key for f in findings}
+        findings += [
+            f for m in active if m.ref not in changed for f in _renal_check(m, state, at) if f.key not in seen
+        ]
+    return findings
+
+
+def check_orders(state: PatientState, orders: Iterable[dict[str, Any]], *, at: datetime) -> list[Finding]:
+    """Findings for draft medication orders (CDS Hooks ``draftOrders``); the state is not changed."""
+    drafts = [
+        medication(order, f"{order['resourceType']}/{order.get('id') or f'draft-{n}'}")
+        for n, order in enumerate(orders)
+        if order.get("resourceType") in ("MedicationRequest", "MedicationStatement")
+    ]
+    return check_medications(state, drafts, at=at)
