@@ -40,6 +40,7 @@ from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
+from inference import medsafety
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
@@ -265,6 +266,7 @@ async def running_stack(
         stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
         ticker = asyncio.create_task(_flush_when_due(flusher))
         stack.callback(ticker.cancel)
+        await asyncio.to_thread(medsafety.preload)
         state_store = SqliteStateStore(settings.cds_state_path)
         stack.callback(state_store.close)
         hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server

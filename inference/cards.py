@@ -15,11 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.hygiene import snooze, snoozed_until
+from inference.findings import Finding
+from inference.hygiene import alert_id, snooze, snoozed_until
 from inference.state import PatientState
-from stream.events import Alert, ClinicianFeedback
+from stream.events import Alert, ClinicianFeedback, deterministic_id
 
 PATIENT_VIEW = "clinstream-alerts"
+ORDER_SELECT = "clinstream-order-select"
+ORDER_SIGN = "clinstream-order-sign"
+HOOKS = {PATIENT_VIEW: "patient-view", ORDER_SELECT: "order-select", ORDER_SIGN: "order-sign"}
 SOURCE_LABEL = "clinstream decision support"
 OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
@@ -33,20 +37,50 @@ _INDICATOR = {"info": "info", "warning": "warning", "critical": "critical"}
 _RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
+_USAGE = (
+    "The patient prefetch is needed when the deployment links EHR patients to HL7 v2 medical "
+    "record numbers; without it and without fhirServer, 412."
+)
+_ORDERS = (
+    "Draft medication orders checked against the patient's active medications (interactions from a "
+    "curated table of 176 pairs), recorded allergies (drug classes, penicillin-cephalosporin "
+    "cross-reactivity) and the latest eGFR (renal dosing). A pair the table does not list is not "
+    "proof of safety."
+)
+
+
 def discovery() -> dict[str, Any]:
     """The `/cds-services` response."""
+    prefetch = {"patient": "Patient/{{context.patientId}}"}
     return {
         "services": [
             {
                 "id": PATIENT_VIEW,
                 "hook": "patient-view",
                 "title": "clinstream: current decision-support alerts",
-                "description": "NEWS2, sepsis screening (qSOFA, SIRS), critical laboratory values and acute "
-                "kidney injury (KDIGO) raised on the patient's live data, with their inputs and sources.",
-                "prefetch": {"patient": "Patient/{{context.patientId}}"},
-                "usageRequirements": "The patient prefetch is needed when the deployment links EHR "
-                "patients to HL7 v2 medical record numbers; without it and without fhirServer, 412.",
-            }
+                "description": "NEWS2, sepsis screening (qSOFA, SIRS), critical laboratory values, acute "
+                "kidney injury (KDIGO) and medication safety raised on the patient's live data, with "
+                "their inputs and sources.",
+                "prefetch": prefetch,
+                "usageRequirements": _USAGE,
+            },
+            {
+                "id": ORDER_SELECT,
+                "hook": "order-select",
+                "title": "clinstream: medication safety of the selected orders",
+                "description": _ORDERS
+                + " The selected orders are checked; the other drafts count as ordered.",
+                "prefetch": prefetch,
+                "usageRequirements": _USAGE,
+            },
+            {
+                "id": ORDER_SIGN,
+                "hook": "order-sign",
+                "title": "clinstream: medication safety before signing",
+                "description": _ORDERS + " Every draft order is checked.",
+                "prefetch": prefetch,
+                "usageRequirements": _USAGE,
+            },
         ]
     }
 
@@ -83,6 +117,46 @@ def card(alert: Alert) -> dict[str, Any]:
             "clinstream-raised-at": alert.raised_at.isoformat(),
         },
     }
+
+
+def order_card(finding: Finding, patient_id: str, drafts: dict[str, str], *, now: datetime) -> dict[str, Any]:
+    """A card for a finding on draft orders, with a suggestion to delete each draft it names.
+
+    ``drafts`` maps each draft's reference (``MedicationRequest/id``) to its text. Its uuid is
+    the alert id the finding would have, so feedback and a later alert on the signed order agree.
+    """
+    alert = Alert(
+        id=alert_id(patient_id, finding),
+        patient_id=patient_id,
+        rule_id=finding.rule_id,
+        rule_version=finding.rule_version,
+        severity=finding.severity,
+        summary=finding.summary,
+        detail=finding.detail,
+        evidence=finding.evidence,
+        citation=finding.citation,
+        effective=finding.at,
+        raised_at=now,
+        trace_id="cds-hooks",
+        key=finding.key,
+        level=finding.level,
+        inputs=finding.inputs,
+        thresholds=finding.thresholds,
+    )
+    out = card(alert)
+    out["suggestions"] = [
+        {
+            "label": f"Remove the draft order: {drafts[ref]}"[:140],
+            "uuid": deterministic_id("Suggestion", alert.id, ref),
+            "isRecommended": False,
+            "actions": [{"type": "delete", "description": f"Remove {drafts[ref]}", "resourceId": [ref]}],
+        }
+        for ref in finding.evidence
+        if ref in drafts
+    ]
+    if out["suggestions"]:
+        out["selectionBehavior"] = "any"
+    return out
 
 
 def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> list[Alert]:

@@ -29,16 +29,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.cards import (
+    HOOKS,
+    ORDER_SELECT,
     PATIENT_VIEW,
     FeedbackRequest,
     HookRequest,
     card,
     current_alerts,
     discovery,
+    order_card,
 )
 from inference.cds_auth import CdsJwtVerifier
+from inference.medsafety import MEDICATION_ORDERS, check_orders, draft_texts
+from inference.state import PatientState
 from inference.state_store import StateStore
 from stream.events import ClinicianFeedback, deterministic_id
+from stream.fhir_models import model_class
 from stream.identity import hl7_key
 
 log = logging.getLogger(__name__)
@@ -100,7 +106,7 @@ class CdsHooksService:
 
     async def _admit(self, request: Request, model: type[Body], what: str) -> tuple[str, Body] | JSONResponse:
         """The caller and the parsed body, or the 404/401/413/400 answer."""
-        if request.path_params["service"] != PATIENT_VIEW:
+        if request.path_params["service"] not in HOOKS:
             return _error(404, "no such CDS service")
         principal = self._authenticated(request)
         if principal is None:
@@ -118,8 +124,9 @@ class CdsHooksService:
         if isinstance(admitted, JSONResponse):
             return admitted
         _, hook = admitted
-        if hook.hook != "patient-view":
-            return _error(400, f"service {PATIENT_VIEW} answers patient-view, not {hook.hook}")
+        service = request.path_params["service"]
+        if hook.hook != HOOKS[service]:
+            return _error(400, f"service {service} answers {HOOKS[service]}, not {hook.hook}")
         patient = hook.context.get("patientId")
         if not isinstance(patient, str) or not patient:
             return _error(400, "context.patientId is required")
@@ -129,10 +136,52 @@ class CdsHooksService:
         # Cards come from memory when the state and the cards shown are there (the usual case):
         # a thread hop per call would cost more than the answer.
         state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
-        alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
-        if not self._store.remembered([a.id for a in alerts]):
-            await asyncio.to_thread(self._store.remember_cards, key, [(a.id, a.rule_id) for a in alerts])
-        return JSONResponse({"cards": [card(a) for a in alerts]})
+        if service == PATIENT_VIEW:
+            alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
+            cards = [card(a) for a in alerts]
+        else:
+            checked = self._order_cards(
+                hook, state or PatientState(patient_id=key), selected_only=service == ORDER_SELECT
+            )
+            if isinstance(checked, JSONResponse):
+                return checked
+            cards = checked
+        shown = [(c["uuid"], c["source"]["topic"]["code"]) for c in cards]
+        if not self._store.remembered([uuid for uuid, _ in shown]):
+            await asyncio.to_thread(self._store.remember_cards, key, shown)
+        return JSONResponse({"cards": cards})
+
+    def _order_cards(
+        self, hook: HookRequest, state: PatientState, *, selected_only: bool
+    ) -> list[dict[str, Any]] | JSONResponse:
+        """Cards for the medication orders in ``context.draftOrders`` (order-select, order-sign)."""
+        bundle = hook.context.get("draftOrders")
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            return _error(400, "context.draftOrders must be a FHIR Bundle")
+        orders = [
+            e["resource"]
+            for e in bundle.get("entry") or []
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType")
+        ]
+        for order in orders:
+            if order["resourceType"] not in MEDICATION_ORDERS:
+                continue
+            try:
+                model_class(str(order["resourceType"]))(**order)
+            except (ValidationError, ValueError, TypeError):
+                return _error(400, f"context.draftOrders holds an invalid {order['resourceType']}")
+        selections = hook.context.get("selections") or []
+        if selected_only and not isinstance(selections, list):
+            return _error(400, "context.selections must be a list of order references")
+        chosen = {str(s).rsplit("/", 1)[-1] for s in selections}
+        new = [o for o in orders if not selected_only or str(o.get("id")) in chosen]
+        alongside = [o for o in orders if o not in new]  # other drafts count as ordered
+        now = self._clock()
+        findings = check_orders(state, new, at=now, alongside=alongside)
+        drafts = {ref: text for ref, text in draft_texts(new)}
+        return [order_card(f, state.patient_id, drafts, now=now) for f in findings]
 
     async def _patient_key(self, hook: HookRequest, patient_id: str) -> str | JSONResponse:
         if not self._authorities:

@@ -394,11 +394,40 @@ def evaluate(state: PatientState, changed: frozenset[str], at: datetime) -> list
     return findings
 
 
-def check_orders(state: PatientState, orders: Iterable[dict[str, Any]], *, at: datetime) -> list[Finding]:
-    """Findings for draft medication orders (CDS Hooks ``draftOrders``); the state is not changed."""
-    drafts = [
+MEDICATION_ORDERS = frozenset({"MedicationRequest", "MedicationStatement"})
+
+
+def preload() -> None:
+    """Load the drug dictionary and the interaction table now (a stage calls this at start,
+    so that the first medication does not wait about 4 s inside a handler)."""
+    ingredients("aspirin")
+    interactions()
+
+
+def _drafts(orders: Iterable[dict[str, Any]]) -> list[Coded]:
+    return [
         medication(order, f"{order['resourceType']}/{order.get('id') or f'draft-{n}'}")
         for n, order in enumerate(orders)
-        if order.get("resourceType") in ("MedicationRequest", "MedicationStatement")
+        if order.get("resourceType") in MEDICATION_ORDERS
     ]
-    return check_medications(state, drafts, at=at)
+
+
+def draft_texts(orders: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(reference, text) of each draft medication order."""
+    return [(d.ref, d.text or "(no text)") for d in _drafts(orders)]
+
+
+def check_orders(
+    state: PatientState,
+    orders: Iterable[dict[str, Any]],
+    *,
+    at: datetime,
+    alongside: Iterable[dict[str, Any]] = (),
+) -> list[Finding]:
+    """Findings for draft medication orders (CDS Hooks ``draftOrders``); the state is not changed.
+
+    ``alongside``: other drafts of the same session, checked against as if already ordered.
+    """
+    pending = {d.ref: d.model_copy(update={"status": "active"}) for d in _drafts(alongside)}
+    context = state.model_copy(update={"medications": {**state.medications, **pending}}) if pending else state
+    return check_medications(context, _drafts(orders), at=at)

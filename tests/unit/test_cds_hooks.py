@@ -90,9 +90,13 @@ async def test_discovery_is_public_and_lists_the_service(env):
     async with build() as client:
         response = await client.get("/cds-services")
     assert response.status_code == 200
-    [service] = response.json()["services"]
-    assert (service["id"], service["hook"]) == ("clinstream-alerts", "patient-view")
-    assert service["prefetch"] == {"patient": "Patient/{{context.patientId}}"}
+    services = response.json()["services"]
+    assert [(s["id"], s["hook"]) for s in services] == [
+        ("clinstream-alerts", "patient-view"),
+        ("clinstream-order-select", "order-select"),
+        ("clinstream-order-sign", "order-sign"),
+    ]
+    assert {json.dumps(s["prefetch"]) for s in services} == {'{"patient": "Patient/{{context.patientId}}"}'}
 
 
 async def test_cards_come_from_state_with_explanations(env):
@@ -328,3 +332,141 @@ async def test_the_patient_read_cannot_leave_the_patient_path(env):
         response = await client.post("/cds-services/clinstream-alerts", json=hook, headers=_auth(token()))
     assert response.status_code == 412
     assert seen == [b"/fhir/Patient/..%2FObservation%3Fcode%3Dx"]
+
+
+def _order(text, oid):
+    return {
+        "resourceType": "MedicationRequest",
+        "id": oid,
+        "status": "draft",
+        "intent": "proposal",
+        "medicationCodeableConcept": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+    }
+
+
+def _order_hook(hook, *orders, selections=None):
+    context = {
+        "patientId": "p1",
+        "userId": "Practitioner/1",
+        "draftOrders": {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": o} for o in orders],
+        },
+    }
+    if selections is not None:
+        context["selections"] = selections
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+
+
+def _medicated_state():
+    from tests.unit.test_medsafety import allergy, med
+
+    at = T0
+    resources = [med("Warfarin 5 MG Oral Tablet", "m1"), allergy("Allergy to penicillin", "a1")]
+    return process(None, record(*resources, at=at), RuleSet(), now=at).state
+
+
+async def test_order_sign_checks_every_draft_and_suggests_removing_it(env):
+    store, published, build = env
+    store.save(_medicated_state())
+    url = f"{BASE}/cds-services/clinstream-order-sign"
+    body = _order_hook(
+        "order-sign", _order("Ibuprofen 400 MG Oral Tablet", "d1"), _order("Amoxicillin 500 MG", "d2")
+    )
+    async with build() as client:
+        response = await client.post(
+            "/cds-services/clinstream-order-sign", json=body, headers=_auth(token(url))
+        )
+        assert response.status_code == 200
+        cards = response.json()["cards"]
+        assert sorted((c["source"]["topic"]["code"], c["indicator"]) for c in cards) == [
+            ("drug-allergy", "critical"),
+            ("drug-interaction", "critical"),
+        ]
+        for c in cards:
+            [suggestion] = c["suggestions"]
+            [action] = suggestion["actions"]
+            assert action["type"] == "delete"
+            assert action["resourceId"][0] in ("MedicationRequest/d1", "MedicationRequest/d2")
+            assert c["selectionBehavior"] == "any"
+            assert len(c["summary"]) <= 140
+        # A card shown on an order hook takes feedback like any other.
+        feedback = {
+            "feedback": [
+                {"card": cards[0]["uuid"], "outcome": "accepted", "outcomeTimestamp": T0.isoformat()}
+            ]
+        }
+        answer = await client.post(
+            "/cds-services/clinstream-order-sign/feedback", json=feedback, headers=_auth(token(url))
+        )
+    assert answer.status_code == 200
+    assert [e.rule_id for e in published] == [cards[0]["source"]["topic"]["code"]]
+    assert store.load("p1").medications.keys() == {"MedicationRequest/m1"}  # drafts are not kept
+
+
+async def test_order_select_checks_the_selection_against_the_other_drafts(env):
+    _, _, build = env
+    url = f"{BASE}/cds-services/clinstream-order-select"
+    drafts = (
+        _order("Methotrexate 2.5 MG", "d1"),
+        _order("Naproxen 250 MG", "d2"),
+        _order("Lisinopril 10 MG", "d3"),
+    )
+    async with build() as client:
+        select_nsaid = _order_hook("order-select", *drafts, selections=["MedicationRequest/d2"])
+        cards = (await client.post(url, json=select_nsaid, headers=_auth(token(url)))).json()["cards"]
+        select_lisinopril = _order_hook(
+            "order-select", drafts[0], drafts[2], selections=["MedicationRequest/d3"]
+        )
+        quiet = (await client.post(url, json=select_lisinopril, headers=_auth(token(url)))).json()["cards"]
+    # Naproxen with the methotrexate drafted beside it (danger) and with lisinopril (NSAID + ACE inhibitor).
+    assert sorted((c["summary"].split(":")[0], c["indicator"]) for c in cards) == [
+        ("Interaction lisinopril + naproxen", "warning"),
+        ("Interaction methotrexate + naproxen", "critical"),
+    ]
+    for c in cards:  # only the selected draft is suggested for removal
+        assert [a["resourceId"] for s in c["suggestions"] for a in s["actions"]] == [["MedicationRequest/d2"]]
+    assert quiet == []
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"patientId": "p1", "userId": "u"},  # no draftOrders
+        {"patientId": "p1", "draftOrders": {"resourceType": "Patient"}},
+        {
+            "patientId": "p1",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MedicationRequest",
+                            "id": "x",
+                            "medicationCodeableConcept": "aspirin",
+                        }
+                    }
+                ],
+            },
+        },
+        {"patientId": "p1", "draftOrders": {"resourceType": "Bundle", "entry": []}, "selections": "d1"},
+    ],
+)
+async def test_unreadable_draft_orders_get_400(env, context):
+    _, _, build = env
+    url = f"{BASE}/cds-services/clinstream-order-select"
+    body = {"hook": "order-select", "hookInstance": "h", "context": context}
+    async with build() as client:
+        response = await client.post(url, json=body, headers=_auth(token(url)))
+    assert response.status_code == 400
+    assert "draftOrders" in response.json()["detail"] or "selections" in response.json()["detail"]
+
+
+async def test_a_service_answers_only_its_own_hook(env):
+    _, _, build = env
+    url = f"{BASE}/cds-services/clinstream-order-sign"
+    async with build() as client:
+        response = await client.post(url, json=_hook(), headers=_auth(token(url)))
+    assert response.status_code == 400
