@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from indexer.errors import ModelNotBuiltError
+from stream.onnx_session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +39,6 @@ class ModelSession(Protocol):
 
     def get_inputs(self) -> list[Any]:
         """Graph inputs (objects with a ``name``)."""
-
-
-def open_session(model_path: Path, providers: Sequence[str], threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime session on the first available providers, in the order given.
-
-    Asking for CUDA on a machine without it would log an error and fall back; we skip
-    unavailable providers up front and report the ones the session really uses.
-    """
-    available = set(ort.get_available_providers())
-    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
-    log.info("ONNX session %s on %s", model_path.name, session.get_providers())
-    return session
 
 
 def length_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:

@@ -43,6 +43,7 @@ PURE_MODULES = [
     "inference/cards.py",
     "inference/writeback.py",
     "inference/medsafety.py",
+    "inference/risk.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {
@@ -54,6 +55,7 @@ SHARED = {
     "stream.fhir_models",
     "stream.units",  # UCUM conversion: decision support compares values in canonical units
     "stream.identity",  # how a FHIR Patient maps to the stream's patient key (CDS Hooks needs it)
+    "stream.onnx_session",  # ONNX Runtime sessions, the same provider choice for every model
 }
 
 
