@@ -13,7 +13,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ from inference import medsafety
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
+from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
 from inference.writeback import writeback_from
@@ -219,6 +220,11 @@ async def running_stack(
         raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
     api_token = token or secrets.token_urlsafe(24)
     rules = ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
+    if settings.cds.risk_models:
+        models = [OnnxRiskModel(path, settings.models.providers) for path in settings.cds.risk_models]
+        for model in models:
+            log.info("risk model %s v%s on %s", model.contract.id, model.contract.version, model.providers)
+        rules = replace(rules, risk_models=tuple(models))
 
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from inference import aki, critical, medsafety, news2, sepsis
+from inference import aki, critical, medsafety, news2, risk, sepsis
 from inference.critical import CriticalLimit
 from inference.findings import Finding
 from inference.hygiene import HygieneConfig, Suppressed, screen
@@ -29,10 +29,13 @@ class RuleSet:
     critical_limits: Mapping[str, CriticalLimit] = field(default_factory=critical.limits_with)
     local_codes: Mapping[str, str] = field(default_factory=dict)
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
+    risk_models: tuple[risk.RiskScorer, ...] = ()
 
 
 def ruleset_from(settings: CdsSettings) -> RuleSet:
-    """The rule set a deployment's settings describe (raises `RuleConfigError` on a bad limit)."""
+    """The rule set a deployment's settings describe (raises `RuleConfigError` on a bad limit).
+
+    Risk models are loaded by the stage (`inference.risk_model`) and added with `replace`."""
     return RuleSet(
         vitals_window=timedelta(hours=settings.vitals_window_h),
         scale_2_codes=settings.news2_scale2_codes,
@@ -66,6 +69,7 @@ def evaluate(state: PatientState, at: datetime, changed: frozenset[str], rules: 
         *critical.evaluate(state, changed, rules.critical_limits),
         *aki.evaluate(state, changed),
         *medsafety.evaluate(state, changed, at),
+        *risk.evaluate(state, changed, at, rules.risk_models),
     ]
 
 

@@ -262,6 +262,11 @@ class CdsSettings(_Section):
     cards_window_h: float = Field(
         default=24.0, gt=0, description="CDS Hooks: alerts raised within this many hours are shown as cards."
     )
+    risk_models: tuple[Path, ...] = Field(
+        default=(),
+        description="Risk-model contract files (JSON list of paths); each names its ONNX graph "
+        "(docs/decision-support.md).",
+    )
     writeback_fhir: bool = Field(
         default=False,
         description="Write each alert back as a FHIR DetectedIssue with its Provenance (outbound FHIR).",
