@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from inference import aki, critical, medsafety, news2, risk, sepsis
+from inference import aki, critical, medsafety, news2, notes, risk, sepsis
 from inference.critical import CriticalLimit
 from inference.findings import Finding
 from inference.hygiene import HygieneConfig, Suppressed, screen
@@ -95,9 +95,10 @@ def process(state: PatientState | None, record: FhirRecord, rules: RuleSet, *, n
     current = apply(state or PatientState(patient_id=record.patient_id), record, rules.local_codes)
     changed = changed_refs(record)
     at = clinical_time(current, changed, record.envelope.received_at)
-    if at is None:
+    signals = notes.evaluate(record.resources, default_time=record.envelope.received_at)
+    if at is None and not signals:
         return Outcome(current, [], [])
-    findings = evaluate(current, at, changed, rules)
+    findings = [*(evaluate(current, at, changed, rules) if at is not None else []), *signals]
     alerts, held, current = screen(
         current, findings, now=now, trace_id=record.envelope.trace_id, config=rules.hygiene
     )

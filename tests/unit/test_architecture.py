@@ -44,6 +44,7 @@ PURE_MODULES = [
     "inference/writeback.py",
     "inference/medsafety.py",
     "inference/risk.py",
+    "inference/notes.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {
