@@ -42,7 +42,7 @@ from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
 from inference import medsafety
 from inference.app import register_cds
-from inference.cds_auth import CdsJwtVerifier
+from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
 from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
@@ -181,17 +181,21 @@ def _cds_hooks(
     store: SqliteStateStore,
     broker: KafkaBroker,
     http: httpx.AsyncClient,
-) -> CdsHooksService:
-    """The CDS Hooks service over decision support's state; feedback goes out through its broker."""
+) -> tuple[CdsHooksService, JwksSource | None]:
+    """The CDS Hooks service over decision support's state; feedback goes out through its broker.
+
+    With a JWKS URL, also its source of keys (the caller keeps it fresh)."""
     cds = settings.cds
     verifier = CdsJwtVerifier(
         hs256_secret=cds.jwt_secret.get_secret_value() if cds.jwt_secret else None,
         jwks_file=cds.jwks_file,
         issuers=cds.jwt_issuers,
     )
-    if not verifier.configured:
+    jwks = JwksSource(cds.jwks_url, verifier, http) if cds.jwks_url else None
+    if not verifier.configured and jwks is None:
         log.warning(
-            "CDS Hooks: no JWT key configured (CLINSTREAM_CDS__JWKS_FILE or __JWT_SECRET): calls get 401"
+            "CDS Hooks: no JWT key configured (CLINSTREAM_CDS__JWKS_URL, __JWKS_FILE or __JWT_SECRET): "
+            "calls get 401"
         )
 
     async def publish(feedback: ClinicianFeedback) -> None:
@@ -207,7 +211,8 @@ def _cds_hooks(
         authorities=settings.normalizer.patient_authorities,
         cards_window=timedelta(hours=cds.cards_window_h),
         public_base_url=cds.public_base_url,
-    )
+        jwks=jwks,
+    ), jwks
 
 
 @contextlib.asynccontextmanager
@@ -277,7 +282,10 @@ async def running_stack(
         stack.callback(state_store.close)
         hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
         stack.push_async_callback(hooks_http.aclose)
-        hooks = _cds_hooks(settings, topics, state_store, brokers["cds"], hooks_http)
+        hooks, jwks = _cds_hooks(settings, topics, state_store, brokers["cds"], hooks_http)
+        if jwks is not None:
+            keys_task = asyncio.create_task(jwks.keep_fresh())
+            stack.callback(keys_task.cancel)
         writeback = writeback_from(settings.cds)
         register_cds(
             brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds", writeback=writeback

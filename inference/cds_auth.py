@@ -10,15 +10,21 @@ tests only, an HS256 shared secret. A ``jti`` seen before is refused until its t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
+
+log = logging.getLogger(__name__)
 
 ASYMMETRIC = ["RS256", "RS384", "ES256", "ES384"]
 MAX_LIFETIME_S = 300
@@ -52,11 +58,29 @@ class CdsJwtVerifier:
         self._secret = hs256_secret
         self._keys: dict[str, Any] = {}
         if jwks_file is not None:
-            jwks = jwt.PyJWKSet.from_dict(json.loads(Path(jwks_file).read_text()))
-            self._keys = {key.key_id: key for key in jwks.keys if key.key_id}
+            self.set_keys(json.loads(Path(jwks_file).read_text()))
         self._issuers = frozenset(issuers)
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def set_keys(self, jwks: dict[str, Any]) -> int:
+        """Use the public keys of a JWKS document (replacing earlier ones); how many have a kid.
+
+        Raises:
+            jwt.PyJWKSetError: not a JWKS with a usable key.
+        """
+        keys = jwt.PyJWKSet.from_dict(jwks).keys
+        self._keys = {key.key_id: key for key in keys if key.key_id}
+        return len(self._keys)
+
+    def names_unknown_key(self, authorization: str) -> bool:
+        """Whether the token asks for an asymmetric key by a kid we do not have (time to refresh)."""
+        header = _peek_header(authorization.partition(" ")[2].strip())
+        return (
+            header is not None
+            and header.get("alg") in ASYMMETRIC
+            and str(header.get("kid", "")) not in self._keys
+        )
 
     @property
     def configured(self) -> bool:
@@ -114,3 +138,51 @@ class CdsJwtVerifier:
                 return False
             self._seen[token_id] = expires
             return True
+
+
+class JwksSource:
+    """The EHR's JWKS URL: read at start, hourly, and when a token names an unknown kid.
+
+    A refresh asked for by a token happens at most once a minute, so a stream of tokens with a
+    bogus kid cannot turn the service into a client hammering the EHR.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        verifier: CdsJwtVerifier,
+        http: httpx.AsyncClient,
+        *,
+        min_interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._verifier = verifier
+        self._http = http
+        self._min_interval = min_interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, *, forced: bool = True) -> bool:
+        """Fetch the keys now (``forced``) or if the last fetch is old enough; True when fetched."""
+        async with self._lock:
+            now = self._clock()
+            if not forced and self._last is not None and now - self._last < self._min_interval:
+                return False
+            self._last = now
+            try:
+                response = await self._http.get(self._url, headers={"Accept": "application/json"})
+                response.raise_for_status()
+                count = self._verifier.set_keys(response.json())
+            except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+                log.warning("cds-hooks: JWKS from the configured URL not read (%s)", type(exc).__name__)
+                return False
+            log.info("cds-hooks: %d key(s) read from the JWKS URL", count)
+            return True
+
+    async def keep_fresh(self, every_s: float = 3600.0, retry_s: float = 60.0) -> None:
+        """Refresh forever: hourly, or every minute while no key could be read."""
+        while True:
+            ok = await self.refresh()
+            await asyncio.sleep(every_s if ok else retry_s)

@@ -39,7 +39,7 @@ from inference.cards import (
     discovery,
     order_card,
 )
-from inference.cds_auth import CdsJwtVerifier
+from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.medsafety import MEDICATION_ORDERS, check_orders, draft_texts
 from inference.state import PatientState
 from inference.state_store import StateStore
@@ -72,6 +72,7 @@ class CdsHooksService:
         authorities: Mapping[str, str],
         cards_window: timedelta,
         public_base_url: str | None = None,
+        jwks: JwksSource | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -82,6 +83,7 @@ class CdsHooksService:
         self._window = cards_window
         self._base = public_base_url.rstrip("/") if public_base_url else None
         self._clock = clock
+        self._jwks = jwks
 
     def routes(self) -> list[Route]:
         """Discovery, the services and their feedback endpoints."""
@@ -109,6 +111,11 @@ class CdsHooksService:
         if request.path_params["service"] not in HOOKS:
             return _error(404, "no such CDS service")
         principal = self._authenticated(request)
+        if principal is None and self._jwks is not None:
+            # The EHR rotated its keys: read them again (at most once a minute) and retry once.
+            if self._verifier.names_unknown_key(request.headers.get("authorization", "")):
+                if await self._jwks.refresh(forced=False):
+                    principal = self._authenticated(request)
         if principal is None:
             return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
         body = await request.body()

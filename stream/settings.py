@@ -252,6 +252,10 @@ class CdsSettings(_Section):
     jwks_file: Path | None = Field(
         default=None, description="CDS Hooks: JWKS file of the EHR's public keys (RS/ES 256/384)."
     )
+    jwks_url: str | None = Field(
+        default=None,
+        description="CDS Hooks: JWKS URL of the EHR's public keys; read at start, hourly, on an unknown kid.",
+    )
     jwt_issuers: tuple[str, ...] = Field(
         default=(), description="CDS Hooks: accepted `iss` values (JSON list); empty: any a known key signed."
     )

@@ -173,6 +173,67 @@ def test_unreadable_tokens_are_refused_not_raised(garbage):
     assert CdsJwtVerifier(hs256_secret=SECRET).verify(f"Bearer {garbage}", SERVICE) is None
 
 
+def _ec_jwks(kid):
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return key, {"keys": [{**public, "kid": kid, "alg": "ES256"}]}
+
+
+def _es256(key, kid, aud=SERVICE):
+    now = int(time.time())
+    claims = {"iss": "ehr", "aud": aud, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+
+
+async def test_keys_from_a_jwks_url_follow_a_rotation(env):
+    from inference.cds_auth import JwksSource
+
+    store, _, _ = env
+    store.save(_state())
+    old_key, old_jwks = _ec_jwks("ehr-1")
+    new_key, new_jwks = _ec_jwks("ehr-2")
+    served = {"jwks": old_jwks, "status": 200}
+    fetches = []
+
+    def ehr(request):
+        fetches.append(request.url.path)
+        return httpx.Response(served["status"], json=served["jwks"])
+
+    verifier = CdsJwtVerifier()
+    clock = {"t": 0.0}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ehr)) as http:
+        source = JwksSource("https://ehr.test/jwks", verifier, http, clock=lambda: clock["t"])
+        assert await source.refresh()
+        service = CdsHooksService(
+            store,
+            verifier,
+            lambda event: None,
+            http=http,
+            authorities={},
+            cards_window=timedelta(hours=24),
+            jwks=source,
+            clock=lambda: T0 + hours(2),
+        )
+        app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+
+            async def call(tok):
+                r = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(tok))
+                return r.status_code
+
+            assert await call(_es256(old_key, "ehr-1")) == 200
+            served["jwks"] = new_jwks  # the EHR rotates its key
+            clock["t"] = 120.0
+            assert await call(_es256(new_key, "ehr-2")) == 200  # unknown kid: keys read again
+            assert await call(_es256(old_key, "ehr-1")) == 401  # the old key is gone
+            assert await call(_es256(old_key, "ehr-9")) == 401  # within a minute: no new read
+            served["status"] = 500
+            clock["t"] = 400.0
+            assert not await source.refresh()  # a failed read keeps the keys we have
+            assert await call(_es256(new_key, "ehr-2")) == 200
+    assert len(fetches) == 3  # at start, on the rotation, the failed read: none for ehr-1 or ehr-9
+
+
 def test_asymmetric_keys_from_a_jwks_file(tmp_path):
     key = ec.generate_private_key(ec.SECP384R1())
     public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
