@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.findings import Finding
-from inference.hygiene import alert_id, snooze, snoozed_until
+from inference.hygiene import alert_of, snooze, snoozed_until
 from inference.state import PatientState
 from stream.events import Alert, ClinicianFeedback, deterministic_id
 
@@ -125,24 +125,7 @@ def order_card(finding: Finding, patient_id: str, drafts: dict[str, str], *, now
     ``drafts`` maps each draft's reference (``MedicationRequest/id``) to its text. Its uuid is
     the alert id the finding would have, so feedback and a later alert on the signed order agree.
     """
-    alert = Alert(
-        id=alert_id(patient_id, finding),
-        patient_id=patient_id,
-        rule_id=finding.rule_id,
-        rule_version=finding.rule_version,
-        severity=finding.severity,
-        summary=finding.summary,
-        detail=finding.detail,
-        evidence=finding.evidence,
-        citation=finding.citation,
-        effective=finding.at,
-        raised_at=now,
-        trace_id="cds-hooks",
-        key=finding.key,
-        level=finding.level,
-        inputs=finding.inputs,
-        thresholds=finding.thresholds,
-    )
+    alert = alert_of(finding, patient_id, now=now, trace_id="cds-hooks")
     out = card(alert)
     out["suggestions"] = [
         {

@@ -64,6 +64,28 @@ def alert_id(patient_id: str, finding: Finding) -> str:
     )
 
 
+def alert_of(finding: Finding, patient_id: str, *, now: datetime, trace_id: str) -> Alert:
+    """The alert ``finding`` becomes for ``patient_id`` when raised at ``now``."""
+    return Alert(
+        id=alert_id(patient_id, finding),
+        patient_id=patient_id,
+        rule_id=finding.rule_id,
+        rule_version=finding.rule_version,
+        severity=finding.severity,
+        summary=finding.summary,
+        detail=finding.detail,
+        evidence=finding.evidence,
+        citation=finding.citation,
+        effective=finding.at,
+        raised_at=now,
+        trace_id=trace_id,
+        key=finding.key,
+        level=finding.level,
+        inputs=finding.inputs,
+        thresholds=finding.thresholds,
+    )
+
+
 def snoozed_until(snoozes: Mapping[str, datetime], key: str, rule_id: str) -> datetime | None:
     """When the snooze of a dedupe key or of its whole rule ends (the later of the two), or None."""
     return max((snoozes[k] for k in (key, rule_id) if k in snoozes), default=None)
@@ -114,24 +136,7 @@ def screen(
         if reason is not None:
             held.append(Suppressed(finding, reason))
             continue
-        alert = Alert(
-            id=new_id,
-            patient_id=state.patient_id,
-            rule_id=finding.rule_id,
-            rule_version=finding.rule_version,
-            severity=finding.severity,
-            summary=finding.summary,
-            detail=finding.detail,
-            evidence=finding.evidence,
-            citation=finding.citation,
-            effective=finding.at,
-            raised_at=now,
-            trace_id=trace_id,
-            key=finding.key,
-            level=finding.level,
-            inputs=finding.inputs,
-            thresholds=finding.thresholds,
-        )
+        alert = alert_of(finding, state.patient_id, now=now, trace_id=trace_id)
         memory[finding.key] = alert
         alerts.append(alert)
     return alerts, held, state.model_copy(update={"alerts": memory})

@@ -30,6 +30,14 @@ ORU = (
     b"OBX|1|NM|2823-3^Potassium^LN||6.4|mmol/L|3.5-5.1|HH|||F\r"
 )
 
+POTASSIUM = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+    "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
+}
+
 
 def _collector(broker, topic):
     seen = []
@@ -63,13 +71,7 @@ async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
     store = SqliteStateStore(":memory:")
     register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: ENVELOPE.received_at)
     alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
-    obs = {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
-        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
-    }
+    obs = POTASSIUM
     good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs]).model_dump_json().encode()
     weird = (
         FhirRecord(
@@ -107,13 +109,7 @@ async def test_cds_writes_alerts_back_on_the_channels_switched_on():
     )
     alerts = _collector(broker, TOPICS.alerts)
     fhir, hl7 = _collector(broker, TOPICS.outbound_fhir), _collector(broker, TOPICS.outbound_hl7v2)
-    obs = {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
-        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
-    }
+    obs = POTASSIUM
     patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"value": "100002"}]}
     good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[patient, obs]).model_dump_json().encode()
     async with TestKafkaBroker(broker) as br:
@@ -131,13 +127,7 @@ async def test_cds_applies_snooze_feedback_to_patient_state():
     from stream.events import ClinicianFeedback
 
     store = SqliteStateStore(":memory:")
-    obs = {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
-        "valueQuantity": {"value": 6.4, "unit": "mmol/L", "code": "mmol/L"},
-    }
+    obs = POTASSIUM
     first = process(
         None,
         FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs]),
