@@ -10,6 +10,7 @@ fields are ignored by clients; ``extension`` carries ours).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -17,13 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inference.findings import Finding
 from inference.hygiene import alert_of, snooze, snoozed_until
+from inference.medsafety import medication_review
 from inference.state import PatientState
 from stream.events import Alert, ClinicianFeedback, deterministic_id
 
 PATIENT_VIEW = "clinstream-alerts"
 ORDER_SELECT = "clinstream-order-select"
 ORDER_SIGN = "clinstream-order-sign"
-HOOKS = {PATIENT_VIEW: "patient-view", ORDER_SELECT: "order-select", ORDER_SIGN: "order-sign"}
+DISCHARGE = "clinstream-discharge"
+HOOKS = {
+    PATIENT_VIEW: "patient-view",
+    ORDER_SELECT: "order-select",
+    ORDER_SIGN: "order-sign",
+    DISCHARGE: "encounter-discharge",
+}
 SOURCE_LABEL = "clinstream decision support"
 OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
@@ -78,6 +86,16 @@ def discovery() -> dict[str, Any]:
                 "hook": "order-sign",
                 "title": "clinstream: medication safety before signing",
                 "description": _ORDERS + " Every draft order is checked.",
+                "prefetch": prefetch,
+                "usageRequirements": _USAGE,
+            },
+            {
+                "id": DISCHARGE,
+                "hook": "encounter-discharge",
+                "title": "clinstream: before discharge",
+                "description": "The alerts raised during the stay that are still shown, and a medication "
+                "review of the active list (interactions among them, allergies, renal dosing with the "
+                "latest eGFR).",
                 "prefetch": prefetch,
                 "usageRequirements": _USAGE,
             },
@@ -140,6 +158,22 @@ def order_card(finding: Finding, patient_id: str, drafts: dict[str, str], *, now
     if out["suggestions"]:
         out["selectionBehavior"] = "any"
     return out
+
+
+def discharge_cards(state: PatientState, *, now: datetime, window: timedelta) -> list[dict[str, Any]]:
+    """encounter-discharge: the stay's alerts still shown, then the medication review's findings.
+
+    The stay starts at the encounter's start when the state has one, else ``window`` ago.
+    """
+    since = now - window
+    if state.encounter is not None and state.encounter.start:
+        with contextlib.suppress(ValueError):
+            start = datetime.fromisoformat(state.encounter.start)
+            since = start if start.tzinfo is not None else start.replace(tzinfo=now.tzinfo)
+    stay = [a for a in current_alerts(state, now=now, window=now - since) if a.severity != "info"]
+    shown = {a.key for a in stay}
+    review = [f for f in medication_review(state, at=now) if f.key not in shown]
+    return [card(a) for a in stay] + [order_card(f, state.patient_id, {}, now=now) for f in review]
 
 
 def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> list[Alert]:

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.cards import (
+    DISCHARGE,
     HOOKS,
     ORDER_SELECT,
     PATIENT_VIEW,
@@ -36,6 +37,7 @@ from inference.cards import (
     HookRequest,
     card,
     current_alerts,
+    discharge_cards,
     discovery,
     order_card,
 )
@@ -146,6 +148,8 @@ class CdsHooksService:
         if service == PATIENT_VIEW:
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
             cards = [card(a) for a in alerts]
+        elif service == DISCHARGE:
+            cards = discharge_cards(state, now=self._clock(), window=self._window) if state else []
         else:
             checked = self._order_cards(
                 hook, state or PatientState(patient_id=key), selected_only=service == ORDER_SELECT

@@ -431,3 +431,10 @@ def check_orders(
     pending = {d.ref: d.model_copy(update={"status": "active"}) for d in _drafts(alongside)}
     context = state.model_copy(update={"medications": {**state.medications, **pending}}) if pending else state
     return check_medications(context, _drafts(orders), at=at)
+
+
+def medication_review(state: PatientState, *, at: datetime) -> list[Finding]:
+    """Every active medication checked against the others, the allergies and the latest eGFR."""
+    active = state.active_medications()
+    others = state.model_copy(update={"medications": {}})
+    return check_medications(others, active, at=at)

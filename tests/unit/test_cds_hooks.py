@@ -95,6 +95,7 @@ async def test_discovery_is_public_and_lists_the_service(env):
         ("clinstream-alerts", "patient-view"),
         ("clinstream-order-select", "order-select"),
         ("clinstream-order-sign", "order-sign"),
+        ("clinstream-discharge", "encounter-discharge"),
     ]
     assert {json.dumps(s["prefetch"]) for s in services} == {'{"patient": "Patient/{{context.patientId}}"}'}
 
@@ -531,3 +532,41 @@ async def test_a_service_answers_only_its_own_hook(env):
     async with build() as client:
         response = await client.post(url, json=_hook(), headers=_auth(token(url)))
     assert response.status_code == 400
+
+
+async def test_encounter_discharge_shows_the_stays_alerts_and_reviews_the_medication_list(env):
+    from tests.unit.test_medsafety import egfr, med
+
+    store, _, build = env
+    stay = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "in-progress",
+        "class": {"code": "IMP"},
+        "period": {"start": T0.isoformat()},
+    }
+    feed = [
+        [stay, obs("2823-3", 6.8, "mmol/L", at=T0, oid="k1")],  # critical potassium
+        [med("Warfarin 5 MG", "m1"), med("Ibuprofen 400 MG", "m2"), med("Metformin 500 MG", "m3")],
+        [egfr(25, "e1", at=T0 + hours(1))],
+    ]
+    state = None
+    for n, resources in enumerate(feed):
+        at = T0 + hours(n) if n < 2 else T0 + hours(1)
+        state = process(state, record(*resources, at=at, message_id=str(n)), RuleSet(), now=at).state
+    # Say the renal alerts were snoozed away: the review at discharge still lists them.
+    kept = {k: a for k, a in state.alerts.items() if not k.startswith("renal")}
+    store.save(state.model_copy(update={"alerts": kept}))
+    url = f"{BASE}/cds-services/clinstream-discharge"
+    context = {"patientId": "p1", "userId": "Practitioner/1", "encounterId": "e1"}
+    body = {"hook": "encounter-discharge", "hookInstance": "h", "context": context}
+    async with build() as client:
+        response = await client.post(url, json=body, headers=_auth(token(url)))
+    assert response.status_code == 200
+    cards = [(c["source"]["topic"]["code"], c["summary"].split(":")[0]) for c in response.json()["cards"]]
+    assert cards == [
+        ("drug-interaction", "Interaction ibuprofen + warfarin"),  # the stay's alerts, newest first
+        ("critical-lab", "Critical high potassium"),
+        ("renal-dosing", "Ibuprofen with eGFR 25 mL/min/{1.73_m2}"),  # the review: not shown during the stay
+        ("renal-dosing", "Metformin with eGFR 25 mL/min/{1.73_m2}"),
+    ]
