@@ -13,7 +13,6 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -22,7 +21,7 @@ from connectors.fhir_client import FhirWriter
 from connectors.mllp_client import OutboundMllp
 from stream.events import DeadLetter, Topics, WritebackOutcome
 from stream.kafka import (
-    FETCH_MAX_WAIT_MS,
+    STAGE_CONSUMER,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -55,9 +54,7 @@ def register_outbound_mllp(
     @broker.subscriber(
         topics.outbound_hl7v2,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def deliver(msg: KafkaMessage) -> None:
         record = single_record(msg)
@@ -98,9 +95,7 @@ def register_outbound_fhir(
     @broker.subscriber(
         topics.outbound_fhir,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def write_back(msg: KafkaMessage) -> None:
         record = single_record(msg)

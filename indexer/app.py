@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
@@ -24,7 +23,7 @@ from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from stream.events import Topics
-from stream.kafka import FETCH_MAX_WAIT_MS, commit_after, publish_dead_letters
+from stream.kafka import STAGE_CONSUMER, commit_after, publish_dead_letters
 from stream.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,7 @@ def register_indexer(
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def index(msg: KafkaMessage) -> None:
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
@@ -27,7 +26,7 @@ from inference.state_store import StateStore
 from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
 from stream.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from stream.kafka import (
-    FETCH_MAX_WAIT_MS,
+    STAGE_CONSUMER,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -61,9 +60,7 @@ def register_cds(
     @broker.subscriber(
         topics.fhir,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def decide(msg: KafkaMessage) -> None:
         record = single_record(msg)
@@ -97,9 +94,7 @@ def register_cds(
     @broker.subscriber(
         topics.feedback,
         group_id=f"{group_id}-feedback",
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def learn(msg: KafkaMessage) -> None:
         record = single_record(msg)

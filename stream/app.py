@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from zoneinfo import ZoneInfo
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
@@ -20,7 +19,7 @@ from stream.events import FhirInbound, FhirRecord, Topics
 from stream.fhir_input import normalize_fhir
 from stream.hl7v2 import decode_payload
 from stream.kafka import (
-    FETCH_MAX_WAIT_MS,
+    STAGE_CONSUMER,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -50,9 +49,7 @@ def register_normalizer(
     @broker.subscriber(
         topics.inbound_hl7v2,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def normalize(msg: KafkaMessage) -> None:
         record = single_record(msg)
@@ -109,9 +106,7 @@ def register_fhir_normalizer(
     @broker.subscriber(
         topics.inbound_fhir,
         group_id=group_id,
-        ack_policy=AckPolicy.MANUAL,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        auto_offset_reset="earliest",
+        **STAGE_CONSUMER,
     )
     async def normalize_fhir_input(msg: KafkaMessage) -> None:
         record = single_record(msg)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final, Literal, TypedDict
 
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
@@ -31,6 +32,22 @@ median, 466 ms max, one record per 137 ms; 7 ms median at 10 ms). Apache Kafka a
 soon as records arrive; there the only cost is more empty fetches while a topic is idle
 (20 a second per consumer).
 """
+
+
+class StageConsumer(TypedDict):
+    """The consumer options every stage subscriber shares."""
+
+    ack_policy: AckPolicy
+    auto_offset_reset: Literal["earliest"]
+    fetch_max_wait_ms: int
+
+
+STAGE_CONSUMER: Final[StageConsumer] = {
+    "ack_policy": AckPolicy.MANUAL,  # `commit_after` commits, once the side effect is done
+    "auto_offset_reset": "earliest",  # a new consumer group starts at the beginning: nothing skipped
+    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+}
+"""How every stage subscriber consumes: ``broker.subscriber(topic, group_id=..., **STAGE_CONSUMER)``."""
 
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
