@@ -10,14 +10,13 @@ fields are ignored by clients; ``extension`` carries ours).
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.findings import Finding
-from inference.hygiene import alert_of, snooze, snoozed_until
+from inference.findings import Finding, time_or
+from inference.hygiene import SEVERITY_RANK, alert_of, snooze, snoozed_until
 from inference.medsafety import medication_review
 from inference.state import PatientState
 from stream.events import Alert, ClinicianFeedback, deterministic_id
@@ -42,7 +41,6 @@ OVERRIDE_REASONS = (
 )
 SNOOZE = {"snooze-4h": timedelta(hours=4)}
 _INDICATOR = {"info": "info", "warning": "warning", "critical": "critical"}
-_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 _USAGE = (
@@ -165,11 +163,7 @@ def discharge_cards(state: PatientState, *, now: datetime, window: timedelta) ->
 
     The stay starts at the encounter's start when the state has one, else ``window`` ago.
     """
-    since = now - window
-    if state.encounter is not None and state.encounter.start:
-        with contextlib.suppress(ValueError):
-            start = datetime.fromisoformat(state.encounter.start)
-            since = start if start.tzinfo is not None else start.replace(tzinfo=now.tzinfo)
+    since = time_or(state.encounter.start if state.encounter else None, now - window)
     stay = [a for a in current_alerts(state, now=now, window=now - since) if a.severity != "info"]
     shown = {a.key for a in stay}
     review = [f for f in medication_review(state, at=now) if f.key not in shown]
@@ -186,7 +180,7 @@ def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> 
         if until is not None and now < until:
             continue
         shown.append(alert)
-    return sorted(shown, key=lambda a: (_RANK[a.severity], -a.raised_at.timestamp()))
+    return sorted(shown, key=lambda a: (-SEVERITY_RANK[a.severity], -a.raised_at.timestamp()))
 
 
 class Coding(BaseModel):

@@ -46,3 +46,20 @@ def input_of(label: str, reading: Reading, scored: str = "") -> AlertInput:
 def newest(inputs: tuple[AlertInput, ...], default: datetime) -> datetime:
     """The time of the newest input (``default`` when none has a time)."""
     return max((i.at for i in inputs if i.at is not None), default=default)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters ending in an ellipsis when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def time_or(value: object, default: datetime) -> datetime:
+    """A FHIR date or dateTime (when ordered, recorded, written), ``default`` when absent or
+    unreadable; one without a zone is read in ``default``'s zone."""
+    if not isinstance(value, str):
+        return default
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return default
+    return when if when.tzinfo is not None else when.replace(tzinfo=default.tzinfo)

@@ -29,7 +29,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from inference.findings import Finding, input_of
+from inference.findings import Finding, input_of, shorten, time_or
+from inference.hygiene import SEVERITY_RANK
 from inference.state import Coded, PatientState, medication
 from stream.events import AlertInput, Severity
 
@@ -222,23 +223,10 @@ def _allergy_classes(text: str) -> frozenset[str]:
     return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
 
 
-def recorded_at(recorded: str, default: datetime) -> datetime:
-    """When a medication was ordered or an allergy recorded (``default`` when not readable)."""
-    try:
-        when = datetime.fromisoformat(recorded)
-    except ValueError:
-        return default
-    return when if when.tzinfo is not None else when.replace(tzinfo=default.tzinfo)
-
-
 def _input(label: str, item: Coded, at: datetime) -> AlertInput:
     return AlertInput(
-        label=label, value=item.text or "(no text)", at=recorded_at(item.recorded, at), ref=item.ref
+        label=label, value=item.text or "(no text)", at=time_or(item.recorded, at), ref=item.ref
     )
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
@@ -262,7 +250,7 @@ def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
                 key=f"{DDI_RULE}/{pair}",
                 severity=rule.severity,
                 level=0,
-                summary=_short(f"Interaction {pair}: {rule.description}", 140),
+                summary=shorten(f"Interaction {pair}: {rule.description}", 140),
                 detail=f"{rule.description} {rule.recommendation}",
                 inputs=(_input("Medication", a, at), _input("Medication", b, at)),
                 thresholds="listed as an interacting pair",
@@ -299,7 +287,7 @@ def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
             key=f"{ALLERGY_RULE}/{generic}",
             severity=severity,
             level=level,
-            summary=_short(f"{generic.capitalize()} ordered despite recorded {what}", 140),
+            summary=shorten(f"{generic.capitalize()} ordered despite recorded {what}", 140),
             detail=f"Recorded allergy or intolerance: {allergy.text or '(no text)'}"
             + (f" (criticality {allergy.criticality})" if allergy.criticality else "")
             + f". Ordered: {medication.text}.",
@@ -327,7 +315,7 @@ def _renal_check(medication: Coded, state: PatientState, at: datetime) -> list[F
                         key=f"{RENAL_RULE}/{generic}",
                         severity=limit.severity,
                         level=level,
-                        summary=_short(
+                        summary=shorten(
                             f"{generic.capitalize()} with eGFR {egfr.as_sent}: {limit.action}", 140
                         ),
                         detail=f"{generic.capitalize()}: {limit.action} when eGFR is below {limit.below}"
@@ -366,11 +354,13 @@ def check_medications(
 
 
 def _best_per_key(findings: list[Finding]) -> list[Finding]:
-    rank = {"info": 0, "warning": 1, "critical": 2}
+    def weight(finding: Finding) -> tuple[int, int]:
+        return SEVERITY_RANK[finding.severity], finding.level
+
     best: dict[str, Finding] = {}
     for finding in findings:
         kept = best.get(finding.key)
-        if kept is None or (rank[finding.severity], finding.level) > (rank[kept.severity], kept.level):
+        if kept is None or weight(finding) > weight(kept):
             best[finding.key] = finding
     return list(best.values())
 

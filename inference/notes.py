@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from inference.findings import Finding
+from inference.findings import Finding, shorten, time_or
 from stream.events import AlertInput, Severity
 
 RULE_ID = "note-signal"
@@ -206,22 +206,6 @@ def note_text(resource: Mapping[str, Any]) -> str | None:
     return "\n".join(parts) if parts else None
 
 
-def _when(resource: Mapping[str, Any], default: datetime) -> datetime:
-    for field in ("date",):
-        value = resource.get(field)
-        if isinstance(value, str):
-            try:
-                when = datetime.fromisoformat(value)
-            except ValueError:
-                continue
-            return when if when.tzinfo is not None else when.replace(tzinfo=default.tzinfo)
-    return default
-
-
-def _excerpt(sentence: str, limit: int) -> str:
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
-
-
 def evaluate(resources: Iterable[Mapping[str, Any]], *, default_time: datetime) -> list[Finding]:
     """Findings for the notes among ``resources``: one per signal and note, the strongest kept."""
     findings: dict[str, Finding] = {}
@@ -235,26 +219,26 @@ def evaluate(resources: Iterable[Mapping[str, Any]], *, default_time: datetime) 
         if not text:
             continue
         ref = f"DocumentReference/{resource.get('id')}"
-        at = _when(resource, default_time)
+        at = time_or(resource.get("date"), default_time)
         for mention in mentions(text):
             if mention.modifiers & {"negation", "historical", "experiencer"}:
                 continue
             uncertain = "uncertainty" in mention.modifiers
             severity: Severity = "info" if uncertain else mention.signal.severity
-            quoted = _excerpt(mention.sentence, 100)
+            quoted = shorten(mention.sentence, 100)
             finding = Finding(
                 rule_id=RULE_ID,
                 rule_version=RULE_VERSION,
                 key=f"{RULE_ID}/{mention.signal.name}",
                 severity=severity,
                 level=0 if uncertain else 1,
-                summary=_excerpt(
+                summary=shorten(
                     f"Note {'may mention' if uncertain else 'reports'} {mention.signal.label}: “{quoted}”",
                     140,
                 ),
-                detail=f"A note states: “{_excerpt(mention.sentence, 400)}”"
+                detail=f"A note states: “{shorten(mention.sentence, 400)}”"
                 + (" It is worded as uncertain." if uncertain else ""),
-                inputs=(AlertInput(label="Note", value=_excerpt(mention.sentence, 200), at=at, ref=ref),),
+                inputs=(AlertInput(label="Note", value=shorten(mention.sentence, 200), at=at, ref=ref),),
                 thresholds="asserted in the note (not negated, historical or about someone else)",
                 citation=CITATION,
                 at=at,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from inference import aki, critical, medsafety, news2, notes, risk, sepsis
 from inference.critical import CriticalLimit
-from inference.findings import Finding
+from inference.findings import Finding, time_or
 from inference.hygiene import HygieneConfig, Suppressed, screen
 from inference.state import PatientState, apply
 from stream.events import Alert, FhirRecord
@@ -87,7 +87,7 @@ def clinical_time(state: PatientState, changed: frozenset[str], received: dateti
     ordered = [c for c in (*state.medications.values(), *state.allergies.values()) if c.ref in changed]
     if not ordered:
         return None
-    return max(medsafety.recorded_at(c.recorded, received) for c in ordered)
+    return max(time_or(c.recorded, received) for c in ordered)
 
 
 def process(state: PatientState | None, record: FhirRecord, rules: RuleSet, *, now: datetime) -> Outcome:
