@@ -332,24 +332,25 @@ def _renal_check(medication: Coded, state: PatientState, at: datetime) -> list[F
 def check_medications(
     state: PatientState, new: Iterable[Coded], *, at: datetime, new_allergies: Iterable[Coded] = ()
 ) -> list[Finding]:
-    """Findings for medications ``new`` (against the state) and allergies ``new_allergies``."""
+    """Findings for medications ``new`` (against the state) and allergies ``new_allergies``.
+
+    A medication in ``new`` that the state already holds is checked as new, not as established:
+    each pair is checked once.
+    """
     new = list(new)
-    findings: list[Finding] = []
     fresh = {m.ref for m in new}
-    for med in new:
-        for other in state.active_medications():
-            if other.ref not in fresh:
-                findings += _pair(med, other, at)
-        for allergy in state.active_allergies():
+    established = [m for m in state.active_medications() if m.ref not in fresh]
+    allergies = state.active_allergies()
+    findings: list[Finding] = []
+    for i, med in enumerate(new):
+        for other in [*established, *new[i + 1 :]]:  # the others, and the new ones after it
+            findings += _pair(med, other, at)
+        for allergy in allergies:
             findings += _allergy(med, allergy, at)
         findings += _renal_check(med, state, at)
-    for i, med in enumerate(new):  # pairs among the new medications themselves
-        for other in new[i + 1 :]:
-            findings += _pair(med, other, at)
     for allergy in new_allergies:
-        for med in state.active_medications():
-            if med.ref not in fresh:
-                findings += _allergy(med, allergy, at)
+        for med in established:
+            findings += _allergy(med, allergy, at)
     return _best_per_key(findings)
 
 
@@ -370,12 +371,7 @@ def evaluate(state: PatientState, changed: frozenset[str], at: datetime) -> list
     active = state.active_medications()
     new_meds = [m for m in active if m.ref in changed]
     new_allergies = [a for a in state.active_allergies() if a.ref in changed]
-    findings = check_medications(
-        state.model_copy(update={"medications": {m.ref: m for m in active if m.ref not in changed}}),
-        new_meds,
-        at=at,
-        new_allergies=new_allergies,
-    )
+    findings = check_medications(state, new_meds, at=at, new_allergies=new_allergies)
     if any(r.ref in changed for r in state.readings.get("egfr", [])):
         seen = {f.key for f in findings}
         findings += [
@@ -425,6 +421,4 @@ def check_orders(
 
 def medication_review(state: PatientState, *, at: datetime) -> list[Finding]:
     """Every active medication checked against the others, the allergies and the latest eGFR."""
-    active = state.active_medications()
-    others = state.model_copy(update={"medications": {}})
-    return check_medications(others, active, at=at)
+    return check_medications(state, state.active_medications(), at=at)
