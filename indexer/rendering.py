@@ -12,11 +12,11 @@ text attachments have one section per heading of the note, everything else one s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from typing import Any
+
+from stream.attachments import attachment_text
 
 Resource = dict[str, Any]
 Section = tuple[str, str]
@@ -367,24 +367,6 @@ def _document_reference(res: Resource) -> list[Section]:
     for content in res.get("content", []):
         sections.extend(note_sections(attachment_text(content.get("attachment") or {})))
     return sections
-
-
-_TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "text/rtf", "text/html")
-
-
-def attachment_text(attachment: dict[str, Any]) -> str:
-    """The text of a text attachment (base64 ``data``), else ``""`` (images, PDFs, links)."""
-    content_type = str(attachment.get("contentType", "text/plain")).split(";")[0].strip().lower()
-    if content_type not in _TEXT_TYPES or not attachment.get("data"):
-        return ""
-    try:
-        raw = base64.b64decode(str(attachment["data"]), validate=True)
-    except (binascii.Error, ValueError):
-        return ""
-    text = raw.decode("utf-8", errors="replace")
-    if content_type == "text/html":
-        text = re.sub(r"<[^>]+>", " ", text)
-    return text
 
 
 # A heading: a Markdown heading, a short line in capitals, or a short label and a colon that

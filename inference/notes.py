@@ -17,8 +17,6 @@ The notes themselves are not kept in patient state: only the record that brings 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from inference.findings import Finding, shorten, time_or
+from stream.attachments import attachment_text
 from stream.events import AlertInput, Severity
 
 RULE_ID = "note-signal"
@@ -191,19 +190,9 @@ def mentions(text: str) -> list[Mention]:
 
 
 def note_text(resource: Mapping[str, Any]) -> str | None:
-    """The text of a DocumentReference's plain-text attachments (None when it has none)."""
-    parts = []
-    for content in resource.get("content") or []:
-        attachment = (content or {}).get("attachment") or {}
-        kind = str(attachment.get("contentType") or "text/plain").split(";")[0].strip().lower()
-        data = attachment.get("data")
-        if not isinstance(data, str) or kind not in ("text/plain", "text/markdown", "text"):
-            continue
-        try:
-            parts.append(base64.b64decode(data, validate=False).decode("utf-8", errors="replace"))
-        except (binascii.Error, ValueError):
-            continue
-    return "\n".join(parts) if parts else None
+    """The text of a DocumentReference's text attachments (None when it has none)."""
+    parts = [attachment_text((c or {}).get("attachment") or {}) for c in resource.get("content") or []]
+    return "\n".join(p for p in parts if p) or None
 
 
 def evaluate(resources: Iterable[Mapping[str, Any]], *, default_time: datetime) -> list[Finding]:

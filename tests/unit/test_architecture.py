@@ -57,6 +57,7 @@ SHARED = {
     "stream.units",  # UCUM conversion: decision support compares values in canonical units
     "stream.identity",  # how a FHIR Patient maps to the stream's patient key (CDS Hooks needs it)
     "stream.onnx_session",  # ONNX Runtime sessions, the same provider choice for every model
+    "stream.attachments",  # a note's text, read by the indexer and decision support
 }
 
 
