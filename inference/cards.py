@@ -10,6 +10,7 @@ fields are ignored by clients; ``extension`` carries ours).
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -135,23 +136,26 @@ def card(alert: Alert) -> dict[str, Any]:
     }
 
 
-def order_card(finding: Finding, patient_id: str, drafts: dict[str, str], *, now: datetime) -> dict[str, Any]:
+def order_card(
+    finding: Finding, patient_id: str, drafts: AbstractSet[str], *, now: datetime
+) -> dict[str, Any]:
     """A card for a finding on draft orders, with a suggestion to delete each draft it names.
 
-    ``drafts`` maps each draft's reference (``MedicationRequest/id``) to its text. Its uuid is
-    the alert id the finding would have, so feedback and a later alert on the signed order agree.
+    ``drafts`` holds the references (``MedicationRequest/id``) of the drafts that can be named;
+    the suggestion's text is the draft's as the finding quotes it. Its uuid is the alert id the
+    finding would have, so feedback and a later alert on the signed order agree.
     """
     alert = alert_of(finding, patient_id, now=now, trace_id="cds-hooks")
     out = card(alert)
     out["suggestions"] = [
         {
-            "label": f"Remove the draft order: {drafts[ref]}"[:140],
-            "uuid": deterministic_id("Suggestion", alert.id, ref),
+            "label": f"Remove the draft order: {item.value}"[:140],
+            "uuid": deterministic_id("Suggestion", alert.id, item.ref),
             "isRecommended": False,
-            "actions": [{"type": "delete", "description": f"Remove {drafts[ref]}", "resourceId": [ref]}],
+            "actions": [{"type": "delete", "description": f"Remove {item.value}", "resourceId": [item.ref]}],
         }
-        for ref in finding.evidence
-        if ref in drafts
+        for item in finding.inputs
+        if item.ref in drafts
     ]
     if out["suggestions"]:
         out["selectionBehavior"] = "any"
@@ -167,7 +171,7 @@ def discharge_cards(state: PatientState, *, now: datetime, window: timedelta) ->
     stay = [a for a in current_alerts(state, now=now, window=now - since) if a.severity != "info"]
     shown = {a.key for a in stay}
     review = [f for f in medication_review(state, at=now) if f.key not in shown]
-    return [card(a) for a in stay] + [order_card(f, state.patient_id, {}, now=now) for f in review]
+    return [card(a) for a in stay] + [order_card(f, state.patient_id, frozenset(), now=now) for f in review]
 
 
 def current_alerts(state: PatientState, *, now: datetime, window: timedelta) -> list[Alert]:

@@ -42,7 +42,7 @@ from inference.cards import (
     order_card,
 )
 from inference.cds_auth import CdsJwtVerifier, JwksSource
-from inference.medsafety import MEDICATION_ORDERS, check_orders, draft_texts
+from inference.medsafety import MEDICATION_ORDERS, check_orders
 from inference.state import PatientState
 from inference.state_store import StateStore
 from stream.events import ClinicianFeedback, deterministic_id
@@ -191,7 +191,8 @@ class CdsHooksService:
         alongside = [o for o in orders if o not in new]  # other drafts count as ordered
         now = self._clock()
         findings = check_orders(state, new, at=now, alongside=alongside)
-        drafts = {ref: text for ref, text in draft_texts(new)}
+        # Only a draft with an id can be named in a delete action.
+        drafts = {f"{o['resourceType']}/{o['id']}" for o in new if o.get("id")}
         return [order_card(f, state.patient_id, drafts, now=now) for f in findings]
 
     async def _patient_key(self, hook: HookRequest, patient_id: str) -> str | JSONResponse:

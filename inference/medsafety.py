@@ -398,11 +398,6 @@ def _drafts(orders: Iterable[dict[str, Any]]) -> list[Coded]:
     ]
 
 
-def draft_texts(orders: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(reference, text) of each draft medication order."""
-    return [(d.ref, d.text or "(no text)") for d in _drafts(orders)]
-
-
 def check_orders(
     state: PatientState,
     orders: Iterable[dict[str, Any]],

@@ -570,3 +570,16 @@ async def test_encounter_discharge_shows_the_stays_alerts_and_reviews_the_medica
         ("renal-dosing", "Ibuprofen with eGFR 25 mL/min/{1.73_m2}"),  # the review: not shown during the stay
         ("renal-dosing", "Metformin with eGFR 25 mL/min/{1.73_m2}"),
     ]
+
+
+async def test_a_draft_without_an_id_is_checked_but_never_named_in_a_delete_action(env):
+    store, _, build = env
+    store.save(_medicated_state())
+    url = f"{BASE}/cds-services/clinstream-order-sign"
+    nameless = {k: v for k, v in _order("Ibuprofen 400 MG Oral Tablet", "x").items() if k != "id"}
+    async with build() as client:
+        response = await client.post(url, json=_order_hook("order-sign", nameless), headers=_auth(token(url)))
+    [card] = response.json()["cards"]
+    assert card["source"]["topic"]["code"] == "drug-interaction"
+    assert card["suggestions"] == []
+    assert "selectionBehavior" not in card
