@@ -194,7 +194,7 @@ def interactions() -> tuple[Interaction, ...]:
 
 @functools.cache
 def _finder() -> Callable[..., list[Any]]:
-    from drug_named_entity_recognition import find_drugs  # loads its dictionary (about 4 s) once
+    from drug_named_entity_recognition import find_drugs  # loads its dictionary (seconds) once
 
     finder: Callable[..., list[Any]] = find_drugs
     return finder
@@ -385,7 +385,7 @@ MEDICATION_ORDERS = frozenset({"MedicationRequest", "MedicationStatement"})
 
 def preload() -> None:
     """Load the drug dictionary and the interaction table now (a stage calls this at start,
-    so that the first medication does not wait about 4 s inside a handler)."""
+    so that the first medication does not wait for it inside a handler)."""
     ingredients("aspirin")
     interactions()
 

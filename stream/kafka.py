@@ -27,10 +27,9 @@ FETCH_MAX_WAIT_MS = 50
 """How long a stage's fetch request waits for records (aiokafka's default is 500 ms).
 
 Tansu, the embedded broker, holds a fetch for this whole time even when records arrive
-sooner, so at the default every hop between two stages added 250 ms on average (215 ms
-median, 466 ms max, one record per 137 ms; 7 ms median at 10 ms). Apache Kafka answers as
-soon as records arrive; there the only cost is more empty fetches while a topic is idle
-(20 a second per consumer).
+sooner, so at the default every hop between two stages could wait up to half a second.
+Apache Kafka answers as soon as records arrive; there the only cost is more empty fetches
+while a topic is idle (20 a second per consumer).
 """
 
 
