@@ -112,9 +112,12 @@ async def clinstream_up(var_dir: Path) -> AsyncIterator[Up]:
                 if process.returncode is not None:
                     raise RuntimeError(f"clinstream up exited with {process.returncode}")
                 await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError("clinstream up did not answer /health within 5 minutes")
         yield up
     finally:
-        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            process.send_signal(signal.SIGTERM)
         await process.wait()
 
 
