@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -110,11 +110,9 @@ class Embedder:
         lengths = [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
         return length_batches(lengths, self._batch, self._batch_tokens)
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed texts; returns an array of shape (len(texts), dimension), rows in input order."""
-        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        if not texts:
-            return out
+    def feeds(self, texts: Sequence[str]) -> Iterator[tuple[list[int], dict[str, npt.NDArray[np.int64]]]]:
+        """The graph's calls for ``texts``: each group of indices (`batches`) with its padded
+        ``input_ids``, ``attention_mask`` and ``token_type_ids``."""
         encodings = self._tokenizer.encode_batch(list(texts))
         lengths = [len(e.ids) for e in encodings]
         for batch in length_batches(lengths, self._batch, self._batch_tokens):
@@ -127,7 +125,12 @@ class Embedder:
                 ids[row, :n] = encoding.ids
                 mask[row, :n] = encoding.attention_mask
                 types[row, :n] = encoding.type_ids
-            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            yield batch, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed texts; returns an array of shape (len(texts), dimension), rows in input order."""
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for batch, feed in self.feeds(texts):
             result = self._session.run(None, {k: v for k, v in feed.items() if k in self._inputs})
             out[batch] = np.asarray(result[0], dtype=np.float32)
         return out

