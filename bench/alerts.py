@@ -330,7 +330,11 @@ def burden(corpora: Path) -> None:
     timings: list[float] = []
     patients = 0
     received = datetime.now(UTC)
-    for path in sorted((corpora / "fhir" / "smart-synthea-r4").glob("*.json")):
+    bundles = sorted((corpora / "fhir" / "smart-synthea-r4").glob("*.json"))
+    if not bundles:
+        print(f"alert burden: no Synthea bundles under {corpora}, skipped", flush=True)
+        return
+    for path in bundles:
         for visits in synthea_feed(path, received_at=received):
             patients += 1
             state: PatientState | None = None
