@@ -288,7 +288,14 @@ async def running_stack(
             stack.callback(keys_task.cancel)
         writeback = writeback_from(settings.cds)
         register_cds(
-            brokers["cds"], topics, rules, state_store, group_id=f"{group_prefix}cds", writeback=writeback
+            brokers["cds"],
+            topics,
+            rules,
+            state_store,
+            group_id=f"{group_prefix}cds",
+            writeback=writeback,
+            max_records=settings.cds.batch_max_records,
+            batch_timeout_ms=settings.cds.batch_timeout_ms,
         )
         _warn_undelivered(settings)
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)

@@ -23,7 +23,7 @@ from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from stream.events import Topics
-from stream.kafka import STAGE_CONSUMER, commit_after, publish_dead_letters
+from stream.kafka import STAGE_CONSUMER, batch_records, commit_after, publish_dead_letters
 from stream.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def register_indexer(
         **STAGE_CONSUMER,
     )
     async def index(msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        records = batch_records(msg)
         plan = plan_batch(records)
 
         async def write() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,14 @@ class StateStore(Protocol):
 
     def save(self, state: PatientState) -> None:
         """Keep ``state`` (durably, before the caller commits its offset)."""
+        ...
+
+    def load_many(self, patient_ids: Sequence[str]) -> dict[str, PatientState]:
+        """The saved states of those of ``patient_ids`` seen before."""
+        ...
+
+    def save_many(self, states: Sequence[PatientState]) -> None:
+        """Keep all of ``states`` or none of them (one transaction)."""
         ...
 
     def cached(self, patient_id: str) -> PatientState | None:
@@ -97,14 +106,49 @@ class SqliteStateStore:
 
     def save(self, state: PatientState) -> None:
         """Write ``state``; returns once SQLite has it."""
-        payload = state.model_dump_json()
+        self.save_many([state])
+
+    def load_many(self, patient_ids: Sequence[str]) -> dict[str, PatientState]:
+        """The saved states among ``patient_ids``: memory first, the rest in one query each 500."""
+        found: dict[str, PatientState] = {}
         with self._lock:
-            self._db.execute(
-                "INSERT INTO patient_state (patient_id, state) VALUES (?, ?) "
-                "ON CONFLICT(patient_id) DO UPDATE SET state = excluded.state",
-                (state.patient_id, payload),
-            )
-        self._remember(state)
+            for patient_id in patient_ids:
+                cached = self._cache.get(patient_id)
+                if cached is not None:
+                    self._cache.move_to_end(patient_id)
+                    found[patient_id] = cached
+            missing = sorted({p for p in patient_ids if p not in found})
+            rows: list[tuple[str]] = []
+            for start in range(0, len(missing), 500):  # under SQLite's limit on bound parameters
+                part = missing[start : start + 500]
+                marks = ",".join("?" * len(part))
+                query = f"SELECT state FROM patient_state WHERE patient_id IN ({marks})"  # noqa: S608 - placeholders
+                rows += self._db.execute(query, part).fetchall()
+        for (payload,) in rows:
+            state = PatientState.model_validate_json(payload)
+            self._remember(state)
+            found[state.patient_id] = state
+        return found
+
+    def save_many(self, states: Sequence[PatientState]) -> None:
+        """Write all of ``states`` in one transaction; returns once SQLite has them."""
+        if not states:
+            return
+        rows = [(state.patient_id, state.model_dump_json()) for state in states]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO patient_state (patient_id, state) VALUES (?, ?) "
+                    "ON CONFLICT(patient_id) DO UPDATE SET state = excluded.state",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        for state in states:
+            self._remember(state)
 
     def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
         """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id``."""

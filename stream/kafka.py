@@ -52,6 +52,13 @@ DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-lett
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
 
 
+def batch_records(msg: KafkaMessage) -> tuple[Any, ...]:
+    """The aiokafka ConsumerRecords behind a batch message, in the order they were fetched (a
+    partition's records in offset order). FastStream's test broker hands a list, Kafka a tuple."""
+    raw = msg.raw_message
+    return tuple(raw) if isinstance(raw, (tuple, list)) else (raw,)
+
+
 def single_record(msg: KafkaMessage) -> Any:
     """The aiokafka ConsumerRecord behind a non-batch message."""
     record = msg.raw_message

@@ -266,6 +266,12 @@ class CdsSettings(_Section):
     cards_window_h: float = Field(
         default=24.0, gt=0, description="CDS Hooks: alerts raised within this many hours are shown as cards."
     )
+    batch_max_records: int = Field(
+        default=64, ge=1, description="Normalized records decided per batch (one state write, one commit)."
+    )
+    batch_timeout_ms: int = Field(
+        default=20, ge=1, description="How long an idle decision-support consumer waits between polls."
+    )
     risk_models: tuple[Path, ...] = Field(
         default=(),
         description="Risk-model contract files (JSON list of paths); each names its ONNX graph "

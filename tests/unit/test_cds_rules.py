@@ -1,6 +1,7 @@
 """The rule pipeline on real Synthea patients and on a scripted ward stay: state → rules → hygiene."""
 
 import re
+import sqlite3
 
 import pytest
 
@@ -129,6 +130,30 @@ def test_state_store_round_trip(tmp_path, path):
         reopened = SqliteStateStore(target)
         assert reopened.load("p1") == outcome.state
         reopened.close()
+
+
+def test_state_store_batches_read_memory_first_and_write_all_or_nothing(tmp_path):
+    target = tmp_path / "state.sqlite"
+    store = SqliteStateStore(target, cache_size=2)
+    states = [PatientState(patient_id=f"p{i}", gender="female") for i in range(3)]
+    store.save_many(states)  # p0 is evicted from memory, p1 and p2 stay
+    assert store.cached("p0") is None
+    assert store.load_many(["p2", "p0", "nobody", "p0"]) == {"p2": states[2], "p0": states[0]}
+    assert store.load_many([]) == {}
+
+    class Unwritable(PatientState):
+        def model_dump_json(self, **kwargs):
+            return None  # NOT NULL constraint: the row cannot be written
+
+    with pytest.raises(sqlite3.IntegrityError):
+        store.save_many([PatientState(patient_id="p0", gender="male"), Unwritable(patient_id="p9")])
+    store.close()
+    reopened = SqliteStateStore(target)
+    assert reopened.load("p0") == states[0]  # the first row of the failed batch was rolled back
+    assert reopened.load("p9") is None
+    many = reopened.load_many([f"p{i}" for i in range(3)] + [f"x{i}" for i in range(1200)])
+    assert sorted(many) == ["p0", "p1", "p2"]
+    reopened.close()
 
 
 def test_state_store_memory_fast_paths(tmp_path):

@@ -154,3 +154,39 @@ async def test_cds_applies_snooze_feedback_to_patient_state():
         await br.publish(snooze.model_dump_json().encode(), topic=TOPICS.feedback)
         await br.publish(b"{}", topic=TOPICS.feedback)
     assert store.load("p1").snoozes == {alert.key: ENVELOPE.received_at + timedelta(hours=4)}
+
+
+async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
+    from tests.unit.cds_helpers import T0, hours, obs, record
+
+    store = SqliteStateStore(":memory:")
+    writes = []
+    save_many = store.save_many
+
+    def counted(states):
+        writes.append(sorted(s.patient_id for s in states))
+        save_many(states)
+
+    store.save_many = counted
+    broker = KafkaBroker()
+    register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: T0 + hours(25))
+    alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
+    baseline = record(obs("2160-0", 0.8, at=T0), message_id="M1")
+    rise = record(obs("2160-0", 1.3, at=T0 + hours(24)), message_id="M2")  # +0.5 mg/dL in 24 h: KDIGO
+    other = record(POTASSIUM | {"effectiveDateTime": (T0 + hours(24)).isoformat()}, patient="p2")
+    async with TestKafkaBroker(broker) as br:
+        await br.publish_batch(
+            baseline.model_dump_json().encode(),
+            b"{not json",
+            rise.model_dump_json().encode(),
+            other.model_dump_json().encode(),
+            topic=TOPICS.fhir,
+        )
+    # the rise is judged against the baseline from the same batch: records apply in turn
+    assert sorted((a.patient_id, a.rule_id) for a in map(Alert.model_validate_json, alerts)) == [
+        ("p1", "aki-kdigo"),
+        ("p2", "critical-lab"),
+    ]
+    assert [DeadLetter.model_validate_json(d).error_type for d in dead] == ["ValidationError"]
+    assert writes == [["p1", "p2"]]
+    assert len(store.load("p1").readings["creatinine"]) == 2
