@@ -6,9 +6,11 @@ patient (with, where the deployment switched it on, their write-back to the outb
 save the changed states in one transaction, and commit the batch's offsets
 (`stream.kafka.commit_after`). One commit, one state write and at most one thread hop per batch
 instead of per record is what keeps this stage ahead of a 100 msg/s feed while it shares its
-process with the other stages (`bench/alerts.py`: one record at a time, it fell seconds behind). Alerts go out before the state is saved:
-a crash in between replays the record, which raises the same alert ids again (consumers dedupe)
-instead of losing them. A record the rules cannot read is dead-lettered, never skipped.
+process with the other stages (`bench/alerts.py`: one record at a time, it fell seconds behind).
+
+Alerts go out before the state is saved: a crash in between replays the batch, which raises the
+same alert ids again (consumers dedupe) instead of losing them. A record the rules cannot read is
+dead-lettered, never skipped.
 """
 
 from __future__ import annotations

@@ -15,18 +15,22 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import FhirInbound, FhirRecord, Topics
+from stream.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
 from stream.fhir_input import normalize_fhir
 from stream.hl7v2 import decode_payload
 from stream.kafka import (
     STAGE_CONSUMER,
+    Outgoing,
+    batch_records,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
     envelope_of,
+    publish_dead_letters,
+    publish_in_order,
     single_record,
 )
-from stream.normalize import normalize_hl7
+from stream.normalize import Normalized, normalize_hl7
 from stream.settings import NormalizerSettings
 
 log = logging.getLogger(__name__)
@@ -49,48 +53,58 @@ def register_normalizer(
     @broker.subscriber(
         topics.inbound_hl7v2,
         group_id=group_id,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
         **STAGE_CONSUMER,
     )
     async def normalize(msg: KafkaMessage) -> None:
-        record = single_record(msg)
-        envelope = envelope_of(record)
-        try:
-            result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
-            if envelope is None:
-                raise ValueError("record has no valid envelope headers")
-            out = FhirRecord(
-                envelope=envelope,
-                patient_id=result.patient_id,
-                resources=result.resources,
-                unmapped=result.unmapped,
-            )
-        except Exception as exc:  # every failure of the pure core becomes a dead letter
-            letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
-            await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
-            return
+        outgoing: list[Outgoing] = []
+        letters: list[DeadLetter] = []
+        results: list[Normalized] = []
+        for record in batch_records(msg):
+            envelope = envelope_of(record)
+            try:
+                result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
+                if envelope is None:
+                    raise ValueError("record has no valid envelope headers")
+                outgoing += _outgoing(topics, envelope, result)
+            except Exception as exc:  # every failure of the pure core becomes a dead letter
+                letters.append(dead_letter_for(exc, record, stage="normalizer", envelope=envelope))
+                continue
+            results.append(result)
 
         async def publish() -> None:
-            headers = {k: v.decode() for k, v in out.envelope.to_headers()}
-            await broker.publish(
-                out.model_dump_json().encode(),
-                topic=topics.fhir,
-                key=out.patient_id.encode(),
-                headers=headers,
-            )
-            for other_id, resources in result.also:  # e.g. the retired patient of a merge, under its own key
-                other = FhirRecord(envelope=out.envelope, patient_id=other_id, resources=resources)
-                await broker.publish(
-                    other.model_dump_json().encode(),
-                    topic=topics.fhir,
-                    key=other_id.encode(),
-                    headers=headers,
-                )
+            await publish_in_order(broker, outgoing)
+            await publish_dead_letters(broker, topics, letters)
 
         if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
-            NORMALIZED.labels(result.message_type).inc()
-            for item, count in result.unmapped.items():
-                UNMAPPED.labels(result.message_type, item).inc(count)
-            log.debug("normalized control_id=%s resources=%d", result.control_id, len(result.resources))
+            for result in results:
+                NORMALIZED.labels(result.message_type).inc()
+                for item, count in result.unmapped.items():
+                    UNMAPPED.labels(result.message_type, item).inc(count)
+                log.debug("normalized control_id=%s resources=%d", result.control_id, len(result.resources))
+
+
+def _outgoing(topics: Topics, envelope: Envelope, result: Normalized) -> list[Outgoing]:
+    """The normalized record under its patient's key, and any record for another patient (the
+    retired patient of a merge) under that one's."""
+    headers = {k: v.decode() for k, v in envelope.to_headers()}
+    records = [
+        FhirRecord(
+            envelope=envelope,
+            patient_id=result.patient_id,
+            resources=result.resources,
+            unmapped=result.unmapped,
+        )
+    ]
+    records += [
+        FhirRecord(envelope=envelope, patient_id=other, resources=resources)
+        for other, resources in result.also
+    ]
+    return [
+        Outgoing(topics.fhir, r.model_dump_json().encode(), r.patient_id.encode(), headers) for r in records
+    ]
 
 
 def register_fhir_normalizer(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict
 
 from faststream import AckPolicy
@@ -50,6 +51,31 @@ STAGE_CONSUMER: Final[StageConsumer] = {
 
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record a stage will publish."""
+
+    topic: str
+    payload: bytes
+    key: bytes | None
+    headers: dict[str, str]
+
+
+async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> None:
+    """Send ``messages`` in order without waiting for each acknowledgement, then wait for all.
+
+    The producer keeps each partition's records in send order (aiokafka has one batch in
+    flight per partition), so a patient's records stay in order; the caller commits only
+    after this returns, so an acknowledgement that never comes means a replay, not a loss.
+    """
+    pending = []
+    for m in messages:
+        sent = await broker.publish(m.payload, topic=m.topic, key=m.key, headers=m.headers, no_confirm=True)
+        if sent is not None:  # FastStream's in-memory test broker delivers at once and returns nothing
+            pending.append(sent)
+    await asyncio.gather(*pending)
 
 
 def batch_records(msg: KafkaMessage) -> tuple[Any, ...]:

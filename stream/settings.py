@@ -189,6 +189,12 @@ class NormalizerSettings(_Section):
         description="FHIR Patient identifier system → HL7 assigning authority (PID-3 CX.4), as JSON, so "
         'a FHIR Patient gets the same key as its HL7 messages: {"http://mercy.example/mrn":"MERCY"}.',
     )
+    batch_max_records: int = Field(
+        default=64, ge=1, description="HL7 v2 messages normalized per batch (one commit per batch)."
+    )
+    batch_timeout_ms: int = Field(
+        default=20, ge=1, description="How long an idle normalizer waits between polls."
+    )
 
 
 class IndexerSettings(_Section):

@@ -190,3 +190,19 @@ async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
     assert [DeadLetter.model_validate_json(d).error_type for d in dead] == ["ValidationError"]
     assert writes == [["p1", "p2"]]
     assert len(store.load("p1").readings["creatinine"]) == 2
+
+
+async def test_normalizer_publishes_a_batch_in_order_with_its_dead_letters():
+    broker = KafkaBroker()
+    register_normalizer(broker, TOPICS, NormalizerSettings())
+    fhir, dead = _collector(broker, TOPICS.fhir), _collector(broker, TOPICS.deadletter)
+    headers = {k: v.decode() for k, v in ENVELOPE.to_headers()}
+    second = ORU.replace(b"100002^^^MERCY^MR||ROE^RICHARD", b"100003^^^MERCY^MR||DOE^JANE")
+    async with TestKafkaBroker(broker) as br:
+        await br.publish_batch(ORU, b"MSH|not hl7", second, topic=TOPICS.inbound_hl7v2, headers=headers)
+    records = [FhirRecord.model_validate_json(b) for b in fhir]
+    patients = [r for rec in records for r in rec.resources if r["resourceType"] == "Patient"]
+    names = [p["name"][0]["family"] for p in patients]
+    assert names == ["ROE", "DOE"]  # in the order received
+    assert len({r.patient_id for r in records}) == 2
+    assert len(dead) == 1
