@@ -77,6 +77,12 @@ def _demo(settings: Settings) -> int:
             "cds": settings.cds.model_copy(update={"stale_after_h": DEMO_STALE_AFTER_H}),
         }
     )
+    # Every demo sends the same feed and expects its alerts. Decision support's state from an
+    # earlier demo would hold them as already raised (and the embedded broker, whose topics
+    # live in memory, starts empty anyway), so each demo starts from empty patient state.
+    state = demo_settings.cds_state_path
+    for path in (state, state.with_name(state.name + "-wal"), state.with_name(state.name + "-shm")):
+        path.unlink(missing_ok=True)
     return _run(run_demo(demo_settings))
 
 

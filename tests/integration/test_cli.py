@@ -119,3 +119,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert any("6.4 mmol/L (critical high" in line for line in top)
     for name in ("ROE", "RICHARD", "100002"):
         assert name not in result.stderr, "patient identifiers in logs"
+    again = subprocess.run(  # a second demo in the same directory raises the same alerts
+        [sys.executable, "-m", "clinstream", "demo"],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "alerts raised          4" in again.stdout
