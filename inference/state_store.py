@@ -82,19 +82,7 @@ class SqliteStateStore:
 
     def load(self, patient_id: str) -> PatientState | None:
         """The saved state of ``patient_id``, or None."""
-        with self._lock:
-            cached = self._cache.get(patient_id)
-            if cached is not None:
-                self._cache.move_to_end(patient_id)
-                return cached
-            row = self._db.execute(
-                "SELECT state FROM patient_state WHERE patient_id = ?", (patient_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        state = PatientState.model_validate_json(row[0])
-        self._remember(state)
-        return state
+        return self.load_many([patient_id]).get(patient_id)
 
     def cached(self, patient_id: str) -> PatientState | None:
         """The state of ``patient_id`` if it is among the recently used ones, else None."""
