@@ -33,11 +33,13 @@ from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
 from stream.events import Alert, ClinicianFeedback, DeadLetter, FhirRecord, Topics
 from stream.kafka import (
     STAGE_CONSUMER,
+    Outgoing,
     batch_records,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
     publish_dead_letters,
+    publish_in_order,
     retry_later,
     single_record,
 )
@@ -108,8 +110,15 @@ def register_cds(
             changed = list({o.state.patient_id: o.state for _, o in decided}.values())
 
             async def effects() -> None:
-                for _, outcome in decided:
-                    await _publish(broker, topics, outcome.alerts, outcome.state.identifier, writeback)
+                await publish_in_order(
+                    broker,
+                    (
+                        out
+                        for _, outcome in decided
+                        for alert in outcome.alerts
+                        for out in _outgoing(topics, alert, outcome.state.identifier, writeback)
+                    ),
+                )
                 await publish_dead_letters(broker, topics, letters)
                 if changed:
                     await asyncio.to_thread(store.save_many, changed)
@@ -167,24 +176,20 @@ def _count(outcome: Outcome, trace_id: str) -> None:
         HELD.labels(held.finding.rule_id, held.reason).inc()
 
 
-async def _publish(
-    broker: KafkaBroker,
-    topics: Topics,
-    alerts: list[Alert],
-    patient: ChartIdentifier | None,
-    writeback: WritebackConfig,
-) -> None:
-    for alert in alerts:
-        key = alert.patient_id.encode()
-        await broker.publish(
+def _outgoing(
+    topics: Topics, alert: Alert, patient: ChartIdentifier | None, writeback: WritebackConfig
+) -> list[Outgoing]:
+    """``alert`` on the alerts topic, then its write-back on the outbound topics switched on."""
+    key = alert.patient_id.encode()
+    out = outbound(alert, patient, writeback)
+    headers = {"trace_id": alert.trace_id, "alert_id": alert.id}
+    return [
+        Outgoing(
+            topics.alerts,
             alert.model_dump_json().encode(),
-            topic=topics.alerts,
-            key=key,
-            headers={"rule_id": alert.rule_id, "severity": alert.severity, "trace_id": alert.trace_id},
-        )
-        out = outbound(alert, patient, writeback)
-        headers = {"trace_id": alert.trace_id, "alert_id": alert.id}
-        for payload in out.fhir:
-            await broker.publish(payload, topic=topics.outbound_fhir, key=key, headers=headers)
-        for payload in out.hl7:
-            await broker.publish(payload, topic=topics.outbound_hl7v2, key=key, headers=headers)
+            key,
+            {"rule_id": alert.rule_id, "severity": alert.severity, "trace_id": alert.trace_id},
+        ),
+        *(Outgoing(topics.outbound_fhir, payload, key, headers) for payload in out.fhir),
+        *(Outgoing(topics.outbound_hl7v2, payload, key, headers) for payload in out.hl7),
+    ]

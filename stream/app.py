@@ -139,13 +139,18 @@ def register_fhir_normalizer(
             return
 
         async def publish() -> None:
-            for out in outputs:
-                await broker.publish(
-                    out.model_dump_json().encode(),
-                    topic=topics.fhir,
-                    key=out.patient_id.encode() if out.patient_id else record.key,
-                    headers={k: v.decode() for k, v in out.envelope.to_headers()},
-                )
+            await publish_in_order(
+                broker,
+                (
+                    Outgoing(
+                        topics.fhir,
+                        out.model_dump_json().encode(),
+                        out.patient_id.encode() if out.patient_id else record.key,
+                        {k: v.decode() for k, v in out.envelope.to_headers()},
+                    )
+                    for out in outputs
+                ),
+            )
 
         if await commit_after(msg, publish, stage="normalizer", backoff_s=RETRY_BACKOFF_S):
             NORMALIZED.labels("FHIR").inc(len(outputs))
