@@ -91,8 +91,8 @@ def test_broker_dies_with_a_killed_parent(tmp_path):
     assert _wait_gone(children) == [], "orphan broker after kill -9 of clinstream"
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    result = subprocess.run(
+def _demo(tmp_path):
+    return subprocess.run(
         [sys.executable, "-m", "clinstream", "demo"],
         cwd=REPO,
         env=_env(tmp_path),
@@ -101,6 +101,10 @@ def test_demo_runs_end_to_end(tmp_path):
         timeout=240,
         check=False,
     )
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = _demo(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "ACK codes              AA 32, AR 1" in out
@@ -119,14 +123,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert any("6.4 mmol/L (critical high" in line for line in top)
     for name in ("ROE", "RICHARD", "100002"):
         assert name not in result.stderr, "patient identifiers in logs"
-    again = subprocess.run(  # a second demo in the same directory raises the same alerts
-        [sys.executable, "-m", "clinstream", "demo"],
-        cwd=REPO,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    again = _demo(tmp_path)  # a second demo in the same directory raises the same alerts
     assert again.returncode == 0, again.stdout + again.stderr
     assert "alerts raised          4" in again.stdout
