@@ -22,6 +22,7 @@
 
 Parts 1 and 2 run once per rate, each on a fresh `clinstream up`. Part 2 runs twice: right
 after the feed (the indexer may still be working through its backlog) and --quiet-s later.
+After it, the peak resident memory of `clinstream up` and of the broker it started.
 
 Usage: python bench/alerts.py [--rates 25 100] [--seconds 20] [--quiet-s 30] [--concurrency 50]
                               [--hook-requests 2000]
@@ -43,7 +44,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,30 @@ class Up:
     bootstrap: str
     mllp_port: int
     http_port: int
+    pid: int = 0
+
+
+def peak_memory(pid: int) -> str:
+    """Peak and current resident memory of process ``pid`` and of each process it started
+    (the embedded broker), from /proc (Linux)."""
+
+    def status(p: int) -> dict[str, str]:
+        lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        return dict(line.split(":", 1) for line in lines if ":" in line)
+
+    def mib(field: str) -> float:
+        return int(field.split()[0]) / 1024  # kB
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        own = status(pid)
+        parts = [f"clinstream up peak {mib(own['VmHWM']):.0f} MiB, now {mib(own['VmRSS']):.0f}"]
+        for child in map(int, children):
+            info = status(child)
+            parts.append(f"{info['Name'].strip()} peak {mib(info['VmHWM']):.0f} MiB")
+    except (OSError, KeyError, ValueError) as exc:
+        return f"not read ({exc})"
+    return "; ".join(parts)
 
 
 @contextlib.asynccontextmanager
@@ -114,7 +139,7 @@ async def clinstream_up(var_dir: Path) -> AsyncIterator[Up]:
                 await asyncio.sleep(0.5)
             else:
                 raise RuntimeError("clinstream up did not answer /health within 5 minutes")
-        yield up
+        yield replace(up, pid=process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have exited already
             process.send_signal(signal.SIGTERM)
@@ -373,6 +398,7 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(args.quiet_s)
                 print(f"CDS Hooks {args.quiet_s:.0f} s later:", end=" ")
                 await asyncio.to_thread(cds_hooks, up, patients, args.hook_requests, args.concurrency)
+                print(f"resident memory: {peak_memory(up.pid)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from indexer.http import query_routes
 from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
+from indexer.priority import background_executor
 from indexer.query import ContextualQuery
 from inference import medsafety
 from inference.app import register_cds
@@ -248,7 +249,13 @@ async def running_stack(
             replication_factor=settings.kafka.replication_factor,
         )
 
-        embedder = await asyncio.to_thread(open_embedder, settings)
+        embedder = await asyncio.to_thread(open_embedder, settings)  # queries: normal priority
+        writer = background_executor(settings.indexer.cpu_nice)
+        stack.callback(writer.shutdown)
+        index_embedder = embedder
+        if settings.indexer.cpu_nice:  # its own session, opened in the thread so its pool inherits
+            loop = asyncio.get_running_loop()
+            index_embedder = await loop.run_in_executor(writer, open_embedder, settings)
         client = await asyncio.to_thread(milvus_client, settings)
         stack.callback(client.close)
         store, knowledge = milvus_stores(settings, client, embedder)
@@ -269,10 +276,11 @@ async def running_stack(
             brokers["indexer"],
             topics,
             settings.indexer,
-            embedder,
+            index_embedder,
             store,
             group_id=f"{group_prefix}indexer",
             flusher=flusher,
+            executor=writer,
         )
         stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
         ticker = asyncio.create_task(_flush_when_due(flusher))

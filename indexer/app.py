@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -46,8 +47,11 @@ def register_indexer(
     *,
     group_id: str = "indexer",
     flusher: Flusher | None = None,
+    executor: Executor | None = None,
 ) -> None:
-    """Subscribe the indexer to the normalized FHIR topic on ``broker``."""
+    """Subscribe the indexer to the normalized FHIR topic on ``broker``. Batches are embedded
+    and written in ``executor`` (`indexer.priority.background_executor` in a deployment; the
+    event loop's default executor without one)."""
 
     @broker.subscriber(
         topics.fhir,
@@ -62,7 +66,8 @@ def register_indexer(
         plan = plan_batch(records)
 
         async def write() -> None:
-            await asyncio.to_thread(write_plan, embedder, store, plan, flusher)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(executor, write_plan, embedder, store, plan, flusher)
             await publish_dead_letters(broker, topics, plan.dead_letters)
 
         if await commit_after(msg, write, stage="indexer", backoff_s=RETRY_BACKOFF_S):

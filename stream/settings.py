@@ -208,6 +208,14 @@ class IndexerSettings(_Section):
     flush_age_s: float = Field(
         default=5.0, gt=0, description="Seal Milvus segments once the oldest unsealed write is this old."
     )
+    cpu_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice increment of the indexer's embedding and write threads (Linux): when CPU is"
+        " short, MLLP ACKs, normalizing and alerts run first and indexing takes what is left. 0 = same"
+        " priority as the other stages.",
+    )
 
 
 class CdsSettings(_Section):

@@ -5,6 +5,8 @@ embedded broker, on fresh topics and consumer groups and its own Milvus Lite fil
 """
 
 import asyncio
+import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -148,6 +150,14 @@ async def test_hl7_to_alert_and_patient_scoped_search(stack):
     assert alert.evidence[0] == results[0]["resource_id"]
     bob_hits = await asyncio.to_thread(stack.query.search, bob, "potassium level", k=10)
     assert {h.resource_id for h in bob_hits}.isdisjoint({r["resource_id"] for r in results})
+
+    # The chunks above were embedded and written by the indexer's own thread, below the
+    # priority of the event loop that ACKs, normalizes and alerts.
+    writers = [t for t in threading.enumerate() if t.name.startswith("clinstream-indexer")]
+    assert len(writers) == 1 and writers[0].native_id is not None
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    expected = min(19, here + stack.settings.indexer.cpu_nice)
+    assert os.getpriority(os.PRIO_PROCESS, writers[0].native_id) == expected > here
 
 
 async def test_redelivered_message_changes_nothing(stack):

@@ -1,0 +1,93 @@
+"""The indexer's low-priority thread (`indexer.priority`): its nice value, and that threads it
+starts, ONNX Runtime's pool among them, inherit it while the rest of the process keeps its own."""
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from indexer.priority import background_executor, lower_thread_priority
+from stream.onnx_session import open_session
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+
+
+def nice_of(tid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def task_nices() -> dict[int, int]:
+    """Nice value of every thread of this process, by thread id (/proc, field 19 of stat)."""
+    nices = {}
+    for task in Path("/proc/self/task").iterdir():
+        with open(task / "stat") as stat:  # the command name may hold spaces: split after ')'
+            fields = stat.read().rsplit(")", 1)[1].split()
+        nices[int(task.name)] = int(fields[16])
+    return nices
+
+
+@pytest.fixture
+def matmul_model(tmp_path):
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], [0.01] * 64 * 64)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "matmul.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_only_the_calling_thread_is_lowered():
+    main_before = nice_of(threading.get_native_id())
+    seen: dict[str, int] = {}
+
+    def work() -> None:
+        before = nice_of(threading.get_native_id())
+        seen["done"] = lower_thread_priority(5)
+        seen["raised_by"] = nice_of(threading.get_native_id()) - before
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert seen == {"done": True, "raised_by": min(5, 19 - main_before)}
+    assert nice_of(threading.get_native_id()) == main_before
+
+
+def test_no_increment_changes_nothing():
+    before = nice_of(threading.get_native_id())
+    assert lower_thread_priority(0) is False
+    assert nice_of(threading.get_native_id()) == before
+
+
+def test_the_nice_value_is_capped_at_19():
+    def work() -> int:
+        lower_thread_priority(15)
+        lower_thread_priority(15)
+        return nice_of(threading.get_native_id())
+
+    with background_executor(0) as executor:
+        assert executor.submit(work).result() == 19
+
+
+def test_an_onnx_session_opened_in_the_background_thread_runs_its_pool_there(matmul_model):
+    main_nice = nice_of(threading.get_native_id())
+    with background_executor(7) as executor:
+        worker_nice = executor.submit(lambda: nice_of(threading.get_native_id())).result()
+        before = set(task_nices())
+        session = executor.submit(open_session, matmul_model, ["CPUExecutionProvider"], 2).result()
+        pool = {tid: nice for tid, nice in task_nices().items() if tid not in before}
+    assert worker_nice == min(19, main_nice + 7)
+    assert pool, "a 2-thread session starts at least one pool thread"
+    assert set(pool.values()) == {worker_nice}
+    assert nice_of(threading.get_native_id()) == main_nice
+    assert session.run(None, {"x": [[1.0] * 64]})[0].shape == (1, 64)
