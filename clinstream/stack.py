@@ -45,6 +45,7 @@ from inference import medsafety
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
+from inference.notes import NoteMatcher
 from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
@@ -259,6 +260,11 @@ async def running_stack(
         client = await asyncio.to_thread(milvus_client, settings)
         stack.callback(client.close)
         store, knowledge = milvus_stores(settings, client, embedder)
+        if settings.cds.note_embedding and "note-signal" not in settings.cds.disabled_rules:
+            matcher = await asyncio.to_thread(
+                NoteMatcher, embedder, min_cosine=settings.cds.note_similarity_min
+            )
+            rules = replace(rules, note_matcher=matcher)
         await asyncio.to_thread(store.ensure_collection)
         await asyncio.to_thread(knowledge.ensure_collection)
         await asyncio.to_thread(load_starter, knowledge, embedder)

@@ -26,7 +26,8 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
 from inference.cards import snoozed_by
-from inference.rules import Outcome, RuleSet, process
+from inference.errors import ModelRunError
+from inference.rules import Outcome, RuleSet, carries_notes, process
 from inference.state import ChartIdentifier, PatientState
 from inference.state_store import StateStore
 from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
@@ -99,14 +100,27 @@ def register_cds(
                 )
                 return
             decided: list[tuple[FhirRecord, Outcome]] = []
-            for record, one in parsed:  # in offset order: a patient's records change its state in turn
-                try:
-                    outcome = process(states.get(one.patient_id), one, rules, now=clock())
-                except Exception as exc:  # the content breaks the record contract (RuleInputError)
-                    letters.append(dead_letter_for(exc, record, stage="cds"))
-                    continue
-                states[one.patient_id] = outcome.state
-                decided.append((one, outcome))
+
+            def decide_all() -> None:
+                for record, one in parsed:  # in offset order: a patient's records change its state in turn
+                    try:
+                        outcome = process(states.get(one.patient_id), one, rules, now=clock())
+                    except ModelRunError:
+                        raise  # not the record's fault: the whole batch is retried
+                    except Exception as exc:  # the content breaks the record contract (RuleInputError)
+                        letters.append(dead_letter_for(exc, record, stage="cds"))
+                        continue
+                    states[one.patient_id] = outcome.state
+                    decided.append((one, outcome))
+
+            try:
+                if rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed):
+                    await asyncio.to_thread(decide_all)  # the embedding model runs on the notes' sentences
+                else:
+                    decide_all()
+            except ModelRunError:
+                await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="note model failed")
+                return
             changed = list({o.state.patient_id: o.state for _, o in decided}.values())
 
             async def effects() -> None:

@@ -11,3 +11,7 @@ class RuleInputError(ClinstreamError, ValueError):
 
 class RuleConfigError(ClinstreamError, ValueError):
     """A rule setting that cannot be used (an unknown analyte, a limit that is not a number)."""
+
+
+class ModelRunError(ClinstreamError, RuntimeError):
+    """A model failed to run (not the record's fault): the batch is retried, never dead-lettered."""

@@ -30,12 +30,14 @@ class RuleSet:
     local_codes: Mapping[str, str] = field(default_factory=dict)
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     risk_models: tuple[risk.RiskScorer, ...] = ()
+    note_matcher: notes.NoteMatcher | None = None
 
 
 def ruleset_from(settings: CdsSettings) -> RuleSet:
     """The rule set a deployment's settings describe (raises `RuleConfigError` on a bad limit).
 
-    Risk models are loaded by the stage (`inference.risk_model`) and added with `replace`."""
+    Risk models and the notes' embedding matcher are loaded by the stage (`inference.risk_model`,
+    `inference.notes.NoteMatcher`) and added with `replace`."""
     return RuleSet(
         vitals_window=timedelta(hours=settings.vitals_window_h),
         scale_2_codes=settings.news2_scale2_codes,
@@ -90,12 +92,19 @@ def clinical_time(state: PatientState, changed: frozenset[str], received: dateti
     return max(time_or(c.recorded, received) for c in ordered)
 
 
+def carries_notes(record: FhirRecord) -> bool:
+    """Whether ``record`` brings a note (a DocumentReference): the embedding model may run on it."""
+    return any(r.get("resourceType") == "DocumentReference" for r in record.resources)
+
+
 def process(state: PatientState | None, record: FhirRecord, rules: RuleSet, *, now: datetime) -> Outcome:
     """Apply ``record`` to ``state`` (None: a patient not seen before) and decide its alerts."""
     current = apply(state or PatientState(patient_id=record.patient_id), record, rules.local_codes)
     changed = changed_refs(record)
     at = clinical_time(current, changed, record.envelope.received_at)
-    signals = notes.evaluate(record.resources, default_time=record.envelope.received_at)
+    signals = notes.evaluate(
+        record.resources, default_time=record.envelope.received_at, matcher=rules.note_matcher
+    )
     if at is None and not signals:
         return Outcome(current, [], [])
     findings = [*(evaluate(current, at, changed, rules) if at is not None else []), *signals]

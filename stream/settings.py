@@ -252,6 +252,17 @@ class CdsSettings(_Section):
         default_factory=dict, description='Per-rule dedupe windows in hours, as JSON: {"sepsis-sirs": 24}.'
     )
     disabled_rules: tuple[str, ...] = Field(default=(), description="Rule ids that raise nothing here.")
+    note_embedding: bool = Field(
+        default=True,
+        description="Also find note safety signals with the embedding model (sentences like the"
+        " written examples of a signal), not only by their phrases.",
+    )
+    note_similarity_min: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Cosine a note sentence needs to its closest example of a signal (embedding model).",
+    )
     stale_after_h: float = Field(
         default=24.0,
         gt=0,

@@ -154,7 +154,8 @@ async def test_hl7_to_alert_and_patient_scoped_search(stack):
     # The chunks above were embedded and written by the indexer's own thread, below the
     # priority of the event loop that ACKs, normalizes and alerts.
     writers = [t for t in threading.enumerate() if t.name.startswith("clinstream-indexer")]
-    assert len(writers) == 1 and writers[0].native_id is not None
+    assert len(writers) == 1
+    assert writers[0].native_id is not None
     here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     expected = min(19, here + stack.settings.indexer.cpu_nice)
     assert os.getpriority(os.PRIO_PROCESS, writers[0].native_id) == expected > here

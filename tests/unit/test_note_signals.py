@@ -1,11 +1,15 @@
 """Safety signals in notes: ConText negation, experiencer, history, uncertainty; real MDM notes."""
 
 import base64
+import re
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from inference import notes
+from inference.errors import ModelRunError
 from inference.rules import process, ruleset_from
 from stream.convert import convert_text
 from stream.settings import CdsSettings
@@ -90,3 +94,109 @@ def test_real_mdm_notes_from_the_corpus_are_read_without_error():
                     read += 1
                     notes.evaluate([res], default_time=T0)  # must not raise
     assert read >= 3
+
+
+class KeywordEncoder:
+    """A stand-in for the embedding model: one axis per word it knows (counted), unit vectors."""
+
+    name = "keywords"
+    AXES = ("floor", "die", "walker")
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, texts):
+        self.calls += 1
+        rows = []
+        for text in texts:
+            words = re.findall(r"[a-z]+", text.lower())
+            counts = [float(words.count(word)) for word in self.AXES]
+            row = np.array([*counts, 0.0 if any(counts) else 1.0])  # last axis: none of its words
+            rows.append(row / np.linalg.norm(row))
+        return np.array(rows, dtype=np.float32)
+
+
+EXAMPLES = {
+    "fall": ("found on the floor",),
+    "suicidal-ideation": ("wants to die",),
+    notes.NOT_A_SIGNAL: ("uses a walker",),
+}
+
+
+def matched(text, **kw):
+    matcher = notes.NoteMatcher(KeywordEncoder(), examples=EXAMPLES, **kw)
+    rules = replace(RULES, note_matcher=matcher)
+    return sorted(
+        (a.key.split("/")[1], a.severity) for a in process(None, record(note(text)), rules, now=T0).alerts
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # close to an example, and no phrase of the signal: raised one severity lower
+        ("Nurse saw him on the floor beside the commode.", [("fall", "info")]),
+        ("He said he would rather die.", [("suicidal-ideation", "warning")]),
+        # ConText over the whole sentence: any negation, history or other person takes it back
+        ("Was on the floor, no head strike.", []),
+        ("Denies any wish to die.", []),
+        ("History of being on the floor overnight.", []),
+        ("His mother was on the floor.", []),
+        # closest to what is not a signal, or not close enough
+        ("Walker by the bed, walker in the hall, cleaned the floor.", []),
+        ("Tolerating diet.", []),
+    ],
+)
+def test_the_embedding_model_finds_signals_the_phrases_miss(text, expected):
+    assert matched(text) == expected
+
+
+def test_a_phrase_outranks_the_embedding_model_and_is_not_raised_twice():
+    # "fell" is a fall phrase and the sentence is close to the fall example too
+    assert matched("Patient fell and was on the floor.") == [("fall", "warning")]
+
+
+def test_an_uncertain_sentence_found_by_the_model_is_info():
+    assert matched("Possibly wants to die.") == [("suicidal-ideation", "info")]
+
+
+def test_the_card_names_the_example_and_the_cosine():
+    matcher = notes.NoteMatcher(KeywordEncoder(), examples=EXAMPLES)
+    [finding] = notes.evaluate([note("Lying on the floor at 3am.")], default_time=T0, matcher=matcher)
+    assert finding.summary.startswith("Note may describe a fall: “Lying on the floor")
+    assert "closest to the example “found on the floor”" in finding.detail
+    assert "keywords" in finding.detail
+    assert "cosine 1.00" in finding.detail
+    assert finding.thresholds.startswith("cosine ≥ 0.50")
+
+
+def test_the_threshold_decides():
+    text = "On the floor, floor tiles wet, said he could die."  # cosine 2/sqrt(5) = 0.894 to the fall example
+    assert matched(text, min_cosine=0.85) == [("fall", "info")]
+    assert matched(text, min_cosine=0.9) == []
+
+
+def test_one_model_call_per_note_and_none_without_notes():
+    encoder = KeywordEncoder()
+    matcher = notes.NoteMatcher(encoder, examples=EXAMPLES)
+    assert encoder.calls == 1  # the examples, once
+    notes.evaluate([note("One. Two. Three on the floor.")], default_time=T0, matcher=matcher)
+    notes.evaluate([{"resourceType": "Observation", "id": "o"}], default_time=T0, matcher=matcher)
+    assert encoder.calls == 2
+
+
+def test_a_failing_model_is_a_model_error_not_the_notes_fault():
+    class Broken(KeywordEncoder):
+        def embed(self, texts):
+            if self.calls:
+                raise RuntimeError("session lost")
+            return super().embed(texts)
+
+    matcher = notes.NoteMatcher(Broken(), examples=EXAMPLES)
+    with pytest.raises(ModelRunError, match="note embedding failed: RuntimeError"):
+        notes.evaluate([note("On the floor.")], default_time=T0, matcher=matcher)
+
+
+def test_examples_must_name_known_signals():
+    with pytest.raises(ValueError, match="unknown signals"):
+        notes.NoteMatcher(KeywordEncoder(), examples={"headache": ("x",)})
