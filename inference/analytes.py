@@ -39,10 +39,13 @@ class Analyte:
     loinc: frozenset[str]
     unit: str  # canonical UCUM unit; "" for coded values
     molar_mass: Decimal | None = None  # g/mol, for mmol/L ↔ mg/dL
+    order_code: str = ""  # the LOINC a repeat test is proposed with (the first one listed)
 
 
 def _a(name: str, label: str, codes: str, unit: str, molar_mass: str | None = None) -> Analyte:
-    return Analyte(name, label, frozenset(codes.split()), unit, Decimal(molar_mass) if molar_mass else None)
+    listed = codes.split()
+    mass = Decimal(molar_mass) if molar_mass else None
+    return Analyte(name, label, frozenset(listed), unit, mass, listed[0])
 
 
 ANALYTES: tuple[Analyte, ...] = (

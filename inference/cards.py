@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inference import aki, critical
+from inference.analytes import BY_NAME, LOINC
 from inference.findings import Finding, time_or
 from inference.hygiene import SEVERITY_RANK, alert_of, snooze, snoozed_until
 from inference.medsafety import medication_review
@@ -33,6 +35,7 @@ HOOKS = {
     DISCHARGE: "encounter-discharge",
 }
 SOURCE_LABEL = "clinstream decision support"
+SNOMED = "http://snomed.info/sct"
 OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
     ("already-addressed", "Already addressed"),
@@ -134,6 +137,62 @@ def card(alert: Alert) -> dict[str, Any]:
             "clinstream-raised-at": alert.raised_at.isoformat(),
         },
     }
+
+
+def _repeated_analyte(alert: Alert) -> str | None:
+    """The analyte whose test a card proposes to repeat: a critical value is confirmed before
+    it is acted on (the card's own advice), and KDIGO asks for creatinine to be followed."""
+    if alert.rule_id == critical.RULE_ID:
+        return alert.key.split("/")[1]  # critical-lab/<analyte>/<side>
+    if alert.rule_id == aki.RULE_ID:
+        return "creatinine"
+    return None
+
+
+def patient_view_card(alert: Alert, patient_id: str) -> dict[str, Any]:
+    """A `patient-view` card for ``alert``. For a critical lab value or an AKI stage it carries
+    a suggestion (not recommended: the clinician decides) to create a draft ServiceRequest
+    for a repeat of the test, with the result that raised the alert as its reason, for the
+    patient the CDS client named (``patient_id``, its own FHIR id)."""
+    out = card(alert)
+    analyte = BY_NAME.get(_repeated_analyte(alert) or "")
+    if analyte is None or not analyte.order_code:
+        return out
+    label, rule = analyte.label.lower(), f"{alert.rule_id} v{alert.rule_version}"
+    request: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": deterministic_id("ServiceRequest", alert.id, "repeat"),
+        "status": "draft",
+        "intent": "proposal",
+        "priority": "urgent" if alert.severity == "critical" else "routine",
+        "category": [
+            {"coding": [{"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}]}
+        ],
+        "code": {
+            "coding": [{"system": LOINC, "code": analyte.order_code, "display": analyte.label}],
+            "text": f"Repeat {label}",
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "note": [{"text": f"Proposed by {SOURCE_LABEL}, rule {rule}: {alert.summary}"}],
+    }
+    if alert.inputs and alert.inputs[0].ref:  # the result that raised it
+        request["reasonReference"] = [{"reference": alert.inputs[0].ref}]
+    out["suggestions"] = [
+        {
+            "label": f"Order a repeat {label}",
+            "uuid": deterministic_id("Suggestion", alert.id, "repeat"),
+            "isRecommended": False,
+            "actions": [
+                {
+                    "type": "create",
+                    "description": f"Draft order: repeat {label} (LOINC {analyte.order_code})",
+                    "resource": request,
+                }
+            ],
+        }
+    ]
+    out["selectionBehavior"] = "at-most-one"
+    return out
 
 
 def order_card(

@@ -35,11 +35,11 @@ from inference.cards import (
     PATIENT_VIEW,
     FeedbackRequest,
     HookRequest,
-    card,
     current_alerts,
     discharge_cards,
     discovery,
     order_card,
+    patient_view_card,
 )
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.medsafety import MEDICATION_ORDERS, check_orders
@@ -147,7 +147,7 @@ class CdsHooksService:
         state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
         if service == PATIENT_VIEW:
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
-            cards = [card(a) for a in alerts]
+            cards = [patient_view_card(a, patient) for a in alerts]
         elif service == DISCHARGE:
             cards = discharge_cards(state, now=self._clock(), window=self._window) if state else []
         else:

@@ -269,6 +269,9 @@ async def test_linked_patients_need_the_patient_prefetch_or_a_fhir_server(env):
         )
     assert missing.status_code == 412
     assert len(prefetched.json()["cards"]) == 3
+    # a suggested order is for the patient as the CDS client knows it, not our key
+    [suggestion] = prefetched.json()["cards"][0]["suggestions"]
+    assert suggestion["actions"][0]["resource"]["subject"] == {"reference": "Patient/ehr-7"}
 
     seen = []
 
@@ -583,3 +586,71 @@ async def test_a_draft_without_an_id_is_checked_but_never_named_in_a_delete_acti
     assert card["source"]["topic"]["code"] == "drug-interaction"
     assert card["suggestions"] == []
     assert "selectionBehavior" not in card
+
+
+def _aki_state(patient="p1"):
+    state = None
+    for n, value in enumerate([0.9, 1.5]):  # a rise of 0.6 mg/dL within 48 h: KDIGO stage 1
+        at = T0 + hours(n)
+        rec = record(
+            obs("2160-0", value, "mg/dL", at=at, oid=f"cr{n}"), patient=patient, at=at, message_id=f"c{n}"
+        )
+        state = process(state, rec, RuleSet(), now=at).state
+    return state
+
+
+async def test_a_critical_value_card_suggests_a_draft_repeat_order_and_hears_it_was_accepted(env):
+    from stream.fhir_models import model_class
+
+    service_request = model_class("ServiceRequest")  # R4 (fhir.resources' R4B package)
+    store, published, build = env
+    store.save(_state())
+    async with build() as client:
+        cards = (
+            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+        ).json()["cards"]
+        again = (
+            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+        ).json()["cards"]
+        potassium, news, sirs = cards
+        assert "suggestions" not in news
+        assert "suggestions" not in sirs
+        [suggestion] = potassium["suggestions"]
+        assert potassium["selectionBehavior"] == "at-most-one"
+        assert suggestion["label"] == "Order a repeat potassium"
+        assert suggestion["isRecommended"] is False
+        assert suggestion == again[0]["suggestions"][0]  # stable ids: the same card, the same suggestion
+        [action] = suggestion["actions"]
+        assert action["type"] == "create"
+        request = service_request.model_validate(action["resource"])  # valid FHIR R4
+        assert (request.status, request.intent, request.priority) == ("draft", "proposal", "urgent")
+        assert [(c.system, c.code) for c in request.code.coding] == [("http://loinc.org", "2823-3")]
+        assert request.subject.reference == "Patient/p1"
+        [potassium_result] = potassium["extension"]["clinstream-evidence"]
+        assert [r.reference for r in request.reasonReference] == [potassium_result]
+        feedback = {
+            "card": potassium["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": suggestion["uuid"]}],
+            "outcomeTimestamp": (T0 + hours(2)).isoformat(),
+        }
+        ok = await client.post(
+            "/cds-services/clinstream-alerts/feedback", json={"feedback": [feedback]}, headers=_auth(token())
+        )
+    assert ok.status_code == 200
+    [event] = published
+    assert (event.outcome, event.accepted_suggestions) == ("accepted", (suggestion["uuid"],))
+
+
+async def test_an_aki_card_suggests_a_routine_repeat_creatinine(env):
+    store, _, build = env
+    store.save(_aki_state())
+    async with build() as client:
+        cards = (
+            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+        ).json()["cards"]
+    [aki] = [c for c in cards if c["source"]["topic"]["code"] == "aki-kdigo"]
+    resource = aki["suggestions"][0]["actions"][0]["resource"]
+    assert resource["code"]["coding"][0]["code"] == "2160-0"
+    assert resource["priority"] == "routine"  # stage 1 is a warning
+    assert resource["reasonReference"] == [{"reference": "Observation/cr1"}]
