@@ -15,7 +15,6 @@ Usage: python bench/note_signals.py [--min-cosine 0.5] [--data bench/data/note_s
 from __future__ import annotations
 
 import argparse
-import base64
 import statistics
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from pathlib import Path
 from clinstream.settings import Settings
 from clinstream.stack import open_embedder
 from inference import notes
+from stream.attachments import text_attachment
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -43,14 +43,7 @@ def note(sentence: str) -> dict[str, object]:
         "resourceType": "DocumentReference",
         "id": "bench",
         "status": "current",
-        "content": [
-            {
-                "attachment": {
-                    "contentType": "text/plain",
-                    "data": base64.b64encode(sentence.encode()).decode(),
-                }
-            }
-        ],
+        "content": [{"attachment": text_attachment(sentence)}],
     }
 
 

@@ -41,11 +41,10 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
 from indexer.query import ContextualQuery
-from inference import medsafety
+from inference import medsafety, notes
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
-from inference.notes import NoteMatcher
 from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
@@ -260,9 +259,9 @@ async def running_stack(
         client = await asyncio.to_thread(milvus_client, settings)
         stack.callback(client.close)
         store, knowledge = milvus_stores(settings, client, embedder)
-        if settings.cds.note_embedding and "note-signal" not in settings.cds.disabled_rules:
+        if settings.cds.note_embedding and notes.RULE_ID not in settings.cds.disabled_rules:
             matcher = await asyncio.to_thread(
-                NoteMatcher, embedder, min_cosine=settings.cds.note_similarity_min
+                notes.NoteMatcher, embedder, min_cosine=settings.cds.note_similarity_min
             )
             rules = replace(rules, note_matcher=matcher)
         await asyncio.to_thread(store.ensure_collection)

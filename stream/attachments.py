@@ -15,6 +15,11 @@ from typing import Any
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "text/rtf", "text/html")
 
 
+def text_attachment(text: str) -> dict[str, Any]:
+    """A FHIR Attachment holding ``text`` (UTF-8, base64 ``data``): what `attachment_text` reads."""
+    return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode(text.encode()).decode()}
+
+
 def attachment_text(attachment: dict[str, Any]) -> str:
     """The text of a text attachment (base64 ``data``), else ``""`` (images, PDFs, links)."""
     content_type = str(attachment.get("contentType", "text/plain")).split(";")[0].strip().lower()

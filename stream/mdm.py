@@ -8,10 +8,10 @@ addendum or a replacement (T03-T10) of the same document overwrites it and a can
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from stream.attachments import text_attachment
 from stream.errors import MappingError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, component_of, to_fhir_datetime
@@ -93,15 +93,7 @@ def _attachments(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
                 out.append({"attachment": attachment})
     if lines:
         text = "\n".join(lines).strip("\n")
-        out.insert(
-            0,
-            {
-                "attachment": {
-                    "contentType": "text/plain; charset=utf-8",
-                    "data": base64.b64encode(text.encode()).decode(),
-                }
-            },
-        )
+        out.insert(0, {"attachment": text_attachment(text)})
     if not out:
         # DocumentReference needs content; say that none came rather than inventing any.
         out.append({"attachment": {"contentType": "text/plain", "title": "no content in the message"}})

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from stream.attachments import text_attachment
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import deterministic_id
 from stream.hl7v2 import Message, Segment, component_of, components, to_fhir_datetime
@@ -582,11 +583,7 @@ def _add_text(report: dict[str, Any] | None, lines: list[str]) -> None:
     lines.clear()
     if report is None or not text:
         return
-    attachment = {
-        "contentType": "text/plain; charset=utf-8",
-        "data": base64.b64encode(text.encode()).decode(),
-    }
-    report.setdefault("presentedForm", []).insert(0, attachment)
+    report.setdefault("presentedForm", []).insert(0, text_attachment(text))
 
 
 def _report(

@@ -51,3 +51,22 @@ def hl7_corpus_files() -> list[Path]:
 @pytest.fixture(scope="session")
 def corpora() -> Path:
     return corpora_dir()
+
+
+@pytest.fixture
+def identity_model(tmp_path):
+    """A real ONNX file of one Identity node (x → y, float vector) for session tests."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "identity.onnx"
+    onnx.save(model, path)
+    return path

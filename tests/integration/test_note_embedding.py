@@ -2,7 +2,6 @@
 failing model run retried by decision support on the real broker, never dead-lettered."""
 
 import asyncio
-import base64
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ from inference.rules import RuleSet
 from inference.state_store import SqliteStateStore
 from stream.events import Alert, Envelope, FhirRecord
 from stream.settings import KafkaSettings, producer_config
+from tests.unit import cds_helpers
 
 AT = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 ENVELOPE = Envelope(
@@ -28,15 +28,8 @@ ENVELOPE = Envelope(
 )
 
 
-def note(text, nid="n1"):
-    data = base64.b64encode(text.encode()).decode()
-    return {
-        "resourceType": "DocumentReference",
-        "id": nid,
-        "status": "current",
-        "date": AT.isoformat(),
-        "content": [{"attachment": {"contentType": "text/plain", "data": data}}],
-    }
+def note(text):
+    return cds_helpers.note(text, at=AT)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 from inference.state import PatientState, apply
+from stream.attachments import text_attachment
 from stream.events import Envelope, FhirRecord
 
 T0 = datetime(2025, 3, 6, 8, 0, tzinfo=UTC)
@@ -22,6 +23,18 @@ UNITS = {
     "6690-2": "10*3/uL",
     "2160-0": "mg/dL",
 }
+
+
+def note(text, nid="n1", *, at=T0, **extra):
+    """A DocumentReference (a note) whose text attachment is ``text``."""
+    return {
+        "resourceType": "DocumentReference",
+        "id": nid,
+        "status": "current",
+        "date": at.isoformat(),
+        "content": [{"attachment": text_attachment(text)}],
+        **extra,
+    }
 
 
 def envelope(at=T0, message_id="M1"):

@@ -85,6 +85,12 @@ def _auth(tok):
     return {"Authorization": f"Bearer {tok}"}
 
 
+async def _patient_view(client):
+    """The cards of a signed `patient-view` call for patient p1."""
+    response = await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
+    return response.json()["cards"]
+
+
 async def test_discovery_is_public_and_lists_the_service(env):
     _, _, build = env
     async with build() as client:
@@ -296,9 +302,7 @@ async def test_feedback_is_published_for_cards_that_were_served(env):
     store, published, build = env
     store.save(_state())
     async with build() as client:
-        cards = (
-            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
-        ).json()["cards"]
+        cards = await _patient_view(client)
         item = {
             "card": cards[0]["uuid"],
             "outcome": "overridden",
@@ -606,12 +610,8 @@ async def test_a_critical_value_card_suggests_a_draft_repeat_order_and_hears_it_
     store, published, build = env
     store.save(_state())
     async with build() as client:
-        cards = (
-            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
-        ).json()["cards"]
-        again = (
-            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
-        ).json()["cards"]
+        cards = await _patient_view(client)
+        again = await _patient_view(client)
         potassium, news, sirs = cards
         assert "suggestions" not in news
         assert "suggestions" not in sirs
@@ -646,9 +646,7 @@ async def test_an_aki_card_suggests_a_routine_repeat_creatinine(env):
     store, _, build = env
     store.save(_aki_state())
     async with build() as client:
-        cards = (
-            await client.post("/cds-services/clinstream-alerts", json=_hook(), headers=_auth(token()))
-        ).json()["cards"]
+        cards = await _patient_view(client)
     [aki] = [c for c in cards if c["source"]["topic"]["code"] == "aki-kdigo"]
     resource = aki["suggestions"][0]["actions"][0]["resource"]
     assert resource["code"]["coding"][0]["code"] == "2160-0"

@@ -1,6 +1,5 @@
 """Safety signals in notes: ConText negation, experiencer, history, uncertainty; real MDM notes."""
 
-import base64
 import re
 from dataclasses import replace
 from zoneinfo import ZoneInfo
@@ -14,21 +13,9 @@ from inference.rules import process, ruleset_from
 from stream.convert import convert_text
 from stream.settings import CdsSettings
 from tests.conftest import corpora_dir
-from tests.unit.cds_helpers import T0, record
+from tests.unit.cds_helpers import T0, note, record
 
 RULES = ruleset_from(CdsSettings())
-
-
-def note(text, nid="n1", **extra):
-    data = base64.b64encode(text.encode()).decode()
-    return {
-        "resourceType": "DocumentReference",
-        "id": nid,
-        "status": "current",
-        "date": T0.isoformat(),
-        "content": [{"attachment": {"contentType": "text/plain", "data": data}}],
-        **extra,
-    }
 
 
 @pytest.mark.parametrize(

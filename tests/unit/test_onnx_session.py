@@ -2,28 +2,11 @@
 
 import logging
 
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from stream import onnx_session
 from stream.onnx_session import chosen_providers, open_session
-
-
-@pytest.fixture
-def identity_model(tmp_path):
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "identity.onnx"
-    onnx.save(model, path)
-    return path
 
 
 def test_unavailable_providers_are_skipped_in_the_requested_order():
