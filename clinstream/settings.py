@@ -24,6 +24,7 @@ from stream.settings import (
     MllpSettings,
     ModelsSettings,
     NormalizerSettings,
+    NotesSettings,
     OutboundSettings,
 )
 
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     normalizer: NormalizerSettings = NormalizerSettings()
     indexer: IndexerSettings = IndexerSettings()
     cds: CdsSettings = CdsSettings()
+    notes: NotesSettings = NotesSettings()
     outbound: OutboundSettings = OutboundSettings()
 
     @property
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
     def cds_state_path(self) -> Path:
         """The SQLite file of decision support's per-patient state."""
         return self.cds.state_path or self.var_dir / "cds" / "state.sqlite"
+
+    @property
+    def notes_store_path(self) -> Path:
+        """The SQLite file of the notes stage's charts and drafts."""
+        return self.notes.store_path or self.var_dir / "notes" / "notes.sqlite"
 
 
 def settings_table() -> list[tuple[str, str, str]]:

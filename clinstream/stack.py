@@ -12,17 +12,18 @@ import contextlib
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
 from pymilvus import MilvusClient
+from starlette.routing import BaseRoute
 
 from clinstream.http import build_app, make_server
-from clinstream.models import embedding_dir
+from clinstream.models import embedding_dir, generator_dir
 from clinstream.runtime import EmbeddedBroker, ensure_topics
 from clinstream.settings import Settings
 from connectors.app import register_outbound_fhir, register_outbound_mllp
@@ -40,11 +41,14 @@ from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
-from indexer.query import ContextualQuery
+from indexer.query import ContextualQuery, Hit
 from inference import medsafety, notes
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
+from inference.generator import LazyGenerator
+from inference.notes_app import NotesService, notes_routes, register_notes
+from inference.notes_store import NotesStore
 from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
 from inference.state_store import SqliteStateStore
@@ -52,6 +56,7 @@ from inference.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
 from stream.errors import ClinstreamError
 from stream.events import TOPICS, ClinicianFeedback, Topics
+from stream.kafka import Outgoing, publish_in_order
 from stream.settings import producer_config
 
 log = logging.getLogger(__name__)
@@ -216,6 +221,45 @@ def _cds_hooks(
     ), jwks
 
 
+def _notes_service(
+    settings: Settings, stack: contextlib.AsyncExitStack, embedder: Embedder, store: MilvusStore
+) -> NotesService:
+    """The notes stage: its store, its low-priority drafting thread, the generator (opened on
+    first use, in that thread) and the contextual query it retrieves passages with."""
+    notes_settings = settings.notes
+    notes_store = NotesStore(settings.notes_store_path)
+    stack.callback(notes_store.close)
+    executor = background_executor(notes_settings.cpu_nice)
+    stack.callback(executor.shutdown)
+    generator = None
+    if notes_settings.generator:
+        model_dir = notes_settings.generator_dir or generator_dir(settings.models.dir)
+        generator = LazyGenerator(
+            model_dir, providers=settings.models.providers, threads=settings.models.intra_op_threads
+        )
+    query = ContextualQuery(embedder, store)
+
+    def search(patient_id: str, question: str, since: datetime | None, until: datetime | None) -> list[Hit]:
+        return query.search(
+            patient_id,
+            question,
+            k=4,
+            types=("DocumentReference", "DiagnosticReport"),
+            since=since,
+            until=until,
+        )
+
+    return NotesService(
+        notes_store,
+        generator,
+        executor,
+        mode=notes_settings.guard,
+        max_new_tokens=notes_settings.max_new_tokens,
+        search=search,
+        writeback=writeback_from(notes_settings),
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     settings: Settings, *, topics: Topics = TOPICS, group_prefix: str = ""
@@ -269,7 +313,8 @@ async def running_stack(
         await asyncio.to_thread(load_starter, knowledge, embedder)
 
         producer = producer_config(settings.kafka, bootstrap, embedded=settings.embedded)
-        brokers = {name: stage_broker(name, producer) for name in ("normalizer", "indexer", "cds")}
+        stages = ("normalizer", "indexer", "cds") + (("notes",) if settings.notes.enabled else ())
+        brokers = {name: stage_broker(name, producer) for name in stages}
         register_normalizer(
             brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer"
         )
@@ -310,6 +355,16 @@ async def running_stack(
             max_records=settings.cds.batch_max_records,
             batch_timeout_ms=settings.cds.batch_timeout_ms,
         )
+        notes_routes_: Sequence[BaseRoute] = ()
+        if settings.notes.enabled:
+            notes_service = _notes_service(settings, stack, embedder, store)
+            register_notes(brokers["notes"], topics, notes_service, group_id=f"{group_prefix}notes")
+            notes_broker = brokers["notes"]
+
+            async def _publish(messages: Sequence[Outgoing]) -> None:
+                await publish_in_order(notes_broker, messages)
+
+            notes_routes_ = notes_routes(notes_service, _publish, topics)
         _warn_undelivered(settings)
         await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
         for broker in brokers.values():
@@ -332,7 +387,7 @@ async def running_stack(
         fhir = FhirIngress(sink, topics, settings.http)
         app = build_app(
             Authenticator(api_token, settings.http),
-            [*fhir.routes(), *query_routes(query), *hooks.routes()],
+            [*fhir.routes(), *query_routes(query), *hooks.routes(), *notes_routes_],
             own_auth=(CDS_HOOKS_PATH,),
         )
         server = make_server(app, settings.http.host, settings.http.port)

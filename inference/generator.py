@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ import numpy.typing as npt
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from inference.errors import ModelRunError
 from indexer.errors import ModelNotBuiltError
+from inference.errors import ModelRunError
 from stream.onnx_session import open_session
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,7 @@ class Generation:
         return len(self.token_ids) / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def choose_token(
-    logits: npt.NDArray[np.float32], config: GenerationConfig, rng: np.random.Generator
-) -> int:
+def choose_token(logits: npt.NDArray[np.float32], config: GenerationConfig, rng: np.random.Generator) -> int:
     """The next token from the last position's ``logits``: argmax, or a top-p sample."""
     if config.temperature <= 0:
         return int(np.argmax(logits))
@@ -111,7 +110,9 @@ class Generator:
         self._eos = frozenset(int(i) for i in self.manifest.get("eos_token_ids", []))
         self._max_positions = int(self.manifest.get("max_positions", 2048))
         self._session = open_session(model_dir / str(self.manifest["model"]), providers, threads)
-        self._past_names = [i.name for i in self._session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past_names = [
+            i.name for i in self._session.get_inputs() if i.name.startswith("past_key_values.")
+        ]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._past_shape = (1, int(self.manifest["num_kv_heads"]), 0, int(self.manifest["head_dim"]))
@@ -212,6 +213,38 @@ class Generator:
             return self.generate_ids(prompt_ids, GenerationConfig(max_new_tokens=n)).token_ids
         finally:
             self._eos = eos
+
+
+class LazyGenerator:
+    """A `Generator` opened on first use, in the thread that first uses it (the notes stage's
+    low-priority worker, whose nice value ONNX Runtime's pool then inherits). A stack that never
+    drafts never loads the model (~0.6 GB)."""
+
+    def __init__(self, model_dir: Path, *, providers: Sequence[str], threads: int = 0) -> None:
+        manifest_path = model_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise ModelNotBuiltError(f"no generator model in {model_dir}; run `make models`")
+        manifest = json.loads(manifest_path.read_text())
+        self.name = str(manifest.get("name", model_dir.name))
+        self.version = str(manifest.get("version", manifest.get("source_wheel_sha256", "")[:12]))
+        self._args = (model_dir, tuple(providers), threads)
+        self._loaded: Generator | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Generator:
+        with self._lock:
+            if self._loaded is None:
+                model_dir, providers, threads = self._args
+                self._loaded = Generator(model_dir, providers=providers, threads=threads)
+            return self._loaded
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """See `Generator.render`."""
+        return self._get().render(messages)
+
+    def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig) -> Generation:
+        """See `Generator.chat`."""
+        return self._get().chat(messages, config)
 
 
 def main(argv: Sequence[str]) -> int:

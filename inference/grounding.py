@@ -14,9 +14,13 @@ cited resources' text:
   and drug classes (``opioid``, ``antibiotic``).
 
 A number must also come from a cited resource that shares a word with the sentence: ``potassium
-6.2`` is not supported by ``sodium 6.2``. A sentence with no citation, or with a fact no cited
-resource holds, fails. What happens to it is the caller's choice (`GuardMode`): removed (the
-default) or kept with a visible mark; never shipped silently.
+6.2`` is not supported by ``sodium 6.2``. Model prose must also be written mostly in its sources'
+words (more than a third of its content words found in none of them fails it): invented claims
+without numbers ("a rare disease") are caught that way, wrong claims in the sources' own words
+("admitted 2015-11-18" for a discharge date) are not, which is why a clinician reviews every
+draft. A sentence with no citation, or with a fact no cited resource holds, fails. What happens
+to it is the caller's choice (`GuardMode`): removed (the default) or kept with a visible mark;
+never shipped silently.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from typing import Literal
 from inference.medsafety import CLASSES, ingredients, names_of
 
 GuardMode = Literal["remove", "mark"]
+# Model prose fails when more than 1/NOVEL_SHARE of its content words are in none of its sources
+# ("a patient with a rare disease"): the facts check alone cannot see invented claims in words.
+NOVEL_SHARE = 3
 FactKind = Literal["number", "date", "time", "drug", "drug class"]
 
 _MONTHS = {
@@ -55,7 +62,9 @@ _MONTHS = {
     for m in names
 }
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
-_ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+_ISO = re.compile(
+    r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
 _DMY = re.compile(rf"\b(\d{{1,2}})\s+({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
 _MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}}),?\s+(\d{{4}})\b", re.IGNORECASE)
 _SLASH = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b")
@@ -104,7 +113,9 @@ _STOP = frozenset(
     time times noted note notes remained remains stable given started continued stopped recorded result
     results value values level levels test tests normal abnormal high low very range reference date
     admitted discharged discharge admission hospital stay course during overall status active current
-    history following follow plan treatment treated well good some more most other none""".split()
+    history following follow plan treatment treated well good some more most other none main problem
+    problems patient's chart entry entries sentence evidence rising falling unchanged elevated raised
+    increased decreased""".split()
 )
 
 
@@ -143,19 +154,21 @@ class Verdict:
     sentence: Sentence
     unsupported: tuple[Fact, ...] = ()
     uncited: bool = False
+    novel: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Cited, and every fact found in what it cites."""
-        return not self.uncited and not self.unsupported
+        """Cited, every fact found in what it cites, and (model prose) mostly its sources' words."""
+        return not self.uncited and not self.unsupported and not self.novel
 
     def reason(self) -> str:
         """Why the sentence failed, naming the facts (they are the draft's words, not logged)."""
         if self.uncited:
             return "cites no resource"
-        return "not in the cited resources: " + ", ".join(
-            f"{f.kind} {f.shown or f.value}" for f in self.unsupported
-        )
+        parts = [f"{f.kind} {f.shown or f.value}" for f in self.unsupported]
+        if self.novel:
+            parts.append("words " + ", ".join(self.novel))
+        return "not in the cited resources: " + ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +227,14 @@ def _dates(text: str) -> tuple[list[tuple[str, str]], list[str], str]:
     return found, times, text
 
 
-def _citations_removed(text: str) -> str:
+def strip_markers(text: str) -> str:
+    """``text`` without ``[E2]``-style evidence markers."""
     return _CITE.sub("", text)
 
 
 def facts(text: str) -> list[Fact]:
     """The checkable facts of ``text``: dates, times, numbers with units, drugs, drug classes."""
-    text = _citations_removed(text)
+    text = strip_markers(text)
     dates, times, rest = _dates(text)
     out = [Fact("date", iso, shown=shown) for iso, shown in dates]
     out += [Fact("time", t, shown=t) for t in times]
@@ -262,9 +276,16 @@ def _holdings(text: str) -> _Holdings:
     )
 
 
+_UNIT_WORDS = frozenset(part for unit in UNITS for part in re.split(r"[/^*.\[\]\d]+", unit) if part)
+
+
 def key_terms(text: str) -> frozenset[str]:
-    """Content words of ``text`` (lower case, 4+ letters, not common clinical prose)."""
-    return frozenset(w for w in (w.lower() for w in _WORD.findall(text)) if len(w) >= 4 and w not in _STOP)
+    """Content words of ``text`` (lower case, 4+ letters, not units, not common clinical prose)."""
+    return frozenset(
+        w
+        for w in (w.lower() for w in _WORD.findall(text))
+        if len(w) >= 4 and w not in _STOP and w not in _UNIT_WORDS
+    )
 
 
 def _supports(h: _Holdings, fact: Fact, terms: frozenset[str]) -> bool:
@@ -290,11 +311,15 @@ def check(sentence: Sentence, evidence: Mapping[str, Evidence]) -> Verdict:
     if not cited:
         return Verdict(sentence, uncited=True)
     holdings = [_holdings(e.text) for e in cited]
-    terms = key_terms(_citations_removed(sentence.text))
-    unsupported = tuple(
-        f for f in facts(sentence.text) if not any(_supports(h, f, terms) for h in holdings)
-    )
-    return Verdict(sentence, unsupported)
+    terms = key_terms(strip_markers(sentence.text))
+    unsupported = tuple(f for f in facts(sentence.text) if not any(_supports(h, f, terms) for h in holdings))
+    novel: tuple[str, ...] = ()
+    if sentence.generated and terms:
+        known = frozenset().union(*(h.words for h in holdings))
+        missing = sorted(t for t in terms if t not in known and not any(t[:5] == k[:5] for k in known))
+        if len(missing) * NOVEL_SHARE > len(terms):
+            novel = tuple(missing)
+    return Verdict(sentence, unsupported, novel=novel)
 
 
 def attribute(text: str, pool: Sequence[Evidence], *, most: int = 4) -> tuple[str, ...]:
@@ -306,7 +331,7 @@ def attribute(text: str, pool: Sequence[Evidence], *, most: int = 4) -> tuple[st
         for n in (int(d) for d in _CITE_NUMBERS.findall(marker))
         if 1 <= n <= len(pool)
     ]
-    plain = _citations_removed(text)
+    plain = strip_markers(text)
     terms = key_terms(plain)
     sentence_facts = facts(plain)
     scored: list[tuple[int, int, str]] = []
@@ -314,19 +339,29 @@ def attribute(text: str, pool: Sequence[Evidence], *, most: int = 4) -> tuple[st
         h = _holdings(item.text)
         shared = len(terms & h.words)
         holds = sum(1 for f in sentence_facts if _supports(h, f, terms))
-        if holds or shared >= min(2, len(terms)) and shared:
+        specific = any(len(w) >= 5 for w in terms & h.words)
+        if holds or shared >= 2 or (shared and specific):
             scored.append((-(holds * 10 + shared), order, item.ref))
     ranked = [ref for _, _, ref in sorted(scored)]
     return tuple(dict.fromkeys([*named, *ranked]))[: max(most, len(named))]
 
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\[(\"'])|\n+")
+_ABBREVIATIONS = frozenset(
+    {"dr.", "mr.", "mrs.", "ms.", "vs.", "e.g.", "i.e.", "approx.", "st.", "no.", "pt."}
+)
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of model prose (line breaks and sentence ends; ``6.2`` and ``Dr.`` kept whole)."""
-    parts = (p.strip(" -*•\t") for p in _SPLIT.split(text))
-    return [p for p in parts if p and any(c.isalpha() for c in p)]
+    """Sentences of model prose (line breaks and sentence ends; ``6.2`` and ``Dr. A`` kept whole)."""
+    parts: list[str] = []
+    for piece in _SPLIT.split(text):
+        piece = piece.strip(" -*•\t")
+        if parts and parts[-1].split()[-1].lower() in _ABBREVIATIONS and piece:
+            parts[-1] = f"{parts[-1]} {piece}"
+        elif piece:
+            parts.append(piece)
+    return [p for p in parts if any(c.isalpha() for c in p)]
 
 
 def guard(sentences: Iterable[Sentence], evidence: Mapping[str, Evidence], mode: GuardMode) -> GuardResult:

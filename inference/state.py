@@ -113,7 +113,7 @@ def _status(concept: dict[str, Any] | None) -> str:
     return str(next((c.get("code") for c in concept.get("coding", []) if c.get("code")), ""))
 
 
-def _chart_identifier(res: dict[str, Any]) -> ChartIdentifier | None:
+def chart_identifier(res: dict[str, Any]) -> ChartIdentifier | None:
     """The MR identifier (else the first that is not an SSN or licence) of a Patient."""
     usable = []
     for ident in res.get("identifier", []):
@@ -227,7 +227,7 @@ def apply(
             new.gender = str(res.get("gender", ""))
             birth = res.get("birthDate")
             new.birth_date = date.fromisoformat(birth) if birth and len(birth) == 10 else None
-            new.identifier = _chart_identifier(res) or new.identifier
+            new.identifier = chart_identifier(res) or new.identifier
         elif kind == "Observation":
             _remove_readings(new.readings, ref)
             _add_readings(

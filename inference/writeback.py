@@ -24,7 +24,7 @@ from inference.cards import SOURCE_LABEL
 from inference.state import ChartIdentifier
 from stream.events import Alert, deterministic_id
 from stream.hl7v2 import Separators, escape
-from stream.settings import CdsSettings
+from stream.settings import CdsSettings, NotesSettings
 
 RULE_SYSTEM = "https://clinstream.example/rules"
 DEVICE_DISPLAY = SOURCE_LABEL
@@ -39,9 +39,10 @@ def detected_issue_id(alert: Alert) -> str:
     return alert.id
 
 
-def _patient(alert: Alert, patient: ChartIdentifier | None) -> dict[str, Any]:
+def patient_reference(patient_id: str, patient: ChartIdentifier | None) -> dict[str, Any]:
+    """The patient as the EHR knows them: the MR identifier, else our Patient reference."""
     if patient is None:
-        return {"reference": f"Patient/{alert.patient_id}"}
+        return {"reference": f"Patient/{patient_id}"}
     ident: dict[str, Any] = {
         "type": {"coding": [{"system": _V2_0203, "code": "MR"}]},
         "value": patient.value,
@@ -75,7 +76,7 @@ def detected_issue(alert: Alert, patient: ChartIdentifier | None) -> dict[str, A
             "text": alert.summary,
         },
         "severity": _SEVERITY[alert.severity],
-        "patient": _patient(alert, patient),
+        "patient": patient_reference(alert.patient_id, patient),
         "identifiedDateTime": (alert.effective or alert.raised_at).isoformat(),
         "author": {"display": DEVICE_DISPLAY},
         "implicated": [{"reference": ref} for ref in alert.evidence],
@@ -211,7 +212,7 @@ class WritebackConfig:
 NO_WRITEBACK = WritebackConfig()
 
 
-def writeback_from(settings: CdsSettings) -> WritebackConfig:
+def writeback_from(settings: CdsSettings | NotesSettings) -> WritebackConfig:
     """The write-back channels ``settings`` switch on."""
     app, _, facility = settings.writeback_hl7_receiver.partition("^")
     return WritebackConfig(

@@ -333,6 +333,9 @@ class ClinicianFeedback(BaseModel):
     reason_display: str | None = None
     comment: str | None = Field(default=None, description="The clinician's words; never logged.")
     accepted_suggestions: tuple[str, ...] = ()
+    draft_text: str | None = Field(default=None, description="Drafts: the text as drafted; never logged.")
+    final_text: str | None = Field(default=None, description="Drafts: the text the clinician made final.")
+    reviewer: str | None = Field(default=None, description="Drafts: who decided, as they gave it.")
     at: datetime
     channel: str = Field(description='e.g. "cds-hooks"')
     principal: str = Field(description="Who sent it: the JWT issuer, or api-token.")
@@ -359,3 +362,37 @@ class Alert(BaseModel):
     level: int = Field(default=0, description="Rank in the key (NEWS2 band, AKI stage); a rise re-alerts.")
     inputs: tuple[AlertInput, ...] = Field(default=(), description="What the rule read, with times.")
     thresholds: str = Field(default="", description="The thresholds the inputs crossed.")
+
+
+DraftStatus = Literal["preliminary", "final", "entered-in-error"]
+
+
+class DraftNote(BaseModel):
+    """A draft clinical note on `notes.drafts.v1`: the DocumentReference and its Provenance.
+
+    Published again, with the same id, when a clinician accepts (``final``), edits (``final``,
+    their text) or rejects it (``entered-in-error``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(
+        description="Deterministic: patient + kind + anchor, so a redelivered trigger overwrites."
+    )
+    patient_id: str
+    kind: str = Field(description="discharge-summary, progress-note or lab-interpretation")
+    anchor: str = Field(description="The Encounter or DiagnosticReport it is about (Type/id), or ''.")
+    status: DraftStatus
+    document: dict[str, Any] = Field(
+        description="FHIR R4 DocumentReference (the note as a base64 attachment)."
+    )
+    provenance: dict[str, Any] = Field(
+        description="FHIR R4 Provenance: model, version, prompt hash, sources."
+    )
+    citations: tuple[str, ...] = Field(description="Every resource the note cites (Type/id).")
+    sentences: int = Field(description="Sentences checked by the grounding guard.")
+    removed: tuple[str, ...] = Field(default=(), description="Why each removed sentence failed (no text).")
+    model: str = ""
+    generated_tokens: int = 0
+    generation_s: float = 0.0
+    created: datetime
+    trace_id: str = ""

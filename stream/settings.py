@@ -314,4 +314,47 @@ class CdsSettings(_Section):
     )
 
 
+class NotesSettings(_Section):
+    """Draft clinical notes: triggers, the generator, the grounding guard, write-back."""
+
+    enabled: bool = Field(
+        default=True, description="Run the notes stage (drafts on discharge and abnormal reports)."
+    )
+    generator: bool = Field(
+        default=True,
+        description="Write narrative sections with the generative model; false: structured sections only.",
+    )
+    generator_dir: Path | None = Field(
+        default=None,
+        description="A decoder-with-past ONNX model directory (model.onnx, tokenizer.json, "
+        "chat_template.jinja, manifest.json). Unset: SmolLM2-135M-Instruct built by `make models`.",
+    )
+    guard: Literal["remove", "mark"] = Field(
+        default="remove",
+        description="Sentences the chart does not support: removed, or kept marked UNVERIFIED.",
+    )
+    max_new_tokens: int = Field(
+        default=120, ge=8, le=2048, description="Token budget of the summary section."
+    )
+    cpu_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice increment of the drafting thread (generation yields the CPU).",
+    )
+    store_path: Path | None = Field(
+        default=None, description="SQLite file of charts and drafts. Unset: `<var_dir>/notes/notes.sqlite`."
+    )
+    writeback_fhir: bool = Field(
+        default=True,
+        description="Send drafts (and reviews) as FHIR DocumentReference + Provenance (outbound FHIR).",
+    )
+    writeback_hl7: bool = Field(
+        default=True, description="Send drafts (and reviews) as HL7 MDM^T02/T08/T11 (outbound MLLP)."
+    )
+    writeback_hl7_receiver: str = Field(
+        default="", description="MSH-5^MSH-6 (receiving application^facility) of those MDM messages."
+    )
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

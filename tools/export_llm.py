@@ -75,9 +75,7 @@ def load(gguf_file: Path, hf_dir: Path) -> None:
                 pad_token_id=tokenizer.eos_token_id,
             )
         new = [int(t) for t in out[0][len(ids) :]]
-        references.append(
-            {"prompt": prompt, "input_ids": ids, "greedy": new, "text": tokenizer.decode(new)}
-        )
+        references.append({"prompt": prompt, "input_ids": ids, "greedy": new, "text": tokenizer.decode(new)})
         print(f"reference: {tokenizer.decode(new)!r}", flush=True)
     (hf_dir / "reference.json").write_text(
         json.dumps({"torch": torch.__version__, "prompts": references}, indent=2) + "\n"
@@ -117,9 +115,11 @@ def export(hf_dir: Path, out_dir: Path) -> None:
     template = _chat_template(hf_dir)
     (out_dir / "chat_template.jinja").write_text(template)
     tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
-    generation = json.loads((hf_dir / "generation_config.json").read_text()) if (
-        hf_dir / "generation_config.json"
-    ).exists() else {}
+    generation = (
+        json.loads((hf_dir / "generation_config.json").read_text())
+        if (hf_dir / "generation_config.json").exists()
+        else {}
+    )
     eos = generation.get("eos_token_id", config.get("eos_token_id"))
     manifest = {
         "name": "SmolLM2-135M-Instruct",
