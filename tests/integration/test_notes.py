@@ -13,7 +13,7 @@ from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from inference.draft_docs import note_text
-from inference.generator import Generator, GenerationConfig
+from inference.generator import GenerationConfig, Generator
 from stream.events import ClinicianFeedback, DraftNote, patient_key
 from stream.hl7v2 import parse_message
 from tests.integration.test_end_to_end import TOKEN, _collect
@@ -131,7 +131,8 @@ async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_ma
             stack.bootstrap, topics.drafts, lambda s: any(b"18842-5" in r.value for r in s)
         )
         note = next(DraftNote.model_validate_json(r.value) for r in drafts if b"18842-5" in r.value)
-        assert note.patient_id == patient and note.status == "preliminary"
+        assert note.patient_id == patient
+        assert note.status == "preliminary"
         assert note.sentences >= len(note.removed)
 
         base = f"http://127.0.0.1:{stack.http_port}"
@@ -184,11 +185,14 @@ async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_ma
                 None,
             )
         )
-        assert note_text(final) == edited and final["authenticator"] == {"display": "Dr. Grey"}
+        assert note_text(final) == edited
+        assert final["authenticator"] == {"display": "Dr. Grey"}
         feedback = await _collect(stack.bootstrap, topics.feedback, lambda s: len(s) >= 1)
         answer = ClinicianFeedback.model_validate_json(feedback[0].value)
         assert (answer.target, answer.target_id, answer.outcome) == ("draft", doc["id"], "edited")
-        assert answer.final_text == edited and answer.draft_text == text and answer.reviewer == "Dr. Grey"
+        assert answer.final_text == edited
+        assert answer.draft_text == text
+        assert answer.reviewer == "Dr. Grey"
         assert await _wait(lambda: any(b"MDM^T08" in v for _, v, _, _ in mllp_sink.records))
 
 

@@ -137,13 +137,15 @@ def test_generated_sentences_with_planted_numbers_or_drugs_are_removed():
     assert reasons[0].startswith("not in the cited resources: drug warfarin")
     assert reasons[1].startswith("not in the cited resources: number 210 umol/l")
     text = render_markdown(draft, p.evidence)
-    assert "210" not in text and "Warfarin" not in text
+    assert "210" not in text
+    assert "Warfarin" not in text
     assert "removed (2)" in text
     # every sentence carries citations, and the source list names each cited resource
     assert all(s.citations for _, lines, _ in draft.sections for s in lines)
     assert all(f"{ref}:" in text for ref in draft.citations())
     # the course retold the encounter, the new order and the abnormal result, not the continued one
-    assert len(generator.prompts) == 4 and "Lisinopril" not in str(generator.prompts[:3])
+    assert len(generator.prompts) == 4
+    assert "Lisinopril" not in str(generator.prompts[:3])
 
 
 def test_mark_mode_keeps_failed_sentences_visibly():
@@ -191,7 +193,8 @@ def test_documents_are_valid_r4_and_the_mdm_reads_back_as_a_preliminary_document
     assert draft_id("p1", "discharge-summary", "Encounter/e1") == doc_id  # deterministic
 
     message = mdm(doc, text, patient, "p1", "T02", NOW).decode()
-    assert "MDM^T02" in message and "|IP|" in message
+    assert "MDM^T02" in message
+    assert "|IP|" in message
     normalized = normalize_hl7(message, tz=ZoneInfo("UTC"))
     (back,) = [r for r in normalized.resources if r["resourceType"] == "DocumentReference"]
     assert back["docStatus"] == "preliminary"
@@ -205,6 +208,8 @@ def test_documents_are_valid_r4_and_the_mdm_reads_back_as_a_preliminary_document
         "Dr. Grey",
     )
     rejected = reviewed_document(doc, "entered-in-error", None, "Dr. Grey")
-    assert rejected["status"] == "entered-in-error" and "docStatus" not in rejected
+    assert rejected["status"] == "entered-in-error"
+    assert "docStatus" not in rejected
     cancel = mdm(rejected, "", patient, "p1", "T11", NOW).decode()
-    assert "MDM^T11" in cancel and "OBX" not in cancel
+    assert "MDM^T11" in cancel
+    assert "OBX" not in cancel

@@ -25,7 +25,7 @@ def verdict(text, *cited, generated=False):
 
 
 @pytest.mark.parametrize(
-    "text, cited",
+    ("text", "cited"),
     [
         ("Potassium was 6.2 mmol/L on 2025-01-01 at 11:00.", ("Observation/k",)),
         ("Potassium 6.20 mmol/L.", ("Observation/k",)),  # same number, other notation
@@ -39,7 +39,7 @@ def test_supported_sentences_pass(text, cited):
 
 
 @pytest.mark.parametrize(
-    "text, cited, missing",
+    ("text", "cited", "missing"),
     [
         ("Potassium was 7.9 mmol/L.", ("Observation/k",), "number 7.9 mmol/l"),  # planted number
         ("Potassium was 6.2 mg/dL.", ("Observation/k",), "number 6.2 mg/dl"),  # right number, wrong unit
@@ -71,7 +71,8 @@ def test_uncited_sentence_fails():
 
 def test_model_prose_in_words_no_source_has_fails():
     result = verdict("Potassium levels indicate a rare hereditary syndrome.", "Observation/k", generated=True)
-    assert not result.ok and "words" in result.reason()
+    assert not result.ok
+    assert "words" in result.reason()
     # chart-built sentences are held to facts only
     assert verdict("Potassium levels indicate a rare hereditary syndrome.", "Observation/k").ok
 
@@ -100,7 +101,8 @@ def test_guard_removes_or_marks():
     ]
     removed = guard(sentences, EVIDENCE, "remove")
     assert [s.text for s in removed.kept] == ["Potassium 6.2 mmol/L."]
-    assert removed.checked == 2 and len(removed.failed) == 1
+    assert removed.checked == 2
+    assert len(removed.failed) == 1
     marked = guard(sentences, EVIDENCE, "mark")
     assert marked.kept[1].text.startswith(
         "Potassium 9.9 mmol/L. [UNVERIFIED: not in the cited resources: number 9.9"
