@@ -41,12 +41,13 @@ from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
-from indexer.query import ContextualQuery, Hit
+from indexer.query import ContextualQuery
 from inference import medsafety, notes
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
 from inference.generator import LazyGenerator
+from inference.grounding import Evidence
 from inference.notes_app import NotesService, notes_routes, register_notes
 from inference.notes_store import NotesStore
 from inference.risk_model import OnnxRiskModel
@@ -229,7 +230,7 @@ def _notes_service(
     notes_settings = settings.notes
     notes_store = NotesStore(settings.notes_store_path)
     stack.callback(notes_store.close)
-    executor = background_executor(notes_settings.cpu_nice)
+    executor = background_executor(notes_settings.cpu_nice, "clinstream-notes")
     stack.callback(executor.shutdown)
     generator = None
     if notes_settings.generator:
@@ -239,8 +240,10 @@ def _notes_service(
         )
     query = ContextualQuery(embedder, store)
 
-    def search(patient_id: str, question: str, since: datetime | None, until: datetime | None) -> list[Hit]:
-        return query.search(
+    def search(
+        patient_id: str, question: str, since: datetime | None, until: datetime | None
+    ) -> list[Evidence]:
+        hits = query.search(
             patient_id,
             question,
             k=4,
@@ -248,6 +251,7 @@ def _notes_service(
             since=since,
             until=until,
         )
+        return [Evidence(h.resource_id, h.text) for h in hits]  # resource_id is Type/id
 
     return NotesService(
         notes_store,

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
-from stream.events import patient_key
+from stream.identity import resolve_patient
 
 Body = TypeVar("Body", bound=BaseModel)
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -40,14 +40,6 @@ class QueryRequest(BaseModel):
     def resolved_patient(self) -> str:
         """The patient key the index is partitioned by."""
         return resolve_patient(self.patient_id)
-
-
-def resolve_patient(patient_id: str) -> str:
-    """The index's patient key for a FHIR Patient id or an ``authority|identifier``."""
-    if "|" in patient_id:
-        authority, _, identifier = patient_id.partition("|")
-        return patient_key(authority, identifier)
-    return patient_id
 
 
 class KnowledgeRequest(BaseModel):

@@ -38,11 +38,11 @@ def lower_thread_priority(increment: int) -> bool:
     return True
 
 
-def background_executor(nice: int) -> ThreadPoolExecutor:
+def background_executor(nice: int, name: str = "clinstream-indexer") -> ThreadPoolExecutor:
     """One worker thread whose nice value is raised by ``nice`` before it runs anything."""
     return ThreadPoolExecutor(
         max_workers=1,
-        thread_name_prefix="clinstream-indexer",
+        thread_name_prefix=name,
         initializer=lower_thread_priority,
         initargs=(nice,),
     )

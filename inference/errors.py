@@ -15,3 +15,7 @@ class RuleConfigError(ClinstreamError, ValueError):
 
 class ModelRunError(ClinstreamError, RuntimeError):
     """A model failed to run (not the record's fault): the batch is retried, never dead-lettered."""
+
+
+class ModelNotBuiltError(ClinstreamError, FileNotFoundError):
+    """A model directory without its build (`make models` has not run)."""

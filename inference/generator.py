@@ -29,8 +29,7 @@ import numpy.typing as npt
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from indexer.errors import ModelNotBuiltError
-from inference.errors import ModelRunError
+from inference.errors import ModelNotBuiltError, ModelRunError
 from stream.onnx_session import open_session
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from indexer.http import FhirId, problem, resolve_patient
-from indexer.query import Hit
 from inference.draft_docs import (
     MdmEvent,
     document_reference,
@@ -72,6 +70,7 @@ from stream.events import (
     Topics,
     deterministic_id,
 )
+from stream.identity import resolve_patient
 from stream.kafka import (
     STAGE_CONSUMER,
     Outgoing,
@@ -99,7 +98,14 @@ RETRIEVAL_QUESTION = {
     "progress-note": "current problems, events and plan",
     "lab-interpretation": "clinical context of these laboratory results",
 }
-Search = Callable[[str, str, datetime | None, datetime | None], list[Hit]]
+# The contextual query: (patient, question, since, until) → passages with the resource they cite.
+Search = Callable[[str, str, datetime | None, datetime | None], list[Evidence]]
+FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    """A JSON error body (RFC 9457 style) that does not echo the request."""
+    return JSONResponse({"status": status, "detail": detail}, status_code=status)
 
 
 @dataclass
@@ -126,10 +132,7 @@ class NotesService:
             except Exception:  # the index is an aid here: a draft without passages is still a draft
                 log.warning("notes: contextual query failed; drafting from the chart alone", exc_info=True)
                 hits = []
-            p = with_retrieved(
-                p,
-                (_evidence(h) for h in hits if h.resource_type in ("DocumentReference", "DiagnosticReport")),
-            )
+            p = with_retrieved(p, hits)
         draft = write_draft(
             p, self.generator, now=started, mode=self.mode, max_new_tokens=self.max_new_tokens
         )
@@ -175,11 +178,6 @@ class NotesService:
             )
             out.append(Outgoing(topics.outbound_hl7v2, message, key, headers))
         return out
-
-
-def _evidence(hit: Hit) -> Evidence:
-    ref = hit.resource_id if "/" in hit.resource_id else f"{hit.resource_type}/{hit.resource_id}"
-    return Evidence(ref, hit.text)
 
 
 def _identifier(chart: Chart) -> ChartIdentifier | None:

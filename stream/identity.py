@@ -67,3 +67,11 @@ def link(patient: dict[str, Any], key: str) -> None:
     links = patient.setdefault("link", [])
     if target not in links:
         links.append(target)
+
+
+def resolve_patient(patient_id: str) -> str:
+    """The stream's patient key for a FHIR Patient id or an ``authority|identifier``."""
+    if "|" in patient_id:
+        authority, _, identifier = patient_id.partition("|")
+        return patient_key(authority, identifier)
+    return patient_id

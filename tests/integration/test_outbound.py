@@ -116,6 +116,7 @@ async def test_critical_potassium_and_creatinine_rise_become_cards_and_reach_the
         mllp={"port": 0},
         http={"port": 0, "api_token": TOKEN},
         outbound={"mllp_host": "127.0.0.1", "mllp_port": mllp.port, "fhir_base_url": fhir_base},
+        notes={"writeback_fhir": False, "writeback_hl7": False},  # this test counts alert deliveries
         cds={
             "stale_after_h": 24 * 365 * 50,  # the messages are dated March 2025
             "jwt_secret": CDS_SECRET,

@@ -58,6 +58,9 @@ SHARED = {
     "stream.identity",  # how a FHIR Patient maps to the stream's patient key (CDS Hooks needs it)
     "stream.onnx_session",  # ONNX Runtime sessions, the same provider choice for every model
     "stream.attachments",  # a note's text, read by the indexer and decision support
+    # A resource in chart words, pure: the text the index holds is the text a draft cites and the
+    # grounding guard checks, so both stages must render it the same way.
+    "indexer.rendering",
 }
 
 
