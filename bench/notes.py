@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from inference.drafting import (
     write_draft,
 )
 from inference.generator import Generator
-from inference.grounding import Sentence, facts
+from inference.grounding import Sentence, facts, normal_number
 from inference.medsafety import ingredients
 from stream.events import FhirInbound
 from stream.fhir_input import normalize_fhir
@@ -78,21 +77,12 @@ def _strings(value: Any) -> Iterable[str]:
         yield str(value)
 
 
-def _number(text: str) -> str | None:
-    try:
-        value = Decimal(text.replace(",", ""))
-    except InvalidOperation:
-        return None
-    normal = value.normalize()
-    return format(normal, "f") if normal == normal.to_integral() else str(normal)
-
-
 def faithful(sentence: Sentence, chart: Chart) -> tuple[int, int]:
     """(facts found in the raw JSON of the cited resources, facts) for one sentence."""
     raw = [chart.resources[r] for r in sentence.citations if r in chart.resources]
     strings = [s for r in raw for s in _strings(r)]
     joined = " ".join(strings).lower()
-    numbers = {n for s in strings for tok in _DIGITS.findall(s) if (n := _number(tok)) is not None}
+    numbers = {normal_number(tok) for s in strings for tok in _DIGITS.findall(s)}
     drugs = ingredients(joined)
     found = total = 0
     for fact in facts(sentence.text):

@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -31,7 +30,7 @@ from inference.rules import Outcome, RuleSet, carries_notes, process
 from inference.state import ChartIdentifier, PatientState
 from inference.state_store import StateStore
 from inference.writeback import NO_WRITEBACK, WritebackConfig, outbound
-from stream.events import Alert, ClinicianFeedback, DeadLetter, FhirRecord, Topics
+from stream.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from stream.kafka import (
     STAGE_CONSUMER,
     Outgoing,
@@ -39,6 +38,7 @@ from stream.kafka import (
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
+    fhir_records,
     publish_dead_letters,
     publish_in_order,
     retry_later,
@@ -82,14 +82,7 @@ def register_cds(
         **STAGE_CONSUMER,
     )
     async def decide(msg: KafkaMessage) -> None:
-        records = batch_records(msg)
-        parsed: list[tuple[Any, FhirRecord]] = []
-        letters: list[DeadLetter] = []
-        for record in records:
-            try:
-                parsed.append((record, FhirRecord.model_validate_json(record.value or b"")))
-            except Exception as exc:  # a record the rules cannot read is dead-lettered, never skipped
-                letters.append(dead_letter_for(exc, record, stage="cds"))
+        parsed, letters = fhir_records(batch_records(msg), stage="cds")
         async with lock:
             patients = list(dict.fromkeys(p.patient_id for _, p in parsed))
             try:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from inference.drafting import LOINC, TITLES, Draft, DraftKind
 from inference.state import ChartIdentifier
-from inference.writeback import DEVICE_DISPLAY, patient_reference
+from inference.writeback import CREATE_ACTIVITY, DEVICE_DISPLAY, assembler_agent, patient_reference
 from stream.events import DraftNote, DraftStatus, deterministic_id
 from stream.hl7v2 import Separators, escape
 
@@ -106,22 +106,8 @@ def provenance(doc_id: str, draft: Draft) -> dict[str, Any]:
         ],
         "target": [{"reference": f"DocumentReference/{doc_id}"}],
         "recorded": draft.created.isoformat(),
-        "activity": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]
-        },
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "assembler",
-                        }
-                    ]
-                },
-                "who": {"display": who},
-            }
-        ],
+        "activity": CREATE_ACTIVITY,
+        "agent": [assembler_agent(who)],
         "entity": [{"role": "source", "what": {"reference": ref}} for ref in draft.citations()],
     }
 

@@ -42,7 +42,6 @@ from inference.grounding import (
 )
 
 DraftKind = Literal["discharge-summary", "progress-note", "lab-interpretation"]
-DRAFT_KINDS: tuple[DraftKind, ...] = ("discharge-summary", "progress-note", "lab-interpretation")
 TITLES: Mapping[DraftKind, str] = {
     "discharge-summary": "Discharge summary",
     "progress-note": "Progress note",
@@ -599,6 +598,7 @@ class Draft:
     generated_tokens: int
     generation_s: float
     created: datetime
+    mode: GuardMode = "remove"
 
     def citations(self) -> tuple[str, ...]:
         """Every resource the draft cites, in order of first citation."""
@@ -678,6 +678,7 @@ def write_draft(
         tokens,
         seconds,
         now,
+        mode,
     )
 
 
@@ -704,7 +705,7 @@ def render_markdown(draft: Draft, evidence: Mapping[str, Evidence]) -> str:
         f"Drafted by clinstream on {draft.created.isoformat(timespec='minutes')}"
         + (f" with {draft.model}" if draft.model else " from chart data only")
         + ". Every statement cites its sources; statements the chart does not support were "
-        + ("removed" if not any("[UNVERIFIED" in s.text for s in draft.guard.kept) else "marked UNVERIFIED")
+        + ("removed" if draft.mode == "remove" else "marked UNVERIFIED")
         + f" ({len(draft.guard.failed)}).",
     ]
     for title, lines, empty in draft.sections:

@@ -57,11 +57,6 @@ class Generation:
     prefill_s: float
     decode_s: float
 
-    @property
-    def tokens_per_s(self) -> float:
-        """New tokens per second of decoding (the prompt's one call excluded)."""
-        return len(self.token_ids) / self.decode_s if self.decode_s > 0 else 0.0
-
 
 def choose_token(logits: npt.NDArray[np.float32], config: GenerationConfig, rng: np.random.Generator) -> int:
     """The next token from the last position's ``logits``: argmax, or a top-p sample."""
@@ -135,10 +130,6 @@ class Generator:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens in the text are recognised, none added)."""
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def count_tokens(self, text: str) -> int:
-        """How many tokens ``text`` takes."""
-        return len(self.encode(text))
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig) -> Generation:
         """The assistant's answer to ``messages``."""

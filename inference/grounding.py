@@ -180,7 +180,8 @@ class GuardResult:
     checked: int = 0
 
 
-def _decimal(text: str) -> str:
+def normal_number(text: str) -> str:
+    """A written number in one canonical form (``6.20`` → ``6.2``, ``1,200`` → ``1200``)."""
     try:
         value = Decimal(text.replace(",", ""))
     except InvalidOperation:
@@ -242,7 +243,9 @@ def facts(text: str) -> list[Fact]:
         unit_match = _UNIT.match(rest, m.end())
         unit = unit_match[1].lower().rstrip(".") if unit_match else ""
         unit = unit if unit in UNITS else ""
-        out.append(Fact("number", _decimal(m[0].lstrip("+")), unit, (m[0] + (" " + unit if unit else ""))))
+        out.append(
+            Fact("number", normal_number(m[0].lstrip("+")), unit, (m[0] + (" " + unit if unit else "")))
+        )
     words = [w.lower() for w in _WORD.findall(rest)]
     out += [Fact("number", str(_NUMBER_WORDS[w]), shown=w) for w in words if w in _NUMBER_WORDS]
     out += [Fact("drug", name, shown=name) for name in sorted(ingredients(text))]

@@ -45,10 +45,10 @@ from inference.draft_docs import (
     reviewed_document,
 )
 from inference.drafting import (
-    DRAFT_KINDS,
     Chart,
     DraftKind,
     TextGenerator,
+    apply,
     latest_encounter,
     latest_report,
     plan,
@@ -63,10 +63,8 @@ from inference.state import ChartIdentifier, chart_identifier
 from inference.writeback import NO_WRITEBACK, WritebackConfig
 from stream.events import (
     ClinicianFeedback,
-    DeadLetter,
     DraftNote,
     DraftStatus,
-    FhirRecord,
     Topics,
     deterministic_id,
 )
@@ -76,7 +74,7 @@ from stream.kafka import (
     Outgoing,
     batch_records,
     commit_after,
-    dead_letter_for,
+    fhir_records,
     publish_dead_letters,
     publish_in_order,
 )
@@ -205,24 +203,17 @@ def register_notes(
         **STAGE_CONSUMER,
     )
     async def draft_notes(msg: KafkaMessage) -> None:
-        records = batch_records(msg)
-        letters: list[DeadLetter] = []
-        parsed: list[FhirRecord] = []
-        for record in records:
-            try:
-                parsed.append(FhirRecord.model_validate_json(record.value or b""))
-            except Exception as exc:  # unreadable: dead-lettered, never skipped
-                letters.append(dead_letter_for(exc, record, stage="notes"))
+        parsed, letters = fhir_records(batch_records(msg), stage="notes")
 
         async def effects() -> None:
             loop = asyncio.get_running_loop()
-            for one in parsed:  # offset order: a patient's chart changes in turn
+            for _, one in parsed:  # offset order: a patient's chart changes in turn
                 chart = await asyncio.to_thread(service.store.chart, one.patient_id)
                 wanted = [(k, a) for k, a in triggers(chart, one.resources) if k in service.on_events]
                 await asyncio.to_thread(service.store.apply, one.patient_id, one.resources)
                 if not wanted:
                     continue
-                chart = await asyncio.to_thread(service.store.chart, one.patient_id)
+                chart = apply(chart, one.resources)  # what the store now holds, without reading it back
                 for kind, anchor in wanted:
                     if await asyncio.to_thread(service.store.draft, draft_id(one.patient_id, kind, anchor)):
                         continue  # written before (a replay): a clinician may be reviewing it
@@ -246,7 +237,7 @@ class DraftRequest(BaseModel):
     patient_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
         description="FHIR Patient id, or `authority|identifier`."
     )
-    type: Literal["discharge-summary", "progress-note", "lab-interpretation"]
+    type: DraftKind
     anchor: FhirId | None = Field(
         default=None,
         description="Encounter (discharge summary) or DiagnosticReport (lab interpretation) id; "
@@ -405,6 +396,3 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()))
     return f"{where}: {err['msg']}" if where else str(err["msg"])
-
-
-__all__ = ["DRAFT_KINDS", "NotesService", "notes_routes", "register_notes"]

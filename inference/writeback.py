@@ -85,6 +85,26 @@ def detected_issue(alert: Alert, patient: ChartIdentifier | None) -> dict[str, A
     }
 
 
+CREATE_ACTIVITY: dict[str, Any] = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]
+}
+
+
+def assembler_agent(who: str) -> dict[str, Any]:
+    """A Provenance agent: clinstream, as the assembler of what it wrote (``who`` names the rule or model)."""
+    return {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "assembler",
+                }
+            ]
+        },
+        "who": {"display": who},
+    }
+
+
 def provenance(alert: Alert) -> dict[str, Any]:
     """The Provenance of ``alert``'s DetectedIssue: the rule and version, the sources it read."""
     return {
@@ -92,22 +112,8 @@ def provenance(alert: Alert) -> dict[str, Any]:
         "id": deterministic_id("Provenance", "DetectedIssue", alert.id),
         "target": [{"reference": f"DetectedIssue/{detected_issue_id(alert)}"}],
         "recorded": alert.raised_at.isoformat(),
-        "activity": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]
-        },
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "assembler",
-                        }
-                    ]
-                },
-                "who": {"display": f"{DEVICE_DISPLAY}: rule {alert.rule_id} v{alert.rule_version}"},
-            }
-        ],
+        "activity": CREATE_ACTIVITY,
+        "agent": [assembler_agent(f"{DEVICE_DISPLAY}: rule {alert.rule_id} v{alert.rule_version}")],
         "entity": [{"role": "source", "what": {"reference": ref}} for ref in alert.evidence],
     }
 

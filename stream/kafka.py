@@ -20,7 +20,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import DeadLetter, Envelope, Topics
+from stream.events import DeadLetter, Envelope, FhirRecord, Topics
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,21 @@ def envelope_of(record: Any) -> Envelope | None:
         return Envelope.from_headers(record.headers)
     except ValueError:
         return None
+
+
+def fhir_records(
+    records: Iterable[Any], *, stage: str
+) -> tuple[list[tuple[Any, FhirRecord]], list[DeadLetter]]:
+    """Each consumed record of `ehr.fhir.v1` with its parsed FhirRecord, in order; a record that does
+    not parse becomes a dead letter (never skipped)."""
+    parsed: list[tuple[Any, FhirRecord]] = []
+    letters: list[DeadLetter] = []
+    for record in records:
+        try:
+            parsed.append((record, FhirRecord.model_validate_json(record.value or b"")))
+        except Exception as exc:
+            letters.append(dead_letter_for(exc, record, stage=stage))
+    return parsed, letters
 
 
 def dead_letter_for(
