@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,dev
 
-.PHONY: install native models demo up test lint typecheck unit integration bench-milvus-server clean
+.PHONY: install native models browser demo up test lint typecheck unit integration screenshot bench-milvus-server clean
 
 install: $(STAMP) native models
 
@@ -33,6 +33,15 @@ native: $(STAMP)
 models: $(STAMP)
 	$(BIN)/python -m clinstream.models
 
+# Headless Chromium for the dashboard's end-to-end test: Debian's packages (chromium and its
+# driver), never a browser download.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium and chromium-driver"; \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); fi
+	@command -v chromedriver >/dev/null 2>&1 || (echo "chromedriver not found: install chromium and chromium-driver" && exit 1)
+
 demo: install
 	$(BIN)/clinstream demo
 
@@ -48,11 +57,15 @@ typecheck: $(STAMP)
 unit: install
 	$(BIN)/pytest -m "not integration"
 
-integration: install
+integration: install browser
 	$(BIN)/pytest -m integration
 
+# Refreshes docs/dashboard.png (the README's picture) from the dashboard's end-to-end test.
+screenshot: install browser
+	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/test_dashboard.py
+
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`.
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

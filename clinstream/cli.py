@@ -53,10 +53,16 @@ async def _up(settings: Settings) -> int:
             f"{' (embedded)' if stack.embedded_broker else ''}{token_note}",
             flush=True,
         )
+        if stack.dashboard_url:
+            print(f"dashboard: {stack.dashboard_url}{_login_note(stack.dashboard_login)}", flush=True)
         await stop.wait()
         print("clinstream stopping", flush=True)
     print("clinstream stopped", flush=True)
     return 0
+
+
+def _login_note(login: tuple[str, str] | None) -> str:
+    return f" (log in as {login[0]} / {login[1]})" if login else ""
 
 
 DEMO_STALE_AFTER_H = 24 * 365 * 50
@@ -74,6 +80,7 @@ def _demo(settings: Settings) -> int:
             "var_dir": settings.var_dir / "demo",
             "mllp": settings.mllp.model_copy(update={"port": 0}),
             "http": settings.http.model_copy(update={"port": 0}),
+            "dashboard": settings.dashboard.model_copy(update={"port": 0}),
             "cds": settings.cds.model_copy(update={"stale_after_h": DEMO_STALE_AFTER_H}),
         }
     )
@@ -197,7 +204,7 @@ def _iso(value: str) -> datetime:
 
 def _replay(args: argparse.Namespace) -> int:
     from stream.events import TOPICS
-    from stream.replay import Selection, plan, read_dead_letters, republish
+    from stream.replay import Selection, as_replay, plan, read_dead_letters, republish
     from stream.settings import producer_config
 
     settings = Settings()
@@ -223,7 +230,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"not replayable {letter.id} {letter.stage}: refused at the edge, the sender resends")
         if not args.dry_run and todo:
             producer = producer_config(settings.kafka, settings.kafka.bootstrap or "", embedded=False)
-            await republish(producer, todo)
+            await republish(producer, [as_replay(letter) for letter in todo])
         print(
             f"{len(todo)} replayable, {len(refused)} not replayable, of {len(letters)} dead letters",
             file=sys.stderr,
@@ -286,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--until", type=_iso, help="failed at or before (ISO 8601)")
     replay.add_argument("--stage", help="only dead letters of this stage (normalizer, indexer, cds, ...)")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    password = sub.add_parser(
+        "password", help="print a dashboard login entry (name:role:hash) for CLINSTREAM_DASHBOARD__USERS"
+    )
+    password.add_argument("name", help="login name")
+    password.add_argument("role", help="viewer, operator, integration, clinician or admin")
     kb = sub.add_parser("kb", help="the knowledge base: add documents (Markdown, text, PDF)")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
     kb_add = kb_sub.add_parser("add", help="add or replace documents; each needs a 'Source:' citation line")
@@ -294,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "replay":
         return _replay(args)
+    if args.command == "password":
+        return _password(args.name, args.role)
     if args.command == "send":
         return _send(args)
     if args.command == "convert":
@@ -338,3 +352,26 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
     failed = sum(1 for a in added if a.error)
     print(f"{len(added) - failed} documents added, {failed} refused", file=sys.stderr)
     return 1 if failed or not added else 0
+
+
+def _password(name: str, role: str) -> int:
+    """Read a password (twice on a terminal, one line otherwise) and print the login entry."""
+    import getpass
+
+    from dashboard.auth import ROLES, hash_password
+
+    if role not in ROLES or not name or ":" in name:
+        print(f"clinstream password: a name without ':' and a role of {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        secret = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != secret:
+            print("clinstream password: the two differ", file=sys.stderr)
+            return 2
+    else:
+        secret = sys.stdin.readline().rstrip("\n")
+    if len(secret) < 12:
+        print("clinstream password: use at least 12 characters", file=sys.stderr)
+        return 2
+    print(f"{name}:{role}:{hash_password(secret)}")
+    return 0

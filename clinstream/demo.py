@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,6 +103,16 @@ async def run_demo(settings: Settings) -> int:
             await follower
         hits = await asyncio.to_thread(stack.query.search, patient_key(*SEARCH_MRN), SEARCH_QUESTION, k=3)
         _print_summary(stack, messages, acks, seen, hits, send_s, time.perf_counter() - started, ok)
+        if stack.dashboard_url:
+            login = stack.dashboard_login
+            print(
+                f"  dashboard              {stack.dashboard_url}"
+                + (f" (log in as {login[0]} / {login[1]})" if login else "")
+            )
+            if sys.stdin.isatty():
+                print("  the demo keeps running for the dashboard: press Ctrl-C to stop", flush=True)
+                with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+                    await asyncio.Event().wait()
     return 0 if ok else 1
 
 

@@ -176,3 +176,89 @@ async def ensure_topics(
         log.info("created topics %s", ", ".join(missing))
     finally:
         await admin.close()
+
+
+class DashboardStartError(ClinstreamError, RuntimeError):
+    """The dashboard process did not come up."""
+
+
+class DashboardProcess:
+    """The Streamlit dashboard as a child process (its own server, as in production).
+
+    It reads the deployment through the API, /metrics and Kafka; ``env`` tells it where
+    they are (and the generated API token in embedded mode).
+    """
+
+    def __init__(
+        self, *, host: str, port: int, env: dict[str, str], args: list[str], log_path: Path | None = None
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._env = env
+        self._args = args
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where a browser opens it."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Spawn ``streamlit run`` on the entry script."""
+        script = Path(__file__).with_name("dashboard_main.py")
+        cmd = [
+            sys.executable, "-m", "streamlit", "run", str(script),
+            "--server.address", self.host,
+            "--server.port", str(self.port),
+            "--server.headless", "true",
+            "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+            "--global.developmentMode", "false",
+            "--client.toolbarMode", "minimal",
+            "--", *self._args,
+        ]  # fmt: skip
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self._log_path.open("ab")
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv: our interpreter, our script
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            env={k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_DASHBOARD__")}
+            | self._env,
+        )
+        if not isinstance(out, int):
+            out.close()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until Streamlit's health endpoint answers."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise DashboardStartError(f"dashboard exited with code {self._proc.returncode}")
+                try:
+                    if (await client.get(f"{self.url}/_stcore/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise DashboardStartError(f"dashboard not ready after {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Terminate the process (kill if it does not exit)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)

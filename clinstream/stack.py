@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from starlette.routing import BaseRoute
 
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
-from clinstream.runtime import EmbeddedBroker, ensure_topics
+from clinstream.runtime import DashboardProcess, EmbeddedBroker, ensure_topics
 from clinstream.settings import Settings
 from connectors.app import register_outbound_fhir, register_outbound_mllp
 from connectors.fhir_client import FhirWriter
@@ -33,10 +34,11 @@ from connectors.kafka_sink import make_sink
 from connectors.mllp_client import OutboundMllp
 from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
+from dashboard.auth import hash_password
 from indexer.app import Flusher, register_indexer
 from indexer.errors import VectorStoreError
 from indexer.flush import FlushPolicy
-from indexer.http import query_routes
+from indexer.http import CollectionStats, query_routes
 from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
@@ -81,6 +83,9 @@ class Stack:
     store: MilvusStore
     embedder: Embedder
     query: ContextualQuery
+    dashboard_url: str | None = None
+    dashboard_login: tuple[str, str] | None = None
+    """The generated ``admin`` login (embedded mode without configured logins)."""
 
     @property
     def mllp_port(self) -> int:
@@ -222,6 +227,49 @@ def _cds_hooks(
     ), jwks
 
 
+async def _start_dashboard(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    topics: Topics,
+    bootstrap: str,
+    http_port: int,
+    token: str,
+) -> tuple[DashboardProcess, tuple[str, str] | None]:
+    """The dashboard process, told where the API and Kafka are; a generated admin login when
+    none is configured (embedded mode only: `running_stack` refuses that otherwise)."""
+    dash = settings.dashboard
+    api_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
+    users = [u.get_secret_value() for u in dash.users]
+    login = None
+    if not users and dash.trusted_user_header is None:
+        login = ("admin", secrets.token_urlsafe(12))
+        users = [f"admin:admin:{hash_password(login[1])}"]
+    # The child reads its settings from the environment: hand it this process's dashboard
+    # section as one JSON value (its own CLINSTREAM_DASHBOARD__* variables are dropped).
+    section = dash.model_dump(mode="json") | {
+        "users": users,
+        "api_url": dash.api_url or f"http://{api_host}:{http_port}",
+    }
+    env = {
+        "CLINSTREAM_DASHBOARD": json.dumps(section),
+        "CLINSTREAM_HTTP__API_TOKEN": token,
+        "CLINSTREAM_KAFKA__BOOTSTRAP": bootstrap,
+    }
+    if settings.embedded:
+        env["CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
+    process = DashboardProcess(
+        host=dash.host,
+        port=dash.port,
+        env=env,
+        args=["--topics", json.dumps(asdict(topics))],
+        log_path=settings.var_dir / "dashboard.log",
+    )
+    process.start()
+    stack.callback(process.stop)
+    await process.wait_ready()
+    return process, login
+
+
 def _notes_service(
     settings: Settings, stack: contextlib.AsyncExitStack, embedder: Embedder, store: MilvusStore
 ) -> NotesService:
@@ -273,6 +321,11 @@ async def running_stack(
     token = settings.http.api_token.get_secret_value() if settings.http.api_token else None
     if token is None and not settings.embedded:
         raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
+    dash = settings.dashboard
+    if dash.enabled and not settings.embedded and not dash.users and dash.trusted_user_header is None:
+        raise ConfigurationError(
+            "the dashboard needs CLINSTREAM_DASHBOARD__USERS or __TRUSTED_USER_HEADER with an external Kafka"
+        )
     api_token = token or secrets.token_urlsafe(24)
     rules = ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
     if settings.cds.risk_models:
@@ -389,10 +442,14 @@ async def running_stack(
         stack.push_async_callback(mllp.stop)
 
         query = ContextualQuery(embedder, store, knowledge)
+
+        def index_stats() -> list[CollectionStats]:
+            return [CollectionStats(s.collection, s.count(), embedder.identity) for s in (store, knowledge)]
+
         fhir = FhirIngress(sink, topics, settings.http)
         app = build_app(
             Authenticator(api_token, settings.http),
-            [*fhir.routes(), *query_routes(query), *hooks.routes(), *notes_routes_],
+            [*fhir.routes(), *query_routes(query, index_stats), *hooks.routes(), *notes_routes_],
             own_auth=(CDS_HOOKS_PATH,),
         )
         server = make_server(app, settings.http.host, settings.http.port)
@@ -409,6 +466,12 @@ async def running_stack(
                 raise ConfigurationError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
         http_port = int(server.servers[0].sockets[0].getsockname()[1])
+        dashboard_url, dashboard_login = None, None
+        if settings.dashboard.enabled:
+            process, dashboard_login = await _start_dashboard(
+                settings, stack, topics, bootstrap, http_port, api_token
+            )
+            dashboard_url = process.url
 
         yield Stack(
             settings=settings,
@@ -421,4 +484,6 @@ async def running_stack(
             store=store,
             embedder=embedder,
             query=query,
+            dashboard_url=dashboard_url,
+            dashboard_login=dashboard_login,
         )

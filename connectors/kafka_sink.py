@@ -18,6 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.errors import BrokerUnavailableError
 from stream.events import DeadLetter
+from stream.kafka import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ async def send_dead_letter(sink: RecordSink, topic: str, letter: DeadLetter) -> 
         key=None,
         headers=[(k, v.encode()) for k, v in letter.headers().items()],
     )
+    DEAD_LETTERS.labels(letter.stage).inc()
 
 
 class CachedPartitioner:

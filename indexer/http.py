@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, TypeVar
 
@@ -17,6 +19,15 @@ from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, Sear
 from stream.identity import resolve_patient
 
 Body = TypeVar("Body", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStats:
+    """One collection as `GET /index/stats` reports it."""
+
+    name: str
+    rows: int
+    embedding: str
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 
 
@@ -127,8 +138,20 @@ async def _body(request: Request, model: type[Body]) -> Body | JSONResponse:
         return _invalid(exc)
 
 
-def query_routes(query: ContextualQuery) -> list[Route]:
-    """Routes served for the indexer."""
+def query_routes(
+    query: ContextualQuery, stats: Callable[[], Sequence[CollectionStats]] | None = None
+) -> list[Route]:
+    """Routes served for the indexer; ``stats`` (row counts, run in a thread) serves
+    `GET /index/stats`, the ops dashboard's Index page."""
+
+    async def get_stats(_: Request) -> JSONResponse:
+        if stats is None:
+            return problem(404, "index statistics are not served here")
+        try:
+            found = await asyncio.to_thread(stats)
+        except VectorStoreError:
+            return _unavailable()
+        return JSONResponse({"collections": [asdict(c) for c in found]})
 
     async def post_query(request: Request) -> JSONResponse:
         body = await _body(request, QueryRequest)
@@ -208,4 +231,5 @@ def query_routes(query: ContextualQuery) -> list[Route]:
         Route("/knowledge/query", post_knowledge, methods=["POST"]),
         Route("/context", post_context, methods=["POST"]),
         Route("/patients/{patient:path}/timeline", get_timeline, methods=["GET"]),
+        Route("/index/stats", get_stats, methods=["GET"]),
     ]

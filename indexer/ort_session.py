@@ -90,7 +90,7 @@ class Embedder:
         self._tokenizer.enable_truncation(int(self.manifest.get("max_length", 256)))
         self._tokenizer.no_padding()  # tokenizer.json may pad to a fixed length; we pad per batch
         self._session: ModelSession = session or open_session(
-            model_dir / str(variants[precision]["file"]), providers, threads
+            model_dir / str(variants[precision]["file"]), providers, threads, model=f"{self.name}/{precision}"
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
 

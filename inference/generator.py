@@ -103,7 +103,9 @@ class Generator:
         self._template = env.from_string((model_dir / str(self.manifest["chat_template"])).read_text())
         self._eos = frozenset(int(i) for i in self.manifest.get("eos_token_ids", []))
         self._max_positions = int(self.manifest.get("max_positions", 2048))
-        self._session = open_session(model_dir / str(self.manifest["model"]), providers, threads)
+        self._session = open_session(
+            model_dir / str(self.manifest["model"]), providers, threads, model=self.name
+        )
         self._past_names = [
             i.name for i in self._session.get_inputs() if i.name.startswith("past_key_values.")
         ]

@@ -34,7 +34,9 @@ class OnnxRiskModel:
         model_path = contract_path.parent / self._contract.model
         if not model_path.is_file():
             raise RuleConfigError(f"risk model {self._contract.id}: {self._contract.model} not found")
-        self._session = open_session(model_path, providers, threads)
+        self._session = open_session(
+            model_path, providers, threads, model=f"{self._contract.id}/v{self._contract.version}"
+        )
         self._check()
 
     def _check(self) -> None:

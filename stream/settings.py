@@ -134,8 +134,34 @@ class HttpSettings(_Section):
 class DashboardSettings(_Section):
     """The ops dashboard (Streamlit)."""
 
+    enabled: bool = Field(default=True, description="`clinstream up` also starts the dashboard.")
     host: str = Field(default="127.0.0.1", description="Dashboard listen address.")
-    port: int = Field(default=8501, ge=0, le=65535, description="Dashboard listen port.")
+    port: int = Field(default=8501, ge=0, le=65535, description="Dashboard listen port (0: a free port).")
+    users: list[SecretStr] = Field(
+        default_factory=list,
+        description="Dashboard logins, JSON list of `name:role:hash` (hash from `clinstream password`); "
+        "roles viewer, operator, integration, clinician, admin. Unset in embedded mode: an `admin` "
+        "login with a random password is printed at start.",
+    )
+    trusted_user_header: str | None = Field(
+        default=None,
+        description="OIDC hook: trust this header for the user's name (set by an authenticating proxy "
+        "such as oauth2-proxy, which must strip it from clients), e.g. X-Forwarded-Email.",
+    )
+    trusted_role_header: str | None = Field(
+        default=None,
+        description="With the user header: the header with the user's groups (comma-separated); the "
+        "first that names a role is used, else viewer.",
+    )
+    api_url: str | None = Field(
+        default=None, description="Query API base URL the dashboard reads. Unset: this deployment's."
+    )
+    metrics_urls: list[str] = Field(
+        default_factory=list,
+        description="Prometheus /metrics URLs of the stage processes. Unset: the API server's /metrics.",
+    )
+    sample_s: float = Field(default=5.0, gt=0, description="Seconds between samples of metrics and lag.")
+    history_min: int = Field(default=60, ge=1, le=1440, description="Minutes of samples the charts keep.")
 
 
 class ModelsSettings(_Section):

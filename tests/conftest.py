@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # model takes seconds of both cores, and stacks that test other stages would wait on it. The tests
 # of drafting with the model (tests/integration/test_notes.py) switch it on in their settings.
 os.environ.setdefault("CLINSTREAM_NOTES__GENERATOR", "false")
+# Test stacks run without the dashboard process; its own tests switch it on.
+os.environ.setdefault("CLINSTREAM_DASHBOARD__ENABLED", "false")
 
 
 def corpora_dir() -> Path:

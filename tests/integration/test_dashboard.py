@@ -1,0 +1,152 @@
+"""The dashboard end to end: the embedded stack with its dashboard process, the demo feed over
+MLLP, and headless Chromium (Debian's chromium and chromedriver, installed by `make test`)
+logging in and reading live numbers, a dead letter and an alert off the rendered pages.
+
+The Overview screenshot goes to pytest's temporary folder; with CLINSTREAM_DOCS_SCREENSHOT=1
+(`make screenshot`) it replaces docs/dashboard.png, the README's picture.
+"""
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from clinstream.demo import demo_messages
+from clinstream.settings import Settings
+from clinstream.stack import running_stack
+from connectors.mllp_client import MllpClient
+from dashboard.auth import hash_password
+from stream.events import Alert
+from tests.integration.test_end_to_end import _collect
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "dashboard-e2e-password"
+
+
+@pytest.fixture
+async def stack(broker, topics, prefix, tmp_path):
+    settings = Settings(
+        var_dir=tmp_path,
+        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
+        mllp={"port": 0},
+        http={"port": 0, "api_token": "dashboard-e2e-token"},
+        milvus={"collection": "dash"},
+        cds={"stale_after_h": 24 * 365 * 50},  # the demo feed is from March 2025
+        dashboard={
+            "enabled": True,
+            "port": 0,
+            "sample_s": 1.0,
+            "users": [f"ops:integration:{hash_password(PASSWORD, iterations=1000)}"],
+        },
+    )
+    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+        yield s
+
+
+def _browser():
+    driver_path = shutil.which("chromedriver")
+    assert driver_path, "chromedriver missing: `make test` installs Debian's chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1300"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+
+
+def _body(driver):
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _wait_text(driver, predicate, timeout=60):
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: predicate(_body(d)))
+    except TimeoutException:
+        pytest.fail(f"the page never showed what was expected; it shows:\n{_body(driver)[:3000]}")
+    return _body(driver)
+
+
+def _click_text(driver, xpath_text, scope="//"):
+    element = driver.find_element(By.XPATH, f"{scope}*[normalize-space(text())='{xpath_text}']")
+    driver.execute_script("arguments[0].click();", element)
+
+
+def _metrics(driver):
+    """Every st.metric on the page: label → value."""
+    out = {}
+    for element in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMetric']"):
+        lines = element.text.splitlines()
+        if len(lines) >= 2:
+            out[lines[0]] = lines[1]
+    return out
+
+
+async def test_dashboard_shows_live_numbers_a_dead_letter_and_an_alert(stack, topics, tmp_path):
+    assert stack.dashboard_url is not None
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(f"{stack.dashboard_url}/_stcore/health")).status_code == 200
+
+    messages = demo_messages()
+    async with MllpClient("127.0.0.1", stack.mllp_port) as client:
+        codes = [(await client.send(m)).code for m in messages]
+    # One malformed message is refused at the edge; another is accepted and dead-lettered by the normalizer.
+    assert codes.count("AA") == len(messages) - 1
+    records = await _collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
+    alerts = [Alert.model_validate_json(r.value) for r in records]
+
+    # The stack serves from this event loop: the browser runs in a thread so the loop keeps answering.
+    await asyncio.to_thread(_browse, stack.dashboard_url, len(messages), alerts[0], tmp_path)
+
+
+def _browse(url, sent, first, tmp_path):
+    driver = _browser()
+    try:
+        driver.get(url)
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "input[aria-label='User']")
+        )
+        driver.find_element(By.CSS_SELECTOR, "input[aria-label='User']").send_keys("ops")
+        driver.find_element(By.CSS_SELECTOR, "input[aria-label='Password']").send_keys(PASSWORD)
+        _click_text(driver, "Log in")
+
+        # Overview: the sampler (1 s) catches up with every message the stack answered.
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(
+            lambda d: _metrics(d).get("Received (MLLP)") == str(sent)
+        )
+        shown = _metrics(driver)
+        assert "ops (integration)" in _body(driver)
+        assert int(shown["Alerts raised"]) >= 1
+        assert int(shown["Dead letters"]) >= 2
+        assert int(shown["Normalized"]) >= sent - 2
+        time.sleep(3)  # a few more samples for the charts
+        shot = tmp_path / "dashboard.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000
+        if os.environ.get("CLINSTREAM_DOCS_SCREENSHOT") == "1":
+            shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
+
+        _click_text(driver, "Dead letters", "//section[@data-testid='stSidebar']//")
+        text = _wait_text(driver, lambda t: "2 of 2 dead letters" in t and "Show identifiers" in t)
+        assert "MappingError at OBX-5 (normalizer)" in text
+        assert "patient key ***" in text
+        # The opened letter's message, masked by default: MSH and structure kept, PID's name and MRN not.
+        payload = "\n".join(c.get_attribute("textContent") for c in driver.find_elements(By.TAG_NAME, "code"))
+        assert "LAB00019" in payload
+        assert "PID|1||***||***||***" in payload
+        assert "NOVAK" not in payload
+        assert "100005" not in payload
+
+        _click_text(driver, "Alerts", "//section[@data-testid='stSidebar']//")
+        text = _wait_text(driver, lambda t: "Latest alerts" in t)
+        assert first.summary in text
+        assert f"{first.rule_id} v{first.rule_version}" in text
+    finally:
+        driver.quit()
