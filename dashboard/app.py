@@ -192,9 +192,6 @@ def dead_letters(backend: Backend, user: User, config: Config) -> None:
     letters = _cached("dead", config.cache_s, backend.dead_letters)
     by_id = {d.id: d for d in letters}
     rows = [q.letter_row(d) for d in letters]
-    rows = [
-        r if by_id[r.id].source_topic else q.LetterRow(**{**asdict(r), "replayable": False}) for r in rows
-    ]
     with st.expander("Filters", expanded=True):
         a, b, c = st.columns(3)
         reason = a.text_input("Reason contains")

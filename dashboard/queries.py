@@ -427,7 +427,6 @@ class LetterRow:
     location: str
     control_id: str
     replayable: bool
-    replay_of: str = ""
 
 
 def letter_row(letter: DeadLetter) -> LetterRow:
@@ -446,7 +445,7 @@ def letter_row(letter: DeadLetter) -> LetterRow:
         letter.reason,
         letter.location,
         letter.control_id or "",
-        True,
+        letter.source_topic is not None,  # refused at the edge: the sender resends
     )
 
 
