@@ -14,8 +14,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.settings import (
+    AgentsSettings,
     CdsSettings,
     DashboardSettings,
+    ExportsSettings,
     HttpSettings,
     IndexerSettings,
     KafkaSettings,
@@ -49,6 +51,8 @@ class Settings(BaseSettings):
     cds: CdsSettings = CdsSettings()
     notes: NotesSettings = NotesSettings()
     outbound: OutboundSettings = OutboundSettings()
+    exports: ExportsSettings = ExportsSettings()
+    agents: AgentsSettings = AgentsSettings()
 
     @property
     def embedded(self) -> bool:

@@ -389,3 +389,23 @@ class NotesSettings(_Section):
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ExportsSettings(_Section):
+    """De-identified datasets for model builders (`clinstream export`)."""
+
+    deid_key: SecretStr | None = Field(
+        default=None,
+        description="Secret (16+ characters) behind pseudonyms and date offsets: the same key gives the same "
+        "dataset; keep it secret, as it links pseudonyms across exports. Required by `clinstream export`.",
+    )
+    parquet: bool = Field(default=True, description="Write Parquet beside JSON lines.")
+
+
+class AgentsSettings(_Section):
+    """Agent tools (`/agent/tools`, `clinstream mcp`)."""
+
+    enabled: bool = Field(default=True, description="Serve the agent tools on the API server.")
+    token_ttl_s: int = Field(
+        default=900, ge=60, le=86_400, description="Lifetime of tokens minted by `clinstream agent-token`."
+    )

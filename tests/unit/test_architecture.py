@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("connectors", "stream", "indexer", "inference", "dashboard")
+STAGES = ("connectors", "stream", "indexer", "inference", "dashboard", "exports", "agents")
 IO_LIBRARIES = {
     "faststream",
     "aiokafka",
@@ -47,6 +47,9 @@ PURE_MODULES = [
     "inference/notes.py",
     "dashboard/queries.py",
     "dashboard/auth.py",
+    "exports/deid.py",
+    "exports/datasets.py",
+    "exports/card.py",
 ]
 # What a stage may import from another stage: the shared contracts.
 SHARED = {
@@ -65,6 +68,8 @@ SHARED = {
     "indexer.rendering",
     # Dead letters: reading the topic and writing them back, the same for the CLI and the dashboard.
     "stream.replay",
+    # When a resource happened: the index's time filter and an export's timeline agree on it.
+    "indexer.chunking",
 }
 
 

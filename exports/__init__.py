@@ -1,0 +1,1 @@
+"""Datasets for model builders: de-identification and exports."""
