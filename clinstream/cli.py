@@ -308,6 +308,45 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_token(args: argparse.Namespace) -> int:
+    """Print a patient-scoped HS256 JWT for an agent (signed with CLINSTREAM_HTTP__JWT_HS256_SECRET)."""
+    import jwt
+
+    settings = Settings()
+    secret = settings.http.jwt_hs256_secret
+    if secret is None or len(secret.get_secret_value()) < 32:
+        print(
+            "clinstream agent-token: set CLINSTREAM_HTTP__JWT_HS256_SECRET (32+ characters)", file=sys.stderr
+        )
+        return 2
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": args.sub,
+        "iat": int(now.timestamp()),
+        "exp": int(now.timestamp()) + settings.agents.token_ttl_s,
+        "scope": " ".join(args.scope),
+        "patients": args.patient,
+    }
+    if settings.http.jwt_audience:
+        claims["aud"] = settings.http.jwt_audience
+    if settings.http.jwt_issuer:
+        claims["iss"] = settings.http.jwt_issuer
+    print(jwt.encode(claims, secret.get_secret_value(), algorithm="HS256"))
+    return 0
+
+
+def _mcp() -> int:
+    """Serve the agent tools over MCP (stdio) against CLINSTREAM_AGENTS__API_URL."""
+    from agents.mcp_server import serve_stdio
+
+    settings = Settings()
+    if settings.agents.token is None:
+        print("clinstream mcp: set CLINSTREAM_AGENTS__TOKEN (from `clinstream agent-token`)", file=sys.stderr)
+        return 2
+    asyncio.run(serve_stdio(settings.agents.api_url, settings.agents.token.get_secret_value()))
+    return 0
+
+
 def _day(value: str) -> date:
     return date.fromisoformat(value)
 
@@ -371,6 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument(
         "--include-overridden", action="store_true", help="instructions: keep alerts clinicians overrode"
     )
+    token = sub.add_parser("agent-token", help="print a patient-scoped token for an agent (HS256 JWT)")
+    token.add_argument(
+        "--patient", action="append", required=True, help="Patient id or authority|MRN (repeatable)"
+    )
+    token.add_argument(
+        "--scope", action="append", default=None, help="SMART scope (repeatable; default patient/*.read)"
+    )
+    token.add_argument("--sub", default="agent", help="who the agent is (the audit log's principal)")
+    sub.add_parser("mcp", help="serve the agent tools over MCP on stdin/stdout (for an agent host)")
     password = sub.add_parser(
         "password", help="print a dashboard login entry (name:role:hash) for CLINSTREAM_DASHBOARD__USERS"
     )
@@ -386,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "agent-token":
+        args.scope = args.scope or ["patient/*.read"]
+        return _agent_token(args)
+    if args.command == "mcp":
+        return _mcp()
     if args.command == "password":
         return _password(args.name, args.role)
     if args.command == "send":

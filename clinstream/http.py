@@ -48,8 +48,8 @@ class BearerAuth:
         if path in PUBLIC_PATHS or any(path == p or path.startswith(p + "/") for p in self._own):
             await self._app(scope, receive, send)
             return
-        principal = self._auth.identify(Headers(scope=scope).get("authorization", ""))
-        if principal is None:
+        found = self._auth.authenticate(Headers(scope=scope).get("authorization", ""))
+        if found is None:
             if path.startswith("/fhir"):
                 refusal: Response = outcome_response(
                     401, [Issue("login", "missing or invalid bearer token")], CHALLENGE
@@ -62,7 +62,8 @@ class BearerAuth:
                 )
             await refusal(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"], state["claims"] = found
         await self._app(scope, receive, send)
 
 

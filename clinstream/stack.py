@@ -23,6 +23,8 @@ from faststream.kafka import KafkaBroker
 from pymilvus import MilvusClient
 from starlette.routing import BaseRoute
 
+from agents.api_client import ApiBackend
+from agents.http import agent_routes
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
 from clinstream.runtime import DashboardProcess, EmbeddedBroker, ensure_topics
@@ -447,9 +449,30 @@ async def running_stack(
             return [CollectionStats(s.collection, s.count(), embedder.identity) for s in (store, knowledge)]
 
         fhir = FhirIngress(sink, topics, settings.http)
+        agents_routes_: list[BaseRoute] = []
+        loopback = httpx.AsyncClient(headers={"Authorization": f"Bearer {api_token}"}, timeout=120.0)
+        stack.push_async_callback(loopback.aclose)
+        if settings.agents.enabled:
+
+            async def audit(event: dict[str, Any], patient: str) -> None:
+                await sink.send(
+                    topics.audit,
+                    json.dumps(event, separators=(",", ":")).encode(),
+                    key=patient.encode() or None,
+                    headers=[("resource_type", b"AuditEvent")],
+                )
+
+            agents_routes_ = [*agent_routes(ApiBackend(loopback), audit)]
         app = build_app(
             Authenticator(api_token, settings.http),
-            [*fhir.routes(), *query_routes(query, index_stats), *hooks.routes(), *notes_routes_],
+            [
+                *fhir.routes(),
+                *query_routes(query, index_stats),
+                *hooks.routes(),
+                *hooks.alert_routes(),
+                *notes_routes_,
+                *agents_routes_,
+            ],
             own_auth=(CDS_HOOKS_PATH,),
         )
         server = make_server(app, settings.http.host, settings.http.port)
@@ -466,6 +489,8 @@ async def running_stack(
                 raise ConfigurationError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
         http_port = int(server.servers[0].sockets[0].getsockname()[1])
+        loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
+        loopback.base_url = httpx.URL(f"http://{loop_host}:{http_port}")  # the agent tools' backend
         dashboard_url, dashboard_login = None, None
         if settings.dashboard.enabled:
             process, dashboard_login = await _start_dashboard(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -32,12 +33,17 @@ class Authenticator:
 
     def identify(self, authorization: str) -> str | None:
         """The caller's name, or None when the credentials are missing or wrong."""
+        found = self.authenticate(authorization)
+        return found[0] if found else None
+
+    def authenticate(self, authorization: str) -> tuple[str, dict[str, Any]] | None:
+        """The caller's name and the JWT's claims (none for the static token), or None."""
         scheme, _, presented = authorization.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
             return None
         if hmac.compare_digest(presented.encode(), self._token):
-            return "api-token"
+            return "api-token", {}
         for key, algorithms in self._keys:
             try:
                 claims = jwt.decode(
@@ -50,5 +56,5 @@ class Authenticator:
                 )
             except jwt.InvalidTokenError:
                 continue
-            return f"jwt:{claims['sub']}"
+            return f"jwt:{claims['sub']}", dict(claims)
         return None

@@ -95,6 +95,20 @@ class CdsHooksService:
             Route(CDS_HOOKS_PATH + "/{service}/feedback", self._feedback, methods=["POST"]),
         ]
 
+    def alert_routes(self) -> list[Route]:
+        """`GET /cds/alerts/{patient}`: a patient's current alerts (the API's bearer auth, not
+        the CDS Hooks JWT: the agent tools and the dashboard read it)."""
+
+        async def current(request: Request) -> JSONResponse:
+            key = str(request.path_params["patient"])
+            if not 1 <= len(key) <= 256:
+                return _error(422, "invalid patient")
+            state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
+            alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
+            return JSONResponse({"alerts": [a.model_dump(mode="json") for a in alerts]})
+
+        return [Route("/cds/alerts/{patient:path}", current, methods=["GET"])]
+
     async def _discovery(self, _: Request) -> JSONResponse:
         return JSONResponse(discovery())
 

@@ -80,6 +80,7 @@ class Topics:
     outbound_hl7v2: str = "ehr.outbound.hl7v2.v1"
     outbound_fhir: str = "ehr.outbound.fhir.v1"
     writeback: str = "ehr.writeback.v1"
+    audit: str = "audit.events.v1"
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in declaration order."""

@@ -409,3 +409,9 @@ class AgentsSettings(_Section):
     token_ttl_s: int = Field(
         default=900, ge=60, le=86_400, description="Lifetime of tokens minted by `clinstream agent-token`."
     )
+    api_url: str = Field(
+        default="http://127.0.0.1:8080", description="`clinstream mcp`: the API the MCP server calls."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="`clinstream mcp`: the agent's scoped token (`clinstream agent-token`)."
+    )

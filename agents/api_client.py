@@ -1,0 +1,67 @@
+"""The tools' backend: the deployment's own HTTP API (query, timeline, knowledge, alerts, drafts).
+
+The agent gateway holds the service token; what an agent may ask was decided before a call
+gets here (`agents.http`). Calling the API over HTTP keeps this stage apart from the others
+(the query API is the one stage-to-stage call the design allows), so the gateway can run in
+its own process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from agents.tools import AlertsArgs, DraftArgs, KnowledgeArgs, SearchRecordArgs, TimelineArgs, ToolError
+
+
+class ApiBackend:
+    """Answers tool calls through ``client`` (base URL and service token set on it)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._http = client
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ToolError(503, f"the query API is unreachable ({type(exc).__name__})") from None
+        if response.status_code >= 500:
+            raise ToolError(503, "the query API is unavailable; retry later")
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", "refused"))
+            except ValueError:
+                detail = "refused"
+            raise ToolError(response.status_code if response.status_code in (404, 409, 422) else 502, detail)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def call(self, tool: str, args: BaseModel, patient: str | None) -> dict[str, Any]:
+        """The tool's answer: ``{"results": [...]}``, or ``{"draft": {...}}`` for draft_note."""
+        if isinstance(args, SearchRecordArgs):
+            body = args.model_dump(mode="json", exclude={"patient_id"}, exclude_none=True)
+            found = await self._send("POST", "/query", json={"patient_id": patient, **body})
+            return {"results": found["results"]}
+        if isinstance(args, TimelineArgs):
+            params: list[tuple[str, str | int]] = [("type", t) for t in args.types]
+            params += [("limit", args.limit)]
+            params += [(k, v.isoformat()) for k, v in (("since", args.since), ("until", args.until)) if v]
+            found = await self._send(
+                "GET", f"/patients/{quote(str(patient), safe='')}/timeline", params=params
+            )
+            return {"results": found["entries"]}
+        if isinstance(args, KnowledgeArgs):
+            found = await self._send("POST", "/knowledge/query", json=args.model_dump(mode="json"))
+            return {"results": found["results"]}
+        if isinstance(args, AlertsArgs):
+            found = await self._send("GET", f"/cds/alerts/{quote(str(patient), safe='')}")
+            return {"results": found["alerts"]}
+        if isinstance(args, DraftArgs):
+            payload = {"patient_id": patient, "type": args.type}
+            if args.anchor:
+                payload["anchor"] = args.anchor
+            return {"draft": await self._send("POST", "/notes/drafts", json=payload)}
+        raise ToolError(404, f"no backend for {tool}")
