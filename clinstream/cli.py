@@ -283,7 +283,9 @@ def _export(args: argparse.Namespace) -> int:
             bar.update(1)
 
         try:
-            sources, source = _run_any(read_sources(bootstrap, TOPICS, progress))
+            sources, source = _run_any(
+                read_sources(bootstrap, TOPICS.with_prefix(args.topic_prefix), progress)
+            )
         except (KafkaError, OSError) as exc:
             print(
                 f"clinstream export: cannot read the broker at {bootstrap} ({type(exc).__name__})",
@@ -407,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--until", type=_day, help="only resources dated on or before (YYYY-MM-DD)")
     export.add_argument("--type", action="append", default=[], help="only this resource type (repeatable)")
+    export.add_argument("--topic-prefix", default="", help="read topics under this prefix (test deployments)")
     export.add_argument(
         "--include-overridden", action="store_true", help="instructions: keep alerts clinicians overrode"
     )

@@ -1,0 +1,185 @@
+"""The data ecosystem against the real stack: the demo feed over MLLP, then agent tools over HTTP
+and over MCP (stdio, `clinstream mcp` as its own process) with their AuditEvents on the broker,
+and `clinstream export` run twice as a process: same bytes, no identifier of the feed in them."""
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pyarrow.parquet as pq
+import pytest
+from mcp import Client, StdioServerParameters
+
+from clinstream.demo import demo_messages
+from clinstream.settings import Settings
+from clinstream.stack import running_stack
+from connectors.mllp_client import MllpClient
+from stream.events import patient_key
+from stream.fhir_models import model_class
+from stream.replay import read_topic
+from tests.integration.test_end_to_end import _collect
+
+pytestmark = pytest.mark.integration
+SECRET = "ecosystem-test-secret-of-32-chars!!"
+KEY = "ecosystem-export-key-0123456789"
+CLINSTREAM = str(Path(sys.executable).parent / "clinstream")
+JANE, RICHARD = patient_key("MERCY", "100001"), patient_key("MERCY", "100002")
+
+
+@pytest.fixture
+async def stack(broker, topics, prefix, tmp_path):
+    settings = Settings(
+        var_dir=tmp_path,
+        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
+        mllp={"port": 0},
+        http={"port": 0, "api_token": "ecosystem-token", "jwt_hs256_secret": SECRET},
+        milvus={"collection": "eco"},
+        cds={"stale_after_h": 24 * 365 * 50},  # the demo feed is from March 2025
+    )
+    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+        yield s
+
+
+def agent_token(patients, scope="patient/*.read"):
+    claims = {"sub": "test-agent", "exp": int(time.time()) + 600, "scope": scope, "patients": patients}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def feed_identifiers():
+    """Names, MRNs, birth dates and street addresses in the demo feed's PID segments."""
+    found = set()
+    for message in demo_messages():
+        for segment in message.decode().split("\r"):
+            fields = segment.split("|")
+            if fields[0] != "PID":
+                continue
+            found.add(fields[3].split("^")[0])
+            found.update(p for p in fields[5].split("^") if p)
+            found.add(fields[7])
+            if len(fields) > 11 and fields[11]:
+                found.add(fields[11].split("^")[0])
+    return {f for f in found if len(f) >= 3}
+
+
+async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, tmp_path):
+    async with MllpClient("127.0.0.1", stack.mllp_port) as client:
+        codes = [(await client.send(m)).code for m in demo_messages()]
+    assert codes.count("AA") >= 30
+    base = f"http://127.0.0.1:{stack.http_port}"
+    jane = {"Authorization": f"Bearer {agent_token([JANE])}"}
+    calls = 0
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        deadline = time.monotonic() + 90
+        while True:  # until Jane's record is indexed
+            r = await http.post("/agent/tools/patient_timeline", json={"patient_id": JANE}, headers=jane)
+            calls += 1
+            assert r.status_code == 200
+            if len(r.json()["results"]) >= 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+        jane_refs = {e["resource_id"] for e in r.json()["results"]}
+        assert len(jane_refs) >= 3
+        service = {"Authorization": "Bearer ecosystem-token"}
+        richard_refs: set[str] = set()
+        while not richard_refs and time.monotonic() < deadline:
+            richard = await http.get(f"/patients/{RICHARD}/timeline", headers=service)
+            richard_refs = {e["resource_id"] for e in richard.json()["entries"]}
+            await asyncio.sleep(0.5)
+        assert richard_refs
+        assert not jane_refs & richard_refs
+
+        r = await http.post(
+            "/agent/tools/search_patient_record",
+            json={"patient_id": "MERCY|100001", "question": "potassium creatinine results", "k": 10},
+            headers=jane,
+        )
+        calls += 1
+        assert r.status_code == 200
+        hits = {h["resource_id"] for h in r.json()["results"]}
+        assert hits
+        assert not hits & richard_refs  # nothing outside the scope, even for a question that fits Richard
+        r = await http.post("/agent/tools/patient_timeline", json={"patient_id": RICHARD}, headers=jane)
+        calls += 1
+        assert r.status_code == 403
+        r = await http.post("/agent/tools/active_alerts", json={"patient_id": JANE}, headers=jane)
+        calls += 1
+        assert r.status_code == 200
+        assert isinstance(r.json()["results"], list)
+        listing = await http.get("/agent/openapi.json", headers=jane)
+        assert "/agent/tools/draft_note" in listing.json()["paths"]
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(Path.home())),
+        "CLINSTREAM_AGENTS__API_URL": base,
+        "CLINSTREAM_AGENTS__TOKEN": agent_token([JANE]),
+    }
+    async with Client(StdioServerParameters(command=CLINSTREAM, args=["mcp"], env=env)) as mcp:
+        assert "search_patient_record" in {t.name for t in (await mcp.list_tools()).tools}
+        answer = await mcp.call_tool("patient_timeline", {"patient_id": JANE, "limit": 5})
+        calls += 1
+        assert not answer.is_error
+        assert {e["resource_id"] for e in answer.structured_content["results"]} <= jane_refs | set()
+        refused = await mcp.call_tool("patient_timeline", {"patient_id": RICHARD})
+        calls += 1
+        assert refused.is_error
+
+    audits = [json.loads(r.value) for r in await read_topic(stack.bootstrap, topics.audit)]
+    assert len(audits) == calls
+    for event in audits:
+        model_class("AuditEvent").model_validate(event)
+    assert sorted(e["outcome"] for e in audits).count("4") == 2
+
+    await _collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
+    await asyncio.to_thread(_exports, stack.bootstrap, prefix, tmp_path)
+
+
+def _export(kind, out, bootstrap, prefix):
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")},
+        "CLINSTREAM_KAFKA__BOOTSTRAP": bootstrap,
+        "CLINSTREAM_EXPORTS__DEID_KEY": KEY,
+    }
+    import subprocess
+
+    done = subprocess.run(
+        [CLINSTREAM, "export", kind, "--out", str(out), "--topic-prefix", prefix],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((out / "dataset_card.json").read_text())
+
+
+def _exports(bootstrap, prefix, tmp_path):
+    first = _export("pretraining", tmp_path / "a", bootstrap, prefix)
+    again = _export("pretraining", tmp_path / "b", bootstrap, prefix)
+    assert first == again
+    for name in ("pretraining.jsonl", "pretraining.parquet", "DATASET_CARD.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert first["patients"] >= 5
+    assert first["rows"] == len(pq.read_table(tmp_path / "a" / "pretraining.parquet"))
+    instructions = _export("instructions", tmp_path / "i", bootstrap, prefix)
+    assert instructions["tasks"].get("alert-rationale", 0) >= 1
+    written = "".join(
+        (tmp_path / d / f).read_text()
+        for d in ("a", "i")
+        for f in os.listdir(tmp_path / d)
+        if not f.endswith(".parquet")
+    )
+    leaked = [
+        v
+        for v in feed_identifiers()
+        if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w])", written, re.IGNORECASE)
+    ]
+    assert leaked == []
+    for key in (JANE, RICHARD):  # the stream's patient keys are computable from an MRN
+        assert key not in written
