@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connectors import dicom
 from connectors.errors import BrokerUnavailableError
 from connectors.fhir_ingress import (
     FhirInputError,
@@ -45,6 +46,7 @@ from stream.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
+DICOM_TYPES = ("application/dicom", "multipart/related")
 VERSION = "0.1.0"
 
 
@@ -76,7 +78,26 @@ class FhirIngress:
             Route("/fhir", self._guard(self.bundle), methods=["POST"]),
             Route("/fhir/{type}", self._guard(self.create), methods=["POST"]),
             Route("/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"]),
+            Route("/dicom/studies", self._guard(self.stow, DICOM_TYPES), methods=["POST"]),
         ]
+
+    async def stow(self, request: Request, body: bytes) -> Response:
+        """POST /dicom/studies (STOW-RS style): DICOM headers → Patient + ImagingStudy per study."""
+        content_type = request.headers.get("content-type", "")
+        files = dicom.parts(body, content_type)
+        headers = [dicom.header(data, n) for n, data in enumerate(files)]
+        studies = []
+        for resources in dicom.transactions(headers, request.query_params.get("issuer")):
+            study = resources[-1]
+            await self._publish(request, content_hash(body), "transaction", resources, f"dicom:{study['id']}")
+            studies.append(
+                {
+                    "reference": f"ImagingStudy/{study['id']}",
+                    "series": study["numberOfSeries"],
+                    "instances": study["numberOfInstances"],
+                }
+            )
+        return JSONResponse({"studies": studies, "instances": len(files)})
 
     async def metadata(self, request: Request) -> Response:
         """The CapabilityStatement (public, as FHIR clients discover servers with it)."""
@@ -84,12 +105,15 @@ class FhirIngress:
         return fhir_response(capability_statement(base, now=datetime.now(UTC), version=VERSION))
 
     def _guard(
-        self, handler: Callable[[Request, bytes], Awaitable[Response]]
+        self,
+        handler: Callable[[Request, bytes], Awaitable[Response]],
+        accepted: tuple[str, ...] = (FHIR_JSON, "application/json", "text/json"),
     ) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type and content_type not in (FHIR_JSON, "application/json", "text/json"):
-                return outcome_response(415, [Issue("not-supported", "only FHIR JSON is accepted")])
+            if (content_type or accepted is DICOM_TYPES) and content_type not in accepted:
+                what = "DICOM" if accepted is DICOM_TYPES else "FHIR JSON"
+                return outcome_response(415, [Issue("not-supported", f"only {what} is accepted")])
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self._settings.max_body_bytes:
                 return outcome_response(413, [Issue("too-costly", "request body too large")])

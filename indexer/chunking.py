@@ -160,6 +160,7 @@ _TIME_FIELDS = {
     "Specimen": ("collection.collectedDateTime", "collection.collectedPeriod.start", "receivedTime"),
     "Appointment": ("start",),
     "Coverage": ("period.start",),
+    "ImagingStudy": ("started",),
 }
 _INDEXED = frozenset(_TIME_FIELDS) | {"Patient"}
 _CONCEPTS = ("code", "vaccineCode", "medicationCodeableConcept", "type", "appointmentType", "class")

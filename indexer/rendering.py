@@ -132,6 +132,21 @@ def _observation_value(obs: Resource) -> str:
     return ", ".join(c for c in components if c) or "(no value)"
 
 
+def _imaging_study(res: Resource) -> str:
+    modalities = ", ".join(str(m.get("code", "")) for m in res.get("modality", []) if m.get("code"))
+    title = res.get("description") or _concepts(res.get("procedureCode")) or "imaging study"
+    details = [
+        modalities,
+        f"{res['numberOfSeries']} series" if res.get("numberOfSeries") else "",
+        f"{res['numberOfInstances']} images" if res.get("numberOfInstances") else "",
+    ]
+    details += [
+        " ".join(p for p in (str(s.get("description", "")), concept_text(s.get("bodySite"))) if p)
+        for s in res.get("series", [])[:5]
+    ]
+    return _join(f"Imaging: {title}", details, when(res.get("started")))
+
+
 def render_observation(obs: Resource) -> str:
     """E.g. ``Potassium 6.2 mmol/L (critical high; ref 3.5-5.1) 2025-01-01 11:00``."""
     name = concept_text(obs.get("code")) or "Observation"
@@ -149,7 +164,13 @@ def render_observation(obs: Resource) -> str:
     status = obs.get("status", "final")
     if status != "final":
         notes.append(str(status))
-    text = _join(f"{name} {_observation_value(obs)}", notes, when(_observation_time(obs)))
+    value = _observation_value(obs)
+    parts = [
+        f"{concept_text(c.get('code'))} {_observation_value(c)}".strip() for c in obs.get("component", [])
+    ]
+    if parts and not value.startswith(parts[0]):  # a value and components (a genetic variant)
+        value += ": " + ", ".join(p for p in parts if p)
+    text = _join(f"{name} {value}", notes, when(_observation_time(obs)))
     return " ".join([text, *_notes(obs)])
 
 
@@ -432,6 +453,7 @@ RENDERERS: dict[str, Callable[[Resource], str]] = {
     "Appointment": _appointment,
     "Coverage": _coverage,
     "Patient": _patient,
+    "ImagingStudy": _imaging_study,
 }
 SECTIONED: dict[str, Callable[[Resource], list[Section]]] = {
     "DiagnosticReport": _diagnostic_report,

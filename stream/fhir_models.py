@@ -86,6 +86,7 @@ from fhir.resources.R4B.coverage import Coverage  # noqa: E402
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport  # noqa: E402
 from fhir.resources.R4B.documentreference import DocumentReference  # noqa: E402
 from fhir.resources.R4B.encounter import Encounter  # noqa: E402
+from fhir.resources.R4B.imagingstudy import ImagingStudy  # noqa: E402
 from fhir.resources.R4B.immunization import Immunization  # noqa: E402
 from fhir.resources.R4B.medicationadministration import MedicationAdministration  # noqa: E402
 from fhir.resources.R4B.medicationdispense import MedicationDispense  # noqa: E402
@@ -114,6 +115,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Appointment": Appointment,
     "Procedure": Procedure,
     "Coverage": Coverage,
+    "ImagingStudy": ImagingStudy,
 }
 
 

@@ -28,7 +28,9 @@ from stream.adt import (
 from stream.coverage import unmapped
 from stream.errors import MappingError, UnsupportedMessageError
 from stream.events import SUPPORTED_HL7_EVENTS
+from stream.genomics import variants
 from stream.hl7v2 import Message, check_header, parse_message
+from stream.imaging import link_reports, study_uids
 from stream.mdm import map_document
 from stream.orders import map_service_requests, map_specimens, order_groups, order_keys, service_request_id
 from stream.oru import map_observations, map_reports
@@ -183,7 +185,18 @@ def _oru_r01(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
         linked = links.get(msg.position(obr))
         if linked:
             report["specimen"] = [{"reference": f"Specimen/{i}"} for i in linked]
-    return [patient] + ([encounter] if encounter else []) + specimens + requests + observations + reports
+    studies = link_reports(reports, study_uids(msg))  # imaging reports name their DICOM study
+    found = variants(observations)  # genetic result lines → one variant Observation each
+    return (
+        [patient]
+        + ([encounter] if encounter else [])
+        + specimens
+        + requests
+        + observations
+        + found
+        + reports
+        + studies
+    )
 
 
 def _orders(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:

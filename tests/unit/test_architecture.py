@@ -47,6 +47,8 @@ PURE_MODULES = [
     "inference/notes.py",
     "dashboard/queries.py",
     "dashboard/auth.py",
+    "stream/imaging.py",
+    "stream/genomics.py",
     "exports/deid.py",
     "exports/datasets.py",
     "exports/card.py",
@@ -70,6 +72,8 @@ SHARED = {
     "stream.replay",
     # When a resource happened: the index's time filter and an export's timeline agree on it.
     "indexer.chunking",
+    # One ImagingStudy id per Study Instance UID: the DICOM connector and imaging reports share it.
+    "stream.imaging",
 }
 
 
