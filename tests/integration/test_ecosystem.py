@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pyarrow.parquet as pq
+import pydicom
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -135,6 +136,24 @@ async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, 
     for event in audits:
         model_class("AuditEvent").model_validate(event)
     assert sorted(e["outcome"] for e in audits).count("4") == 2
+
+    # Imaging through the real broker, normalizer and index: pydicom's CT test file.
+    ct = (Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm").read_bytes()
+    async with httpx.AsyncClient(
+        base_url=base, timeout=60, headers={"Authorization": "Bearer ecosystem-token"}
+    ) as http:
+        posted = await http.post(
+            "/dicom/studies?issuer=MERCY", content=ct, headers={"Content-Type": "application/dicom"}
+        )
+        assert posted.status_code == 200
+        imaging: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not imaging and time.monotonic() < deadline:
+            timeline = await http.get(f"/patients/{patient_key('MERCY', '1CT1')}/timeline?type=ImagingStudy")
+            imaging = timeline.json()["entries"]
+            await asyncio.sleep(0.5)
+        assert imaging
+        assert imaging[0]["text"].startswith("Imaging:")
 
     await _collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
     await asyncio.to_thread(_exports, stack.bootstrap, prefix, tmp_path)
