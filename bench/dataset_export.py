@@ -1,7 +1,7 @@
 """De-identification and export speed on the Synthea patients of the corpora (pure path, no broker).
 
 Prints resources de-identified per second and the time to build each dataset kind, medians of
-three runs. Usage: python bench/exports.py
+three runs. Usage: python bench/dataset_export.py
 """
 
 from __future__ import annotations
