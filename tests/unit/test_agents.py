@@ -87,17 +87,29 @@ async def test_in_scope_call_answers_and_is_audited(world):
         (None, "patient_timeline", {"patient_id": ALICE}, 401),
         ("wrong", "patient_timeline", {"patient_id": ALICE}, 401),
         ("service-token", "patient_timeline", {"patient_id": ALICE}, 403),  # not an agent token
-        (token([ALICE]), "patient_timeline", {"patient_id": BOB}, 403),  # another patient
-        (token([ALICE]), "patient_timeline", {"patient_id": "MERCY|2002"}, 403),  # the same, by MRN
-        (token([ALICE], scope="launch"), "patient_timeline", {"patient_id": ALICE}, 403),  # no read grant
-        (token([ALICE]), "draft_note", {"patient_id": ALICE, "type": "progress-note"}, 403),  # read-only
-        (token([ALICE]), "patient_timeline", {"patient_id": ALICE, "limit": 5000}, 422),
-        (token([ALICE]), "patient_timeline", {"patient": ALICE}, 422),
-        (token([ALICE]), "delete_everything", {}, 404),
+        (("jwt", [ALICE], "patient/*.read"), "patient_timeline", {"patient_id": BOB}, 403),  # another patient
+        (
+            ("jwt", [ALICE], "patient/*.read"),
+            "patient_timeline",
+            {"patient_id": "MERCY|2002"},
+            403,
+        ),  # the same, by MRN
+        (("jwt", [ALICE], "launch"), "patient_timeline", {"patient_id": ALICE}, 403),  # no read grant
+        (
+            ("jwt", [ALICE], "patient/*.read"),
+            "draft_note",
+            {"patient_id": ALICE, "type": "progress-note"},
+            403,
+        ),  # read-only
+        (("jwt", [ALICE], "patient/*.read"), "patient_timeline", {"patient_id": ALICE, "limit": 5000}, 422),
+        (("jwt", [ALICE], "patient/*.read"), "patient_timeline", {"patient": ALICE}, 422),
+        (("jwt", [ALICE], "patient/*.read"), "delete_everything", {}, 404),
     ],
 )
 async def test_refusals_never_reach_the_backend(world, bearer, tool, body, status):
     app, backend, audits = world
+    if isinstance(bearer, tuple):  # minted here: a token minted at collection may expire before the run
+        bearer = token(bearer[1], scope=bearer[2])
     r = await post(app, tool, body, bearer)
     assert r.status_code == status
     assert backend.calls == []
