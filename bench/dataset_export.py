@@ -1,23 +1,27 @@
 """De-identification and export speed on the Synthea patients of the corpora (pure path, no broker).
 
-Prints resources de-identified per second and the time to build each dataset kind, medians of
-three runs. Usage: python bench/dataset_export.py
+Prints the time to build the pretraining dataset (de-identify, render, sort) and the resources
+per second, median of three runs. Usage: python bench/dataset_export.py
 """
 
 from __future__ import annotations
 
-import json
 import statistics
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exports.datasets import Sources, build
-from exports.deid import Deidentifier
-from stream.events import Envelope, FhirInbound, FhirRecord
-from stream.fhir_input import normalize_fhir
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "fhir" / "smart-synthea-r4"
+from bench.synthea_feed import synthea_inbound  # noqa: E402
+from exports.datasets import Sources, build  # noqa: E402
+from exports.deid import Deidentifier  # noqa: E402
+from stream.events import Envelope, FhirRecord  # noqa: E402
+from stream.fhir_input import normalize_fhir  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "corpora" / "fhir" / "smart-synthea-r4"
 
 
 def records() -> list[FhirRecord]:
@@ -32,16 +36,9 @@ def records() -> list[FhirRecord]:
     for path in sorted(CORPUS.glob("*.json")):
         if "Information" in path.name:
             continue
-        bundle = json.loads(path.read_text(encoding="utf-8-sig"))
-        entries = [e for e in bundle["entry"] if "resource" in e]
-        inbound = FhirInbound(
-            interaction="transaction",
-            resources=[e["resource"] for e in entries],
-            full_urls=[e.get("fullUrl") for e in entries],
-        )
         out += [
             FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources)
-            for g in normalize_fhir(inbound)
+            for g in normalize_fhir(synthea_inbound(path))
         ]
     return out
 

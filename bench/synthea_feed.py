@@ -38,17 +38,21 @@ def _by_encounter(resources: list[dict[str, Any]]) -> list[list[dict[str, Any]]]
     return sorted(groups.values(), key=lambda g: min((_when(r) for r in g if _when(r)), default=""))
 
 
-def synthea_feed(path: Path, received_at: datetime) -> list[list[Visit]]:
-    """Each patient of the bundle at ``path`` as a list of visits, oldest first."""
+def synthea_inbound(path: Path) -> FhirInbound:
+    """The Synthea transaction Bundle at ``path`` as the FHIR ingress would publish it."""
     bundle = json.loads(path.read_text(encoding="utf-8-sig"))
     entries = [e for e in bundle["entry"] if "resource" in e]
-    inbound = FhirInbound(
+    return FhirInbound(
         interaction="transaction",
         resources=[e["resource"] for e in entries],
         full_urls=[e.get("fullUrl") for e in entries],
     )
+
+
+def synthea_feed(path: Path, received_at: datetime) -> list[list[Visit]]:
+    """Each patient of the bundle at ``path`` as a list of visits, oldest first."""
     patients = []
-    for group in normalize_fhir(inbound):
+    for group in normalize_fhir(synthea_inbound(path)):
         visits = []
         for n, resources in enumerate(_by_encounter(group.resources)):
             envelope = Envelope(

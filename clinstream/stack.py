@@ -450,9 +450,11 @@ async def running_stack(
 
         fhir = FhirIngress(sink, topics, settings.http)
         agents_routes_: list[BaseRoute] = []
-        loopback = httpx.AsyncClient(headers={"Authorization": f"Bearer {api_token}"}, timeout=120.0)
-        stack.push_async_callback(loopback.aclose)
+        loopback: httpx.AsyncClient | None = None
         if settings.agents.enabled:
+            # The tools' backend: this server's own query API (its address is known once it listens).
+            loopback = httpx.AsyncClient(headers={"Authorization": f"Bearer {api_token}"}, timeout=120.0)
+            stack.push_async_callback(loopback.aclose)
 
             async def audit(event: dict[str, Any], patient: str) -> None:
                 await sink.send(
@@ -489,8 +491,9 @@ async def running_stack(
                 raise ConfigurationError("HTTP server stopped during start-up")
             await asyncio.sleep(0.02)
         http_port = int(server.servers[0].sockets[0].getsockname()[1])
-        loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
-        loopback.base_url = httpx.URL(f"http://{loop_host}:{http_port}")  # the agent tools' backend
+        if loopback is not None:
+            loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
+            loopback.base_url = httpx.URL(f"http://{loop_host}:{http_port}")
         dashboard_url, dashboard_login = None, None
         if settings.dashboard.enabled:
             process, dashboard_login = await _start_dashboard(

@@ -86,10 +86,10 @@ class FhirIngress:
         content_type = request.headers.get("content-type", "")
         files = dicom.parts(body, content_type)
         headers = [dicom.header(data, n) for n, data in enumerate(files)]
-        studies = []
+        studies, digest = [], content_hash(body)
         for resources in dicom.transactions(headers, request.query_params.get("issuer")):
             study = resources[-1]
-            await self._publish(request, content_hash(body), "transaction", resources, f"dicom:{study['id']}")
+            await self._publish(request, digest, "transaction", resources, f"dicom:{study['id']}")
             studies.append(
                 {
                     "reference": f"ImagingStudy/{study['id']}",

@@ -21,15 +21,14 @@ from typing import Any, Literal
 
 from exports.deid import Deidentifier, PatientScrubber
 from indexer.chunking import effective_time
-from indexer.rendering import render, render_observation
+from indexer.rendering import INTERPRETATION, render, render_observation
 from stream.events import Alert, ClinicianFeedback, DraftNote, FhirRecord
 
 Resource = dict[str, Any]
 Row = dict[str, Any]
 Kind = Literal["pretraining", "instructions", "preferences"]
 KINDS: tuple[Kind, ...] = ("pretraining", "instructions", "preferences")
-_FLAGS = {"H": "high", "HH": "critical high", "L": "low", "LL": "critical low", "A": "abnormal",
-          "AA": "critical abnormal", "HU": "very high", "LU": "very low"}  # fmt: skip
+_FLAGS = frozenset(code for code, label in INTERPRETATION.items() if label != "normal")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class Filters:
 
 @dataclass
 class Chart:
-    """One patient's current resources (``Type/id`` → resource) and its scrubber."""
+    """One patient's current resources (``Type/id`` → resource)."""
 
     patient_id: str
     resources: dict[str, Resource] = field(default_factory=dict)
@@ -113,13 +112,14 @@ def pretraining(sources: Sources, deid: Deidentifier, filters: Filters = Filters
         events: list[tuple[str, str, str]] = []
         header = ""
         for resource in chart.resources.values():
+            is_patient = resource.get("resourceType") == "Patient"
+            if not is_patient and not filters.keeps(resource):
+                continue
             clean = s.resource(resource)
             if clean is None:
                 continue
-            if clean.get("resourceType") == "Patient":
+            if is_patient:
                 header = header or _line(clean)
-                continue
-            if not filters.keeps(resource):
                 continue
             line = _line(clean)
             if line:

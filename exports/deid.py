@@ -281,8 +281,7 @@ class Deidentifier:
     def patient(self, patient_id: str, resources: Iterable[Mapping[str, Any]]) -> PatientScrubber:
         """A scrubber for one patient, its dictionary built from ``resources`` (all of them)."""
         found = Identifiers()
-        kept = list(resources)
-        for resource in kept:
+        for resource in resources:
             found.add_resource(resource)
         return PatientScrubber(self, patient_id, found)
 

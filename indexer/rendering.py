@@ -22,7 +22,8 @@ from stream.attachments import attachment_text
 Resource = dict[str, Any]
 Section = tuple[str, str]
 
-_INTERPRETATION = {
+# Observation.interpretation codes (v3 ObservationInterpretation) as a chart writes them.
+INTERPRETATION = {
     "H": "high",
     "HH": "critical high",
     "HU": "very high",
@@ -126,10 +127,15 @@ def _observation_value(obs: Resource) -> str:
         return f"{quantity(ratio.get('numerator'))}/{quantity(ratio.get('denominator'))}"
     if "valuePeriod" in obs:
         return _period(obs["valuePeriod"])
-    components = [
+    return _components(obs) or "(no value)"
+
+
+def _components(obs: Resource) -> str:
+    """``Systolic 120 mmHg, Diastolic 80 mmHg``: each component's name and value."""
+    parts = [
         f"{concept_text(c.get('code'))} {_observation_value(c)}".strip() for c in obs.get("component", [])
     ]
-    return ", ".join(c for c in components if c) or "(no value)"
+    return ", ".join(p for p in parts if p)
 
 
 def _imaging_study(res: Resource) -> str:
@@ -153,7 +159,7 @@ def render_observation(obs: Resource) -> str:
     notes: list[str] = []
     for interp in obs.get("interpretation", []):
         for c in interp.get("coding", []):
-            label = _INTERPRETATION.get(str(c.get("code", "")).upper())
+            label = INTERPRETATION.get(str(c.get("code", "")).upper())
             if label and label != "normal":
                 notes.append(label)
     for rr in obs.get("referenceRange", [])[:1]:
@@ -164,12 +170,9 @@ def render_observation(obs: Resource) -> str:
     status = obs.get("status", "final")
     if status != "final":
         notes.append(str(status))
-    value = _observation_value(obs)
-    parts = [
-        f"{concept_text(c.get('code'))} {_observation_value(c)}".strip() for c in obs.get("component", [])
-    ]
-    if parts and not value.startswith(parts[0]):  # a value and components (a genetic variant)
-        value += ": " + ", ".join(p for p in parts if p)
+    value, components = _observation_value(obs), _components(obs)
+    if components and value != components:  # a value and components (a genetic variant)
+        value += f": {components}"
     text = _join(f"{name} {value}", notes, when(_observation_time(obs)))
     return " ".join([text, *_notes(obs)])
 

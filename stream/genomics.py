@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.events import deterministic_id
+from stream.oru import LOINC, OBSERVATION_CATEGORY, V2_0074
 
-LOINC = "http://loinc.org"
 VARIANT_PROFILE = "http://hl7.org/fhir/uv/genomics-reporting/StructureDefinition/variant"
-V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 VARIANT_CODE = "69548-6"
 GENOMIC_TERMS = {
     "69548-6": "Genetic variant assessment",
@@ -85,7 +84,7 @@ def variants(observations: Sequence[Resource]) -> list[Resource]:
                 {
                     "coding": [
                         {
-                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "system": OBSERVATION_CATEGORY,
                             "code": "laboratory",
                         }
                     ]

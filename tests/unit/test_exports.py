@@ -18,13 +18,13 @@ from stream.events import (
     ClinicianFeedback,
     DraftNote,
     Envelope,
-    FhirInbound,
     FhirRecord,
 )
 from stream.fhir_input import normalize_fhir
 from stream.normalize import normalize_hl7
 from stream.validation import validate
 from tests.conftest import corpora_dir
+from tests.unit.test_fhir_input import _inbound
 
 SYNTHEA = sorted(
     p for p in (corpora_dir() / "fhir" / "smart-synthea-r4").glob("*.json") if "Information" not in p.name
@@ -298,13 +298,7 @@ def _synthea_identifiers(patient):
 
 @pytest.mark.parametrize("path", SYNTHEA[:8], ids=lambda p: p.name[:20])
 def test_synthea_patients_leave_no_identifier_in_pretraining(path):
-    bundle = json.loads(path.read_text(encoding="utf-8-sig"))
-    entries = [e for e in bundle["entry"] if "resource" in e]
-    inbound = FhirInbound(
-        interaction="transaction",
-        resources=[e["resource"] for e in entries],
-        full_urls=[e.get("fullUrl") for e in entries],
-    )
+    inbound = _inbound(path)
     envelope = Envelope(
         source_system="synthea",
         source_message_id="1",
@@ -316,7 +310,7 @@ def test_synthea_patients_leave_no_identifier_in_pretraining(path):
         FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources)
         for g in normalize_fhir(inbound)
     ]
-    patient = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient")
+    patient = next(r for r in inbound.resources if r["resourceType"] == "Patient")
     rows = build("pretraining", Sources(records), Deidentifier(KEY))
     text = json.dumps(rows)
     # whole tokens: a ZIP code such as 02035 may be digits inside a measured value (205.88420470502035)
