@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,dev
 
-.PHONY: install native models browser demo up test lint typecheck unit integration screenshot bench-milvus-server clean
+.PHONY: install native models browser demo up test lint typecheck unit integration fuzz soak screenshot bench-milvus-server clean
 
 install: $(STAMP) native models
 
@@ -58,17 +58,28 @@ unit: install
 	$(BIN)/pytest -m "not integration"
 
 integration: install browser
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest -m "integration and not soak"
+
+# Fuzzing every ingress with its full quota (>= 100,000 Hypothesis inputs; `make test` runs a
+# quarter of it, fresh inputs each run).
+fuzz: install
+	CLINSTREAM_FUZZ_SCALE=1 $(BIN)/pytest tests/unit/test_fuzz.py
+
+# Ten minutes at 200 messages/s through every stage as its own process; prints throughput,
+# lag and memory per process. Not part of `make test` (CLINSTREAM_SOAK_S shortens it).
+soak: install
+	$(BIN)/pytest -m soak -s tests/integration/test_soak.py
 
 # Refreshes docs/dashboard.png (the README's picture) from the dashboard's end-to-end test.
 screenshot: install browser
 	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/test_dashboard.py
 
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`.
+FUZZ_SCALE ?= 0.25
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+	CLINSTREAM_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # Search latency on a real Milvus server (C++ standalone from the `milvus` wheel, no Docker):
 # its own environment, as it needs pymilvus 2.3 (the runtime uses pymilvus 3). Not part of test.

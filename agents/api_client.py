@@ -18,14 +18,22 @@ from agents.tools import AlertsArgs, DraftArgs, KnowledgeArgs, SearchRecordArgs,
 
 
 class ApiBackend:
-    """Answers tool calls through ``client`` (base URL and service token set on it)."""
+    """Answers tool calls through ``client`` (base URL and service token set on it).
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    ``inference`` reaches the alerts and drafts routes when the inference stage runs in
+    another process than the query API (`clinstream run`); else ``client`` serves them too.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, inference: httpx.AsyncClient | None = None) -> None:
         self._http = client
+        self._inference = inference or client
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _send(
+        self, method: str, path: str, *, inference: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        client = self._inference if inference else self._http
         try:
-            response = await self._http.request(method, path, **kwargs)
+            response = await client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ToolError(503, f"the query API is unreachable ({type(exc).__name__})") from None
         if response.status_code >= 500:
@@ -57,11 +65,11 @@ class ApiBackend:
             found = await self._send("POST", "/knowledge/query", json=args.model_dump(mode="json"))
             return {"results": found["results"]}
         if isinstance(args, AlertsArgs):
-            found = await self._send("GET", f"/cds/alerts/{quote(str(patient), safe='')}")
+            found = await self._send("GET", f"/cds/alerts/{quote(str(patient), safe='')}", inference=True)
             return {"results": found["alerts"]}
         if isinstance(args, DraftArgs):
             payload = {"patient_id": patient, "type": args.type}
             if args.anchor:
                 payload["anchor"] = args.anchor
-            return {"draft": await self._send("POST", "/notes/drafts", json=payload)}
+            return {"draft": await self._send("POST", "/notes/drafts", inference=True, json=payload)}
         raise ToolError(404, f"no backend for {tool}")

@@ -61,6 +61,45 @@ async def _up(settings: Settings) -> int:
     return 0
 
 
+async def _run_stages(settings: Settings, stages: list[str]) -> int:
+    from clinstream.stack import ConfigurationError, check_stages, running_stages
+
+    try:
+        check_stages(settings, stages)
+    except ConfigurationError as exc:
+        print(f"clinstream: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_stages(settings, stages) as process:
+        mllp = f" mllp={settings.mllp.host}:{process.mllp_port}" if process.mllp_port is not None else ""
+        print(
+            f"clinstream ready: stages={','.join(stages)}{mllp} "
+            f"http=http://{settings.http.host}:{process.http_port} kafka={settings.kafka.bootstrap}",
+            flush=True,
+        )
+        await stop.wait()
+        print("clinstream stopping", flush=True)
+    print("clinstream stopped", flush=True)
+    return 0
+
+
+def _run_dashboard(settings: Settings) -> int:
+    """Replace this process with the Streamlit dashboard (its settings come from the environment)."""
+    import os
+
+    from clinstream.runtime import DashboardProcess
+
+    dash = settings.dashboard
+    if not dash.users and dash.trusted_user_header is None:
+        print("the dashboard needs CLINSTREAM_DASHBOARD__USERS or __TRUSTED_USER_HEADER", file=sys.stderr)
+        return 2
+    command = DashboardProcess(host=dash.host, port=dash.port or 8501, env={}, args=[]).command()
+    os.execv(command[0], command)  # noqa: S606 - our interpreter running our entry script
+
+
 def _login_note(login: tuple[str, str] | None) -> str:
     return f" (log in as {login[0]} / {login[1]})" if login else ""
 
@@ -372,6 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clinstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run every stage in the foreground until SIGINT/SIGTERM")
+    run = sub.add_parser(
+        "run", help="run some stages as this process against the shared Kafka (one per process in production)"
+    )
+    run.add_argument(
+        "stages",
+        nargs="+",
+        choices=("connectors", "normalizer", "indexer", "inference", "outbound", "dashboard"),
+        help="the stages to run (dashboard: only alone)",
+    )
     sub.add_parser("demo", help="run the bundled sample feed end to end and print a summary")
     sub.add_parser("config", help="list every CLINSTREAM_* setting with its default")
     sub.add_parser("models", help="build the ONNX models if missing (same as `make models`)")
@@ -462,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "up":
         return _run(_up(settings))
+    if args.command == "run":
+        if "dashboard" in args.stages:
+            if args.stages != ["dashboard"]:
+                parser.error("the dashboard runs alone: `clinstream run dashboard`")
+            return _run_dashboard(settings)
+        return _run(_run_stages(settings, list(dict.fromkeys(args.stages))))
     if args.command == "kb":
         return _kb_add(settings, args.paths)
     return _demo(settings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -20,15 +20,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from connectors.fhir_ingress import Issue
 from connectors.fhir_server import outcome_response
 from connectors.security import Authenticator
+from stream.openapi import document, operation
 from stream.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/fhir/metadata"})
+PATIENT_SCOPED_PREFIX = "/agent/"
+"""A token that names patients (an agent's, `clinstream agent-token`) is good only here, where
+each call is checked against its patients: elsewhere it could read any patient."""
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 
 
 class BearerAuth:
-    """Every path but /health and /fhir/metadata needs a valid bearer token or JWT.
+    """Every path but /health and /fhir/metadata needs a valid bearer token or JWT; a
+    patient-scoped JWT only the agent tools (403 elsewhere).
 
     Paths under ``own_auth`` prefixes authenticate themselves (CDS Hooks verifies the EHR's
     JWT per call, with its own keys and audience). A plain ASGI middleware: Starlette's
@@ -62,18 +67,31 @@ class BearerAuth:
                 )
             await refusal(scope, receive, send)
             return
+        principal, claims = found
+        if ("patient" in claims or "patients" in claims) and not path.startswith(PATIENT_SCOPED_PREFIX):
+            forbidden = JSONResponse(
+                {"status": 403, "detail": "a patient-scoped token may call the agent tools only"},
+                status_code=403,
+            )
+            await forbidden(scope, receive, send)
+            return
         state = scope.setdefault("state", {})
-        state["principal"], state["claims"] = found
+        state["principal"], state["claims"] = principal, claims
         await self._app(scope, receive, send)
 
 
 def build_app(
-    authenticator: Authenticator | str, routes: Sequence[BaseRoute], *, own_auth: tuple[str, ...] = ()
+    authenticator: Authenticator | str,
+    routes: Sequence[BaseRoute],
+    *,
+    own_auth: tuple[str, ...] = (),
+    openapi: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Starlette:
     """The API application with health, metrics and the stages' routes.
 
     ``authenticator`` may be a bare token (tests, simple deployments); routes under the
-    ``own_auth`` path prefixes check their callers themselves.
+    ``own_auth`` path prefixes check their callers themselves. ``openapi``: the stages'
+    operations by path, published (with health and metrics) at ``/openapi.json``.
     """
     auth = (
         authenticator
@@ -87,8 +105,23 @@ def build_app(
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    paths = {
+        "/health": {"get": operation("Liveness.", errors=(), secured=False)},
+        "/metrics": {"get": operation("Prometheus metrics.", errors=("401",))},
+        **(openapi or {}),
+    }
+    described = document("clinstream API", paths)
+
+    async def openapi_json(_: Request) -> JSONResponse:
+        return JSONResponse(described)
+
     return Starlette(
-        routes=[Route("/health", health), Route("/metrics", metrics), *routes],
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/openapi.json", openapi_json),
+            *routes,
+        ],
         middleware=[Middleware(BearerAuth, authenticator=auth, own_auth=own_auth)],
     )
 

@@ -210,10 +210,10 @@ class DashboardProcess:
         """Where a browser opens it."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> None:
-        """Spawn ``streamlit run`` on the entry script."""
+    def command(self) -> list[str]:
+        """``streamlit run`` on the entry script (`clinstream run dashboard` executes it itself)."""
         script = Path(__file__).with_name("dashboard_main.py")
-        cmd = [
+        return [
             sys.executable, "-m", "streamlit", "run", str(script),
             "--server.address", self.host,
             "--server.port", str(self.port),
@@ -224,6 +224,10 @@ class DashboardProcess:
             "--client.toolbarMode", "minimal",
             "--", *self._args,
         ]  # fmt: skip
+
+    def start(self) -> None:
+        """Spawn the dashboard process."""
+        cmd = self.command()
         out: IO[bytes] | int = subprocess.DEVNULL
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)

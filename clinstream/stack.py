@@ -14,17 +14,19 @@ import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker
 from pymilvus import MilvusClient
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from agents.api_client import ApiBackend
 from agents.http import agent_routes
+from agents.tools import openapi as tools_openapi
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
 from clinstream.runtime import DashboardProcess, EmbeddedBroker, ensure_topics
@@ -32,7 +34,8 @@ from clinstream.settings import Settings
 from connectors.app import register_outbound_fhir, register_outbound_mllp
 from connectors.fhir_client import FhirWriter
 from connectors.fhir_server import FhirIngress
-from connectors.kafka_sink import make_sink
+from connectors.fhir_server import openapi_paths as fhir_openapi
+from connectors.kafka_sink import RecordSink, make_sink
 from connectors.mllp_client import OutboundMllp
 from connectors.mllp_server import MllpServer
 from connectors.security import Authenticator
@@ -41,6 +44,7 @@ from indexer.app import Flusher, register_indexer
 from indexer.errors import VectorStoreError
 from indexer.flush import FlushPolicy
 from indexer.http import CollectionStats, query_routes
+from indexer.http import openapi_paths as query_openapi
 from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
@@ -50,9 +54,11 @@ from inference import medsafety, notes
 from inference.app import register_cds
 from inference.cds_auth import CdsJwtVerifier, JwksSource
 from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
+from inference.cds_hooks import openapi_paths as hooks_openapi
 from inference.generator import LazyGenerator
 from inference.grounding import Evidence
 from inference.notes_app import NotesService, notes_routes, register_notes
+from inference.notes_app import openapi_paths as notes_openapi
 from inference.notes_store import NotesStore
 from inference.risk_model import OnnxRiskModel
 from inference.rules import ruleset_from
@@ -88,6 +94,8 @@ class Stack:
     dashboard_url: str | None = None
     dashboard_login: tuple[str, str] | None = None
     """The generated ``admin`` login (embedded mode without configured logins)."""
+    app: Starlette | None = None
+    """The HTTP application (its routes: every endpoint this deployment serves)."""
 
     @property
     def mllp_port(self) -> int:
@@ -147,38 +155,6 @@ async def _flush_when_due(flusher: Flusher, every_s: float = 1.0) -> None:
             await asyncio.to_thread(flusher.flush_if_due)
         except VectorStoreError:
             log.warning("Milvus flush failed; retrying in %.0f s", every_s)
-
-
-async def _register_outbound(
-    stack: contextlib.AsyncExitStack,
-    settings: Settings,
-    topics: Topics,
-    group_prefix: str,
-    producer: dict[str, Any],
-    brokers: dict[str, KafkaBroker],
-) -> None:
-    """Outbound delivery consumers, for the targets that are configured."""
-    out = settings.outbound
-    if out.mllp_host is None and out.fhir_base_url is None:
-        return
-    broker = brokers["outbound"] = stage_broker("outbound", producer)
-    if out.mllp_host is not None:
-        context = ssl.create_default_context(cafile=str(out.mllp_tls_ca)) if out.mllp_tls_ca else None
-        client = OutboundMllp(
-            out.mllp_host,
-            out.mllp_port,
-            ssl=context,
-            ack_timeout_s=out.ack_timeout_s,
-            max_attempts=out.max_attempts,
-        )
-        stack.push_async_callback(client.close)
-        register_outbound_mllp(broker, topics, client, group_id=f"{group_prefix}outbound-mllp")
-    if out.fhir_base_url is not None:
-        headers = {"Authorization": f"Bearer {out.fhir_token.get_secret_value()}"} if out.fhir_token else {}
-        http = httpx.AsyncClient(headers=headers, timeout=out.ack_timeout_s)
-        stack.push_async_callback(http.aclose)
-        writer = FhirWriter(http, out.fhir_base_url, max_attempts=out.max_attempts)
-        register_outbound_fhir(broker, topics, writer, group_id=f"{group_prefix}outbound-fhir")
 
 
 def _warn_undelivered(settings: Settings) -> None:
@@ -272,16 +248,15 @@ async def _start_dashboard(
     return process, login
 
 
-def _notes_service(
-    settings: Settings, stack: contextlib.AsyncExitStack, embedder: Embedder, store: MilvusStore
-) -> NotesService:
+def _notes_service(w: Wiring, embedder: Embedder, store: MilvusStore) -> NotesService:
     """The notes stage: its store, its low-priority drafting thread, the generator (opened on
     first use, in that thread) and the contextual query it retrieves passages with."""
+    settings = w.settings
     notes_settings = settings.notes
     notes_store = NotesStore(settings.notes_store_path)
-    stack.callback(notes_store.close)
+    w.stack.callback(notes_store.close)
     executor = background_executor(notes_settings.cpu_nice, "clinstream-notes")
-    stack.callback(executor.shutdown)
+    w.stack.callback(executor.shutdown)
     generator = None
     if notes_settings.generator:
         model_dir = notes_settings.generator_dir or generator_dir(settings.models.dir)
@@ -315,27 +290,365 @@ def _notes_service(
     )
 
 
-@contextlib.asynccontextmanager
-async def running_stack(
-    settings: Settings, *, topics: Topics = TOPICS, group_prefix: str = ""
-) -> AsyncIterator[Stack]:
-    """Run every stage until the context exits."""
-    token = settings.http.api_token.get_secret_value() if settings.http.api_token else None
-    if token is None and not settings.embedded:
-        raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
-    dash = settings.dashboard
-    if dash.enabled and not settings.embedded and not dash.users and dash.trusted_user_header is None:
-        raise ConfigurationError(
-            "the dashboard needs CLINSTREAM_DASHBOARD__USERS or __TRUSTED_USER_HEADER with an external Kafka"
-        )
-    api_token = token or secrets.token_urlsafe(24)
-    rules = ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
+STAGES = ("connectors", "normalizer", "indexer", "inference", "outbound")
+"""The stages `clinstream run` starts one of; `clinstream up` runs them all in one process."""
+
+
+@dataclass
+class Wiring:
+    """What the stages of one process share: settings, Kafka, the HTTP routes they contribute,
+    and the heavy parts (embedding session, Milvus, the ingress producer) opened once, on the
+    first stage that needs them."""
+
+    settings: Settings
+    topics: Topics
+    bootstrap: str
+    group_prefix: str
+    api_token: str
+    stack: contextlib.AsyncExitStack
+    brokers: dict[str, KafkaBroker] = field(default_factory=dict)
+    routes: list[BaseRoute] = field(default_factory=list)
+    openapi: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The routes' OpenAPI operations by path (published at /openapi.json)."""
+    own_auth: list[str] = field(default_factory=list)
+    loopbacks: list[httpx.AsyncClient] = field(default_factory=list)
+    """Clients of this process's own HTTP API (their address is known once it listens)."""
+    mllp: MllpServer | None = None
+    query: ContextualQuery | None = None
+    app: Starlette | None = None
+    """The HTTP application, once `_serve` built it."""
+    _embedder: Embedder | None = None
+    _stores: tuple[MilvusStore, KnowledgeStore] | None = None
+    _sink: RecordSink | None = None
+
+    @property
+    def producer(self) -> dict[str, Any]:
+        """Producer settings of every stage (acks=all; idempotence where the broker has it)."""
+        return producer_config(self.settings.kafka, self.bootstrap, embedded=self.settings.embedded)
+
+    def broker(self, stage: str) -> KafkaBroker:
+        """The stage's FastStream broker (one per stage, started together by `_serve`)."""
+        if stage not in self.brokers:
+            self.brokers[stage] = stage_broker(stage, self.producer)
+        return self.brokers[stage]
+
+    def group(self, name: str) -> str:
+        """The consumer group id ``name`` (tests prefix theirs)."""
+        return f"{self.group_prefix}{name}"
+
+    async def embedder(self) -> Embedder:
+        """The embedding session for queries (normal priority), opened once."""
+        if self._embedder is None:
+            self._embedder = await asyncio.to_thread(open_embedder, self.settings)
+        return self._embedder
+
+    async def stores(self) -> tuple[MilvusStore, KnowledgeStore]:
+        """The record and knowledge collections, created and loaded, the starter knowledge in."""
+        if self._stores is None:
+            embedder = await self.embedder()
+            client = await asyncio.to_thread(milvus_client, self.settings)
+            self.stack.callback(client.close)
+            store, knowledge = milvus_stores(self.settings, client, embedder)
+            await asyncio.to_thread(store.ensure_collection)
+            await asyncio.to_thread(knowledge.ensure_collection)
+            await asyncio.to_thread(load_starter, knowledge, embedder)
+            self._stores = store, knowledge
+        return self._stores
+
+    async def sink(self) -> RecordSink:
+        """The producer that confirms each write before an edge answers (started once)."""
+        if self._sink is None:
+            sink = make_sink(
+                self.settings.kafka.ingest_client,
+                self.producer,
+                confirm_timeout_s=self.settings.kafka.request_timeout_ms / 1000 + 1,
+            )
+            await sink.start()
+            self.stack.push_async_callback(sink.stop)
+            self._sink = sink
+        return self._sink
+
+
+async def _normalizer(w: Wiring) -> None:
+    """HL7 v2 and FHIR input to validated FHIR R4 records."""
+    broker = w.broker("normalizer")
+    register_normalizer(broker, w.topics, w.settings.normalizer, group_id=w.group("normalizer"))
+    register_fhir_normalizer(broker, w.topics, w.settings.normalizer, group_id=w.group("normalizer-fhir"))
+
+
+async def _indexer(w: Wiring) -> None:
+    """Embedding and Milvus upserts, with the query API and the agents' tools over that index."""
+    settings = w.settings
+    embedder = await w.embedder()
+    writer = background_executor(settings.indexer.cpu_nice)
+    w.stack.callback(writer.shutdown)
+    index_embedder = embedder
+    if settings.indexer.cpu_nice:  # its own session, opened in the thread so its pool inherits
+        loop = asyncio.get_running_loop()
+        index_embedder = await loop.run_in_executor(writer, open_embedder, settings)
+    store, knowledge = await w.stores()
+    flusher = Flusher(store, FlushPolicy(settings.indexer.flush_rows, settings.indexer.flush_age_s))
+    register_indexer(
+        w.broker("indexer"),
+        w.topics,
+        settings.indexer,
+        index_embedder,
+        store,
+        group_id=w.group("indexer"),
+        flusher=flusher,
+        executor=writer,
+    )
+    w.stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
+    ticker = asyncio.create_task(_flush_when_due(flusher))
+    w.stack.callback(ticker.cancel)
+
+    query = w.query = ContextualQuery(embedder, store, knowledge)
+
+    def index_stats() -> list[CollectionStats]:
+        return [CollectionStats(s.collection, s.count(), embedder.identity) for s in (store, knowledge)]
+
+    w.routes.extend(query_routes(query, index_stats))
+    w.openapi.update(query_openapi())
+    if settings.agents.enabled:
+        # The tools' backend: this process's own query API; alerts and drafts from the
+        # inference stage, here or at CLINSTREAM_AGENTS__INFERENCE_URL.
+        auth = {"Authorization": f"Bearer {w.api_token}"}
+        loopback = httpx.AsyncClient(headers=auth, timeout=120.0)
+        w.stack.push_async_callback(loopback.aclose)
+        w.loopbacks.append(loopback)
+        inference = None
+        if settings.agents.inference_url:
+            inference = httpx.AsyncClient(headers=auth, timeout=120.0, base_url=settings.agents.inference_url)
+            w.stack.push_async_callback(inference.aclose)
+        sink = await w.sink()
+        audit_topic = w.topics.audit
+
+        async def audit(event: dict[str, Any], patient: str) -> None:
+            await sink.send(
+                audit_topic,
+                json.dumps(event, separators=(",", ":")).encode(),
+                key=patient.encode() or None,
+                headers=[("resource_type", b"AuditEvent")],
+            )
+
+        w.routes.extend(agent_routes(ApiBackend(loopback, inference), audit))
+        w.openapi.update(tools_openapi()["paths"])
+
+
+async def _inference(w: Wiring) -> None:
+    """Decision support (rules, risk models, CDS Hooks) and note drafting."""
+    settings = w.settings
+    rules = ruleset_from(settings.cds)
     if settings.cds.risk_models:
         models = [OnnxRiskModel(path, settings.models.providers) for path in settings.cds.risk_models]
         for model in models:
             log.info("risk model %s v%s on %s", model.contract.id, model.contract.version, model.providers)
         rules = replace(rules, risk_models=tuple(models))
+    if settings.cds.note_embedding and notes.RULE_ID not in settings.cds.disabled_rules:
+        matcher = await asyncio.to_thread(
+            notes.NoteMatcher, await w.embedder(), min_cosine=settings.cds.note_similarity_min
+        )
+        rules = replace(rules, note_matcher=matcher)
+    await asyncio.to_thread(medsafety.preload)
+    state_store = SqliteStateStore(settings.cds_state_path)
+    w.stack.callback(state_store.close)
+    hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
+    w.stack.push_async_callback(hooks_http.aclose)
+    cds_broker = w.broker("cds")
+    hooks, jwks = _cds_hooks(settings, w.topics, state_store, cds_broker, hooks_http)
+    if jwks is not None:
+        keys_task = asyncio.create_task(jwks.keep_fresh())
+        w.stack.callback(keys_task.cancel)
+    register_cds(
+        cds_broker,
+        w.topics,
+        rules,
+        state_store,
+        group_id=w.group("cds"),
+        writeback=writeback_from(settings.cds),
+        max_records=settings.cds.batch_max_records,
+        batch_timeout_ms=settings.cds.batch_timeout_ms,
+    )
+    w.routes.extend([*hooks.routes(), *hooks.alert_routes()])
+    w.openapi.update(hooks_openapi())
+    w.own_auth.append(CDS_HOOKS_PATH)
+    if settings.notes.enabled:
+        store, _ = await w.stores()
+        notes_service = _notes_service(w, await w.embedder(), store)
+        notes_broker = w.broker("notes")
+        register_notes(notes_broker, w.topics, notes_service, group_id=w.group("notes"))
 
+        async def _publish(messages: Sequence[Outgoing]) -> None:
+            await publish_in_order(notes_broker, messages)
+
+        w.routes.extend(notes_routes(notes_service, _publish, w.topics))
+        w.openapi.update(notes_openapi())
+    _warn_undelivered(settings)
+
+
+async def _connectors(w: Wiring) -> None:
+    """The edges: MLLP and FHIR REST/DICOM ingress (they listen once the consumers run)."""
+    sink = await w.sink()
+    w.mllp = MllpServer(sink, w.topics, w.settings.mllp)
+    w.routes.extend(FhirIngress(sink, w.topics, w.settings.http).routes())
+    w.openapi.update(fhir_openapi())
+
+
+async def _outbound(w: Wiring) -> None:
+    """Outbound delivery consumers, for the targets that are configured."""
+    out = w.settings.outbound
+    if out.mllp_host is None and out.fhir_base_url is None:
+        return
+    broker = w.broker("outbound")
+    if out.mllp_host is not None:
+        context = ssl.create_default_context(cafile=str(out.mllp_tls_ca)) if out.mllp_tls_ca else None
+        client = OutboundMllp(
+            out.mllp_host,
+            out.mllp_port,
+            ssl=context,
+            ack_timeout_s=out.ack_timeout_s,
+            max_attempts=out.max_attempts,
+        )
+        w.stack.push_async_callback(client.close)
+        register_outbound_mllp(broker, w.topics, client, group_id=w.group("outbound-mllp"))
+    if out.fhir_base_url is not None:
+        headers = {"Authorization": f"Bearer {out.fhir_token.get_secret_value()}"} if out.fhir_token else {}
+        http = httpx.AsyncClient(headers=headers, timeout=out.ack_timeout_s)
+        w.stack.push_async_callback(http.aclose)
+        writer = FhirWriter(http, out.fhir_base_url, max_attempts=out.max_attempts)
+        register_outbound_fhir(broker, w.topics, writer, group_id=w.group("outbound-fhir"))
+
+
+_BUILDERS = {
+    "connectors": _connectors,
+    "normalizer": _normalizer,
+    "indexer": _indexer,
+    "inference": _inference,
+    "outbound": _outbound,
+}
+
+
+async def _serve(w: Wiring) -> int:
+    """Start the stages' consumers, then the listeners; the bound HTTP port."""
+    for broker in w.brokers.values():
+        w.stack.push_async_callback(broker.stop)
+    # Each consumer group join takes seconds; join them concurrently.
+    await asyncio.gather(*(broker.start() for broker in w.brokers.values()))
+    if w.mllp is not None:
+        await w.mllp.start()
+        w.stack.push_async_callback(w.mllp.stop)
+    settings = w.settings
+    app = w.app = build_app(
+        Authenticator(w.api_token, settings.http), w.routes, own_auth=tuple(w.own_auth), openapi=w.openapi
+    )
+    server = make_server(app, settings.http.host, settings.http.port)
+    serve_task = asyncio.create_task(server.serve())
+
+    async def _stop_http() -> None:
+        server.should_exit = True
+        await serve_task
+
+    w.stack.push_async_callback(_stop_http)
+    while not server.started:
+        if serve_task.done():
+            serve_task.result()  # raises the bind error
+            raise ConfigurationError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.02)
+    http_port = int(server.servers[0].sockets[0].getsockname()[1])
+    loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
+    for client in w.loopbacks:
+        client.base_url = httpx.URL(f"http://{loop_host}:{http_port}")
+    return http_port
+
+
+def _check(settings: Settings, *, dashboard: bool) -> str:
+    """The API token; refuses settings that cannot run outside the embedded sandbox."""
+    token = settings.http.api_token.get_secret_value() if settings.http.api_token else None
+    if token is None and not settings.embedded:
+        raise ConfigurationError("CLINSTREAM_HTTP__API_TOKEN must be set when using an external Kafka")
+    dash = settings.dashboard
+    if (
+        dashboard
+        and dash.enabled
+        and not settings.embedded
+        and not dash.users
+        and dash.trusted_user_header is None
+    ):
+        raise ConfigurationError(
+            "the dashboard needs CLINSTREAM_DASHBOARD__USERS or __TRUSTED_USER_HEADER with an external Kafka"
+        )
+    ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
+    return token or secrets.token_urlsafe(24)
+
+
+def check_stages(settings: Settings, stages: Sequence[str]) -> None:
+    """Refuse a stage list that cannot run as one process against the shared Kafka."""
+    unknown = [s for s in stages if s not in _BUILDERS]
+    if unknown:
+        raise ConfigurationError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    if settings.embedded:
+        raise ConfigurationError(
+            "a single stage needs the shared Kafka: set CLINSTREAM_KAFKA__BOOTSTRAP "
+            "(`clinstream up` runs every stage with an embedded broker)"
+        )
+    if (
+        "inference" in stages
+        and "indexer" not in stages
+        and settings.notes.enabled
+        and not settings.milvus.uri
+    ):
+        raise ConfigurationError(
+            "notes drafting outside the indexer's process needs a Milvus server (CLINSTREAM_MILVUS__URI): "
+            "a Milvus Lite file opens in one process only"
+        )
+    _check(settings, dashboard=False)
+
+
+@dataclass
+class StageProcess:
+    """Handles on a process running some of the stages (`clinstream run STAGE`)."""
+
+    wiring: Wiring
+    http_port: int
+
+    @property
+    def mllp_port(self) -> int | None:
+        """Bound MLLP port, when this process runs the connectors."""
+        return self.wiring.mllp.port if self.wiring.mllp is not None else None
+
+
+@contextlib.asynccontextmanager
+async def running_stages(
+    settings: Settings, stages: Sequence[str], *, topics: Topics = TOPICS, group_prefix: str = ""
+) -> AsyncIterator[StageProcess]:
+    """Run ``stages`` in this process against the configured Kafka until the context exits.
+
+    Every stage process also serves /health and /metrics on ``CLINSTREAM_HTTP__PORT``.
+    """
+    check_stages(settings, stages)
+    token = _check(settings, dashboard=False)
+    bootstrap = str(settings.kafka.bootstrap)
+    await ensure_topics(
+        bootstrap,
+        topics.all(),
+        partitions=settings.kafka.partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        w = Wiring(settings, topics, bootstrap, group_prefix, token, stack)
+        for name in STAGES:  # a fixed order: consumers before the edges that accept traffic
+            if name in stages:
+                await _BUILDERS[name](w)
+        yield StageProcess(w, await _serve(w))
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings, *, topics: Topics = TOPICS, group_prefix: str = ""
+) -> AsyncIterator[Stack]:
+    """Run every stage in this process (with an embedded broker unless Kafka is configured),
+    and the dashboard as its own process, until the context exits."""
+    api_token = _check(settings, dashboard=True)
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None
         if settings.embedded:
@@ -352,166 +665,32 @@ async def running_stack(
             partitions=settings.kafka.partitions,
             replication_factor=settings.kafka.replication_factor,
         )
-
-        embedder = await asyncio.to_thread(open_embedder, settings)  # queries: normal priority
-        writer = background_executor(settings.indexer.cpu_nice)
-        stack.callback(writer.shutdown)
-        index_embedder = embedder
-        if settings.indexer.cpu_nice:  # its own session, opened in the thread so its pool inherits
-            loop = asyncio.get_running_loop()
-            index_embedder = await loop.run_in_executor(writer, open_embedder, settings)
-        client = await asyncio.to_thread(milvus_client, settings)
-        stack.callback(client.close)
-        store, knowledge = milvus_stores(settings, client, embedder)
-        if settings.cds.note_embedding and notes.RULE_ID not in settings.cds.disabled_rules:
-            matcher = await asyncio.to_thread(
-                notes.NoteMatcher, embedder, min_cosine=settings.cds.note_similarity_min
-            )
-            rules = replace(rules, note_matcher=matcher)
-        await asyncio.to_thread(store.ensure_collection)
-        await asyncio.to_thread(knowledge.ensure_collection)
-        await asyncio.to_thread(load_starter, knowledge, embedder)
-
-        producer = producer_config(settings.kafka, bootstrap, embedded=settings.embedded)
-        stages = ("normalizer", "indexer", "cds") + (("notes",) if settings.notes.enabled else ())
-        brokers = {name: stage_broker(name, producer) for name in stages}
-        register_normalizer(
-            brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer"
-        )
-        register_fhir_normalizer(
-            brokers["normalizer"], topics, settings.normalizer, group_id=f"{group_prefix}normalizer-fhir"
-        )
-        flusher = Flusher(store, FlushPolicy(settings.indexer.flush_rows, settings.indexer.flush_age_s))
-        register_indexer(
-            brokers["indexer"],
-            topics,
-            settings.indexer,
-            index_embedder,
-            store,
-            group_id=f"{group_prefix}indexer",
-            flusher=flusher,
-            executor=writer,
-        )
-        stack.push_async_callback(asyncio.to_thread, flusher.flush_now)
-        ticker = asyncio.create_task(_flush_when_due(flusher))
-        stack.callback(ticker.cancel)
-        await asyncio.to_thread(medsafety.preload)
-        state_store = SqliteStateStore(settings.cds_state_path)
-        stack.callback(state_store.close)
-        hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
-        stack.push_async_callback(hooks_http.aclose)
-        hooks, jwks = _cds_hooks(settings, topics, state_store, brokers["cds"], hooks_http)
-        if jwks is not None:
-            keys_task = asyncio.create_task(jwks.keep_fresh())
-            stack.callback(keys_task.cancel)
-        writeback = writeback_from(settings.cds)
-        register_cds(
-            brokers["cds"],
-            topics,
-            rules,
-            state_store,
-            group_id=f"{group_prefix}cds",
-            writeback=writeback,
-            max_records=settings.cds.batch_max_records,
-            batch_timeout_ms=settings.cds.batch_timeout_ms,
-        )
-        notes_routes_: Sequence[BaseRoute] = ()
-        if settings.notes.enabled:
-            notes_service = _notes_service(settings, stack, embedder, store)
-            register_notes(brokers["notes"], topics, notes_service, group_id=f"{group_prefix}notes")
-            notes_broker = brokers["notes"]
-
-            async def _publish(messages: Sequence[Outgoing]) -> None:
-                await publish_in_order(notes_broker, messages)
-
-            notes_routes_ = notes_routes(notes_service, _publish, topics)
-        _warn_undelivered(settings)
-        await _register_outbound(stack, settings, topics, group_prefix, producer, brokers)
-        for broker in brokers.values():
-            stack.push_async_callback(broker.stop)
-        # Each consumer group join takes seconds; join them concurrently.
-        await asyncio.gather(*(broker.start() for broker in brokers.values()))
-
-        sink = make_sink(
-            settings.kafka.ingest_client,
-            producer,
-            confirm_timeout_s=settings.kafka.request_timeout_ms / 1000 + 1,
-        )
-        await sink.start()
-        stack.push_async_callback(sink.stop)
-        mllp = MllpServer(sink, topics, settings.mllp)
-        await mllp.start()
-        stack.push_async_callback(mllp.stop)
-
-        query = ContextualQuery(embedder, store, knowledge)
-
-        def index_stats() -> list[CollectionStats]:
-            return [CollectionStats(s.collection, s.count(), embedder.identity) for s in (store, knowledge)]
-
-        fhir = FhirIngress(sink, topics, settings.http)
-        agents_routes_: list[BaseRoute] = []
-        loopback: httpx.AsyncClient | None = None
-        if settings.agents.enabled:
-            # The tools' backend: this server's own query API (its address is known once it listens).
-            loopback = httpx.AsyncClient(headers={"Authorization": f"Bearer {api_token}"}, timeout=120.0)
-            stack.push_async_callback(loopback.aclose)
-
-            async def audit(event: dict[str, Any], patient: str) -> None:
-                await sink.send(
-                    topics.audit,
-                    json.dumps(event, separators=(",", ":")).encode(),
-                    key=patient.encode() or None,
-                    headers=[("resource_type", b"AuditEvent")],
-                )
-
-            agents_routes_ = [*agent_routes(ApiBackend(loopback), audit)]
-        app = build_app(
-            Authenticator(api_token, settings.http),
-            [
-                *fhir.routes(),
-                *query_routes(query, index_stats),
-                *hooks.routes(),
-                *hooks.alert_routes(),
-                *notes_routes_,
-                *agents_routes_,
-            ],
-            own_auth=(CDS_HOOKS_PATH,),
-        )
-        server = make_server(app, settings.http.host, settings.http.port)
-        serve_task = asyncio.create_task(server.serve())
-
-        async def _stop_http() -> None:
-            server.should_exit = True
-            await serve_task
-
-        stack.push_async_callback(_stop_http)
-        while not server.started:
-            if serve_task.done():
-                serve_task.result()  # raises the bind error
-                raise ConfigurationError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.02)
-        http_port = int(server.servers[0].sockets[0].getsockname()[1])
-        if loopback is not None:
-            loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
-            loopback.base_url = httpx.URL(f"http://{loop_host}:{http_port}")
+        w = Wiring(settings, topics, bootstrap, group_prefix, api_token, stack)
+        # The indexer opens the embedding session and Milvus first (slow), the edges come last.
+        for name in ("indexer", "normalizer", "inference", "outbound", "connectors"):
+            await _BUILDERS[name](w)
+        http_port = await _serve(w)
         dashboard_url, dashboard_login = None, None
         if settings.dashboard.enabled:
             process, dashboard_login = await _start_dashboard(
                 settings, stack, topics, bootstrap, http_port, api_token
             )
             dashboard_url = process.url
-
+        store, _ = await w.stores()
+        if w.mllp is None or w.query is None:  # pragma: no cover - both stages ran above
+            raise ConfigurationError("the connectors and the indexer did not start")
         yield Stack(
             settings=settings,
             topics=topics,
             bootstrap=bootstrap,
             embedded_broker=embedded,
-            mllp=mllp,
+            mllp=w.mllp,
             http_port=http_port,
             api_token=api_token,
             store=store,
-            embedder=embedder,
-            query=query,
+            embedder=await w.embedder(),
+            query=w.query,
             dashboard_url=dashboard_url,
             dashboard_login=dashboard_login,
+            app=w.app,
         )

@@ -42,6 +42,7 @@ from stream.events import (
     content_hash,
     envelope_headers,
 )
+from stream.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
 from stream.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -257,3 +258,39 @@ class FhirIngress:
             len(note.references),
         )
         return Response(status_code=200)
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """FHIR and DICOM ingress (OpenAPI); errors are OperationOutcomes."""
+    fhir = ("application/fhir+json", "application/json")
+    errors = ("400", "401", "413", "415", "422", "503")
+    kind = path_param("type", r"^[A-Z][A-Za-z]{1,63}$")
+
+    def op(summary: str, **kwargs: Any) -> dict[str, Any]:
+        return operation(summary, media=fhir, errors=errors, error_schema=OUTCOME, **kwargs)
+
+    return {
+        "/fhir/metadata": {"get": operation("CapabilityStatement.", errors=(), secured=False)},
+        "/fhir": {"post": op("A transaction or batch Bundle.", body=FHIR_RESOURCE, ok="200")},
+        "/fhir/subscription-notification": {
+            "post": op("A Subscription notification Bundle.", body=FHIR_RESOURCE)
+        },
+        "/fhir/{type}": {"post": op("Create a resource.", body=FHIR_RESOURCE, params=[kind], ok="201")},
+        "/fhir/{type}/{id}": {
+            "put": op(
+                "Create or update a resource.",
+                body=FHIR_RESOURCE,
+                params=[kind, path_param("id", r"^[A-Za-z0-9\-.]{1,64}$")],
+            )
+        },
+        "/dicom/studies": {
+            "post": operation(
+                "STOW-RS: DICOM instances (headers read, pixels ignored).",
+                body={"type": "string", "format": "binary"},
+                media=("application/dicom",),
+                params=[query_param("issuer", {"type": "string"})],
+                errors=errors,
+                error_schema=OUTCOME,
+            )
+        },
+    }

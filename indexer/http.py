@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
@@ -17,6 +17,7 @@ from starlette.routing import Route
 from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
 from stream.identity import resolve_patient
+from stream.openapi import operation, path_param, query_param
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -28,6 +29,8 @@ class CollectionStats:
     name: str
     rows: int
     embedding: str
+
+
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 
 
@@ -233,3 +236,38 @@ def query_routes(
         Route("/patients/{patient:path}/timeline", get_timeline, methods=["GET"]),
         Route("/index/stats", get_stats, methods=["GET"]),
     ]
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """The query API's operations (OpenAPI)."""
+    day = {"type": "string", "format": "date-time"}
+    errors = ("401", "422", "503")
+    return {
+        "/query": {
+            "post": operation("Patient-scoped search with citations.", body=QueryRequest, errors=errors)
+        },
+        "/knowledge/query": {
+            "post": operation("Knowledge-base search.", body=KnowledgeRequest, errors=errors)
+        },
+        "/context": {
+            "post": operation(
+                "Record hits and knowledge passages for one question.", body=ContextRequest, errors=errors
+            )
+        },
+        "/patients/{patient}/timeline": {
+            "get": operation(
+                "A patient's indexed record in time order.",
+                params=[
+                    path_param("patient"),
+                    query_param("type", {"type": "string", "pattern": "^[A-Za-z]{1,64}$"}, repeated=True),
+                    query_param("since", day),
+                    query_param("until", day),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                errors=errors,
+            )
+        },
+        "/index/stats": {
+            "get": operation("Collections, row counts and the embedding model.", errors=("401", "503"))
+        },
+    }

@@ -48,6 +48,7 @@ from inference.state_store import StateStore
 from stream.events import ClinicianFeedback, deterministic_id
 from stream.fhir_models import model_class
 from stream.identity import hl7_key
+from stream.openapi import operation, path_param
 
 log = logging.getLogger(__name__)
 Publish = Callable[[ClinicianFeedback], Awaitable[None]]
@@ -282,3 +283,30 @@ class CdsHooksService:
             log.exception("cds-hooks: feedback not confirmed by the broker")
             return _error(503, "feedback not stored; retry", {"Retry-After": "5"})
         return JSONResponse({}, status_code=200)
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """CDS Hooks (the EHR's JWT, per the specification) and the alerts read (OpenAPI)."""
+    service = path_param("service")
+    hook_errors = ("400", "401", "404", "412", "422")
+    return {
+        CDS_HOOKS_PATH: {"get": operation("CDS Hooks discovery.", errors=(), secured=False)},
+        CDS_HOOKS_PATH + "/{service}": {
+            "post": operation(
+                "A hook call: cards for the patient.", body=HookRequest, params=[service], errors=hook_errors
+            )
+        },
+        CDS_HOOKS_PATH + "/{service}/feedback": {
+            "post": operation(
+                "Accepted and overridden cards.",
+                body=FeedbackRequest,
+                params=[service],
+                errors=(*hook_errors, "503"),
+            )
+        },
+        "/cds/alerts/{patient}": {
+            "get": operation(
+                "A patient's current alerts.", params=[path_param("patient")], errors=("401", "422")
+            )
+        },
+    }

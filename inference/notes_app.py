@@ -78,6 +78,7 @@ from stream.kafka import (
     publish_dead_letters,
     publish_in_order,
 )
+from stream.openapi import operation, path_param, query_param
 
 log = logging.getLogger(__name__)
 
@@ -396,3 +397,31 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()))
     return f"{where}: {err['msg']}" if where else str(err["msg"])
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """The drafts API's operations (OpenAPI)."""
+    draft = path_param("draft_id")
+    return {
+        "/notes/drafts": {
+            "post": operation(
+                "Draft a note now (never final).", body=DraftRequest, errors=("401", "404", "422", "503")
+            ),
+            "get": operation(
+                "The drafts, newest first.",
+                params=[query_param("status", {"type": "string"})],
+                errors=("401", "422"),
+            ),
+        },
+        "/notes/drafts/{draft_id}": {
+            "get": operation("One draft with its sources.", params=[draft], errors=("401", "404"))
+        },
+        "/notes/drafts/{draft_id}/review": {
+            "post": operation(
+                "A clinician accepts, edits or rejects a draft.",
+                body=ReviewRequest,
+                params=[draft],
+                errors=("401", "404", "409", "422", "503"),
+            )
+        },
+    }

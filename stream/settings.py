@@ -412,6 +412,11 @@ class AgentsSettings(_Section):
     api_url: str = Field(
         default="http://127.0.0.1:8080", description="`clinstream mcp`: the API the MCP server calls."
     )
+    inference_url: str | None = Field(
+        default=None,
+        description="The inference stage's API (alerts, drafts) for the tools when it runs in another "
+        "process (`clinstream run inference`); unset: the same process.",
+    )
     token: SecretStr | None = Field(
         default=None, description="`clinstream mcp`: the agent's scoped token (`clinstream agent-token`)."
     )

@@ -1,0 +1,305 @@
+"""Separate processes as production runs them: `clinstream run STAGE`, a Milvus server, and a
+sending interface engine that retries until it gets an answer (as EHR senders do).
+
+Used by the fault and scale-out tests; each test runs its own broker, so the stages use the
+default topic names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+from pymilvus import MilvusClient
+
+from clinstream.demo import demo_messages
+from clinstream.runtime import free_port, terminate
+from connectors.mllp_client import MllpClient
+from dashboard.sources import Endpoints, LiveBackend
+from indexer.chunking import plan_record
+from stream.errors import Hl7Error
+from stream.events import SUPPORTED_HL7_EVENTS, TOPICS, FhirRecord
+from stream.hl7v2 import decode_payload, parse_message, split_batch
+from stream.normalize import normalize_hl7
+from stream.replay import read_topic
+from tests.conftest import hl7_corpus_files
+
+TOKEN = "fault-test-token-" + "x" * 24
+
+
+def base_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment every stage process of a test shares."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
+    env.update(
+        CLINSTREAM_KAFKA__BOOTSTRAP=bootstrap,
+        CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE="false",  # Tansu rejects InitProducerId
+        CLINSTREAM_KAFKA__REPLICATION_FACTOR="1",
+        CLINSTREAM_HTTP__API_TOKEN=TOKEN,
+        CLINSTREAM_HTTP__HOST="127.0.0.1",
+        CLINSTREAM_MLLP__HOST="127.0.0.1",
+        CLINSTREAM_VAR_DIR=str(tmp),
+        CLINSTREAM_MODELS__INTRA_OP_THREADS="1",
+        CLINSTREAM_CDS__STALE_AFTER_H=str(24 * 365 * 50),  # the corpora are years old
+        CLINSTREAM_LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+class StageProcess:
+    """One `clinstream run STAGE` process with fixed ports, so a restart listens where it did."""
+
+    def __init__(self, stages: Iterable[str], env: dict[str, str], log: Path) -> None:
+        self.stages = list(stages)
+        self.http_port = free_port()
+        self.env = env | {"CLINSTREAM_HTTP__PORT": str(self.http_port)}
+        if "connectors" in self.stages:
+            self.mllp_port = free_port()
+            self.env["CLINSTREAM_MLLP__PORT"] = str(self.mllp_port)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _ready_lines(self) -> int:
+        return self.log.read_text(errors="replace").count("clinstream ready:") if self.log.exists() else 0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clinstream", "run", *self.stages],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+        self.starts += 1
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._ready_lines() < self.starts:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.stages} exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.stages} not ready after {timeout_s}s:\n{self.tail()}")
+            await asyncio.sleep(0.2)
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown code runs (no flush, no commit, no goodbye to the group)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        terminate(self.proc, 20)
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process now (kB)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples matching ``labels`` on this process's /metrics."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            text = (
+                await client.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            ).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith((name + "{", name + " ")):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+class MilvusServer:
+    """Milvus Lite's gRPC server as its own process (several stage processes share it)."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        self._spawn()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await asyncio.to_thread(self._probe)
+                return
+            except Exception:
+                if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    def _spawn(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def _probe(self) -> None:
+        client = MilvusClient(uri=self.uri, timeout=2)
+        try:
+            client.list_collections()
+        finally:
+            client.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        terminate(self.proc, 10)
+
+    def rows(self, collection: str = "clinical_chunks_v2") -> list[dict[str, object]]:
+        """Every chunk row (id, resource, chunk number). Milvus Lite's gRPC server sends GOAWAY
+        ("too many pings") to pymilvus' keepalive now and then: a refused connection is retried."""
+        for attempt in range(5):
+            try:
+                client = MilvusClient(uri=self.uri)
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(1)
+                continue
+            try:
+                found: list[dict[str, object]] = client.query(
+                    collection,
+                    filter='id != ""',
+                    output_fields=["id", "resource_id", "chunk_no"],
+                    limit=16_384,
+                )
+                return found
+            finally:
+                client.close()
+        raise AssertionError("unreachable")
+
+
+def with_control_id(message: str, control_id: str) -> bytes:
+    """The message with MSH-10 replaced, so every message of a load is told apart, and in
+    original acknowledgment mode (MSH-15/16 cleared: some corpus senders ask for no ACK)."""
+    segments = message.replace("\r\n", "\r").replace("\n", "\r").strip("\r").split("\r")
+    sep = segments[0][3]
+    fields = segments[0].split(sep)
+    while len(fields) < 16:
+        fields.append("")
+    fields[9] = control_id
+    fields[14] = fields[15] = ""
+    segments[0] = sep.join(fields)
+    return ("\r".join(segments) + "\r").encode()
+
+
+def load_messages() -> list[str]:
+    """Every message of the demo feed and the corpora (batches split) that the normalizer turns
+    into FHIR: the load of the fault tests, where each accepted message must come out."""
+    texts = [m.decode() for m in demo_messages()]
+    for path in hl7_corpus_files():
+        texts.extend(split_batch(decode_payload(path.read_bytes())).messages)
+    out = []
+    for text in texts:
+        try:
+            msg = parse_message(text)
+            if (msg.message_code, msg.trigger_event) not in SUPPORTED_HL7_EVENTS:
+                continue
+            normalize_hl7(text, tz=ZoneInfo("UTC"))
+        except Hl7Error:
+            continue
+        out.append(text)
+    return out
+
+
+@dataclass
+class Sender:
+    """An interface engine: each message is resent (new connection) until it gets AA/AE/AR."""
+
+    port: int
+    answers: dict[str, str] = field(default_factory=dict)
+    retries: int = 0
+
+    async def send(self, control_id: str, payload: bytes, *, give_up_s: float = 240.0) -> str:
+        deadline = time.monotonic() + give_up_s
+        while True:
+            try:
+                async with MllpClient("127.0.0.1", self.port, timeout_s=10) as client:
+                    result = await client.send(payload)
+                if result.code is not None:
+                    self.answers[control_id] = result.code
+                    return result.code
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                pass
+            self.retries += 1
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{control_id} unanswered after {give_up_s}s")
+            await asyncio.sleep(0.5)
+
+    async def run(self, messages: list[tuple[str, bytes]], rate: float) -> None:
+        """Send in order at about ``rate`` messages/s (one connection at a time, like MLLP)."""
+        start = time.monotonic()
+        for n, (control_id, payload) in enumerate(messages):
+            await self.send(control_id, payload)
+            ahead = start + (n + 1) / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+def lag_of(bootstrap: str) -> dict[str, int]:
+    """Total lag per consumer group (committed to end)."""
+    backend = LiveBackend(
+        Endpoints(api_url="http://127.0.0.1:9", api_token="", bootstrap=bootstrap, topics=TOPICS)
+    )
+    totals: dict[str, int] = {}
+    for row in backend.lag():
+        totals[row.group] = totals.get(row.group, 0) + row.lag
+    return totals
+
+
+async def wait_settled(bootstrap: str, groups: Iterable[str], timeout_s: float = 240.0) -> dict[str, int]:
+    """Wait until every named group has committed to the end of its topics (lag 0)."""
+    deadline = time.monotonic() + timeout_s
+    want = set(groups)
+    while True:
+        lag = await asyncio.to_thread(lag_of, bootstrap)
+        if want <= lag.keys() and all(lag[g] == 0 for g in want):
+            return lag
+        if time.monotonic() > deadline:
+            raise AssertionError(f"consumer lag not back to zero: {lag}")
+        await asyncio.sleep(1.0)
+
+
+async def fhir_records(bootstrap: str) -> list[tuple[int, int, FhirRecord]]:
+    """(partition, offset, record) of every record on the normalized topic."""
+    records = await read_topic(bootstrap, TOPICS.fhir)
+    return [(r.partition, r.offset, FhirRecord.model_validate_json(r.value)) for r in records]
+
+
+def expected_chunks(records: list[tuple[int, int, FhirRecord]]) -> dict[str, int]:
+    """Chunks per indexed resource after every record is applied in log order (the indexer's
+    own plan, replayed here), for resources that have any."""
+    keep: dict[str, int] = {}
+    for _, _, record in sorted(records, key=lambda r: (r[0], r[1])):
+        keep.update(plan_record(record).keep)
+    return {ref: n for ref, n in keep.items() if n}
