@@ -20,18 +20,19 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka.admin import AdminClient
 from pymilvus import MilvusClient
 
 from clinstream.demo import demo_messages
 from clinstream.runtime import free_port, terminate
 from connectors.mllp_client import MllpClient
-from dashboard.sources import Endpoints, LiveBackend
 from indexer.chunking import plan_record
 from stream.errors import Hl7Error
 from stream.events import SUPPORTED_HL7_EVENTS, TOPICS, FhirRecord
 from stream.hl7v2 import decode_payload, parse_message, split_batch
 from stream.normalize import normalize_hl7
-from stream.replay import read_topic
 from tests.conftest import hl7_corpus_files
 
 TOKEN = "fault-test-token-" + "x" * 24
@@ -266,23 +267,63 @@ class Sender:
                 await asyncio.sleep(ahead)
 
 
-def lag_of(bootstrap: str) -> dict[str, int]:
-    """Total lag per consumer group (committed to end)."""
-    backend = LiveBackend(
-        Endpoints(api_url="http://127.0.0.1:9", api_token="", bootstrap=bootstrap, topics=TOPICS)
-    )
+async def drain(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record on ``topic``, read until the broker has no more. Not bounded by ListOffsets:
+    Tansu's "latest" offset lags the records written when several producers share a partition
+    (seen here: 57 reported, records up to offset 59 readable)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        quiet = 0
+        while quiet < 3:
+            batches = await consumer.getmany(timeout_ms=400)
+            got = [r for batch in batches.values() for r in batch]
+            records.extend(got)
+            quiet = 0 if got else quiet + 1
+        return records
+    finally:
+        await consumer.stop()
+
+
+def committed_offsets(bootstrap: str) -> dict[tuple[str, str, int], int]:
+    """(group, topic, partition) → committed offset, for every consumer group."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    out: dict[tuple[str, str, int], int] = {}
+    groups = admin.list_consumer_groups(request_timeout=10).result(timeout=10).valid
+    for group in sorted(g.group_id for g in groups):
+        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+        for tp in future.result(timeout=10).topic_partitions or []:
+            out[(group, tp.topic, tp.partition)] = tp.offset
+    return out
+
+
+async def lag_of(bootstrap: str) -> dict[str, int]:
+    """Records not yet committed, per consumer group (committed offsets against the records
+    actually on the topics)."""
+    committed = await asyncio.to_thread(committed_offsets, bootstrap)
+    ends: dict[tuple[str, int], int] = {}
+    for topic in {t for _, t, _ in committed}:
+        for record in await drain(bootstrap, topic):
+            key = (topic, record.partition)
+            ends[key] = max(ends.get(key, 0), record.offset + 1)
     totals: dict[str, int] = {}
-    for row in backend.lag():
-        totals[row.group] = totals.get(row.group, 0) + row.lag
+    for (group, topic, partition), offset in committed.items():
+        behind = ends.get((topic, partition), 0) - max(offset, 0)
+        totals[group] = totals.get(group, 0) + max(behind, 0)
     return totals
 
 
 async def wait_settled(bootstrap: str, groups: Iterable[str], timeout_s: float = 240.0) -> dict[str, int]:
-    """Wait until every named group has committed to the end of its topics (lag 0)."""
+    """Wait until every named group has committed every record of its topics (lag 0)."""
     deadline = time.monotonic() + timeout_s
     want = set(groups)
     while True:
-        lag = await asyncio.to_thread(lag_of, bootstrap)
+        lag = await lag_of(bootstrap)
         if want <= lag.keys() and all(lag[g] == 0 for g in want):
             return lag
         if time.monotonic() > deadline:
@@ -292,7 +333,7 @@ async def wait_settled(bootstrap: str, groups: Iterable[str], timeout_s: float =
 
 async def fhir_records(bootstrap: str) -> list[tuple[int, int, FhirRecord]]:
     """(partition, offset, record) of every record on the normalized topic."""
-    records = await read_topic(bootstrap, TOPICS.fhir)
+    records = await drain(bootstrap, TOPICS.fhir)
     return [(r.partition, r.offset, FhirRecord.model_validate_json(r.value)) for r in records]
 
 

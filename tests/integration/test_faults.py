@@ -9,12 +9,12 @@ import pytest
 
 from clinstream.runtime import EmbeddedBroker
 from stream.events import TOPICS, Alert
-from stream.replay import read_topic
 from tests.integration.processes import (
     MilvusServer,
     Sender,
     StageProcess,
     base_env,
+    drain,
     expected_chunks,
     fhir_records,
     load_messages,
@@ -66,7 +66,7 @@ async def test_kill_each_stage_under_load_loses_and_doubles_nothing(tmp_path):
             await asyncio.sleep(2)  # the indexer seals its last batch by age
             records = await fhir_records(broker.bootstrap)
             alerts = [
-                Alert.model_validate_json(r.value) for r in await read_topic(broker.bootstrap, TOPICS.alerts)
+                Alert.model_validate_json(r.value) for r in await drain(broker.bootstrap, TOPICS.alerts)
             ]
             rows = await asyncio.to_thread(milvus.rows)
         finally:

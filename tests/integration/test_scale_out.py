@@ -15,12 +15,12 @@ import pytest
 
 from clinstream.runtime import EmbeddedBroker
 from stream.events import TOPICS, DeadLetter
-from stream.replay import read_topic
 from tests.integration.processes import (
     MilvusServer,
     Sender,
     StageProcess,
     base_env,
+    drain,
     expected_chunks,
     fhir_records,
     wait_settled,
@@ -98,7 +98,7 @@ async def test_two_normalizers_two_indexers_survive_losing_one_each(tmp_path):
             await sender.run(feed[:half], rate=40.0)
             await wait_settled(broker.bootstrap, ("normalizer", "indexer"))
             before = {
-                name: await procs[name].metric("clinstream_stage_records")
+                name: await procs[name].metric("clinstream_stage_records_total")
                 for name in procs
                 if name != "connectors"
             }
@@ -108,11 +108,11 @@ async def test_two_normalizers_two_indexers_survive_losing_one_each(tmp_path):
             await wait_settled(broker.bootstrap, ("normalizer", "indexer"))
             await asyncio.sleep(2)  # the last batch seals by age
             after = {
-                name: await procs[name].metric("clinstream_stage_records")
+                name: await procs[name].metric("clinstream_stage_records_total")
                 for name in ("normalizer1", "indexer1")
             }
             records = await fhir_records(broker.bootstrap)
-            dead = await read_topic(broker.bootstrap, TOPICS.deadletter)
+            dead = await drain(broker.bootstrap, TOPICS.deadletter)
             rows = await asyncio.to_thread(milvus.rows)
         finally:
             for proc in procs.values():

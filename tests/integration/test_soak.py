@@ -68,12 +68,12 @@ async def test_soak(tmp_path):
             load = asyncio.create_task(sender.run(list(feed), rate=RATE))
             await asyncio.sleep(WARM_UP_S)
             rss_start = {name: _rss_kib(pid) for name, pid in pids.items()}
-            lag_mid = await asyncio.to_thread(lag_of, broker.bootstrap)
+            lag_mid = await lag_of(broker.bootstrap)
             await load
             sent_s = time.monotonic() - started
             rss_end = {name: _rss_kib(pid) for name, pid in pids.items()}
             ended = time.monotonic()
-            lag_end = await asyncio.to_thread(lag_of, broker.bootstrap)
+            lag_end = await lag_of(broker.bootstrap)
             await wait_settled(broker.bootstrap, ("normalizer", "indexer", "cds"), timeout_s=1800)
             drained_s = time.monotonic() - ended
             rss_drained = {name: _rss_kib(pid) for name, pid in pids.items()}

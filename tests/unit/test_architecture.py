@@ -48,6 +48,7 @@ PURE_MODULES = [
     "dashboard/queries.py",
     "dashboard/auth.py",
     "stream/imaging.py",
+    "stream/openapi.py",
     "stream/genomics.py",
     "exports/deid.py",
     "exports/datasets.py",
@@ -74,6 +75,8 @@ SHARED = {
     "indexer.chunking",
     # One ImagingStudy id per Study Instance UID: the DICOM connector and imaging reports share it.
     "stream.imaging",
+    # OpenAPI builders: every service describes its routes the same way for /openapi.json.
+    "stream.openapi",
 }
 
 

@@ -1,0 +1,129 @@
+"""Outages of the shared services, with every stage as its own process.
+
+Broker down: the connectors never send a positive ACK while Kafka is unreachable; the
+sender's retries deliver every message once it is back. Milvus down: the indexer stops
+committing offsets (nothing is marked done that is not in Milvus) and catches up afterwards.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from clinstream.runtime import EmbeddedBroker, ensure_topics, free_port
+from stream.events import TOPICS, Envelope
+from tests.integration.processes import (
+    MilvusServer,
+    Sender,
+    StageProcess,
+    base_env,
+    drain,
+    expected_chunks,
+    fhir_records,
+    lag_of,
+    load_messages,
+    wait_settled,
+    with_control_id,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_after(tmp_path):
+    port = free_port()
+    seeds = load_messages()
+    before = [("B0000", with_control_id(seeds[0], "B0000"))]
+    during = [(f"B{n:04d}", with_control_id(seeds[n], f"B{n:04d}")) for n in range(1, 21)]
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
+    await broker.__aenter__()
+    # Confirmations time out after 3 s, so each attempt during the outage ends quickly.
+    env = base_env(broker.bootstrap, tmp_path, CLINSTREAM_KAFKA__REQUEST_TIMEOUT_MS="3000")
+    connectors = StageProcess(["connectors"], env, tmp_path / "connectors.log")
+    try:
+        connectors.start()
+        await connectors.wait_ready()
+        sender = Sender(connectors.mllp_port)
+        await sender.run(before, rate=10)
+        assert sender.answers == {"B0000": "AA"}
+
+        broker.stop()  # Kafka goes away under the running connectors
+        load = asyncio.create_task(sender.run(during, rate=10))
+        await asyncio.sleep(12)
+        assert sender.answers == {"B0000": "AA"}, "an answer was sent while the broker was down"
+        assert sender.retries >= 2
+        down_retries = sender.retries
+
+        # The broker comes back (empty: the embedded one keeps topics in memory) and the
+        # operators recreate the topics; the sender's retries now go through.
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
+        await broker.__aenter__()
+        await ensure_topics(broker.bootstrap, TOPICS.all(), partitions=1, replication_factor=1)
+        started = time.monotonic()
+        await asyncio.wait_for(load, timeout=180)
+        recovered_s = time.monotonic() - started
+        stored = await drain(broker.bootstrap, TOPICS.inbound_hl7v2)
+    finally:
+        connectors.stop()
+        broker.stop()
+    assert all(sender.answers[cid] == "AA" for cid, _ in during)
+    ids = {Envelope.from_headers(r.headers).source_message_id for r in stored}
+    assert {cid for cid, _ in during} <= ids, "an acknowledged message is not in Kafka"
+    print(
+        f"\nbroker outage: {down_retries} attempts unanswered; "
+        f"all 20 delivered {recovered_s:.1f} s after it returned"
+    )
+
+
+async def test_milvus_down_holds_the_indexer_offsets_until_it_is_back(tmp_path):
+    seeds = load_messages()
+    first = [(f"M{n:04d}", with_control_id(m, f"M{n:04d}")) for n, m in enumerate(seeds[:60])]
+    second = [(f"M{n:04d}", with_control_id(m, f"M{n:04d}")) for n, m in enumerate(seeds[60:160], start=60)]
+    async with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        milvus = MilvusServer(tmp_path / "milvus", tmp_path / "milvus.log")
+        await milvus.start()
+        env = base_env(
+            broker.bootstrap,
+            tmp_path,
+            CLINSTREAM_MILVUS__URI=milvus.uri,
+            CLINSTREAM_MILVUS__INDEX_TYPE="FLAT",
+            CLINSTREAM_INDEXER__FLUSH_AGE_S="0.5",
+        )
+        stages = {
+            n: StageProcess([n], env, tmp_path / f"{n}.log") for n in ("connectors", "normalizer", "indexer")
+        }
+        try:
+            for stage in stages.values():
+                stage.start()
+            await asyncio.gather(*(s.wait_ready() for s in stages.values()))
+            sender = Sender(stages["connectors"].mllp_port)
+            await sender.run(first, rate=50)
+            await wait_settled(broker.bootstrap, ("normalizer", "indexer"))
+
+            milvus.kill9()
+            await sender.run(second, rate=50)
+            await wait_settled(broker.bootstrap, ("normalizer",))
+            await asyncio.sleep(10)  # the indexer retries against the dead Milvus meanwhile
+            held = (await lag_of(broker.bootstrap))["indexer"]
+            assert held > 0, "the indexer committed offsets while Milvus was down"
+
+            await milvus.start()  # same data directory and port
+            started = time.monotonic()
+            await wait_settled(broker.bootstrap, ("indexer",), timeout_s=240)
+            caught_up_s = time.monotonic() - started
+            await asyncio.sleep(2)
+            records = await fhir_records(broker.bootstrap)
+            rows = await asyncio.to_thread(milvus.rows)
+        finally:
+            for stage in stages.values():
+                stage.stop()
+            milvus.stop()
+    assert {cid for cid, code in sender.answers.items() if code == "AA"} == {cid for cid, _ in first + second}
+    want = expected_chunks(records)
+    found: dict[str, int] = {}
+    for row in rows:
+        found[str(row["resource_id"])] = found.get(str(row["resource_id"]), 0) + 1
+    assert found == want, (len(found), len(want))
+    print(
+        f"\nmilvus outage: indexer held {held} records uncommitted; "
+        f"caught up {caught_up_s:.1f} s after Milvus returned"
+    )

@@ -1,0 +1,49 @@
+"""`clinstream run STAGE`: the splits that cannot work are refused before anything starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from clinstream.settings import Settings
+from clinstream.stack import STAGES, ConfigurationError, check_stages
+
+KAFKA = {"bootstrap": "kafka:9092"}
+TOKEN = {"api_token": "t" * 24}
+
+
+def test_every_stage_runs_alone_against_a_shared_kafka():
+    settings = Settings(kafka=KAFKA, http=TOKEN, milvus={"uri": "http://milvus:19530"})
+    for stage in STAGES:
+        check_stages(settings, [stage])
+
+
+@pytest.mark.parametrize(
+    ("settings", "stages", "says"),
+    [
+        (Settings(http=TOKEN), ["normalizer"], "CLINSTREAM_KAFKA__BOOTSTRAP"),
+        (Settings(kafka=KAFKA), ["normalizer"], "CLINSTREAM_HTTP__API_TOKEN"),
+        (Settings(kafka=KAFKA, http=TOKEN), ["inference"], "CLINSTREAM_MILVUS__URI"),
+        (Settings(kafka=KAFKA, http=TOKEN), ["indexer", "nope"], "unknown stage"),
+    ],
+)
+def test_impossible_splits_are_refused(settings, stages, says):
+    with pytest.raises(ConfigurationError, match=says):
+        check_stages(settings, stages)
+
+
+def test_notes_off_lets_inference_run_apart_from_a_lite_file():
+    check_stages(Settings(kafka=KAFKA, http=TOKEN, notes={"enabled": False}), ["inference"])
+
+
+def test_the_cli_says_why_and_exits_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "clinstream", "run", "normalizer"],
+        env={"PATH": "/usr/bin:/bin", "CLINSTREAM_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "CLINSTREAM_KAFKA__BOOTSTRAP" in done.stderr
