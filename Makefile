@@ -61,7 +61,7 @@ integration: install browser
 	$(BIN)/pytest -m "integration and not soak"
 
 # Fuzzing every ingress with its full quota (>= 100,000 Hypothesis inputs; `make test` runs a
-# quarter of it, fresh inputs each run).
+# tenth of it, fresh inputs each run).
 fuzz: install
 	CLINSTREAM_FUZZ_SCALE=1 $(BIN)/pytest tests/unit/test_fuzz.py
 
@@ -75,7 +75,7 @@ screenshot: install browser
 	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/test_dashboard.py
 
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`.
-FUZZ_SCALE ?= 0.25
+FUZZ_SCALE ?= 0.1
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ from indexer.knowledge import KnowledgeChunk
 from indexer.query import DEFAULT_MODE, Hit, KnowledgeHit, SearchMode, TimelineEntry, quote
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 TEXT_MAX = 8192
 # Reciprocal rank fusion constant (the usual 60: a rank's weight is 1 / (60 + rank)).
 RRF_K = 60
@@ -83,7 +84,7 @@ def search_breadth(expr: str, k: int) -> int:
     return max(HNSW_EF if expr else HNSW_EF_UNSCOPED, k)
 
 
-def _ranked(
+def _ranked_once(
     client: MilvusClient,
     collection: str,
     vector: npt.NDArray[np.float32],
@@ -131,8 +132,50 @@ def _ranked(
                 collection, [dense, sparse], ranker=RRFRanker(RRF_K), limit=k, output_fields=output
             )
     except MilvusException as exc:
+        if _not_loaded(exc):
+            raise  # `_ranked` loads the collection and asks again
         raise VectorStoreError("Milvus search failed") from exc
     return list(result[0])
+
+
+def _not_loaded(exc: MilvusException) -> bool:
+    """Milvus answered that the collection is not in memory (after its restart)."""
+    text = str(getattr(exc, "message", "") or exc).lower()
+    return "released" in text or "not loaded" in text
+
+
+def _reloading(client: MilvusClient, collection: str, call: Callable[[], T]) -> T:
+    """A read; when Milvus came back without the collection loaded (a restarted Milvus Lite
+    server does), load it and read once more instead of failing every search until restart."""
+    try:
+        return call()
+    except MilvusException as exc:
+        if not _not_loaded(exc):
+            raise
+        log.warning("Milvus collection %s was not loaded (Milvus restarted?): loading it", collection)
+        client.load_collection(collection)
+        return call()
+
+
+def _ranked(
+    client: MilvusClient,
+    collection: str,
+    vector: npt.NDArray[np.float32],
+    question: str,
+    expr: str,
+    k: int,
+    mode: SearchMode,
+    output: list[str],
+) -> list[dict[str, Any]]:
+    """`_ranked_once`, loading the collection again if a restarted Milvus released it."""
+    try:
+        return _reloading(
+            client,
+            collection,
+            lambda: _ranked_once(client, collection, vector, question, expr, k, mode, output),
+        )
+    except MilvusException as exc:
+        raise VectorStoreError("Milvus search failed") from exc
 
 
 def _text_schema(schema: Any, dim: int) -> None:
@@ -239,7 +282,11 @@ class _Collection:
     def count(self, expr: str = "") -> int:
         """Number of rows (chunks, passages) matching ``expr`` (all when empty)."""
         try:
-            rows = self._client.query(self.collection, filter=expr, output_fields=["count(*)"])
+            rows = _reloading(
+                self._client,
+                self.collection,
+                lambda: self._client.query(self.collection, filter=expr, output_fields=["count(*)"]),
+            )
         except MilvusException as exc:
             raise VectorStoreError("Milvus count failed") from exc
         return int(rows[0]["count(*)"])
@@ -350,8 +397,12 @@ class MilvusStore(_Collection):
         """
         fields = ["resource_id", "resource_type", "text", "effective_text", "effective"]
         try:
-            pages = self._client.query_iterator(
-                self.collection, batch_size=QUERY_PAGE, filter=expr, output_fields=fields
+            pages = _reloading(
+                self._client,
+                self.collection,
+                lambda: self._client.query_iterator(
+                    self.collection, batch_size=QUERY_PAGE, filter=expr, output_fields=fields
+                ),
             )
             try:
                 rows = (row for page in iter(pages.next, []) for row in page)
@@ -377,7 +428,11 @@ class MilvusStore(_Collection):
             return set()
         listed = ", ".join(quote(i) for i in ids)
         try:
-            rows = self._client.query(self.collection, filter=f"id in [{listed}]", output_fields=["id"])
+            rows = _reloading(
+                self._client,
+                self.collection,
+                lambda: self._client.query(self.collection, filter=f"id in [{listed}]", output_fields=["id"]),
+            )
         except MilvusException as exc:
             raise VectorStoreError("Milvus query failed") from exc
         return {str(r["id"]) for r in rows}

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,8 +104,12 @@ class TextEmbedder(Protocol):
 
 
 def quote(value: str) -> str:
-    """A Milvus string literal (JSON string escaping is accepted by Milvus' expression parser)."""
-    return json.dumps(value)
+    """A Milvus string literal: backslashes and double quotes escaped, every other character
+    as it is (Milvus' expression parser knows no ``\\uXXXX`` escapes: JSON quoting failed on
+    any non-ASCII or control character)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
 
 
 def build_filter(

@@ -7,13 +7,10 @@ from collections import Counter
 
 import pytest
 
-from clinstream.runtime import EmbeddedBroker
 from stream.events import TOPICS, Alert
 from tests.integration.processes import (
-    MilvusServer,
     Sender,
-    StageProcess,
-    base_env,
+    deployment,
     drain,
     expected_chunks,
     fhir_records,
@@ -29,50 +26,29 @@ GROUPS = ("normalizer", "indexer", "cds")
 async def test_kill_each_stage_under_load_loses_and_doubles_nothing(tmp_path):
     messages = [(f"F{n:05d}", with_control_id(m, f"F{n:05d}")) for n, m in enumerate(load_messages())]
     assert len(messages) >= 500
-    async with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        milvus = MilvusServer(tmp_path / "milvus", tmp_path / "milvus.log")
-        await milvus.start()
-        env = base_env(
-            broker.bootstrap,
-            tmp_path,
-            CLINSTREAM_KAFKA__PARTITIONS="3",
-            CLINSTREAM_MILVUS__URI=milvus.uri,
-            CLINSTREAM_MILVUS__INDEX_TYPE="FLAT",
-            CLINSTREAM_NOTES__ENABLED="false",
-            CLINSTREAM_INDEXER__FLUSH_AGE_S="0.5",
-        )
-        stages = {
-            name: StageProcess([name], env, tmp_path / f"{name}.log")
-            for name in ("normalizer", "indexer", "inference", "connectors")
-        }
-        try:
-            for stage in stages.values():
-                stage.start()
-            await asyncio.gather(*(s.wait_ready() for s in stages.values()))
-            sender = Sender(stages["connectors"].mllp_port)
-            load = asyncio.create_task(sender.run(messages, rate=8.0))
-            killed = []
-            for name in ("connectors", "normalizer", "indexer", "inference"):
-                await asyncio.sleep(6)
-                assert not load.done(), "the load ended before every stage was killed"
-                stages[name].kill9()
-                killed.append(name)
-                await asyncio.sleep(1)
-                stages[name].start()  # restarting while the next one is killed
-            await asyncio.gather(*(s.wait_ready() for s in stages.values()))
-            await load
-            assert killed == ["connectors", "normalizer", "indexer", "inference"]
-            await wait_settled(broker.bootstrap, GROUPS)
-            await asyncio.sleep(2)  # the indexer seals its last batch by age
-            records = await fhir_records(broker.bootstrap)
-            alerts = [
-                Alert.model_validate_json(r.value) for r in await drain(broker.bootstrap, TOPICS.alerts)
-            ]
-            rows = await asyncio.to_thread(milvus.rows)
-        finally:
-            for stage in stages.values():
-                stage.stop()
-            milvus.stop()
+    procs = {name: [name] for name in ("normalizer", "indexer", "inference", "connectors")}
+    async with deployment(
+        tmp_path, procs, CLINSTREAM_KAFKA__PARTITIONS="3", CLINSTREAM_NOTES__ENABLED="false"
+    ) as d:
+        stages = d.procs
+        sender = Sender(stages["connectors"].mllp_port)
+        load = asyncio.create_task(sender.run(messages, rate=8.0))
+        killed = []
+        for name in ("connectors", "normalizer", "indexer", "inference"):
+            await asyncio.sleep(6)
+            assert not load.done(), "the load ended before every stage was killed"
+            stages[name].kill9()
+            killed.append(name)
+            await asyncio.sleep(1)
+            stages[name].start()  # restarting while the next one is killed
+        await asyncio.gather(*(s.wait_ready() for s in stages.values()))
+        await load
+        assert killed == ["connectors", "normalizer", "indexer", "inference"]
+        await wait_settled(d.broker.bootstrap, GROUPS)
+        await asyncio.sleep(2)  # the indexer seals its last batch by age
+        records = await fhir_records(d.broker.bootstrap)
+        alerts = [Alert.model_validate_json(r.value) for r in await drain(d.broker.bootstrap, TOPICS.alerts)]
+        rows = await asyncio.to_thread(d.milvus.rows)
 
     accepted = {cid for cid, code in sender.answers.items() if code == "AA"}
     assert sender.retries > 0, "the connectors' outage was not felt by the sender"

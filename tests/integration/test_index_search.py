@@ -303,3 +303,17 @@ def test_timeline_reads_past_one_query_page_of_milvus(tmp_path):
     entries = ContextualQuery(None, store).timeline("p", limit=3)
     assert [e.resource_id for e in entries] == [f"Observation/{i}" for i in (16_999, 16_998, 16_997)]
     client.close()
+
+
+@pytest.mark.parametrize("patient", ['quo"te\\back', "Ωmega-é", "tab\there", "line\nbreak", "😀"])
+def test_any_patient_text_is_a_literal_in_the_filter(store, embedder, patient):
+    """Patient ids with quotes, backslashes, non-ASCII or control characters scope a search to
+    exactly that patient (JSON quoting once turned every non-ASCII id into a 503)."""
+    chunks = [_chunk(patient, 1, "Potassium 6.4 mmol/L"), _chunk("other", 1, "Potassium 4.0 mmol/L")]
+    store.upsert(chunks, embedder.embed([c.text for c in chunks]))
+    store.flush()
+    query = ContextualQuery(embedder, store)
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = query.search(patient, "potassium", k=5, mode=mode)
+        assert [h.resource_id for h in hits] == [f"Observation/{patient}-1"], mode
+    assert store.count(build_filter(patient)) == 1

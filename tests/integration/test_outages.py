@@ -8,15 +8,17 @@ committing offsets (nothing is marked done that is not in Milvus) and catches up
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from clinstream.runtime import EmbeddedBroker, ensure_topics, free_port
 from stream.events import TOPICS, Envelope
 from tests.integration.processes import (
-    MilvusServer,
+    TOKEN,
     Sender,
     StageProcess,
     base_env,
+    deployment,
     drain,
     expected_chunks,
     fhir_records,
@@ -27,6 +29,7 @@ from tests.integration.processes import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_after(tmp_path):
@@ -78,51 +81,38 @@ async def test_milvus_down_holds_the_indexer_offsets_until_it_is_back(tmp_path):
     seeds = load_messages()
     first = [(f"M{n:04d}", with_control_id(m, f"M{n:04d}")) for n, m in enumerate(seeds[:60])]
     second = [(f"M{n:04d}", with_control_id(m, f"M{n:04d}")) for n, m in enumerate(seeds[60:160], start=60)]
-    async with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        milvus = MilvusServer(tmp_path / "milvus", tmp_path / "milvus.log")
-        await milvus.start()
-        env = base_env(
-            broker.bootstrap,
-            tmp_path,
-            CLINSTREAM_MILVUS__URI=milvus.uri,
-            CLINSTREAM_MILVUS__INDEX_TYPE="FLAT",
-            CLINSTREAM_INDEXER__FLUSH_AGE_S="0.5",
-        )
-        stages = {
-            n: StageProcess([n], env, tmp_path / f"{n}.log") for n in ("connectors", "normalizer", "indexer")
-        }
-        try:
-            for stage in stages.values():
-                stage.start()
-            await asyncio.gather(*(s.wait_ready() for s in stages.values()))
-            sender = Sender(stages["connectors"].mllp_port)
-            await sender.run(first, rate=50)
-            await wait_settled(broker.bootstrap, ("normalizer", "indexer"))
+    async with deployment(tmp_path, {n: [n] for n in ("connectors", "normalizer", "indexer")}) as d:
+        bootstrap, milvus = d.broker.bootstrap, d.milvus
+        sender = Sender(d.procs["connectors"].mllp_port)
+        await sender.run(first, rate=50)
+        await wait_settled(bootstrap, ("normalizer", "indexer"))
 
-            milvus.kill9()
-            await sender.run(second, rate=50)
-            await wait_settled(broker.bootstrap, ("normalizer",))
-            await asyncio.sleep(10)  # the indexer retries against the dead Milvus meanwhile
-            held = (await lag_of(broker.bootstrap))["indexer"]
-            assert held > 0, "the indexer committed offsets while Milvus was down"
+        milvus.kill9()
+        await sender.run(second, rate=50)
+        await wait_settled(bootstrap, ("normalizer",))
+        await asyncio.sleep(6)  # the indexer retries against the dead Milvus meanwhile
+        held = (await lag_of(bootstrap))["indexer"]
+        assert held > 0, "the indexer committed offsets while Milvus was down"
 
-            await milvus.start()  # same data directory and port
-            started = time.monotonic()
-            await wait_settled(broker.bootstrap, ("indexer",), timeout_s=240)
-            caught_up_s = time.monotonic() - started
-            await asyncio.sleep(2)
-            records = await fhir_records(broker.bootstrap)
-            rows = await asyncio.to_thread(milvus.rows)
-        finally:
-            for stage in stages.values():
-                stage.stop()
-            milvus.stop()
+        await milvus.start()  # same data directory and port
+        started = time.monotonic()
+        await wait_settled(bootstrap, ("indexer",), timeout_s=240)
+        caught_up_s = time.monotonic() - started
+        await asyncio.sleep(2)
+        records = await fhir_records(bootstrap)
+        # The indexer's query API searches the restarted Milvus (it loads the collection again).
+        patient = records[-1][2].patient_id
+        async with httpx.AsyncClient(base_url=d.procs["indexer"].url, headers=AUTH, timeout=60) as http:
+            answer = await http.post("/query", json={"patient_id": patient, "question": "results"})
+        rows = await asyncio.to_thread(milvus.rows)
     assert {cid for cid, code in sender.answers.items() if code == "AA"} == {cid for cid, _ in first + second}
     want = expected_chunks(records)
     found: dict[str, int] = {}
     for row in rows:
         found[str(row["resource_id"])] = found.get(str(row["resource_id"]), 0) + 1
     assert found == want, (len(found), len(want))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"], "no search result after Milvus came back"
     print(
         f"\nmilvus outage: indexer held {held} records uncommitted; "
         f"caught up {caught_up_s:.1f} s after Milvus returned"

@@ -20,6 +20,7 @@ from stream.events import patient_key
 pytestmark = pytest.mark.integration
 SECRET = "security-sweep-secret-of-32-chars!!"
 AUDIENCE = "clinstream-api"
+SERVICE_ID = "clinstream-alerts"
 JANE, RICHARD = patient_key("MERCY", "100001"), patient_key("MERCY", "100002")
 
 
@@ -55,7 +56,8 @@ def _endpoints(app):
     out = []
     for route in app.routes:
         for method in sorted(set(route.methods or ()) - {"HEAD"}):
-            out.append((method, re.sub(r"\{[^}]+\}", "x1", route.path)))
+            path = route.path.replace("{service}", SERVICE_ID)  # a real service: auth is what is checked
+            out.append((method, re.sub(r"\{[^}]+\}", "x1", path)))
     return out
 
 
@@ -77,7 +79,7 @@ async def test_every_endpoint_refuses_missing_and_wrong_credentials(stack):
     paths = {path for _, path in endpoints}
     for expected in ("/fhir", "/dicom/studies", "/query", "/patients/x1/timeline", "/agent/tools/x1"):
         assert expected in paths  # the sweep sees every stage's routes
-    assert f"{CDS_HOOKS_PATH}/x1" in paths
+    assert f"{CDS_HOOKS_PATH}/{SERVICE_ID}" in paths
     assert "/notes/drafts/x1/review" in paths
     public = {("GET", p) for p in PUBLIC_PATHS} | {("GET", CDS_HOOKS_PATH)}  # CDS Hooks discovery is public
     swept = 0

@@ -12,7 +12,7 @@ Each target must answer with our typed error, never another exception and never 
 
 The HTTP targets run the real Starlette application (auth middleware included) in-process,
 driven through ASGI directly so that tens of thousands of requests fit in the test run.
-`CLINSTREAM_FUZZ_SCALE` multiplies every quota (0.1 for a quick local run).
+`CLINSTREAM_FUZZ_SCALE` multiplies every quota (`make test` runs 0.1, `make fuzz` 1).
 """
 
 from __future__ import annotations

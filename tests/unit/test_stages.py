@@ -47,3 +47,23 @@ def test_the_cli_says_why_and_exits_2(tmp_path):
     )
     assert done.returncode == 2
     assert "CLINSTREAM_KAFKA__BOOTSTRAP" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["dashboard"], "CLINSTREAM_DASHBOARD__USERS"),
+        (["dashboard", "normalizer"], "the dashboard runs alone"),
+    ],
+)
+def test_the_dashboard_runs_alone_and_only_with_logins(tmp_path, args, says):
+    done = subprocess.run(
+        [sys.executable, "-m", "clinstream", "run", *args],
+        env={"PATH": "/usr/bin:/bin", "CLINSTREAM_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert says in done.stderr
