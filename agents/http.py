@@ -61,7 +61,7 @@ def agent_routes(
         try:
             raw = json.loads(await request.body() or b"{}")
             args = tool.args.model_validate(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):  # json.loads(bytes) decodes first
             return _problem(400, "body is not valid JSON")
         except ValidationError as exc:
             fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})

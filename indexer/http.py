@@ -135,7 +135,7 @@ async def _body(request: Request, model: type[Body]) -> Body | JSONResponse:
     """The request's JSON body as ``model``, or the 400/422 answer."""
     try:
         return model.model_validate(json.loads(await request.body()))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):  # json.loads(bytes) decodes first
         return problem(400, "body is not valid JSON")
     except ValidationError as exc:
         return _invalid(exc)

@@ -16,6 +16,7 @@ def test_filter_scopes_to_one_patient_and_escapes():
     assert build_filter("p1") == 'patient == "p1"'
     injected = build_filter('x" or patient != "')
     assert injected == 'patient == "x\\" or patient != \\""'
+    assert build_filter("é\\\n") == 'patient == "é\\\\\\n"'  # no \\u escapes: Milvus knows none
 
 
 def test_filter_with_types_and_time_window():
@@ -100,6 +101,8 @@ def test_query_answers_hits_with_citations():
     ("body", "status"),
     [
         ("not json", 400),
+        (b"\xe7\x00\x00", 400),  # not UTF-8: json.loads(bytes) raised UnicodeDecodeError (a 500)
+        (b"\x00\x00\x00{", 400),  # looks like UTF-32 to json's detection
         (json.dumps({"question": "x"}), 422),
         (json.dumps({"patient_id": "p1", "question": "x", "k": 0}), 422),
         (json.dumps({"patient_id": "p1", "question": "x", "extra": 1}), 422),
