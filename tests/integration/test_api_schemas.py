@@ -10,12 +10,15 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from pydicom.data import get_testdata_file
 from schemathesis import GenerationMode
 
 from clinstream.demo import demo_messages
@@ -24,6 +27,14 @@ from tests.integration.processes import TOKEN, Sender, base_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CT_SMALL = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # bundled with pydicom
+# STOW bodies: arbitrary bytes, a real DICOM file, and that file cut short.
+schemathesis.openapi.media_type(
+    "application/dicom",
+    st.one_of(
+        st.binary(max_size=400), st.just(CT_SMALL), st.integers(0, len(CT_SMALL)).map(lambda n: CT_SMALL[:n])
+    ),
+)
 EXAMPLES = 15  # per operation and mode
 
 
