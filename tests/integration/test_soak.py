@@ -4,7 +4,8 @@ MLLP at 200 messages/s for 10 minutes (`CLINSTREAM_SOAK_S`, `CLINSTREAM_SOAK_RAT
 Prints the figures: messages sent and acknowledged, the rate reached, each process's resident
 memory after the warm-up and at the end, and how long the consumer lag took to return to
 zero. Fails when a message is not acknowledged, when lag does not return to zero, or when a
-process's memory grows by more than a quarter."""
+stage process's memory grows by more than a quarter (Milvus' is reported: it grows with the
+data it holds)."""
 
 import asyncio
 import os
@@ -95,7 +96,7 @@ async def test_soak(tmp_path):
         )
     assert accepted == total
     assert drained_s is not None, f"consumer lag not back to zero {DRAIN_S:.0f} s after the load: {lag_last}"
-    for name in pids:
+    for name in d.procs:  # our processes; Milvus' memory grows with the data it holds
         assert rss_end[name] <= rss_start[name] * 1.25, (
             f"{name} grew from {rss_start[name]} to {rss_end[name]} kB"
         )
