@@ -111,7 +111,6 @@ def quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-
 def build_filter(
     patient_id: str,
     *,
