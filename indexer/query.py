@@ -104,9 +104,9 @@ class TextEmbedder(Protocol):
 
 
 def quote(value: str) -> str:
-    """A Milvus string literal: backslashes and double quotes escaped, every other character
-    as it is (Milvus' expression parser knows no ``\\uXXXX`` escapes: JSON quoting failed on
-    any non-ASCII or control character)."""
+    """A Milvus string literal: backslash, double quote and line breaks escaped, every other
+    character as it is (Milvus' expression parser knows no ``\\uXXXX`` escapes: JSON quoting
+    failed on any non-ASCII or control character)."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
 

@@ -10,6 +10,7 @@ data it holds)."""
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ DRAIN_S = float(os.environ.get("CLINSTREAM_SOAK_DRAIN_S", "1800"))
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
