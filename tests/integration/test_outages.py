@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from clinstream.runtime import EmbeddedBroker, ensure_topics, free_port
+from indexer.chunking import plan_record
 from stream.events import TOPICS, Envelope
 from tests.integration.processes import (
     TOKEN,
@@ -101,7 +102,8 @@ async def test_milvus_down_holds_the_indexer_offsets_until_it_is_back(tmp_path):
         await asyncio.sleep(2)
         records = await fhir_records(bootstrap)
         # The indexer's query API searches the restarted Milvus (it loads the collection again).
-        patient = records[-1][2].patient_id
+        indexed = set(expected_chunks(records))
+        patient = next(r.patient_id for _, _, r in records if indexed & set(plan_record(r).keep))
         async with httpx.AsyncClient(base_url=d.procs["indexer"].url, headers=AUTH, timeout=60) as http:
             answer = await http.post("/query", json={"patient_id": patient, "question": "results"})
         rows = await asyncio.to_thread(milvus.rows)
