@@ -1,6 +1,10 @@
 """Separate processes as production runs them: `clinstream run STAGE`, a Milvus server, and a
 sending interface engine that retries until it gets an answer (as EHR senders do).
 
+Children are spawned without a ``preexec_fn``: forking this process (it holds gRPC threads of
+pymilvus) to run Python before ``exec`` made gRPC abort the child now and then (SIGABRT,
+"epoll_wait error: Bad file descriptor"); without it, subprocess uses posix_spawn.
+
 Used by the fault and scale-out tests; each test runs its own broker, so the stages use the
 default topic names.
 """
@@ -28,7 +32,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from pymilvus import MilvusClient
 
 from clinstream.demo import demo_messages
-from clinstream.runtime import EmbeddedBroker, _die_with_parent, free_port, terminate
+from clinstream.runtime import EmbeddedBroker, free_port, terminate
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
 from stream.errors import Hl7Error
@@ -89,7 +93,6 @@ class StageProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
-                preexec_fn=_die_with_parent,  # no orphan when the test run is killed
             )
         self.starts += 1
 
@@ -162,7 +165,6 @@ class MilvusServer:
                 [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
                  "--host", "127.0.0.1", "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def _probe(self) -> None:

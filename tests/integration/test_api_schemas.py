@@ -22,7 +22,6 @@ from pydicom.data import get_testdata_file
 from schemathesis import GenerationMode
 
 from clinstream.demo import demo_messages
-from clinstream.runtime import _die_with_parent
 from tests.integration.processes import TOKEN, Sender, base_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -55,7 +54,6 @@ def api(tmp_path_factory):
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
     ready = None
     deadline = time.monotonic() + 120
