@@ -581,8 +581,9 @@ def _check(settings: Settings, *, dashboard: bool) -> str:
     return token or secrets.token_urlsafe(24)
 
 
-def check_stages(settings: Settings, stages: Sequence[str]) -> None:
-    """Refuse a stage list that cannot run as one process against the shared Kafka."""
+def check_stages(settings: Settings, stages: Sequence[str]) -> str:
+    """Refuse a stage list that cannot run as one process against the shared Kafka; the API
+    token the process serves with."""
     unknown = [s for s in stages if s not in _BUILDERS]
     if unknown:
         raise ConfigurationError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
@@ -601,7 +602,17 @@ def check_stages(settings: Settings, stages: Sequence[str]) -> None:
             "notes drafting outside the indexer's process needs a Milvus server (CLINSTREAM_MILVUS__URI): "
             "a Milvus Lite file opens in one process only"
         )
-    _check(settings, dashboard=False)
+    return _check(settings, dashboard=False)
+
+
+async def _create_topics(settings: Settings, bootstrap: str, topics: Topics) -> None:
+    """The deployment's topics, with the configured partitions and replication (idempotent)."""
+    await ensure_topics(
+        bootstrap,
+        topics.all(),
+        partitions=settings.kafka.partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
 
 
 @dataclass
@@ -625,15 +636,9 @@ async def running_stages(
 
     Every stage process also serves /health and /metrics on ``CLINSTREAM_HTTP__PORT``.
     """
-    check_stages(settings, stages)
-    token = _check(settings, dashboard=False)
+    token = check_stages(settings, stages)
     bootstrap = str(settings.kafka.bootstrap)
-    await ensure_topics(
-        bootstrap,
-        topics.all(),
-        partitions=settings.kafka.partitions,
-        replication_factor=settings.kafka.replication_factor,
-    )
+    await _create_topics(settings, bootstrap, topics)
     async with contextlib.AsyncExitStack() as stack:
         w = Wiring(settings, topics, bootstrap, group_prefix, token, stack)
         for name in STAGES:  # a fixed order: consumers before the edges that accept traffic
@@ -659,12 +664,7 @@ async def running_stack(
             bootstrap = embedded.bootstrap
         else:
             bootstrap = str(settings.kafka.bootstrap)
-        await ensure_topics(
-            bootstrap,
-            topics.all(),
-            partitions=settings.kafka.partitions,
-            replication_factor=settings.kafka.replication_factor,
-        )
+        await _create_topics(settings, bootstrap, topics)
         w = Wiring(settings, topics, bootstrap, group_prefix, api_token, stack)
         # The indexer opens the embedding session and Milvus first (slow), the edges come last.
         for name in ("indexer", "normalizer", "inference", "outbound", "connectors"):
