@@ -14,7 +14,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from agents.tools import AlertsArgs, DraftArgs, KnowledgeArgs, SearchRecordArgs, TimelineArgs, ToolError
+from agents.errors import ToolError
+from agents.tools import AlertsArgs, DraftArgs, KnowledgeArgs, SearchRecordArgs, TimelineArgs
 
 
 class ApiBackend:

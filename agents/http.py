@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agents.tools import TOOLS, ToolError, audit_event, disclosed_refs, openapi, patient_of, scope_of
+from agents.errors import ToolError
+from agents.tools import TOOLS, audit_event, disclosed_refs, openapi, patient_of, scope_of
 
 log = logging.getLogger(__name__)
 Audit = Callable[[dict[str, Any], str], Awaitable[None]]  # (AuditEvent, patient key or "")

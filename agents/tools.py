@@ -19,9 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from stream.errors import ClinstreamError
-from stream.events import deterministic_id
-from stream.identity import resolve_patient
+from kernel.events import deterministic_id
+from kernel.identity import resolve_patient
 
 PatientId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 TypeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,64}$")]
@@ -132,13 +131,6 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-class ToolError(ClinstreamError):
-    """A tool call that cannot be answered; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.errors import Hl7Error
-from stream.hl7v2 import decode_payload, parse_message
+from kernel.errors import Hl7Error
+from kernel.hl7v2.parser import decode_payload, parse_message
 from stream.normalize import normalize_hl7
 
 SAMPLES = ("hl7v2/microsoft-fhir-converter", "expected/microsoft-fhir-converter")

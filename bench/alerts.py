@@ -18,7 +18,7 @@
 3. **Alert burden.** Replays the 40 Synthea patients of the corpora as a feed (one record per
    encounter, `bench/synthea_feed.py`) through the default rules; prints alerts per
    patient-day (days with an encounter), the findings held back by reason, and the median
-   time of `inference.rules.process` per record.
+   time of `inference.cds.rules.process` per record.
 
 Parts 1 and 2 run once per rate, each on a fresh `clinstream up`. Part 2 runs twice: right
 after the feed (the indexer may still be working through its backlog) and --quiet-s later.
@@ -59,11 +59,11 @@ from bench.synthea_feed import synthea_feed  # noqa: E402
 from bench.synthetic import percentile  # noqa: E402
 from clinstream.runtime import free_port  # noqa: E402
 from connectors.mllp_client import MllpClient  # noqa: E402
-from inference.cards import PATIENT_VIEW  # noqa: E402
-from inference.cds_hooks import CDS_HOOKS_PATH  # noqa: E402
-from inference.rules import RuleSet, process  # noqa: E402
-from inference.state import PatientState  # noqa: E402
-from stream.events import TOPICS, Alert, patient_key  # noqa: E402
+from inference.cds.cards import PATIENT_VIEW  # noqa: E402
+from inference.cds.http import CDS_HOOKS_PATH  # noqa: E402
+from inference.cds.rules import RuleSet, process  # noqa: E402
+from inference.cds.state import PatientState  # noqa: E402
+from kernel.events import TOPICS, Alert, patient_key  # noqa: E402
 
 SECRET = "bench-alerts-secret-bench-alerts-secret"  # noqa: S105 - the bench signs its own tokens
 AUTHORITY = "BENCH"

@@ -23,8 +23,8 @@ from clinstream.runtime import EmbeddedBroker, ensure_topics  # noqa: E402
 from connectors.kafka_sink import make_sink  # noqa: E402
 from connectors.mllp_server import MllpServer  # noqa: E402
 from connectors.send_tool import send_files  # noqa: E402
-from stream.events import Topics  # noqa: E402
-from stream.settings import KafkaSettings, MllpSettings, producer_config  # noqa: E402
+from kernel.events import Topics  # noqa: E402
+from kernel.settings import KafkaSettings, MllpSettings, producer_config  # noqa: E402
 
 
 async def main(corpora: Path) -> None:

@@ -1,6 +1,6 @@
 """What the dashboard's instrumentation costs the pipeline, and what a dashboard sample costs.
 
-- per record: `stream.kafka.observe_done` (count + event age) on a consumer's commit path;
+- per record: `kernel.kafka.observe_done` (count + event age) on a consumer's commit path;
 - per ONNX call: `MeteredSession.run` over a bare `InferenceSession.run` (a 1-node graph, so
   the difference is the timing itself);
 - per sample: parsing the API's /metrics exposition and computing the Overview's tables
@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 from prometheus_client import REGISTRY, generate_latest
 
 from dashboard import queries as q
-from stream.kafka import STAGE_LATENCY, observe_done
-from stream.onnx_session import open_session
+from kernel.kafka import STAGE_LATENCY, observe_done
+from kernel.onnx_session import open_session
 
 RUNS = 7
 

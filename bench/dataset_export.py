@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 from bench.synthea_feed import synthea_inbound  # noqa: E402
 from exports.datasets import Sources, build  # noqa: E402
 from exports.deid import Deidentifier  # noqa: E402
-from stream.events import Envelope, FhirRecord  # noqa: E402
+from kernel.events import Envelope, FhirRecord  # noqa: E402
 from stream.fhir_input import normalize_fhir  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpora" / "fhir" / "smart-synthea-r4"

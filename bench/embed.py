@@ -32,8 +32,8 @@ import numpy as np
 from clinstream.models import cache_root, embedding_dir
 from indexer.chunking import resource_chunks
 from indexer.ort_session import Embedder
+from kernel.hl7v2.parser import decode_payload
 from stream.convert import convert_text
-from stream.hl7v2 import decode_payload
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_SIDE = """

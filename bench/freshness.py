@@ -46,8 +46,8 @@ from clinstream.settings import Settings  # noqa: E402
 from clinstream.stack import Stack, running_stack  # noqa: E402
 from connectors.mllp_client import MllpClient  # noqa: E402
 from indexer.chunking import plan_record  # noqa: E402
+from kernel.events import FhirRecord  # noqa: E402
 from stream.convert import convert_text  # noqa: E402
-from stream.events import FhirRecord  # noqa: E402
 
 SETTLE_S = 120.0
 

@@ -3,7 +3,7 @@
 Runs on a machine with onnxruntime-gpu and an NVIDIA GPU (CI has neither; the figures in the
 README come from a lent H100). One run prints:
 
-- the providers each session really runs on, as `stream.onnx_session.open_session` opens it
+- the providers each session really runs on, as `kernel.onnx_session.open_session` opens it
   for the indexer (`CLINSTREAM_MODELS__PROVIDERS`, CUDA first), with the CUDA libraries loaded
   from NVIDIA's pip packages;
 - embedding texts/s (median of 3 passes) of the fp32 model for the same texts and the same
@@ -11,7 +11,7 @@ README come from a lent H100). One run prints:
   running the same weights (read back from the ONNX file into transformers' BertModel, with
   the exporter's pooling); one-text-per-call latency (the shape of a query);
 - the lowest cosine between the CUDA vectors and the CPU vectors, and PyTorch's;
-- a logistic risk model through `inference.risk_model.OnnxRiskModel` on CUDA: its providers and
+- a logistic risk model through `inference.cds.risk_session.OnnxRiskModel` on CUDA: its providers and
   its scores against the CPU session's.
 
 It exits non-zero when a check fails (CUDA not used, cosine below 0.999, a risk score that
@@ -114,7 +114,7 @@ def risk_model_check() -> tuple[list[str], float, float, float]:
     import onnx
     from onnx import TensorProto, helper
 
-    from inference.risk_model import OnnxRiskModel
+    from inference.cds.risk_session import OnnxRiskModel
 
     weights, bias = [0.05, 0.8, 0.02], -10.0
     graph = helper.make_graph(

@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 from clinstream.runtime import EmbeddedBroker, ensure_topics  # noqa: E402
 from connectors.mllp_client import MllpClient  # noqa: E402
 from connectors.mllp_server import record_key  # noqa: E402
-from stream.errors import Hl7Error  # noqa: E402
-from stream.events import Topics  # noqa: E402
-from stream.hl7v2 import decode_payload, parse_message, split_batch  # noqa: E402
+from kernel.errors import Hl7Error  # noqa: E402
+from kernel.events import Topics  # noqa: E402
+from kernel.hl7v2.parser import decode_payload, parse_message, split_batch  # noqa: E402
 
 
 def corpus_messages(corpora: Path) -> list[str]:
@@ -73,7 +73,7 @@ def serve(bootstrap: str, port_file: Path) -> None:
     """The listener process."""
     from connectors.kafka_sink import make_sink
     from connectors.mllp_server import MllpServer
-    from stream.settings import KafkaSettings, MllpSettings, producer_config
+    from kernel.settings import KafkaSettings, MllpSettings, producer_config
 
     async def main() -> None:
         kafka = KafkaSettings(ingest_client=os.environ.get("BENCH_INGEST_CLIENT", "librdkafka"))

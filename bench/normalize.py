@@ -7,7 +7,7 @@ validation + unmapped report), and, in the same run for comparison, hl7apy's
 ``parse_message`` on the same messages (hl7apy builds a full element tree per message).
 It says whether the parser and mappers ran compiled (mypyc, `make native`) and, when they
 did, measures the whole path again as pure Python in a child process (``CLINSTREAM_NATIVE=0``),
-one after the other; and whether validation ran with `stream.fhir_models`' cached null check.
+one after the other; and whether validation ran with `kernel.fhir_models`' cached null check.
 
 Usage: python bench/normalize.py [--runs 5] [--corpora ../shared/corpora]
 """
@@ -26,10 +26,10 @@ from zoneinfo import ZoneInfo
 from hl7apy.parser import parse_message as hl7apy_parse_message
 
 import stream
-from stream.errors import Hl7Error
-from stream.events import SUPPORTED_HL7_EVENTS
-from stream.fhir_models import MODELS, uses_faster_check
-from stream.hl7v2 import decode_payload, parse_message, split_batch
+from kernel.errors import Hl7Error
+from kernel.events import SUPPORTED_HL7_EVENTS
+from kernel.fhir_models import MODELS, uses_faster_check
+from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
 from stream.normalize import normalize_hl7
 from stream.validation import clear_memos
 

@@ -1,8 +1,8 @@
 """Safety signals in notes: phrases and ConText alone, then with the embedding model.
 
-Runs `inference.notes.evaluate` (the rule decision support runs) on each sentence of a
+Runs `inference.cds.note_signals.evaluate` (the rule decision support runs) on each sentence of a
 held-out labelled set (`bench/data/note_sentences.tsv`: written by the team after the
-examples and threshold in `inference.notes` were fixed, never used to choose them), each
+examples and threshold in `inference.cds.note_signals` were fixed, never used to choose them), each
 sentence as a note of its own. A sentence counts as raised for a signal when the rule gives a
 finding for it (negated, historical and other-person mentions give none). Prints, for phrases
 only and for phrases plus the embedding model (`NoteMatcher` on the ONNX embedder that
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from clinstream.settings import Settings
 from clinstream.stack import open_embedder
-from inference import notes
-from stream.attachments import text_attachment
+from inference.cds import note_signals
+from kernel.attachments import text_attachment
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -47,13 +47,13 @@ def note(sentence: str) -> dict[str, object]:
     }
 
 
-def raised(sentence: str, matcher: notes.NoteMatcher | None) -> tuple[set[str], float]:
+def raised(sentence: str, matcher: note_signals.NoteMatcher | None) -> tuple[set[str], float]:
     began = time.perf_counter()
-    findings = notes.evaluate([note(sentence)], default_time=AT, matcher=matcher)
+    findings = note_signals.evaluate([note(sentence)], default_time=AT, matcher=matcher)
     return {f.key.split("/", 1)[1] for f in findings}, time.perf_counter() - began
 
 
-def report(name: str, rows: list[tuple[str, str]], matcher: notes.NoteMatcher | None) -> None:
+def report(name: str, rows: list[tuple[str, str]], matcher: note_signals.NoteMatcher | None) -> None:
     counts: Counter[tuple[str, str]] = Counter()
     misses, alarms, times = [], [], []
     for label, sentence in rows:
@@ -63,14 +63,14 @@ def report(name: str, rows: list[tuple[str, str]], matcher: notes.NoteMatcher | 
             counts[signal, "tp" if signal == label else "fp"] += 1
             if signal != label:
                 alarms.append(f"{signal} ← {sentence}")
-        if label != notes.NOT_A_SIGNAL and label not in got:
+        if label != note_signals.NOT_A_SIGNAL and label not in got:
             counts[label, "fn"] += 1
             misses.append(f"{label}: {sentence}")
     tp = sum(v for (_, k), v in counts.items() if k == "tp")
     fp = sum(v for (_, k), v in counts.items() if k == "fp")
     fn = sum(v for (_, k), v in counts.items() if k == "fn")
     print(f"-- {name}")
-    for signal in (s.name for s in notes.SIGNALS):
+    for signal in (s.name for s in note_signals.SIGNALS):
         print(
             f"  {signal:18} found {counts[signal, 'tp']:2}  missed {counts[signal, 'fn']:2}"
             f"  false alarms {counts[signal, 'fp']:2}"
@@ -89,18 +89,18 @@ def report(name: str, rows: list[tuple[str, str]], matcher: notes.NoteMatcher | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--min-cosine", type=float, default=notes.SEMANTIC_MIN_COSINE)
+    parser.add_argument("--min-cosine", type=float, default=note_signals.SEMANTIC_MIN_COSINE)
     parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data" / "note_sentences.tsv")
     args = parser.parse_args()
     rows = labelled(args.data)
-    positives = sum(label != notes.NOT_A_SIGNAL for label, _ in rows)
+    positives = sum(label != note_signals.NOT_A_SIGNAL for label, _ in rows)
     embedder = open_embedder(Settings())
     print(
         f"{len(rows)} held-out sentences ({positives} with a signal, {len(rows) - positives} without);"
         f" embedding model {embedder.identity} on {embedder.providers}, threshold {args.min_cosine}"
     )
     report("phrases and ConText only", rows, None)
-    report("with the embedding model", rows, notes.NoteMatcher(embedder, min_cosine=args.min_cosine))
+    report("with the embedding model", rows, note_signals.NoteMatcher(embedder, min_cosine=args.min_cosine))
 
 
 if __name__ == "__main__":

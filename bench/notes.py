@@ -31,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinstream.models import generator_dir
-from inference.drafting import (
+from inference.cds.medsafety import ingredients
+from inference.notes.drafting import (
     DISCHARGE_CLASSES,
     Chart,
     Draft,
@@ -40,10 +41,9 @@ from inference.drafting import (
     ref_of,
     write_draft,
 )
-from inference.generator import Generator
-from inference.grounding import Sentence, facts, normal_number
-from inference.medsafety import ingredients
-from stream.events import FhirInbound
+from inference.notes.generator_session import Generator
+from inference.notes.grounding import Sentence, facts, normal_number
+from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")

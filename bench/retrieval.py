@@ -31,7 +31,7 @@ from indexer.chunking import Chunk, resource_chunks
 from indexer.milvus_store import MilvusStore, connect
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery
-from stream.events import FhirInbound
+from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 
 Resource = dict[str, Any]

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stream.events import Envelope, FhirInbound, FhirRecord
+from kernel.events import Envelope, FhirInbound, FhirRecord
 from stream.fhir_input import normalize_fhir
 
 

@@ -62,7 +62,8 @@ async def _up(settings: Settings) -> int:
 
 
 async def _run_stages(settings: Settings, stages: list[str]) -> int:
-    from clinstream.stack import ConfigurationError, check_stages, running_stages
+    from clinstream.errors import ConfigurationError
+    from clinstream.stack import check_stages, running_stages
 
     try:
         check_stages(settings, stages)
@@ -183,8 +184,8 @@ def _convert(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
     from connectors.send_tool import iter_files
+    from kernel.hl7v2.parser import decode_payload
     from stream.convert import convert_text
-    from stream.hl7v2 import decode_payload
     from stream.structure import structure_problems
 
     zone = args.timezone or Settings().normalizer.default_timezone
@@ -242,9 +243,10 @@ def _iso(value: str) -> datetime:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from stream.events import TOPICS
-    from stream.replay import Selection, as_replay, plan, read_dead_letters, republish
-    from stream.settings import producer_config
+    from kernel.events import TOPICS
+    from kernel.replay import Selection, as_replay, plan
+    from kernel.replay_kafka import read_dead_letters, republish
+    from kernel.settings import producer_config
 
     settings = Settings()
     if not settings.kafka.bootstrap:
@@ -296,7 +298,7 @@ def _export(args: argparse.Namespace) -> int:
     from exports.deid import Deidentifier
     from exports.files import write_export
     from exports.kafka_source import read_sources
-    from stream.events import TOPICS
+    from kernel.events import TOPICS
 
     settings = Settings()
     key = settings.exports.deid_key.get_secret_value().encode() if settings.exports.deid_key else b""

@@ -17,9 +17,9 @@ import streamlit as st
 from clinstream.settings import Settings
 from dashboard.app import Config, main
 from dashboard.auth import parse_logins
-from dashboard.sources import Endpoints, LiveBackend, Sampler
-from stream.events import TOPICS, Topics
-from stream.settings import producer_config
+from dashboard.live_source import Endpoints, LiveBackend, Sampler
+from kernel.events import TOPICS, Topics
+from kernel.settings import producer_config
 
 
 @st.cache_resource

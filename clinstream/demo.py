@@ -23,8 +23,8 @@ from clinstream.stack import Stack, running_stack
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
 from indexer.query import Hit, build_filter, quote
-from stream.events import Alert, DeadLetter, FhirRecord, Topics, patient_key
-from stream.hl7v2 import parse_message, patient_identifier
+from kernel.events import Alert, DeadLetter, FhirRecord, Topics, patient_key
+from kernel.hl7v2.parser import parse_message, patient_identifier
 
 SEARCH_MRN = ("MERCY", "100002")
 SEARCH_QUESTION = "potassium level"

@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from connectors.fhir_ingress import Issue
 from connectors.fhir_server import outcome_response
 from connectors.security import Authenticator
-from stream.openapi import document, operation
-from stream.settings import HttpSettings
+from kernel.openapi import document, operation
+from kernel.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/fhir/metadata"})

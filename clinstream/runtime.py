@@ -25,14 +25,12 @@ from typing import IO
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.errors import ClinstreamError
+from clinstream.errors import BrokerStartError, DashboardStartError
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-class BrokerStartError(ClinstreamError, RuntimeError):
-    """The embedded broker did not start or did not answer metadata in time."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -184,8 +182,6 @@ async def ensure_topics(
         await admin.close()
 
 
-class DashboardStartError(ClinstreamError, RuntimeError):
-    """The dashboard process did not come up."""
 
 
 class DashboardProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stream.settings import (
+from kernel.settings import (
     AgentsSettings,
     CdsSettings,
     DashboardSettings,

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute
 from agents.api_client import ApiBackend
 from agents.http import agent_routes
 from agents.tools import openapi as tools_openapi
+from clinstream.errors import ConfigurationError
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
 from clinstream.runtime import DashboardProcess, EmbeddedBroker, ensure_topics
@@ -50,31 +51,28 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
 from indexer.query import ContextualQuery
-from inference import medsafety, notes
-from inference.app import register_cds
-from inference.cds_auth import CdsJwtVerifier, JwksSource
-from inference.cds_hooks import CDS_HOOKS_PATH, CdsHooksService
-from inference.cds_hooks import openapi_paths as hooks_openapi
-from inference.generator import LazyGenerator
-from inference.grounding import Evidence
-from inference.notes_app import NotesService, notes_routes, register_notes
-from inference.notes_app import openapi_paths as notes_openapi
-from inference.notes_store import NotesStore
-from inference.risk_model import OnnxRiskModel
-from inference.rules import ruleset_from
-from inference.state_store import SqliteStateStore
-from inference.writeback import writeback_from
+from inference.cds import medsafety, note_signals
+from inference.cds.app import register_cds
+from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
+from inference.cds.http import CDS_HOOKS_PATH, CdsHooksService
+from inference.cds.http import openapi_paths as hooks_openapi
+from inference.cds.risk_session import OnnxRiskModel
+from inference.cds.rules import ruleset_from
+from inference.cds.state_store import SqliteStateStore
+from inference.notes.app import NotesService, notes_routes, register_notes
+from inference.notes.app import openapi_paths as notes_openapi
+from inference.notes.draft_store import NotesStore
+from inference.notes.generator_session import LazyGenerator
+from inference.notes.grounding import Evidence
+from kernel.events import TOPICS, ClinicianFeedback, Topics
+from kernel.kafka import Outgoing, publish_in_order
+from kernel.settings import producer_config
+from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
-from stream.errors import ClinstreamError
-from stream.events import TOPICS, ClinicianFeedback, Topics
-from stream.kafka import Outgoing, publish_in_order
-from stream.settings import producer_config
 
 log = logging.getLogger(__name__)
 
 
-class ConfigurationError(ClinstreamError, ValueError):
-    """Settings that cannot work together."""
 
 
 @dataclass
@@ -444,9 +442,9 @@ async def _inference(w: Wiring) -> None:
         for model in models:
             log.info("risk model %s v%s on %s", model.contract.id, model.contract.version, model.providers)
         rules = replace(rules, risk_models=tuple(models))
-    if settings.cds.note_embedding and notes.RULE_ID not in settings.cds.disabled_rules:
+    if settings.cds.note_embedding and note_signals.RULE_ID not in settings.cds.disabled_rules:
         matcher = await asyncio.to_thread(
-            notes.NoteMatcher, await w.embedder(), min_cosine=settings.cds.note_similarity_min
+            note_signals.NoteMatcher, await w.embedder(), min_cosine=settings.cds.note_similarity_min
         )
         rules = replace(rules, note_matcher=matcher)
     await asyncio.to_thread(medsafety.preload)

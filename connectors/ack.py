@@ -8,13 +8,13 @@ message content.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from stream.errors import Hl7Error
-from stream.hl7v2 import Message, Separators, escape
+from kernel.errors import Hl7Error
+from kernel.hl7v2.parser import Message, Separators
+from kernel.hl7v2.writer import DEFAULT, escape, message, msh, segment, timestamp
 
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
 
@@ -43,15 +43,6 @@ class Receiver:
     facility: str = "CLINSTREAM"
 
 
-@functools.lru_cache(maxsize=4)
-def _ts_at(second: datetime) -> str:
-    return second.strftime("%Y%m%d%H%M%S%z")
-
-
-def _ts(now: datetime) -> str:
-    return _ts_at(now.replace(microsecond=0))
-
-
 def build_ack(
     msg: Message | None,
     code: AckCode,
@@ -67,41 +58,38 @@ def build_ack(
     default separators and leaves the sender fields empty.
     """
     seps = msg.seps if msg is not None else Separators()
-    f = seps.field
     if msg is not None:
-        msh = msg.msh
-        sending_app, sending_fac = msh.get(3), msh.get(4)
+        header = msg.msh
+        sending_app, sending_fac = header.get(3), header.get(4)
         trigger = msg.trigger_event
         version = msg.version or "2.5.1"
-        processing = msh.get(11) or "P"
+        processing = header.get(11) or "P"
         control_id = msg.control_id
     else:
         sending_app = sending_fac = trigger = ""
         version, processing = "2.5.1", "P"
         control_id = error.control_id if error is not None and error.control_id else ""
-    msg_type = f"ACK{seps.component}{trigger}{seps.component}ACK" if trigger else "ACK"
-    msh_fields = [
-        "MSH",
-        seps.encoding_characters,
-        escape(receiver.application, seps),
-        escape(receiver.facility, seps),
-        sending_app,
-        sending_fac,
-        _ts(now),
-        "",
-        msg_type,
-        escape(ack_control_id, seps),
-        processing,
-        version,
+    segments = [
+        msh(
+            sending_application=escape(receiver.application, seps),
+            sending_facility=escape(receiver.facility, seps),
+            receiving_application=sending_app,
+            receiving_facility=sending_fac,
+            at=now,
+            message_type=("ACK", trigger, "ACK") if trigger else ("ACK",),
+            control_id=escape(ack_control_id, seps),
+            processing_id=processing,
+            version=version,
+            seps=seps,
+        )
     ]
-    segments = [f.join(msh_fields)]
-    msa = ["MSA", code, escape(control_id, seps)]
+    msa = [code, escape(control_id, seps)]
     if error is not None:
         msa.append(escape(error.reason, seps)[:80])
-    segments.append(f.join(msa))
+    segments.append(segment("MSA", msa, seps))
     if error is not None:
         segments.append(_err_segment(error, seps, version))
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    return message(segments)
 
 
 def _err_segment(error: Hl7Error, seps: Separators, version: str) -> str:
@@ -125,8 +113,8 @@ def _err_segment(error: Hl7Error, seps: Separators, version: str) -> str:
                 f"{error.code}{s}{code_text}{s}HL70357",
             ]
         )
-        return seps.field.join(["ERR", eld])
-    return seps.field.join(["ERR", "", location, condition, "E", "", "", "", diagnostic])
+        return segment("ERR", [eld], seps)
+    return segment("ERR", ["", location, condition, "E", "", "", "", diagnostic], seps)
 
 
 def _before_25(version: str) -> bool:
@@ -170,19 +158,11 @@ def ack_code_for(msg: Message | None, *, accepted: bool, reject: bool) -> AckCod
 
 def build_batch_ack(acks: list[bytes], *, batch_control_id: str, now: datetime, receiver: Receiver) -> bytes:
     """One BHS … BTS batch carrying the ACK of each message of an inbound batch, in order."""
-    header = "|".join(
+    header = segment(
+        "BHS",
         [
-            "BHS",
-            "^~\\&",
-            receiver.application,
-            receiver.facility,
-            "",
-            "",
-            _ts(now),
-            "",
-            "",
-            "",
-            batch_control_id,
-        ]
+            *(DEFAULT.encoding_characters, receiver.application, receiver.facility, "", ""),
+            *(timestamp(now), "", "", "", batch_control_id),
+        ],
     )
     return (header + "\r").encode() + b"".join(acks) + f"BTS|{len(acks)}\r".encode()

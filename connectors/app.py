@@ -19,8 +19,8 @@ from faststream.kafka.annotations import KafkaMessage
 from connectors.errors import DeliveryError
 from connectors.fhir_client import FhirWriter
 from connectors.mllp_client import OutboundMllp
-from stream.events import DeadLetter, Topics, WritebackOutcome
-from stream.kafka import (
+from kernel.events import DeadLetter, Topics, WritebackOutcome
+from kernel.kafka import (
     STAGE_CONSUMER,
     commit_after,
     dead_letter_and_commit,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from stream.errors import ClinstreamError
+from typing import TYPE_CHECKING
+
+from kernel.errors import ClinstreamError
+
+if TYPE_CHECKING:
+    from connectors.fhir_ingress import Issue
 
 
 class FramingError(ClinstreamError, ValueError):
@@ -23,3 +28,12 @@ class SenderNotAllowedError(ClinstreamError, PermissionError):
 
 class DeliveryError(ClinstreamError, RuntimeError):
     """An outbound message or resource that was rejected or could not be delivered."""
+
+
+class FhirInputError(ClinstreamError, ValueError):
+    """FHIR input we refuse, with the HTTP status and the issues to report."""
+
+    def __init__(self, status: int, issues: list[Issue]) -> None:
+        super().__init__("; ".join(i.diagnostics for i in issues))
+        self.status = status
+        self.issues = issues

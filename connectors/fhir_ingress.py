@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from stream.errors import ClinstreamError
-from stream.events import deterministic_id
-from stream.fhir_models import model_class
+from connectors.errors import FhirInputError
+from kernel.events import deterministic_id
+from kernel.fhir_models import model_class
 
 IssueCode = Literal[
     "invalid",
@@ -142,13 +142,6 @@ class Issue:
     severity: Literal["fatal", "error", "warning", "information"] = "error"
 
 
-class FhirInputError(ClinstreamError, ValueError):
-    """FHIR input we refuse, with the HTTP status and the issues to report."""
-
-    def __init__(self, status: int, issues: list[Issue]) -> None:
-        super().__init__("; ".join(i.diagnostics for i in issues))
-        self.status = status
-        self.issues = issues
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors import dicom
-from connectors.errors import BrokerUnavailableError
+from connectors import dicom_files
+from connectors.errors import BrokerUnavailableError, FhirInputError
 from connectors.fhir_ingress import (
-    FhirInputError,
     Issue,
     assign_id,
     bundle_response,
@@ -34,7 +33,7 @@ from connectors.fhir_ingress import (
     validate_resource,
 )
 from connectors.kafka_sink import RecordSink, send_dead_letter
-from stream.events import (
+from kernel.events import (
     DeadLetter,
     FhirInbound,
     FhirInteraction,
@@ -42,8 +41,8 @@ from stream.events import (
     content_hash,
     envelope_headers,
 )
-from stream.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
-from stream.settings import HttpSettings
+from kernel.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
+from kernel.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -85,10 +84,10 @@ class FhirIngress:
     async def stow(self, request: Request, body: bytes) -> Response:
         """POST /dicom/studies (STOW-RS style): DICOM headers → Patient + ImagingStudy per study."""
         content_type = request.headers.get("content-type", "")
-        files = dicom.parts(body, content_type)
-        headers = [dicom.header(data, n) for n, data in enumerate(files)]
+        files = dicom_files.parts(body, content_type)
+        headers = [dicom_files.header(data, n) for n, data in enumerate(files)]
         studies, digest = [], content_hash(body)
-        for resources in dicom.transactions(headers, request.query_params.get("issuer")):
+        for resources in dicom_files.transactions(headers, request.query_params.get("issuer")):
             study = resources[-1]
             await self._publish(request, digest, "transaction", resources, f"dicom:{study['id']}")
             studies.append(

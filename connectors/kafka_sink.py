@@ -1,6 +1,6 @@
 """The connectors' write path into Kafka: one send, confirmed by the broker or an error.
 
-A thin adapter around aiokafka's producer (configured by `stream.settings.producer_config`:
+A thin adapter around aiokafka's producer (configured by `kernel.settings.producer_config`:
 ``acks=all``). The MLLP server depends on the `RecordSink` protocol so unit tests can
 pass an in-memory sink and integration tests the real one.
 """
@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.errors import BrokerUnavailableError
-from stream.events import DeadLetter
-from stream.kafka import DEAD_LETTERS
+from kernel.events import DeadLetter
+from kernel.kafka import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 

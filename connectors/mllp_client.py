@@ -19,8 +19,8 @@ from typing import Literal
 
 from connectors.errors import FramingError
 from connectors.framing import frame, split_frames
-from stream.errors import Hl7Error
-from stream.hl7v2 import parse_message
+from kernel.errors import Hl7Error
+from kernel.hl7v2.parser import parse_message
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from connectors.ack import (
 from connectors.errors import BrokerUnavailableError, FramingError, SenderNotAllowedError
 from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink, send_dead_letter
-from stream.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
-from stream.events import (
+from kernel.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
+from kernel.events import (
     DeadLetter,
     Topics,
     content_hash,
@@ -54,8 +54,15 @@ from stream.events import (
     envelope_headers,
     patient_key,
 )
-from stream.hl7v2 import Message, check_header, decode_payload, parse_message, patient_identifier, split_batch
-from stream.settings import MllpSettings
+from kernel.hl7v2.parser import (
+    Message,
+    check_header,
+    decode_payload,
+    parse_message,
+    patient_identifier,
+    split_batch,
+)
+from kernel.settings import MllpSettings
 
 log = logging.getLogger(__name__)
 

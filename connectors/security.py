@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from stream.settings import HttpSettings
+from kernel.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 

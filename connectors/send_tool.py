@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.mllp_client import MllpClient
-from stream.errors import Hl7Error
-from stream.hl7v2 import decode_payload, parse_message, split_batch
+from kernel.errors import Hl7Error
+from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
 
 
 @dataclass(frozen=True, slots=True)

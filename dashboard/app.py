@@ -17,9 +17,11 @@ import streamlit as st
 
 from dashboard import queries as q
 from dashboard.auth import Login, User, from_proxy_headers, verify
-from dashboard.sources import Backend, Sampler, SourceUnavailableError
-from stream.events import Topics
-from stream.replay import ReplayError, as_replay, corrected
+from dashboard.errors import SourceUnavailableError
+from dashboard.live_source import Backend, Sampler
+from kernel.errors import ReplayError
+from kernel.events import Topics
+from kernel.replay import as_replay, corrected
 
 SEVERITY_MARK = {"critical": ":red[●]", "warning": ":orange[●]", "info": ":blue[●]"}
 PAGES = ("Overview", "Dead letters", "Index", "Models", "Alerts", "Drafts")

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from dashboard.errors import LoginConfigError
+
 Permission = Literal["identifiers", "replay", "edit", "review"]
 ROLES: Mapping[str, frozenset[Permission]] = {
     "viewer": frozenset(),  # numbers, masked lists
@@ -30,8 +32,6 @@ ITERATIONS = 240_000
 _SCHEME = "pbkdf2_sha256"
 
 
-class LoginConfigError(ValueError):
-    """A configured login that cannot be used (unknown role, malformed hash)."""
 
 
 @dataclass(frozen=True)

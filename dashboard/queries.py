@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.events import Alert, ClinicianFeedback, DeadLetter
+from kernel.events import Alert, ClinicianFeedback, DeadLetter
 
 Labels = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Labels]
@@ -32,7 +32,7 @@ QUANTILES = (0.5, 0.95, 0.99)
 LAG_METRIC = "clinstream_consumer_lag"  # our own series: the sampler adds Kafka lag to each sample
 
 # The stages as the Overview lists them, in pipeline order. MLLP's figures come from its ACK
-# metrics; the consumers' from `stream.kafka`'s stage metrics.
+# metrics; the consumers' from `kernel.kafka`'s stage metrics.
 STAGE_ORDER = (
     "mllp",
     "fhir-ingress",

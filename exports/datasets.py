@@ -20,9 +20,8 @@ from datetime import date
 from typing import Any, Literal
 
 from exports.deid import Deidentifier, PatientScrubber
-from indexer.chunking import effective_time
-from indexer.rendering import INTERPRETATION, render, render_observation
-from stream.events import Alert, ClinicianFeedback, DraftNote, FhirRecord
+from kernel.events import Alert, ClinicianFeedback, DraftNote, FhirRecord
+from kernel.rendering import INTERPRETATION, effective_time, render, render_observation
 
 Resource = dict[str, Any]
 Row = dict[str, Any]

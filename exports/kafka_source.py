@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from exports.datasets import Sources
-from stream.events import Alert, ClinicianFeedback, DraftNote, FhirRecord, Topics
-from stream.replay import read_topic
+from kernel.events import Alert, ClinicianFeedback, DraftNote, FhirRecord, Topics
+from kernel.replay_kafka import read_topic
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)

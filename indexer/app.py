@@ -23,9 +23,9 @@ from prometheus_client import Counter, Gauge
 from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
-from stream.events import Topics
-from stream.kafka import STAGE_CONSUMER, batch_records, commit_after, publish_dead_letters
-from stream.settings import IndexerSettings
+from kernel.events import Topics
+from kernel.kafka import STAGE_CONSUMER, batch_records, commit_after, publish_dead_letters
+from kernel.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """FHIR resources → text chunks a clinician would recognise, with the scalar fields to filter on.
 
-Pure functions. Every resource type the normalizer publishes is indexed (`indexer.rendering`
+Pure functions. Every resource type the normalizer publishes is indexed (`kernel.rendering`
 writes the text); notes and reports with text attachments are split at their headings,
 long sections into overlapping windows. A chunk's id is derived from its resource id and
 its number, so an update of the resource overwrites its chunks and a replay changes nothing.
@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from indexer.rendering import Resource, render
-from stream.events import DeadLetter, FhirRecord, deterministic_id
+from kernel.events import DeadLetter, FhirRecord, deterministic_id
+from kernel.rendering import TIME_FIELDS, Resource, effective_time, render
 
 # Words per chunk window of a long note section, and the words repeated from the previous
 # window so a sentence cut at the border is found whole in one of them.
@@ -144,37 +144,10 @@ def windows(text: str, size: int = WINDOW_WORDS, overlap: int = OVERLAP_WORDS) -
     return [" ".join(words[i : i + size]) for i in range(0, len(words) - overlap, step)]
 
 
-_TIME_FIELDS = {
-    "Observation": ("effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"),
-    "Condition": ("onsetDateTime", "recordedDate", "onsetPeriod.start"),
-    "AllergyIntolerance": ("onsetDateTime", "recordedDate"),
-    "MedicationRequest": ("authoredOn",),
-    "MedicationDispense": ("whenHandedOver", "whenPrepared"),
-    "MedicationAdministration": ("effectiveDateTime", "effectivePeriod.start"),
-    "Procedure": ("performedDateTime", "performedPeriod.start"),
-    "Immunization": ("occurrenceDateTime",),
-    "DiagnosticReport": ("effectiveDateTime", "effectivePeriod.start", "issued"),
-    "DocumentReference": ("date", "context.period.start"),
-    "Encounter": ("period.start",),
-    "ServiceRequest": ("authoredOn", "occurrenceDateTime"),
-    "Specimen": ("collection.collectedDateTime", "collection.collectedPeriod.start", "receivedTime"),
-    "Appointment": ("start",),
-    "Coverage": ("period.start",),
-    "ImagingStudy": ("started",),
-}
-_INDEXED = frozenset(_TIME_FIELDS) | {"Patient"}
+_INDEXED = frozenset(TIME_FIELDS) | {"Patient"}
 _CONCEPTS = ("code", "vaccineCode", "medicationCodeableConcept", "type", "appointmentType", "class")
 
 
-def effective_time(resource: Resource) -> str:
-    """The clinically relevant time of a resource as written (``""`` when it has none)."""
-    for path in _TIME_FIELDS.get(str(resource.get("resourceType", "")), ()):
-        value: Any = resource
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value:
-            return str(value)
-    return ""
 
 
 def codes_of(resource: Resource) -> str:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from stream.errors import ClinstreamError
-
-
-class ModelNotBuiltError(ClinstreamError, FileNotFoundError):
-    """The ONNX model files are missing: run `make models`."""
+from kernel.errors import ClinstreamError
 
 
 class VectorStoreError(ClinstreamError, ConnectionError):

@@ -16,8 +16,8 @@ from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
-from stream.identity import resolve_patient
-from stream.openapi import operation, path_param, query_param
+from kernel.identity import resolve_patient
+from kernel.openapi import operation, path_param, query_param
 
 Body = TypeVar("Body", bound=BaseModel)
 

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 
 from indexer.chunking import windows
-from indexer.rendering import note_sections
-from stream.events import deterministic_id
+from kernel.events import deterministic_id
+from kernel.rendering import note_sections
 
 _SOURCE = re.compile(r"^\s*Source:\s*(?P<citation>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _TITLE = re.compile(r"^\s*#\s+(?P<title>.+?)\s*$", re.MULTILINE)

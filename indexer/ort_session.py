@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from indexer.errors import ModelNotBuiltError
-from stream.onnx_session import open_session
+from kernel.errors import ModelNotBuiltError
+from kernel.onnx_session import open_session
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """FastStream wiring of the normalizer: `ehr.inbound.hl7v2.v1` → `ehr.fhir.v1`.
 
 The normalized record (or the dead letter) is confirmed by the broker before the offset
-is committed (`stream.kafka.commit_after`). A message that cannot be normalized goes to
+is committed (`kernel.kafka.commit_after`). A message that cannot be normalized goes to
 the dead-letter topic once and is committed, so a poison message never blocks its
 partition.
 """
@@ -15,10 +15,9 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
-from stream.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
-from stream.fhir_input import normalize_fhir
-from stream.hl7v2 import decode_payload
-from stream.kafka import (
+from kernel.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
+from kernel.hl7v2.parser import decode_payload
+from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
     batch_records,
@@ -30,8 +29,9 @@ from stream.kafka import (
     publish_in_order,
     single_record,
 )
+from kernel.settings import NormalizerSettings
+from stream.fhir_input import normalize_fhir
 from stream.normalize import Normalized, normalize_hl7
-from stream.settings import NormalizerSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.errors import Hl7Error
-from stream.events import deterministic_id
-from stream.hl7v2 import split_batch
+from kernel.errors import Hl7Error
+from kernel.events import deterministic_id
+from kernel.hl7v2.parser import split_batch
 from stream.normalize import Normalized, normalize_hl7
 
 

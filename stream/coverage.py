@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from stream.hl7v2 import Message
+from kernel.hl7v2.parser import Message
 
 
 def _f(*fields: int) -> frozenset[int]:

@@ -5,7 +5,7 @@ transaction, ``urn:uuid:`` references are rewritten to ``Type/id`` using the ent
 fullUrls. Code systems written as OIDs or v2 names are rewritten to their canonical URIs
 (LOINC, SNOMED CT, RxNorm, ICD-10(-CM), UCUM), and quantities get their UCUM code.
 Resources are grouped by the patient they are about (under the HL7 patient key when the
-Patient's MRN links to one, `stream.identity`); resources about no patient (Organization,
+Patient's MRN links to one, `kernel.identity`); resources about no patient (Organization,
 Practitioner…) travel with the record's patient, or in a record of their own with an
 empty patient id.
 """
@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream.events import FhirInbound
-from stream.identity import hl7_key, link
-from stream.units import UCUM, ucum_code
+from kernel.events import FhirInbound
+from kernel.identity import hl7_key, link
+from kernel.units import UCUM, ucum_code
 
 CANONICAL_SYSTEMS = {
     "urn:oid:2.16.840.1.113883.6.1": "http://loinc.org",
@@ -74,7 +74,7 @@ def _is_quantity(node: dict[str, Any]) -> bool:
 
 def _ucum(quantity: dict[str, Any]) -> None:
     """Give a quantity its UCUM code when its code or unit is UCUM (or an unambiguous
-    spelling of it, see `stream.units`); a unit that is not UCUM is left as the EHR sent it."""
+    spelling of it, see `kernel.units`); a unit that is not UCUM is left as the EHR sent it."""
     written = quantity.get("code") or quantity.get("unit")
     code = ucum_code(written) if isinstance(written, str) else None
     if code is not None:
@@ -101,7 +101,7 @@ def normalize_fhir(
 ) -> list[PatientGroup]:
     """The records one inbound FHIR record becomes, in a stable order.
 
-    A Patient whose MRN links to an HL7 assigning authority (`stream.identity`) has its
+    A Patient whose MRN links to an HL7 assigning authority (`kernel.identity`) has its
     record, and the records of the resources about it, keyed by the HL7 patient key.
     """
     uuid_map = {

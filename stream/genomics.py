@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stream.events import deterministic_id
-from stream.oru import LOINC, OBSERVATION_CATEGORY, V2_0074
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import LOINC
+from stream.oru import OBSERVATION_CATEGORY, V2_0074
 
 VARIANT_PROFILE = "http://hl7.org/fhir/uv/genomics-reporting/StructureDefinition/variant"
 VARIANT_CODE = "69548-6"

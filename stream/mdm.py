@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.attachments import text_attachment
-from stream.errors import MappingError
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, component_of, to_fhir_datetime
-from stream.oru import concept_at, ed_attachment
+from kernel.attachments import text_attachment
+from kernel.errors import MappingError
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import concept_at, ed_attachment
+from kernel.hl7v2.parser import Message, component_of, to_fhir_datetime
 
 # TXA-17 document completion status (HL7 table 0271) → docStatus.
 _DOC_STATUS = {

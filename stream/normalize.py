@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kernel.errors import MappingError, UnsupportedMessageError
+from kernel.events import SUPPORTED_HL7_EVENTS
+from kernel.hl7v2.parser import Message, check_header, parse_message
 from stream.adt import (
     ENCOUNTER_STATUS,
     MERGE_EVENTS,
@@ -26,10 +29,8 @@ from stream.adt import (
     map_procedures,
 )
 from stream.coverage import unmapped
-from stream.errors import MappingError, UnsupportedMessageError
-from stream.events import SUPPORTED_HL7_EVENTS
+from stream.errors import InvalidResource
 from stream.genomics import variants
-from stream.hl7v2 import Message, check_header, parse_message
 from stream.imaging import link_reports, study_uids
 from stream.mdm import map_document
 from stream.orders import map_service_requests, map_specimens, order_groups, order_keys, service_request_id
@@ -37,7 +38,7 @@ from stream.oru import map_observations, map_reports
 from stream.pharmacy import map_medications
 from stream.ppr import map_problems
 from stream.siu import SIU_EVENTS, map_appointment
-from stream.validation import InvalidResource, validate
+from stream.validation import validate
 from stream.vxu import map_immunizations
 
 
@@ -283,4 +284,4 @@ _MAPPERS: dict[tuple[str, str], Callable[[Message, ZoneInfo], list[dict[str, Any
     **{("SIU", event): _siu for event in SIU_EVENTS},
 }
 if set(_MAPPERS) != SUPPORTED_HL7_EVENTS:  # pragma: no cover - a programming error caught at import
-    raise RuntimeError("stream.events.SUPPORTED_HL7_EVENTS and the mappers disagree")
+    raise RuntimeError("kernel.events.SUPPORTED_HL7_EVENTS and the mappers disagree")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
-from stream.oru import codeable_concept, concept_at, notes_after, practitioner_ref
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import codeable_concept, concept_at, notes_after, practitioner_ref
+from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 

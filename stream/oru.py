@@ -7,39 +7,30 @@ Pure functions. Each OBX becomes one Observation whose id is derived from the or
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.attachments import text_attachment
-from stream.errors import MappingError, UnsupportedMessageError
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, component_of, components, to_fhir_datetime
-from stream.units import UCUM, quantity_unit
+from kernel.attachments import text_attachment
+from kernel.errors import MappingError, UnsupportedMessageError
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import (
+    codeable_concept,
+    concept_at,
+    ed_attachment,
+    field_number,
+    json_number,
+    notes_after,
+    required_concept,
+    rp_attachment,
+    unit_of,
+)
+from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
 
-LOINC = "http://loinc.org"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
-# Coding-system names used in CWE.3 → canonical FHIR system URIs.
-CODE_SYSTEMS = {
-    "LN": LOINC,
-    "LOINC": LOINC,
-    "SCT": "http://snomed.info/sct",
-    "SNM": "http://snomed.info/sct",
-    "SNOMED": "http://snomed.info/sct",
-    "I10": "http://hl7.org/fhir/sid/icd-10",
-    "I10C": "http://hl7.org/fhir/sid/icd-10-cm",
-    "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
-    "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
-    "UCUM": UCUM,
-    "CVX": "http://hl7.org/fhir/sid/cvx",
-    "MVX": "http://hl7.org/fhir/sid/mvx",
-    "NDC": "http://hl7.org/fhir/sid/ndc",
-}
 # OBX-11 observation result status (HL7 table 0085) → Observation.status.
 _STATUS = {
     "F": "final",
@@ -58,114 +49,25 @@ _NUMERIC_TYPES = {"NM"}
 _TEXT_TYPES = {"ST", "TX", "FT"}
 _CODED_TYPES = {"CE", "CWE", "CNE"}
 _DATE_TYPES = {"DT", "DTM", "TS"}
-# ED/RP type of data (HL7 table 0191) → MIME top-level type.
-_MEDIA = {
-    "IM": "image",
-    "AP": "application",
-    "AU": "audio",
-    "TX": "text",
-    "TEXT": "text",
-    "NS": "application",
-}
 _DOCUMENT_TYPES = {"ED", "RP"}
 
 
-def coding(raw: str, msg: Message, *, offset: int = 0) -> dict[str, Any] | None:
-    """One FHIR Coding from CWE components (1-3, or 4-6 with ``offset=3``)."""
-    return _coding(components(raw, msg.seps), offset)
 
 
-def _part(parts: list[str], number: int) -> str:
-    return parts[number - 1] if number <= len(parts) else ""
 
 
-def _coding(parts: list[str], offset: int) -> dict[str, Any] | None:
-    code = _part(parts, 1 + offset)
-    display = _part(parts, 2 + offset)
-    sys_name = _part(parts, 3 + offset)
-    if not code and not display:
-        return None
-    out: dict[str, Any] = {}
-    system = CODE_SYSTEMS.get(sys_name.upper()) if sys_name else None
-    if system:
-        out["system"] = system
-    elif sys_name:
-        out["system"] = f"urn:clinstream:codesystem:{sys_name}"
-    if code:
-        out["code"] = code
-    if display:
-        out["display"] = display
-    return out
 
 
-def notes_after(msg: Message, seg: Segment) -> list[dict[str, str]]:
-    """The NTE segments that directly follow ``seg``, as FHIR Annotations."""
-    out: list[dict[str, str]] = []
-    start = msg.position(seg) + 1
-    for nxt in msg.segments[start:]:
-        if nxt.name != "NTE":
-            break
-        text = "\n".join(component_of(r, msg.seps, 1) for r in nxt.repetitions(3) if r)
-        if text:
-            out.append({"text": text})
-    return out
 
 
-def practitioner_ref(raw: str, msg: Message) -> dict[str, Any] | None:
-    """A Reference by identifier and display to the person an XCN names (no resource is made)."""
-    seps = msg.seps
-    ident = component_of(raw, seps, 1)
-    name = " ".join(p for p in (component_of(raw, seps, 3), component_of(raw, seps, 2, 1)) if p)
-    if not ident and not name:
-        return None
-    ref: dict[str, Any] = {}
-    if ident:
-        ref["identifier"] = {"value": ident}
-    if name:
-        ref["display"] = name
-    return ref
 
 
-def concept_at(seg: Segment | None, field: int, msg: Message) -> dict[str, Any] | None:
-    """The CodeableConcept of a coded field's first repetition; None when absent or empty."""
-    raw = seg.repetitions(field) if seg is not None else []
-    return codeable_concept(raw[0], msg) if raw else None
 
 
-def missing_field(seg: Segment, field: int, msg: Message, what: str) -> MappingError:
-    """The error for a required field left empty: HL7 code 101 at ``SEG-field``."""
-    return MappingError(
-        f"{seg.name}-{field} {what} is missing",
-        code=101,
-        segment=seg.name,
-        field=field,
-        control_id=msg.control_id,
-    )
 
 
-def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
-    """The CodeableConcept of a required coded field (first repetition).
-
-    Raises:
-        MappingError: code 101 at ``SEG-field`` when the field is empty.
-    """
-    concept = concept_at(seg, field, msg)
-    if concept is None:
-        raise missing_field(seg, field, msg, what)
-    return concept
 
 
-def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
-    """CodeableConcept from a CWE/CE with its primary and alternate codings."""
-    parts = components(raw, msg.seps)
-    codings = [c for c in (_coding(parts, 0), _coding(parts, 3)) if c]
-    if not codings:
-        return None
-    concept: dict[str, Any] = {"coding": codings}
-    text = _part(parts, 2) or _part(parts, 9)
-    if text:
-        concept["text"] = text
-    return concept
 
 
 def map_observations(
@@ -239,47 +141,8 @@ def is_narrative(obx: Segment, msg: Message) -> bool:
     return not obx.get(3).strip(msg.seps.component) and obx.value(2).upper() in _TEXT_TYPES
 
 
-def ed_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
-    """FHIR Attachment from an ED value (source^type^subtype^encoding^data), or None when empty.
-
-    Raises:
-        MappingError: an encoding other than Base64, or corrupt Base64.
-    """
-    seps = msg.seps
-    data = component_of(raw, seps, 5)
-    if not data:
-        return None
-    if component_of(raw, seps, 4).upper() != "BASE64":
-        raise MappingError(
-            "OBX-5 ED encoding other than Base64 is not mapped",
-            code=102,
-            segment="OBX",
-            field=5,
-            control_id=msg.control_id,
-        )
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise MappingError(
-            "OBX-5 ED data is not valid Base64", code=102, segment="OBX", field=5, control_id=msg.control_id
-        ) from exc
-    media = _MEDIA.get(component_of(raw, seps, 2).upper(), "application")
-    subtype = component_of(raw, seps, 3).lower() or "octet-stream"
-    return {"contentType": f"{media}/{subtype}", "data": data}
 
 
-def _rp_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
-    """FHIR Attachment pointing at an RP value (pointer^application^type^subtype)."""
-    seps = msg.seps
-    url = component_of(raw, seps, 1)
-    if not url:
-        return None
-    out: dict[str, Any] = {"url": url}
-    media = _MEDIA.get(component_of(raw, seps, 3).upper())
-    subtype = component_of(raw, seps, 4).lower()
-    if media and subtype:
-        out["contentType"] = f"{media}/{subtype}"
-    return out
 
 
 def _document(
@@ -297,7 +160,7 @@ def _document(
     the patient, typed by OBX-3 and linked from the report's presentedForm.
     """
     reps = obx.repetitions(5)
-    to_attachment = ed_attachment if obx.value(2).upper() == "ED" else _rp_attachment
+    to_attachment = ed_attachment if obx.value(2).upper() == "ED" else rp_attachment
     attachment = to_attachment(reps[0], msg) if reps else None
     if attachment is None:
         raise MappingError(
@@ -388,68 +251,16 @@ def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
     return unit_of(raw[0], msg) if raw else {}
 
 
-def unit_of(raw: str, msg: Message) -> dict[str, Any]:
-    """Quantity ``unit``/``system``/``code`` from a CWE unit (code^text^system).
-
-    ``unit`` is the human-readable form (CWE.2, else the code). The UCUM system and code are
-    set only when the coding system is UCUM, ISO+, ANS+ or unnamed and the code is UCUM as
-    written or in one of the unambiguous spellings `stream.units` rewrites (beats/min → /min).
-    """
-    seps = msg.seps
-    code = component_of(raw, seps, 1)
-    text = component_of(raw, seps, 2)
-    if component_of(raw, seps, 3).upper() in ("UCUM", "ISO+", "ANS+", ""):
-        return quantity_unit(code, text)
-    shown = text or code
-    return {"unit": shown} if shown else {}
 
 
-def json_number(value: Decimal) -> int | float:
-    """A decimal as a JSON number: an int when integral (``138``), else a float (``6.4``)."""
-    if value == value.to_integral_value() and abs(value) < 2**53:
-        return int(value)
-    return float(value)
 
 
 def _decimal(text: str, obx: Segment, msg: Message) -> int | float:
     return field_number(text, obx, 5, msg, why="is not a number although OBX-2 is NM")
 
 
-def field_number(
-    text: str, seg: Segment, field: int, msg: Message, *, why: str = "is not a number"
-) -> int | float:
-    """A finite decimal from a numeric field, as a JSON number.
-
-    Raises:
-        MappingError: code 102 at ``SEG-field``; the message names the place, never the text.
-    """
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation as exc:
-        raise MappingError(
-            f"{seg.name}-{field} {why}", code=102, segment=seg.name, field=field, control_id=msg.control_id
-        ) from exc
-    if not value.is_finite():
-        raise MappingError(
-            f"{seg.name}-{field} is not a finite number",
-            code=102,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        )
-    return json_number(value)
 
 
-def required_datetime(seg: Segment, field: int, msg: Message, tz: ZoneInfo, what: str) -> str:
-    """The FHIR dateTime of a required timestamp field.
-
-    Raises:
-        MappingError: code 101 when the field is empty, 102 when it is malformed.
-    """
-    when = to_fhir_datetime(seg.value(field), tz, segment=seg.name, field=field)
-    if when is None:
-        raise missing_field(seg, field, msg, what)
-    return when
 
 
 def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:

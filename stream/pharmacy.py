@@ -12,20 +12,20 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
-from stream.orders import (
-    order_groups,
-    order_keys,
-    order_request,
-)
-from stream.oru import (
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import (
     codeable_concept,
     concept_at,
     field_number,
     required_concept,
     required_datetime,
     unit_of,
+)
+from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
+from stream.orders import (
+    order_groups,
+    order_keys,
+    order_request,
 )
 
 # RXA-20 completion status (HL7 table 0322) → MedicationAdministration.status.

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import concept_at
+from kernel.hl7v2.parser import Message, to_fhir_datetime
 from stream.adt import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, to_fhir_datetime
-from stream.oru import concept_at
 
 _CLINICAL = {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
 _VERIFICATION = {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}

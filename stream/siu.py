@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.errors import MappingError
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, component_of, to_fhir_datetime
+from kernel.errors import MappingError
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import codeable_concept, concept_at, missing_field, notes_after, practitioner_ref
+from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
 from stream.orders import V2_0203
-from stream.oru import codeable_concept, concept_at, missing_field, notes_after, practitioner_ref
 
 # SCH-25 filler status (HL7 table 0278) → Appointment.status.
 _FILLER_STATUS = {

@@ -28,7 +28,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
-from stream.fhir_models import MODELS
+from kernel.fhir_models import MODELS
+from stream.errors import InvalidResource
 
 VERDICTS_KEPT = 4096
 _verdicts: OrderedDict[bytes, None] = OrderedDict()
@@ -36,13 +37,6 @@ ELEMENTS_KEPT = 8192
 _elements_seen: OrderedDict[tuple[type[BaseModel], bytes], BaseModel] = OrderedDict()
 
 
-class InvalidResource(ValueError):
-    """A resource fhir.resources rejects: the element path and the pydantic error type."""
-
-    def __init__(self, resource_type: str, path: str, error_type: str) -> None:
-        super().__init__(f"{resource_type} fails FHIR R4 validation at {path} ({error_type})")
-        self.path = path
-        self.error_type = error_type
 
 
 def _dump(value: Any) -> bytes:

@@ -11,9 +11,15 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from stream.events import deterministic_id
-from stream.hl7v2 import Message, Segment, to_fhir_datetime
-from stream.oru import codeable_concept, field_number, required_concept, required_datetime, unit_of
+from kernel.events import deterministic_id
+from kernel.hl7v2.datatypes import (
+    codeable_concept,
+    field_number,
+    required_concept,
+    required_datetime,
+    unit_of,
+)
+from kernel.hl7v2.parser import Message, Segment, to_fhir_datetime
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"

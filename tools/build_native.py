@@ -1,9 +1,9 @@
-"""Compile the normalizer's pure modules with mypyc into build/native (run by `make install`).
+"""Compile the HL7 v2 parser, datatypes and mappers with mypyc into build/native (run by `make install`).
 
-The HL7 v2 parser and mappers are plain typed Python; mypyc (part of mypy) compiles them to
+They are plain typed Python; mypyc (part of mypy) compiles them to
 C extension modules that run the same code about twice as fast. The sources stay the only
 truth: the build works on a copy, keeps only the compiled modules, and records the sha256 of
-each source it compiled. `stream/__init__.py` uses the compiled modules only while every
+each source it compiled. `kernel.native` lets a package use its compiled modules only while every
 recorded source is unchanged (and the Python version matches); after any edit the package is
 pure Python again until the next `make install`. `CLINSTREAM_NATIVE=0` turns them off.
 
@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Pure, hot and free of pydantic models (mypyc does not compile pydantic classes).
 MODULES = (
-    "stream/hl7v2.py",
+    "kernel/hl7v2/parser.py",
+    "kernel/hl7v2/datatypes.py",
     "stream/adt.py",
     "stream/oru.py",
     "stream/orders.py",
@@ -41,6 +42,7 @@ MODULES = (
     "stream/ppr.py",
     "stream/coverage.py",
 )
+PACKAGES = sorted({module.split("/")[0] for module in MODULES})  # copied whole: mypyc resolves imports
 
 
 def source_digests() -> dict[str, str]:
@@ -51,7 +53,8 @@ def build(out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="clinstream-native-") as tmp:
         work = Path(tmp)
         skip = shutil.ignore_patterns("__pycache__", "*.so")
-        shutil.copytree(REPO / "stream", work / "stream", ignore=skip)
+        for package in PACKAGES:
+            shutil.copytree(REPO / package, work / package, ignore=skip)
         done = subprocess.run(
             [sys.executable, "-m", "mypyc", *MODULES], cwd=work, capture_output=True, text=True, check=False
         )
@@ -60,10 +63,10 @@ def build(out: Path) -> None:
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         if out.exists():
             shutil.rmtree(out)
-        (out / "stream").mkdir(parents=True)
         for module in MODULES:
             compiled = (work / module).with_suffix(suffix)
-            shutil.copy(compiled, out / "stream" / compiled.name)
+            (out / module).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(compiled, (out / module).with_suffix(suffix))
         for runtime in work.glob(f"*__mypyc{suffix}"):  # mypyc's shared runtime module
             shutil.copy(runtime, out / runtime.name)
     manifest = {"python": sys.implementation.cache_tag, "suffix": suffix, "sources": source_digests()}

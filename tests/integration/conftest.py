@@ -13,7 +13,7 @@ import pytest
 from clinstream.models import embedding_dir
 from clinstream.runtime import EmbeddedBroker
 from indexer.ort_session import Embedder
-from stream.events import Topics
+from kernel.events import Topics
 
 
 def pytest_collection_modifyitems(items):

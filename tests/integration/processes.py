@@ -35,9 +35,9 @@ from clinstream.demo import demo_messages
 from clinstream.runtime import EmbeddedBroker, free_port, terminate
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
-from stream.errors import Hl7Error
-from stream.events import SUPPORTED_HL7_EVENTS, TOPICS, FhirRecord
-from stream.hl7v2 import decode_payload, parse_message, split_batch
+from kernel.errors import Hl7Error
+from kernel.events import SUPPORTED_HL7_EVENTS, TOPICS, FhirRecord
+from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
 

@@ -6,7 +6,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from clinstream.runtime import EmbeddedBroker, ensure_topics
-from stream.settings import KafkaSettings, producer_config
+from kernel.settings import KafkaSettings, producer_config
 
 
 async def test_topics_are_created_with_partitions(broker, topics):

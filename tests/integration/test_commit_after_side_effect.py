@@ -9,8 +9,8 @@ from clinstream.runtime import ensure_topics
 from clinstream.stack import stage_broker
 from indexer.app import register_indexer
 from indexer.milvus_store import MilvusStore, connect
-from stream.events import Envelope, FhirRecord
-from stream.settings import IndexerSettings, KafkaSettings, producer_config
+from kernel.events import Envelope, FhirRecord
+from kernel.settings import IndexerSettings, KafkaSettings, producer_config
 
 ENVELOPE = Envelope(
     source_system="LIS^LAB",

@@ -25,7 +25,7 @@ from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from dashboard.auth import hash_password
-from stream.events import Alert
+from kernel.events import Alert
 from tests.integration.test_end_to_end import _collect
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,9 +21,9 @@ from clinstream.demo import demo_messages
 from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
-from stream.events import patient_key
-from stream.fhir_models import model_class
-from stream.replay import read_topic
+from kernel.events import patient_key
+from kernel.fhir_models import model_class
+from kernel.replay_kafka import read_topic
 from tests.integration.test_end_to_end import _collect
 
 pytestmark = pytest.mark.integration

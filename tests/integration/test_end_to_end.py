@@ -21,7 +21,7 @@ from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
 from indexer.query import build_filter
-from stream.events import (
+from kernel.events import (
     Alert,
     ClinicianFeedback,
     DeadLetter,
@@ -205,8 +205,9 @@ async def test_fhir_ingress_writes_to_kafka_before_answering(stack):
 
 
 async def test_replayed_dead_letter_is_processed_again(stack):
-    from stream.replay import Selection, as_replay, plan, read_dead_letters, republish
-    from stream.settings import KafkaSettings, producer_config
+    from kernel.replay import Selection, as_replay, plan
+    from kernel.replay_kafka import read_dead_letters, republish
+    from kernel.settings import KafkaSettings, producer_config
 
     oru = _msg(ORU, ctrl="RP1", mrn="900009", name="TEST^DORA", k="4.4", na="140")
     envelope = Envelope(

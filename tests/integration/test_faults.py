@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from stream.events import TOPICS, Alert
+from kernel.events import TOPICS, Alert
 from tests.integration.processes import (
     Sender,
     deployment,

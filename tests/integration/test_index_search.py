@@ -13,8 +13,8 @@ from indexer.chunking import Chunk, chunk_id, plan_batch, resource_chunks
 from indexer.milvus_store import MilvusStore, connect
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery, build_filter
+from kernel.hl7v2.parser import decode_payload
 from stream.convert import convert_text
-from stream.hl7v2 import decode_payload
 from tests.conftest import hl7_corpus_files
 
 
@@ -69,7 +69,7 @@ def test_patient_scoped_search_isolation_and_idempotence(store, embedder):
 
 
 def _write(store, embedder, resources, patient, message_id="M1"):
-    from stream.events import Envelope, FhirRecord
+    from kernel.events import Envelope, FhirRecord
 
     envelope = Envelope(
         source_system="A^B",

@@ -9,8 +9,8 @@ from clinstream.runtime import EmbeddedBroker, ensure_topics
 from connectors.kafka_sink import make_sink
 from connectors.mllp_client import MllpClient
 from connectors.mllp_server import MllpServer
-from stream.events import DeadLetter, Envelope, patient_key
-from stream.settings import KafkaSettings, MllpSettings, producer_config
+from kernel.events import DeadLetter, Envelope, patient_key
+from kernel.settings import KafkaSettings, MllpSettings, producer_config
 
 ORU = (
     b"MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|LAB%d|P|2.5.1\r"

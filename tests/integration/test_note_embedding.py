@@ -10,12 +10,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from clinstream.runtime import ensure_topics
 from clinstream.stack import stage_broker
-from inference import notes
-from inference.app import register_cds
-from inference.rules import RuleSet
-from inference.state_store import SqliteStateStore
-from stream.events import Alert, Envelope, FhirRecord
-from stream.settings import KafkaSettings, producer_config
+from inference.cds import note_signals
+from inference.cds.app import register_cds
+from inference.cds.rules import RuleSet
+from inference.cds.state_store import SqliteStateStore
+from kernel.events import Alert, Envelope, FhirRecord
+from kernel.settings import KafkaSettings, producer_config
 from tests.unit import cds_helpers
 
 AT = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -34,7 +34,7 @@ def note(text):
 
 @pytest.fixture(scope="module")
 def matcher(embedder):
-    return notes.NoteMatcher(embedder)
+    return note_signals.NoteMatcher(embedder)
 
 
 @pytest.mark.parametrize(
@@ -55,8 +55,8 @@ def matcher(embedder):
     ],
 )
 def test_the_model_finds_what_the_phrases_miss_and_context_still_decides(matcher, text, expected):
-    without = notes.evaluate([note(text)], default_time=AT)
-    found = notes.evaluate([note(text)], default_time=AT, matcher=matcher)
+    without = note_signals.evaluate([note(text)], default_time=AT)
+    found = note_signals.evaluate([note(text)], default_time=AT, matcher=matcher)
     assert without == []
     assert {(f.key.split("/")[1], f.severity) for f in found} == expected
 
@@ -78,10 +78,10 @@ class FlakyEncoder:
 async def test_a_failed_model_run_is_retried_from_the_same_offset(
     broker, topics, prefix, embedder, monkeypatch
 ):
-    monkeypatch.setattr("inference.app.RETRY_BACKOFF_S", 0.2)
+    monkeypatch.setattr("inference.cds.app.RETRY_BACKOFF_S", 0.2)
     await ensure_topics(broker.bootstrap, topics.all(), partitions=1, replication_factor=1)
     encoder = FlakyEncoder(embedder)
-    rules = replace(RuleSet(), note_matcher=notes.NoteMatcher(encoder))
+    rules = replace(RuleSet(), note_matcher=note_signals.NoteMatcher(encoder))
     config = producer_config(KafkaSettings(), broker.bootstrap, embedded=True)
     kafka = stage_broker("cds", config)
     group = f"{prefix}cds"

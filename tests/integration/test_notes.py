@@ -12,10 +12,10 @@ from clinstream.models import generator_dir
 from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
-from inference.draft_docs import note_text
-from inference.generator import GenerationConfig, Generator
-from stream.events import ClinicianFeedback, DraftNote, patient_key
-from stream.hl7v2 import parse_message
+from inference.notes.draft_docs import note_text
+from inference.notes.generator_session import GenerationConfig, Generator
+from kernel.events import ClinicianFeedback, DraftNote, patient_key
+from kernel.hl7v2.parser import parse_message
 from tests.integration.test_end_to_end import TOKEN, _collect
 from tests.integration.test_outbound import ehr  # noqa: F401 - the stand-in EHR fixture
 

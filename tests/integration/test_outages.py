@@ -13,7 +13,7 @@ import pytest
 
 from clinstream.runtime import EmbeddedBroker, ensure_topics, free_port
 from indexer.chunking import plan_record
-from stream.events import TOPICS, Envelope
+from kernel.events import TOPICS, Envelope
 from tests.integration.processes import (
     TOKEN,
     Sender,

@@ -14,10 +14,10 @@ from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from connectors.mllp_server import MllpServer
-from inference.writeback import provenance
-from stream.events import Alert, Topics, WritebackOutcome, patient_key
-from stream.hl7v2 import parse_message
-from stream.settings import MllpSettings
+from inference.cds.writeback import provenance
+from kernel.events import Alert, Topics, WritebackOutcome, patient_key
+from kernel.hl7v2.parser import parse_message
+from kernel.settings import MllpSettings
 from tests.integration.test_end_to_end import CDS_SECRET, TOKEN, _cds_jwt, _collect, _drain
 from tests.unit.test_mllp_server import MemorySink
 

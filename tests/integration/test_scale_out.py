@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from stream.events import TOPICS, DeadLetter
+from kernel.events import TOPICS, DeadLetter
 from tests.integration.processes import (
     Sender,
     deployment,

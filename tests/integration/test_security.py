@@ -14,8 +14,8 @@ import pytest
 from clinstream.http import PUBLIC_PATHS
 from clinstream.settings import Settings
 from clinstream.stack import running_stack
-from inference.cds_hooks import CDS_HOOKS_PATH
-from stream.events import patient_key
+from inference.cds.http import CDS_HOOKS_PATH
+from kernel.events import patient_key
 
 pytestmark = pytest.mark.integration
 SECRET = "security-sweep-secret-of-32-chars!!"

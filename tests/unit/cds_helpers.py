@@ -3,9 +3,9 @@
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
-from inference.state import PatientState, apply
-from stream.attachments import text_attachment
-from stream.events import Envelope, FhirRecord
+from inference.cds.state import PatientState, apply
+from kernel.attachments import text_attachment
+from kernel.events import Envelope, FhirRecord
 
 T0 = datetime(2025, 3, 6, 8, 0, tzinfo=UTC)
 LOINC = "http://loinc.org"

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from dashboard.app import Config
 from dashboard.auth import hash_password, parse_logins
 from dashboard.queries import LagRow, ReplayReceipt, Snapshot, lag_samples, parse_metrics, with_samples
-from dashboard.sources import Sampler
-from stream.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, content_hash
-from stream.hl7v2 import parse_message
-from stream.replay import Replay
+from dashboard.live_source import Sampler
+from kernel.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, content_hash
+from kernel.hl7v2.parser import parse_message
+from kernel.replay import Replay
 from tests.conftest import corpora_dir
 
 PASSWORDS = {"ada": "admin-pw", "vic": "viewer-pw", "cleo": "clinician-pw", "ian": "integration-pw"}

@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
 
 from connectors.ack import Receiver, build_ack
-from stream.errors import Hl7ParseError, MappingError
-from stream.hl7v2 import parse_message
+from kernel.errors import Hl7ParseError, MappingError
+from kernel.hl7v2.parser import parse_message
 
 NOW = datetime(2025, 3, 6, 8, 30, tzinfo=UTC)
 MSG = parse_message(

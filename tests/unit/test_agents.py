@@ -8,14 +8,15 @@ import jwt
 import pytest
 from mcp import Client
 
+from agents.errors import ToolError
 from agents.http import agent_routes
 from agents.mcp_server import build_server
-from agents.tools import TOOLS, ToolError, openapi, scope_of
+from agents.tools import TOOLS, openapi, scope_of
 from clinstream.http import build_app
 from connectors.security import Authenticator
-from stream.events import patient_key
-from stream.fhir_models import model_class
-from stream.settings import HttpSettings
+from kernel.events import patient_key
+from kernel.fhir_models import model_class
+from kernel.settings import HttpSettings
 
 SECRET = "agent-test-secret-of-32-characters!!"
 ALICE = patient_key("MERCY", "1001")

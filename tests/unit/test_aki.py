@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from inference import aki
-from inference.rules import changed_refs
+from inference.cds import aki
+from inference.cds.rules import changed_refs
 from tests.unit.cds_helpers import T0, hours, obs, record, state_of
 
 

@@ -11,12 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from clinstream.http import build_app
-from inference.cards import OVERRIDE_REASONS, snoozed_by
-from inference.cds_auth import CdsJwtVerifier
-from inference.cds_hooks import CdsHooksService
-from inference.rules import RuleSet, process
-from inference.state_store import SqliteStateStore
-from stream.events import ClinicianFeedback, patient_key
+from inference.cds.cards import OVERRIDE_REASONS, snoozed_by
+from inference.cds.jwks_client import CdsJwtVerifier
+from inference.cds.http import CdsHooksService
+from inference.cds.rules import RuleSet, process
+from inference.cds.state_store import SqliteStateStore
+from kernel.events import ClinicianFeedback, patient_key
 from tests.unit.cds_helpers import T0, hours, obs, record, vitals
 
 SECRET = "cds-test-secret-at-least-32-bytes-long"
@@ -193,7 +193,7 @@ def _es256(key, kid, aud=SERVICE):
 
 
 async def test_keys_from_a_jwks_url_follow_a_rotation(env):
-    from inference.cds_auth import JwksSource
+    from inference.cds.jwks_client import JwksSource
 
     store, _, _ = env
     store.save(_state())
@@ -604,7 +604,7 @@ def _aki_state(patient="p1"):
 
 
 async def test_a_critical_value_card_suggests_a_draft_repeat_order_and_hears_it_was_accepted(env):
-    from stream.fhir_models import model_class
+    from kernel.fhir_models import model_class
 
     service_request = model_class("ServiceRequest")  # R4 (fhir.resources' R4B package)
     store, published, build = env

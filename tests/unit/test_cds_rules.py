@@ -6,10 +6,10 @@ import sqlite3
 import pytest
 
 from bench.synthea_feed import synthea_feed
-from inference.rules import RuleSet, process, ruleset_from
-from inference.state import PatientState
-from inference.state_store import SqliteStateStore
-from stream.settings import CdsSettings
+from inference.cds.rules import RuleSet, process, ruleset_from
+from inference.cds.state import PatientState
+from inference.cds.state_store import SqliteStateStore
+from kernel.settings import CdsSettings
 from tests.conftest import corpora_dir
 from tests.unit.cds_helpers import T0, hours, obs, record, vitals
 

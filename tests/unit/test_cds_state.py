@@ -4,9 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from inference.analytes import acvpu_letter, readings_of
-from inference.errors import RuleInputError
-from inference.state import MAX_READINGS, PatientState, apply
+from inference.cds.analytes import acvpu_letter, readings_of
+from inference.cds.errors import RuleInputError
+from inference.cds.state import MAX_READINGS, PatientState, apply
 from tests.unit.cds_helpers import T0, hours, obs, record, state_of
 
 

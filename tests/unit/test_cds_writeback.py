@@ -5,22 +5,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from inference.rules import process, ruleset_from
-from inference.state import ChartIdentifier
-from inference.writeback import (
-    WritebackConfig,
+from inference.cds.rules import process, ruleset_from
+from inference.cds.writeback import (
     control_id,
     detected_issue,
     fhir_resources,
     oru_r01,
     outbound,
     provenance,
-    writeback_from,
 )
-from stream.fhir_models import model_class
-from stream.hl7v2 import parse_message
+from kernel.fhir_models import model_class
+from kernel.hl7v2.parser import parse_message
+from kernel.settings import CdsSettings
+from kernel.writeback import ChartIdentifier, WritebackConfig, writeback_from
 from stream.normalize import normalize_hl7
-from stream.settings import CdsSettings
 from tests.unit.cds_helpers import T0, hours, obs, record, vitals
 
 RULES = ruleset_from(CdsSettings())

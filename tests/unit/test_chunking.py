@@ -4,8 +4,8 @@ import numpy as np
 
 from indexer.app import write_plan
 from indexer.chunking import chunk_id, plan_batch, plan_record
-from indexer.rendering import render_observation
-from stream.events import Envelope, FhirRecord
+from kernel.events import Envelope, FhirRecord
+from kernel.rendering import render_observation
 
 ENVELOPE = Envelope(
     source_system="LIS^LAB",

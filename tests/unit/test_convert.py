@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.bundle import Bundle
 
+from kernel.hl7v2.parser import decode_payload
 from stream.convert import convert_text
-from stream.hl7v2 import decode_payload
 from tests.conftest import REPO, corpora_dir
 
 UTC = ZoneInfo("UTC")

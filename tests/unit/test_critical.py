@@ -4,10 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from inference import critical
-from inference.critical import CriticalLimit, limits_with
-from inference.errors import RuleConfigError
-from inference.rules import changed_refs
+from inference.cds import critical
+from inference.cds.critical import CriticalLimit, limits_with
+from inference.cds.errors import RuleConfigError
+from inference.cds.rules import changed_refs
 from tests.unit.cds_helpers import obs, record, state_of
 
 LIMITS = limits_with()

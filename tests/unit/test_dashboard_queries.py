@@ -7,10 +7,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from dashboard import queries as q
-from dashboard.auth import LoginConfigError, from_proxy_headers, hash_password, parse_logins, verify
-from stream.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, patient_key
-from stream.hl7v2 import parse_message, patient_identifier
-from stream.replay import ReplayError, corrected
+from dashboard.auth import from_proxy_headers, hash_password, parse_logins, verify
+from dashboard.errors import LoginConfigError
+from kernel.errors import ReplayError
+from kernel.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, patient_key
+from kernel.hl7v2.parser import parse_message, patient_identifier
+from kernel.replay import corrected
 from tests.conftest import corpora_dir
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

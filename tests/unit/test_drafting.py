@@ -4,11 +4,18 @@ and the DocumentReference / Provenance / MDM that carry a draft to the EHR."""
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from inference.draft_docs import document_reference, draft_id, mdm, note_text, provenance, reviewed_document
-from inference.drafting import Chart, apply, plan, render_markdown, triggers, write_draft
-from inference.generator import Generation
-from inference.state import ChartIdentifier
-from stream.fhir_models import model_class
+from inference.cds.state import ChartIdentifier
+from inference.notes.draft_docs import (
+    document_reference,
+    draft_id,
+    mdm,
+    note_text,
+    provenance,
+    reviewed_document,
+)
+from inference.notes.drafting import Chart, apply, plan, render_markdown, triggers, write_draft
+from inference.notes.generation import Generation
+from kernel.fhir_models import model_class
 from stream.normalize import normalize_hl7
 
 NOW = datetime(2025, 3, 6, 12, 0, tzinfo=UTC)

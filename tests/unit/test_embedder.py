@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from indexer.errors import ModelNotBuiltError
 from indexer.ort_session import Embedder, length_batches
+from kernel.errors import ModelNotBuiltError
 
 
 def _tiny_model(path):

@@ -12,7 +12,7 @@ from exports.card import key_id
 from exports.datasets import KINDS, Filters, Sources, build, charts
 from exports.deid import Deidentifier
 from exports.files import write_export
-from stream.events import (
+from kernel.events import (
     Alert,
     AlertInput,
     ClinicianFeedback,

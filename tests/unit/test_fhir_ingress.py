@@ -13,8 +13,8 @@ from clinstream.http import build_app
 from connectors.errors import BrokerUnavailableError
 from connectors.fhir_server import FhirIngress
 from connectors.security import Authenticator
-from stream.events import DeadLetter, Envelope, FhirInbound, Topics
-from stream.settings import HttpSettings
+from kernel.events import DeadLetter, Envelope, FhirInbound, Topics
+from kernel.settings import HttpSettings
 from tests.conftest import corpora_dir
 
 TOPICS = Topics()

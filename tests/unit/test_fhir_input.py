@@ -2,7 +2,7 @@
 
 import json
 
-from stream.events import FhirInbound
+from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 from tests.conftest import corpora_dir
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from stream import fhir_models
+from kernel import fhir_models
 from stream.validation import _complex_fields
 
 ORIGINAL = fhir_models._ORIGINAL
@@ -81,7 +81,7 @@ def test_every_model_a_process_builds_uses_it():
     # A fresh interpreter, importing the way a stage process does (FHIR ingress, normalizer).
     code = (
         "import connectors.fhir_ingress, stream.normalize\n"
-        "from stream import fhir_models as f\n"
+        "from kernel import fhir_models as f\n"
         "from tests.unit.test_fhir_models import _closure\n"
         "slow = [c.__name__ for c in _closure() if not f.uses_faster_check(c)]\n"
         "print(len(slow), slow[:5])\n"

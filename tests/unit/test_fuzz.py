@@ -38,14 +38,14 @@ from connectors.errors import FramingError
 from connectors.fhir_server import FhirIngress
 from connectors.framing import START_BLOCK, frame, split_frames
 from connectors.security import Authenticator
-from inference.cds_auth import CdsJwtVerifier
-from inference.cds_hooks import CdsHooksService
-from inference.state_store import SqliteStateStore
-from stream.errors import Hl7Error
-from stream.events import TOPICS
-from stream.hl7v2 import decode_payload, parse_message, split_batch
+from inference.cds.jwks_client import CdsJwtVerifier
+from inference.cds.http import CdsHooksService
+from inference.cds.state_store import SqliteStateStore
+from kernel.errors import Hl7Error
+from kernel.events import TOPICS
+from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
+from kernel.settings import HttpSettings
 from stream.normalize import normalize_hl7
-from stream.settings import HttpSettings
 from tests.conftest import corpora_dir
 from tests.unit.test_normalize_properties import MESSAGES, mutated
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference.grounding import (
+from inference.notes.grounding import (
     Evidence,
     Sentence,
     attribute,

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.errors import Hl7Error, Hl7ParseError, MappingError
-from stream.hl7v2 import (
+from kernel.errors import Hl7Error, Hl7ParseError, MappingError
+from kernel.hl7v2.parser import (
     Separators,
     check_header,
     component_of,

@@ -4,10 +4,10 @@ from datetime import timedelta
 
 import pytest
 
-from inference.findings import Finding
-from inference.hygiene import HygieneConfig, alert_id, screen, snooze
-from inference.state import PatientState
-from stream.events import AlertInput
+from inference.cds.findings import Finding
+from inference.cds.hygiene import HygieneConfig, alert_id, screen, snooze
+from inference.cds.state import PatientState
+from kernel.events import AlertInput
 from tests.unit.cds_helpers import T0, hours
 
 CONFIG = HygieneConfig(default_window=hours(12), windows={"sirs": hours(24)}, stale_after=hours(24))

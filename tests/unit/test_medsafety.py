@@ -2,9 +2,9 @@
 
 import pytest
 
-from inference import medsafety
-from inference.rules import process, ruleset_from
-from stream.settings import CdsSettings
+from inference.cds import medsafety
+from inference.cds.rules import process, ruleset_from
+from kernel.settings import CdsSettings
 from tests.unit.cds_helpers import T0, hours, obs, record
 
 RULES = ruleset_from(CdsSettings())

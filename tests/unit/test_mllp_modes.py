@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from connectors.framing import frame, split_frames
 from connectors.mllp_client import MllpClient, ack_code
 from connectors.mllp_server import MllpServer
-from stream.events import DeadLetter, Envelope, Topics, deterministic_id
-from stream.hl7v2 import parse_message, split_batch
-from stream.settings import MllpSettings
+from kernel.events import DeadLetter, Envelope, Topics, deterministic_id
+from kernel.hl7v2.parser import parse_message, split_batch
+from kernel.settings import MllpSettings
 from tests.conftest import hl7_corpus_files
 from tests.unit.test_mllp_server import ORU, MemorySink
 

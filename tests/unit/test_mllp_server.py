@@ -10,8 +10,8 @@ from connectors.errors import BrokerUnavailableError
 from connectors.framing import frame
 from connectors.mllp_client import MllpClient
 from connectors.mllp_server import MllpServer
-from stream.events import DeadLetter, Envelope, Topics, patient_key
-from stream.settings import MllpSettings
+from kernel.events import DeadLetter, Envelope, Topics, patient_key
+from kernel.settings import MllpSettings
 
 ORU = (
     b"MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|LAB%d|P|2.5.1\r"

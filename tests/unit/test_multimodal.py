@@ -11,12 +11,12 @@ from starlette.testclient import TestClient
 from clinstream.http import build_app
 from connectors.fhir_server import FhirIngress
 from connectors.security import Authenticator
-from indexer.rendering import render
-from stream.events import DeadLetter, FhirInbound, Topics, patient_key
+from kernel.events import DeadLetter, FhirInbound, Topics, patient_key
+from kernel.rendering import render
+from kernel.settings import HttpSettings
 from stream.fhir_input import normalize_fhir
 from stream.imaging import study_id
 from stream.normalize import normalize_hl7
-from stream.settings import HttpSettings
 from stream.validation import validate
 from tests.unit.test_fhir_ingress import MemorySink
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import stream
-from stream import native_dir
+from kernel.native import native_dir
 from tests.conftest import REPO
 
 DIGEST = """
@@ -19,7 +19,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 import stream
 from stream.convert import convert_text
-from stream.hl7v2 import decode_payload
+from kernel.hl7v2.parser import decode_payload
 h = hashlib.sha256()
 count = 0
 for path in sorted(Path(sys.argv[1]).rglob("*")):
@@ -58,13 +58,13 @@ def test_compiled_modules_convert_the_corpus_exactly_as_pure_python(corpora):
 
 
 def _tree(tmp_path, python=sys.implementation.cache_tag):
-    source = tmp_path / "stream" / "hl7v2.py"
-    source.parent.mkdir()
+    source = tmp_path / "kernel" / "hl7v2" / "parser.py"
+    source.parent.mkdir(parents=True)
     source.write_text("X = 1\n")
     native = tmp_path / "build" / "native"
     native.mkdir(parents=True)
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    manifest = {"python": python, "sources": {"stream/hl7v2.py": digest}}
+    manifest = {"python": python, "sources": {"kernel/hl7v2/parser.py": digest}}
     (native / "manifest.json").write_text(json.dumps(manifest))
     return source, native
 

@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from inference import news2
-from inference.news2 import News2Config, band_score, response, spo2_scale_2
+from inference.cds import news2
+from inference.cds.news2 import News2Config, band_score, response, spo2_scale_2
 from tests.unit.cds_helpers import T0, condition, hours, obs, state_of, vitals
 
 CONFIG = News2Config(window=hours(12))

@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stream.errors import Hl7Error, MappingError, UnsupportedMessageError
-from stream.events import SUPPORTED_HL7_EVENTS, deterministic_id, patient_key
-from stream.hl7v2 import decode_payload, parse_message
+from kernel.errors import Hl7Error, MappingError, UnsupportedMessageError
+from kernel.events import SUPPORTED_HL7_EVENTS, deterministic_id, patient_key
+from kernel.hl7v2.parser import decode_payload, parse_message
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
 

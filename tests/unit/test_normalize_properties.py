@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.errors import Hl7Error
-from stream.events import SUPPORTED_HL7_EVENTS
-from stream.hl7v2 import decode_payload, parse_message
+from kernel.errors import Hl7Error
+from kernel.events import SUPPORTED_HL7_EVENTS
+from kernel.hl7v2.parser import decode_payload, parse_message
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
 

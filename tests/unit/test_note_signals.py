@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from inference import notes
-from inference.errors import ModelRunError
-from inference.rules import process, ruleset_from
+from inference.cds import note_signals
+from inference.cds.rules import process, ruleset_from
+from kernel.errors import ModelRunError
+from kernel.settings import CdsSettings
 from stream.convert import convert_text
-from stream.settings import CdsSettings
 from tests.conftest import corpora_dir
 from tests.unit.cds_helpers import T0, note, record
 
@@ -77,9 +77,9 @@ def test_real_mdm_notes_from_the_corpus_are_read_without_error():
         for converted in convert_text(text, tz=ZoneInfo("UTC")):
             resources = (converted.bundle and [e["resource"] for e in converted.bundle["entry"]]) or []
             for res in resources:
-                if res["resourceType"] == "DocumentReference" and notes.note_text(res):
+                if res["resourceType"] == "DocumentReference" and note_signals.note_text(res):
                     read += 1
-                    notes.evaluate([res], default_time=T0)  # must not raise
+                    note_signals.evaluate([res], default_time=T0)  # must not raise
     assert read >= 3
 
 
@@ -106,12 +106,12 @@ class KeywordEncoder:
 EXAMPLES = {
     "fall": ("found on the floor",),
     "suicidal-ideation": ("wants to die",),
-    notes.NOT_A_SIGNAL: ("uses a walker",),
+    note_signals.NOT_A_SIGNAL: ("uses a walker",),
 }
 
 
 def matched(text, **kw):
-    matcher = notes.NoteMatcher(KeywordEncoder(), examples=EXAMPLES, **kw)
+    matcher = note_signals.NoteMatcher(KeywordEncoder(), examples=EXAMPLES, **kw)
     rules = replace(RULES, note_matcher=matcher)
     return sorted(
         (a.key.split("/")[1], a.severity) for a in process(None, record(note(text)), rules, now=T0).alerts
@@ -148,8 +148,8 @@ def test_an_uncertain_sentence_found_by_the_model_is_info():
 
 
 def test_the_card_names_the_example_and_the_cosine():
-    matcher = notes.NoteMatcher(KeywordEncoder(), examples=EXAMPLES)
-    [finding] = notes.evaluate([note("Lying on the floor at 3am.")], default_time=T0, matcher=matcher)
+    matcher = note_signals.NoteMatcher(KeywordEncoder(), examples=EXAMPLES)
+    [finding] = note_signals.evaluate([note("Lying on the floor at 3am.")], default_time=T0, matcher=matcher)
     assert finding.summary.startswith("Note may describe a fall: “Lying on the floor")
     assert "closest to the example “found on the floor”" in finding.detail
     assert "keywords" in finding.detail
@@ -165,10 +165,10 @@ def test_the_threshold_decides():
 
 def test_one_model_call_per_note_and_none_without_notes():
     encoder = KeywordEncoder()
-    matcher = notes.NoteMatcher(encoder, examples=EXAMPLES)
+    matcher = note_signals.NoteMatcher(encoder, examples=EXAMPLES)
     assert encoder.calls == 1  # the examples, once
-    notes.evaluate([note("One. Two. Three on the floor.")], default_time=T0, matcher=matcher)
-    notes.evaluate([{"resourceType": "Observation", "id": "o"}], default_time=T0, matcher=matcher)
+    note_signals.evaluate([note("One. Two. Three on the floor.")], default_time=T0, matcher=matcher)
+    note_signals.evaluate([{"resourceType": "Observation", "id": "o"}], default_time=T0, matcher=matcher)
     assert encoder.calls == 2
 
 
@@ -179,11 +179,11 @@ def test_a_failing_model_is_a_model_error_not_the_notes_fault():
                 raise RuntimeError("session lost")
             return super().embed(texts)
 
-    matcher = notes.NoteMatcher(Broken(), examples=EXAMPLES)
+    matcher = note_signals.NoteMatcher(Broken(), examples=EXAMPLES)
     with pytest.raises(ModelRunError, match="note embedding failed: RuntimeError"):
-        notes.evaluate([note("On the floor.")], default_time=T0, matcher=matcher)
+        note_signals.evaluate([note("On the floor.")], default_time=T0, matcher=matcher)
 
 
 def test_examples_must_name_known_signals():
     with pytest.raises(ValueError, match="unknown signals"):
-        notes.NoteMatcher(KeywordEncoder(), examples={"headache": ("x",)})
+        note_signals.NoteMatcher(KeywordEncoder(), examples={"headache": ("x",)})

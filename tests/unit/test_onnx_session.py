@@ -1,12 +1,12 @@
-"""Provider choice of `stream.onnx_session`, with a real ONNX Runtime session on a tiny graph."""
+"""Provider choice of `kernel.onnx_session`, with a real ONNX Runtime session on a tiny graph."""
 
 import logging
 
 import onnxruntime as ort
 import pytest
 
-from stream import onnx_session
-from stream.onnx_session import chosen_providers, open_session
+from kernel import onnx_session
+from kernel.onnx_session import chosen_providers, open_session
 
 
 def test_unavailable_providers_are_skipped_in_the_requested_order():
@@ -20,7 +20,7 @@ def test_unavailable_providers_are_skipped_in_the_requested_order():
 
 
 def test_a_provider_this_machine_lacks_is_not_asked_for(identity_model, caplog):
-    caplog.set_level(logging.INFO, logger="stream.onnx_session")
+    caplog.set_level(logging.INFO, logger="kernel.onnx_session")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     session = open_session(identity_model, providers)
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -37,7 +37,7 @@ def test_a_gpu_provider_that_does_not_start_is_a_warning(identity_model, caplog,
     monkeypatch.setattr(
         onnx_session.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    caplog.set_level(logging.INFO, logger="stream.onnx_session")
+    caplog.set_level(logging.INFO, logger="kernel.onnx_session")
     with pytest.warns(UserWarning, match="not in available provider names"):  # ONNX Runtime's own
         session = open_session(identity_model, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert session.get_providers() == ["CPUExecutionProvider"]

@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from kernel.errors import MappingError
+from kernel.hl7v2.parser import decode_payload, parse_message
 from stream.adt import MOTHERS_MAIDEN_NAME
 from stream.coverage import unmapped, z_segments
-from stream.errors import MappingError
-from stream.hl7v2 import decode_payload, parse_message
 from stream.normalize import normalize_hl7
 from tests.conftest import REPO
 

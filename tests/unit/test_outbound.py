@@ -11,7 +11,7 @@ from connectors.ack import Receiver, build_ack
 from connectors.fhir_client import FhirWriter, retry_after_s
 from connectors.framing import frame, split_frames
 from connectors.mllp_client import OutboundMllp
-from stream.hl7v2 import parse_message
+from kernel.hl7v2.parser import parse_message
 
 ORU = (
     b"MSH|^~\\&|CLINSTREAM|HUB|EHR|HOSP|202503060830||ORU^R01^ORU_R01|OUT%d|P|2.5.1\r"

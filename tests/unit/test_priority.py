@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexer.priority import background_executor, lower_thread_priority
-from stream.onnx_session import open_session
+from kernel.onnx_session import open_session
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 

@@ -9,7 +9,7 @@ from clinstream.http import build_app
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
 from indexer.query import ContextualQuery, Hit, KnowledgeHit, TimelineEntry, build_filter
-from stream.events import patient_key
+from kernel.events import patient_key
 
 
 def test_filter_scopes_to_one_patient_and_escapes():

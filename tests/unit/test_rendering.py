@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from indexer.chunking import OVERLAP_WORDS, WINDOW_WORDS, plan_record, resource_chunks, windows
-from indexer.rendering import attachment_text, note_sections, render
+from kernel.events import Envelope, FhirRecord
+from kernel.hl7v2.parser import decode_payload
+from kernel.rendering import attachment_text, note_sections, render
 from stream.convert import convert_text
-from stream.events import Envelope, FhirRecord
-from stream.hl7v2 import decode_payload
 from tests.conftest import hl7_corpus_files
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")

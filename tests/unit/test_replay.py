@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
-from stream.events import DeadLetter
-from stream.replay import Selection, headers_of, plan
+from kernel.events import DeadLetter
+from kernel.replay import Selection, headers_of, plan
 
 T0 = datetime(2025, 3, 6, 8, 0, tzinfo=UTC)
 

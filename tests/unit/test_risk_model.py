@@ -9,12 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from inference.errors import RuleConfigError
-from inference.risk import features, parse_contract
-from inference.risk_model import OnnxRiskModel
-from inference.rules import process, ruleset_from
-from inference.state import PatientState
-from stream.settings import CdsSettings
+from inference.cds.errors import RuleConfigError
+from inference.cds.risk import features, parse_contract
+from inference.cds.risk_session import OnnxRiskModel
+from inference.cds.rules import process, ruleset_from
+from inference.cds.state import PatientState
+from kernel.settings import CdsSettings
 from tests.unit.cds_helpers import T0, hours, obs, record
 
 WEIGHTS = [0.05, 0.8, 0.02]  # heart rate (/min), lactate (mmol/L), age (years)

@@ -5,8 +5,8 @@ import sys
 
 from connectors.mllp_server import MllpServer
 from connectors.send_tool import messages_of, send_files
-from stream.events import Topics
-from stream.settings import MllpSettings
+from kernel.events import Topics
+from kernel.settings import MllpSettings
 from tests.conftest import REPO, corpora_dir
 from tests.unit.test_mllp_server import MemorySink
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference import sepsis
+from inference.cds import sepsis
 from tests.unit.cds_helpers import T0, hours, obs, state_of
 
 WINDOW = hours(12)

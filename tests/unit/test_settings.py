@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from clinstream.settings import Settings, settings_table
-from stream.settings import KafkaSettings, producer_config
+from kernel.settings import KafkaSettings, producer_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,8 @@ def test_readme_documents_every_setting():
 
 
 async def test_external_kafka_requires_an_api_token():
-    from clinstream.stack import ConfigurationError, running_stack
+    from clinstream.errors import ConfigurationError
+    from clinstream.stack import running_stack
 
     settings = Settings(kafka={"bootstrap": "127.0.0.1:1"}, http={"api_token": None})
     with pytest.raises(ConfigurationError, match="API_TOKEN"):

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from inference.app import register_cds
-from inference.rules import RuleSet
-from inference.state_store import SqliteStateStore
+from inference.cds.app import register_cds
+from inference.cds.rules import RuleSet
+from inference.cds.state_store import SqliteStateStore
+from kernel.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
+from kernel.settings import NormalizerSettings
 from stream.app import register_normalizer
-from stream.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
-from stream.settings import NormalizerSettings
 
 TOPICS = Topics()
 ENVELOPE = Envelope(
@@ -95,7 +95,7 @@ async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
 async def test_cds_writes_alerts_back_on_the_channels_switched_on():
     import json
 
-    from inference.writeback import WritebackConfig
+    from inference.cds.writeback import WritebackConfig
 
     broker = KafkaBroker()
     store = SqliteStateStore(":memory:")
@@ -123,8 +123,8 @@ async def test_cds_writes_alerts_back_on_the_channels_switched_on():
 
 
 async def test_cds_applies_snooze_feedback_to_patient_state():
-    from inference.rules import process
-    from stream.events import ClinicianFeedback
+    from inference.cds.rules import process
+    from kernel.events import ClinicianFeedback
 
     store = SqliteStateStore(":memory:")
     obs = POTASSIUM

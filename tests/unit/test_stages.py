@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
+from clinstream.errors import ConfigurationError
 from clinstream.settings import Settings
-from clinstream.stack import STAGES, ConfigurationError, check_stages
+from clinstream.stack import STAGES, check_stages
 
 KAFKA = {"bootstrap": "kafka:9092"}
 TOKEN = {"api_token": "t" * 24}

@@ -5,11 +5,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stream.events import FhirInbound, patient_key
+from kernel.events import FhirInbound, patient_key
+from kernel.identity import authority_of, hl7_key
+from kernel.units import UCUM, convert, quantity_unit, ucum_code
 from stream.fhir_input import normalize_fhir
-from stream.identity import authority_of, hl7_key
 from stream.normalize import normalize_hl7
-from stream.units import UCUM, convert, quantity_unit, ucum_code
 
 
 @pytest.mark.parametrize(

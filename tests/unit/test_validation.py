@@ -4,7 +4,8 @@ import pytest
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from stream.validation import InvalidResource, clear_memos, validate
+from stream.errors import InvalidResource
+from stream.validation import clear_memos, validate
 
 GOOD = {
     "resourceType": "Observation",

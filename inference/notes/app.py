@@ -1,0 +1,426 @@
+"""The notes stage: `ehr.fhir.v1` → patient charts → draft notes on `notes.drafts.v1`, write-back,
+and the review API (`POST /notes/drafts`, `GET /notes/drafts[/{id}]`, `POST /notes/drafts/{id}/review`).
+
+For each batch of normalized records (consumer group ``notes``): find the drafts each record
+calls for (`inference.notes.drafting.triggers`: a stay's Encounter finished, a new report with an
+abnormal result), merge the record into the patient's chart, then write each draft and publish
+it (the DraftNote on `notes.drafts.v1`; the DocumentReference and Provenance on
+`ehr.outbound.fhir.v1` and the MDM^T02 on `ehr.outbound.hl7v2.v1` where write-back is on), and
+only then commit. Generation takes seconds and runs in a worker thread at lower CPU priority
+(`CLINSTREAM_NOTES__CPU_NICE`), so alerts and ACKs keep the CPU they need. A draft already kept
+(same deterministic id) is not written again: a replay changes nothing.
+
+Review: accept (the draft's text becomes final), edit (the clinician's text becomes final) or
+reject (entered-in-error). Each decision is published to `clinician.feedback.v1` with the final
+text, and the reviewed document goes out on the write-back channels (FHIR PUT, MDM^T08/T11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from inference.notes.draft_docs import (
+    MdmEvent,
+    document_reference,
+    draft_event,
+    draft_id,
+    mdm,
+    note_text,
+    provenance,
+    reviewed_document,
+)
+from inference.notes.draft_store import NotesStore
+from inference.notes.drafting import (
+    Chart,
+    DraftKind,
+    TextGenerator,
+    apply,
+    latest_encounter,
+    latest_report,
+    plan,
+    render_markdown,
+    triggers,
+    with_retrieved,
+    write_draft,
+)
+from inference.notes.grounding import Evidence, GuardMode
+from kernel.events import (
+    ClinicianFeedback,
+    DraftNote,
+    DraftStatus,
+    Topics,
+    deterministic_id,
+)
+from kernel.identity import resolve_patient
+from kernel.kafka import (
+    STAGE_CONSUMER,
+    Outgoing,
+    batch_records,
+    commit_after,
+    fhir_records,
+    publish_dead_letters,
+    publish_in_order,
+)
+from kernel.openapi import operation, path_param, query_param
+from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig, chart_identifier
+
+log = logging.getLogger(__name__)
+
+DRAFTS = Counter("clinstream_drafts_written", "Draft notes written", ["kind", "trigger"])
+REMOVED = Counter("clinstream_draft_sentences_removed", "Sentences the grounding guard removed", ["kind"])
+DRAFT_SECONDS = Histogram(
+    "clinstream_draft_seconds",
+    "Time to write one draft (generation included)",
+    ["kind"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 40, 80),
+)
+REVIEWS = Counter("clinstream_draft_reviews", "Clinician decisions on drafts", ["kind", "outcome"])
+RETRY_BACKOFF_S = 1.0
+RETRIEVAL_QUESTION = {
+    "discharge-summary": "reason for admission, hospital course, complications and plan at discharge",
+    "progress-note": "current problems, events and plan",
+    "lab-interpretation": "clinical context of these laboratory results",
+}
+# The contextual query: (patient, question, since, until) → passages with the resource they cite.
+Search = Callable[[str, str, datetime | None, datetime | None], list[Evidence]]
+FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+def problem(status: int, detail: str) -> JSONResponse:
+    """A JSON error body (RFC 9457 style) that does not echo the request."""
+    return JSONResponse({"status": status, "detail": detail}, status_code=status)
+
+
+@dataclass
+class NotesService:
+    """Writes drafts from charts; shared by the consumer and the API."""
+
+    store: NotesStore
+    generator: TextGenerator | None
+    executor: Executor
+    mode: GuardMode = "remove"
+    max_new_tokens: int = 120
+    search: Search | None = None  # the contextual query (patient, question, since, until)
+    writeback: WritebackConfig = NO_WRITEBACK
+    on_events: frozenset[str] = frozenset({"discharge-summary", "lab-interpretation"})
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def write(self, chart: Chart, kind: DraftKind, anchor: str, trace_id: str = "") -> DraftNote:
+        """Plan, generate, guard and package one draft (blocking: call in the executor)."""
+        started = self.clock()
+        p = plan(chart, kind, anchor, started)
+        if self.search is not None:
+            try:
+                hits = self.search(chart.patient_id, RETRIEVAL_QUESTION[kind], p.start, p.end)
+            except Exception:  # the index is an aid here: a draft without passages is still a draft
+                log.warning("notes: contextual query failed; drafting from the chart alone", exc_info=True)
+                hits = []
+            p = with_retrieved(p, hits)
+        draft = write_draft(
+            p, self.generator, now=started, mode=self.mode, max_new_tokens=self.max_new_tokens
+        )
+        text = render_markdown(draft, p.evidence)
+        doc_id = draft_id(chart.patient_id, kind, anchor)
+        patient = _identifier(chart)
+        doc = document_reference(doc_id, draft, text, patient)
+        note = draft_event(
+            doc_id, draft, doc, provenance(doc_id, draft), status="preliminary", trace_id=trace_id
+        )
+        DRAFT_SECONDS.labels(kind).observe((self.clock() - started).total_seconds())
+        REMOVED.labels(kind).inc(len(draft.guard.failed))
+        return note
+
+    def outgoing(
+        self, topics: Topics, note: DraftNote, event: MdmEvent, chart: Chart | None
+    ) -> list[Outgoing]:
+        """``note`` on the drafts topic, then its write-back on the channels switched on."""
+        key = note.patient_id.encode()
+        headers = {"trace_id": note.trace_id, "draft_id": note.id, "kind": note.kind}
+        out = [Outgoing(topics.drafts, note.model_dump_json().encode(), key, headers)]
+        if self.writeback.fhir:
+            for resource in (note.document, note.provenance):
+                out.append(
+                    Outgoing(
+                        topics.outbound_fhir,
+                        json.dumps(resource, separators=(",", ":")).encode(),
+                        key,
+                        headers,
+                    )
+                )
+        if self.writeback.hl7:
+            patient = _identifier(chart) if chart is not None else None
+            message = mdm(
+                note.document,
+                note_text(note.document),
+                patient,
+                note.patient_id,
+                event,
+                self.clock(),
+                receiving_application=self.writeback.receiving_application,
+                receiving_facility=self.writeback.receiving_facility,
+            )
+            out.append(Outgoing(topics.outbound_hl7v2, message, key, headers))
+        return out
+
+
+def _identifier(chart: Chart) -> ChartIdentifier | None:
+    patients = chart.of("Patient")
+    return chart_identifier(patients[0]) if patients else None
+
+
+def register_notes(
+    broker: KafkaBroker,
+    topics: Topics,
+    service: NotesService,
+    *,
+    group_id: str = "notes",
+    max_records: int = 64,
+    batch_timeout_ms: int = 50,
+) -> None:
+    """Subscribe the notes stage to the normalized FHIR topic."""
+
+    @broker.subscriber(
+        topics.fhir,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=batch_timeout_ms,
+        **STAGE_CONSUMER,
+    )
+    async def draft_notes(msg: KafkaMessage) -> None:
+        parsed, letters = fhir_records(batch_records(msg), stage="notes")
+
+        async def effects() -> None:
+            loop = asyncio.get_running_loop()
+            for _, one in parsed:  # offset order: a patient's chart changes in turn
+                chart = await asyncio.to_thread(service.store.chart, one.patient_id)
+                wanted = [(k, a) for k, a in triggers(chart, one.resources) if k in service.on_events]
+                await asyncio.to_thread(service.store.apply, one.patient_id, one.resources)
+                if not wanted:
+                    continue
+                chart = apply(chart, one.resources)  # what the store now holds, without reading it back
+                for kind, anchor in wanted:
+                    if await asyncio.to_thread(service.store.draft, draft_id(one.patient_id, kind, anchor)):
+                        continue  # written before (a replay): a clinician may be reviewing it
+                    note = await loop.run_in_executor(
+                        service.executor, service.write, chart, kind, anchor, one.envelope.trace_id
+                    )
+                    await publish_in_order(broker, service.outgoing(topics, note, "T02", chart))
+                    await asyncio.to_thread(service.store.save_draft, note)
+                    DRAFTS.labels(kind, "event").inc()
+                    log.info("draft %s kind=%s trace=%s", note.id, kind, one.envelope.trace_id)
+            await publish_dead_letters(broker, topics, letters)
+
+        await commit_after(msg, effects, stage="notes", backoff_s=RETRY_BACKOFF_S)
+
+
+class DraftRequest(BaseModel):
+    """Body of `POST /notes/drafts`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="FHIR Patient id, or `authority|identifier`."
+    )
+    type: DraftKind
+    anchor: FhirId | None = Field(
+        default=None,
+        description="Encounter (discharge summary) or DiagnosticReport (lab interpretation) id; "
+        "unset: the latest one in the chart.",
+    )
+
+
+class ReviewRequest(BaseModel):
+    """Body of `POST /notes/drafts/{id}/review`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["accept", "edit", "reject"]
+    reviewer: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="Who decided (display name or practitioner id); kept with the feedback."
+    )
+    text: Annotated[str, StringConstraints(min_length=1, max_length=200_000)] | None = Field(
+        default=None, description="The final note text (required for edit)."
+    )
+    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+_OUTCOME: dict[str, Literal["accepted", "edited", "rejected"]] = {
+    "accept": "accepted",
+    "edit": "edited",
+    "reject": "rejected",
+}
+_STATUS: dict[str, DraftStatus] = {"accept": "final", "edit": "final", "reject": "entered-in-error"}
+_EVENT: dict[str, MdmEvent] = {"accept": "T08", "edit": "T08", "reject": "T11"}
+
+
+def _public(note: DraftNote) -> dict[str, Any]:
+    return {
+        "id": note.id,
+        "patient_id": note.patient_id,
+        "type": note.kind,
+        "anchor": note.anchor,
+        "status": note.status,
+        "documentReference": note.document,
+        "provenance": note.provenance,
+        "citations": list(note.citations),
+        "guard": {
+            "sentences_checked": note.sentences,
+            "removed": len(note.removed),
+            "reasons": list(note.removed),
+        },
+        "model": note.model,
+        "generated_tokens": note.generated_tokens,
+        "generation_s": note.generation_s,
+        "created": note.created.isoformat(),
+    }
+
+
+def notes_routes(
+    service: NotesService,
+    publish: Callable[[Sequence[Outgoing]], Awaitable[None]],
+    topics: Topics,
+) -> list[Route]:
+    """The draft API. ``publish`` sends records (acks=all) before the API answers."""
+
+    async def create(request: Request) -> JSONResponse:
+        try:
+            body = DraftRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return problem(422 if exc.errors()[0]["type"] != "json_invalid" else 400, _first_error(exc))
+        patient_id = resolve_patient(body.patient_id)
+        chart = await asyncio.to_thread(service.store.chart, patient_id)
+        if not chart.resources:
+            return problem(404, "no record of this patient in the notes stage")
+        kind: DraftKind = body.type
+        anchor = ""
+        if kind == "discharge-summary":
+            anchor = f"Encounter/{body.anchor}" if body.anchor else latest_encounter(chart)
+        elif kind == "lab-interpretation":
+            anchor = f"DiagnosticReport/{body.anchor}" if body.anchor else latest_report(chart)
+            if not anchor:
+                return problem(404, "no report with an abnormal result in this patient's chart")
+        if anchor and anchor not in chart.resources:
+            return problem(404, f"{anchor.split('/')[0]} not in this patient's chart")
+        loop = asyncio.get_running_loop()
+        note = await loop.run_in_executor(service.executor, service.write, chart, kind, anchor, "")
+        await publish(service.outgoing(topics, note, "T02", chart))
+        await asyncio.to_thread(service.store.save_draft, note)
+        DRAFTS.labels(kind, "request").inc()
+        return JSONResponse(_public(note), status_code=201, headers={"Location": f"/notes/drafts/{note.id}"})
+
+    async def listing(request: Request) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status not in (None, "preliminary", "final", "entered-in-error"):
+            return problem(400, "status must be preliminary, final or entered-in-error")
+        notes = await asyncio.to_thread(service.store.drafts, status=status)
+        return JSONResponse({"drafts": [_public(n) for n in notes]})
+
+    async def one(request: Request) -> JSONResponse:
+        note = await asyncio.to_thread(service.store.draft, str(request.path_params["draft_id"]))
+        return JSONResponse(_public(note)) if note else problem(404, "no such draft")
+
+    async def review(request: Request) -> JSONResponse:
+        note = await asyncio.to_thread(service.store.draft, str(request.path_params["draft_id"]))
+        if note is None:
+            return problem(404, "no such draft")
+        try:
+            body = ReviewRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return problem(422 if exc.errors()[0]["type"] != "json_invalid" else 400, _first_error(exc))
+        if body.decision == "edit" and body.text is None:
+            return problem(422, "an edit needs the final text")
+        if note.status != "preliminary":
+            return problem(409, f"this draft was already reviewed ({note.status})")
+        now = service.clock()
+        status = _STATUS[body.decision]
+        final_text = body.text if body.decision == "edit" else note_text(note.document)
+        doc = reviewed_document(
+            note.document, status, body.text if body.decision == "edit" else None, body.reviewer
+        )
+        reviewed = note.model_copy(update={"status": status, "document": doc})
+        outcome = _OUTCOME[body.decision]
+        principal = str(getattr(request.state, "principal", "api-token"))
+        feedback = ClinicianFeedback(
+            id=deterministic_id("Feedback", "draft", note.id, outcome, now.isoformat()),
+            patient_id=note.patient_id,
+            target="draft",
+            target_id=note.id,
+            rule_id=note.kind,
+            outcome=outcome,
+            reason_display=body.reason,
+            comment=body.reason,
+            final_text=final_text if status == "final" else None,
+            draft_text=note_text(note.document),
+            reviewer=body.reviewer,
+            at=now,
+            channel="notes-api",
+            principal=principal,
+        )
+        chart = await asyncio.to_thread(service.store.chart, note.patient_id)
+        key = note.patient_id.encode()
+        await publish(
+            [
+                Outgoing(topics.feedback, feedback.model_dump_json().encode(), key, {"draft_id": note.id}),
+                *service.outgoing(topics, reviewed, _EVENT[body.decision], chart),
+            ]
+        )
+        await asyncio.to_thread(service.store.save_draft, reviewed)
+        REVIEWS.labels(note.kind, outcome).inc()
+        return JSONResponse(_public(reviewed))
+
+    return [
+        Route("/notes/drafts", create, methods=["POST"]),
+        Route("/notes/drafts", listing, methods=["GET"]),
+        Route("/notes/drafts/{draft_id}", one, methods=["GET"]),
+        Route("/notes/drafts/{draft_id}/review", review, methods=["POST"]),
+    ]
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """The drafts API's operations (OpenAPI)."""
+    draft = path_param("draft_id")
+    return {
+        "/notes/drafts": {
+            "post": operation(
+                "Draft a note now (never final).", body=DraftRequest, errors=("401", "404", "422", "503")
+            ),
+            "get": operation(
+                "The drafts, newest first.",
+                params=[query_param("status", {"type": "string"})],
+                errors=("401", "422"),
+            ),
+        },
+        "/notes/drafts/{draft_id}": {
+            "get": operation("One draft with its sources.", params=[draft], errors=("401", "404"))
+        },
+        "/notes/drafts/{draft_id}/review": {
+            "post": operation(
+                "A clinician accepts, edits or rejects a draft.",
+                body=ReviewRequest,
+                params=[draft],
+                errors=("401", "404", "409", "422", "503"),
+            )
+        },
+    }

@@ -1,0 +1,223 @@
+"""Consumer semantics every stage shares: commit after the side effect, seek back on failure.
+
+FastStream subscribers run with ``AckPolicy.MANUAL``; a handler computes its output with
+pure code, then calls `commit_after` with the side effect (publishes, a Milvus write).
+The offset is committed only when the side effect returned; if it raised, the consumer
+seeks back to the message (nack) and pauses, so nothing is skipped and a broker or
+Milvus outage does not become a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, TypedDict
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter, Histogram
+
+from kernel.events import DeadLetter, Envelope, FhirRecord, Topics
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX_WAIT_MS = 50
+"""How long a stage's fetch request waits for records (aiokafka's default is 500 ms).
+
+Tansu, the embedded broker, holds a fetch for this whole time even when records arrive
+sooner, so at the default every hop between two stages could wait up to half a second.
+Apache Kafka answers as soon as records arrive; there the only cost is more empty fetches
+while a topic is idle (20 a second per consumer).
+"""
+
+
+class StageConsumer(TypedDict):
+    """The consumer options every stage subscriber shares."""
+
+    ack_policy: AckPolicy
+    auto_offset_reset: Literal["earliest"]
+    fetch_max_wait_ms: int
+
+
+STAGE_CONSUMER: Final[StageConsumer] = {
+    "ack_policy": AckPolicy.MANUAL,  # `commit_after` commits, once the side effect is done
+    "auto_offset_reset": "earliest",  # a new consumer group starts at the beginning: nothing skipped
+    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+}
+"""How every stage subscriber consumes: ``broker.subscriber(topic, group_id=..., **STAGE_CONSUMER)``."""
+
+DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
+RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
+STAGE_RECORDS = Counter(
+    "clinstream_stage_records",
+    "Records a stage finished (side effect confirmed, offset committed)",
+    ["stage"],
+)
+STAGE_LATENCY = Histogram(
+    "clinstream_stage_latency_seconds",
+    "Age of an event when a stage finished it: received at the edge -> this stage's side effect confirmed",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record a stage will publish."""
+
+    topic: str
+    payload: bytes
+    key: bytes | None
+    headers: dict[str, str]
+
+
+async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> None:
+    """Send ``messages`` in order without waiting for each acknowledgement, then wait for all.
+
+    The producer keeps each partition's records in send order (aiokafka has one batch in
+    flight per partition), so a patient's records stay in order; the caller commits only
+    after this returns, so an acknowledgement that never comes means a replay, not a loss.
+    """
+    pending = []
+    for m in messages:
+        sent = await broker.publish(m.payload, topic=m.topic, key=m.key, headers=m.headers, no_confirm=True)
+        if sent is not None:  # FastStream's in-memory test broker delivers at once and returns nothing
+            pending.append(sent)
+    await asyncio.gather(*pending)
+
+
+def batch_records(msg: KafkaMessage) -> tuple[Any, ...]:
+    """The aiokafka ConsumerRecords behind a batch message, in the order they were fetched (a
+    partition's records in offset order). FastStream's test broker hands a list, Kafka a tuple."""
+    raw = msg.raw_message
+    return tuple(raw) if isinstance(raw, (tuple, list)) else (raw,)
+
+
+def single_record(msg: KafkaMessage) -> Any:
+    """The aiokafka ConsumerRecord behind a non-batch message."""
+    record = msg.raw_message
+    if isinstance(record, tuple):  # only batch subscribers get tuples
+        raise TypeError("expected a single record")
+    return record
+
+
+async def commit_after(
+    msg: KafkaMessage, side_effect: Callable[[], Awaitable[None]], *, stage: str, backoff_s: float
+) -> bool:
+    """Run the side effect, then commit; on failure seek back and pause. True when committed."""
+    try:
+        await side_effect()
+    except Exception:
+        await retry_later(msg, stage=stage, backoff_s=backoff_s, what="side effect not confirmed")
+        return False
+    await msg.ack()
+    observe_done(stage, batch_records(msg), time.time())
+    return True
+
+
+def received_at(record: Any) -> float | None:
+    """Unix time the edge received ``record``'s event (its ``received_at`` header), or None for
+    a record without one and for a replay (its age is the dead letter's, not the pipeline's)."""
+    found = None
+    for name, value in getattr(record, "headers", None) or ():
+        if name == "replay_of":
+            return None
+        if name == "received_at":
+            found = value
+    if not isinstance(found, bytes):
+        return None
+    try:
+        return datetime.fromisoformat(found.decode()).timestamp()
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def observe_done(stage: str, records: Iterable[Any], now: float) -> None:
+    """Count records a stage finished and observe their age (`STAGE_RECORDS`, `STAGE_LATENCY`)."""
+    latency = STAGE_LATENCY.labels(stage)
+    done = 0
+    for record in records:
+        done += 1
+        at = received_at(record)
+        if at is not None:
+            latency.observe(max(0.0, now - at))
+    STAGE_RECORDS.labels(stage).inc(done)
+
+
+async def retry_later(msg: KafkaMessage, *, stage: str, backoff_s: float, what: str) -> None:
+    """Seek back to ``msg`` and pause: an outage (broker, store), not a bad message. Call in ``except``."""
+    RETRIES.labels(stage).inc()
+    log.exception("%s: %s; the message will be processed again", stage, what)
+    await msg.nack()
+    await asyncio.sleep(backoff_s)
+
+
+async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: list[DeadLetter]) -> None:
+    """Write dead letters, each confirmed by the broker. Logs identifiers, never content."""
+    for letter in letters:
+        await broker.publish(
+            letter.model_dump_json().encode(), topic=topics.deadletter, headers=letter.headers()
+        )
+        DEAD_LETTERS.labels(letter.stage).inc()
+        log.warning(
+            "dead letter stage=%s type=%s code=%s location=%s control_id=%s offset=%s",
+            letter.stage,
+            letter.error_type,
+            letter.error_code,
+            letter.location or "-",
+            letter.control_id,
+            letter.offset,
+        )
+
+
+def envelope_of(record: Any) -> Envelope | None:
+    """The envelope in a record's headers, or None when they are missing or invalid."""
+    try:
+        return Envelope.from_headers(record.headers)
+    except ValueError:
+        return None
+
+
+def fhir_records(
+    records: Iterable[Any], *, stage: str
+) -> tuple[list[tuple[Any, FhirRecord]], list[DeadLetter]]:
+    """Each consumed record of `ehr.fhir.v1` with its parsed FhirRecord, in order; a record that does
+    not parse becomes a dead letter (never skipped)."""
+    parsed: list[tuple[Any, FhirRecord]] = []
+    letters: list[DeadLetter] = []
+    for record in records:
+        try:
+            parsed.append((record, FhirRecord.model_validate_json(record.value or b"")))
+        except Exception as exc:
+            letters.append(dead_letter_for(exc, record, stage=stage))
+    return parsed, letters
+
+
+def dead_letter_for(
+    error: Exception, record: Any, *, stage: str, envelope: Envelope | None = None
+) -> DeadLetter:
+    """A dead letter for a consumed record, keeping its bytes, key and position for replay."""
+    return DeadLetter.from_error(
+        error,
+        stage=stage,
+        payload=record.value or b"",
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        envelope=envelope,
+        key=record.key,
+    )
+
+
+async def dead_letter_and_commit(
+    msg: KafkaMessage, broker: KafkaBroker, topics: Topics, letter: DeadLetter, *, backoff_s: float
+) -> bool:
+    """Publish the dead letter, then commit the record it replaces (retry on failure)."""
+    return await commit_after(
+        msg, lambda: publish_dead_letters(broker, topics, [letter]), stage=letter.stage, backoff_s=backoff_s
+    )
