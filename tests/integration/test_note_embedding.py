@@ -16,7 +16,7 @@ from inference.cds.rules import RuleSet
 from inference.cds.state_store import SqliteStateStore
 from kernel.events import Alert, Envelope, FhirRecord
 from kernel.settings import KafkaSettings, producer_config
-from tests.unit import cds_helpers
+from tests.unit.inference.cds import fixtures as cds_helpers
 
 AT = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 ENVELOPE = Envelope(

@@ -18,8 +18,8 @@ from inference.cds.writeback import provenance
 from kernel.events import Alert, Topics, WritebackOutcome, patient_key
 from kernel.hl7v2.parser import parse_message
 from kernel.settings import MllpSettings
+from tests.fakes import MemorySink
 from tests.integration.test_end_to_end import CDS_SECRET, TOKEN, _cds_jwt, _collect, _drain
-from tests.unit.test_mllp_server import MemorySink
 
 ORU = (
     b"MSH|^~\\&|CLINSTREAM|HUB|EHR|HOSP|202503060830||ORU^R01^ORU_R01|OUT1|P|2.5.1\r"

@@ -38,8 +38,8 @@ from connectors.errors import FramingError
 from connectors.fhir_server import FhirIngress
 from connectors.framing import START_BLOCK, frame, split_frames
 from connectors.security import Authenticator
-from inference.cds.jwks_client import CdsJwtVerifier
 from inference.cds.http import CdsHooksService
+from inference.cds.jwks_client import CdsJwtVerifier
 from inference.cds.state_store import SqliteStateStore
 from kernel.errors import Hl7Error
 from kernel.events import TOPICS
@@ -47,7 +47,7 @@ from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
 from kernel.settings import HttpSettings
 from stream.normalize import normalize_hl7
 from tests.conftest import corpora_dir
-from tests.unit.test_normalize_properties import MESSAGES, mutated
+from tests.unit.stream.fixtures import MESSAGES, mutated
 
 pytestmark = pytest.mark.slow
 SCALE = float(os.environ.get("CLINSTREAM_FUZZ_SCALE", "1"))

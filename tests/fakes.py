@@ -1,0 +1,56 @@
+"""The shared in-memory fakes of the tests (one of each), for the unit tests of pure wiring.
+
+Real parts (broker, Milvus, ONNX Runtime) are in the integration tests; these stand in for
+them where a test is about what our code does around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from connectors.errors import BrokerUnavailableError
+
+
+class MemorySink:
+    """A `RecordSink` that keeps what it was sent; ``fail`` makes it refuse, ``gate`` makes it wait."""
+
+    def __init__(self):
+        self.records = []
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+
+    async def send(self, topic, value, *, key, headers):
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise BrokerUnavailableError("down")
+        self.records.append((topic, value, key, dict(headers)))
+
+    def on(self, topic):
+        """The records sent to ``topic``."""
+        return [r for r in self.records if r[0] == topic]
+
+
+class FakeEmbedder:
+    """An embedder whose every vector is ones (3-d): for tests of what surrounds embedding."""
+
+    def embed(self, texts):
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+class MemoryStore:
+    """A vector store that records the calls made to it, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def upsert(self, chunks, vectors):
+        self.calls.append(("upsert", [c.id for c in chunks], vectors.shape))
+
+    def retire(self, keep):
+        self.calls.append(("retire", dict(keep)))
+
+    def flush(self):
+        self.calls.append(("flush",))
