@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from faststream.kafka.annotations import KafkaMessage
 
 from connectors.errors import BrokerUnavailableError
 
@@ -54,3 +55,14 @@ class MemoryStore:
 
     def flush(self):
         self.calls.append(("flush",))
+
+
+def collected(broker, topic):
+    """What FastStream's in-memory broker publishes to ``topic``: a list filled as the test runs."""
+    seen = []
+
+    @broker.subscriber(topic, group_id=f"collect-{topic}")
+    async def collect(msg: KafkaMessage):
+        seen.append(msg.raw_message.value)
+
+    return seen

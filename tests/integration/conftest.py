@@ -1,19 +1,32 @@
-"""Session-wide real components: one embedded Tansu broker and the built ONNX embedding model.
+"""Session-wide real components (one embedded broker, the built ONNX embedding model) and the one
+factory of running stacks.
 
 Each test gets fresh topic names, consumer groups and Milvus Lite files, so tests share
-the broker process but no data.
+the broker process but no data. `start_stack` starts the stack `clinstream up` runs, on those,
+with the sections a test overrides; `ehr` is a stand-in EHR for outbound delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
+from clinstream.http import make_server
 from clinstream.models import embedding_dir
 from clinstream.runtime import EmbeddedBroker
+from clinstream.settings import Settings
+from clinstream.stack import running_stack
+from connectors.mllp_server import MllpServer
 from indexer.ort_session import Embedder
 from kernel.events import Topics
+from kernel.settings import MllpSettings
+from tests.fakes import MemorySink
+from tests.integration.support import TOKEN
 
 
 def pytest_collection_modifyitems(items):
@@ -49,3 +62,52 @@ def prefix():
 @pytest.fixture
 def topics(prefix):
     return Topics().with_prefix(prefix)
+
+
+def stack_settings(bootstrap, var_dir, **sections):
+    """A test stack's settings: the session's broker, free ports, its own data directory.
+
+    Each keyword is a settings section whose keys override these defaults (or add to them).
+    """
+    merged = {
+        "kafka": {"bootstrap": bootstrap, "enable_idempotence": False},
+        "mllp": {"port": 0},
+        "http": {"port": 0, "api_token": TOKEN},
+    }
+    for name, values in sections.items():
+        merged[name] = {**merged.get(name, {}), **values}
+    return Settings(var_dir=var_dir, **merged)
+
+
+@pytest.fixture
+def start_stack(broker, topics, prefix, tmp_path):
+    """``start_stack(**sections)``: an async context manager running the whole stack."""
+
+    def start(**sections):
+        settings = stack_settings(broker.bootstrap, tmp_path, **sections)
+        return running_stack(settings, topics=topics, group_prefix=prefix)
+
+    return start
+
+
+@pytest.fixture
+async def ehr():
+    """A stand-in EHR: an MLLP listener and a FHIR endpoint that records PUTs."""
+    mllp_sink = MemorySink()
+    mllp = MllpServer(mllp_sink, Topics(), MllpSettings(port=0))
+    await mllp.start()
+    puts = []
+
+    async def put(request):
+        puts.append((request.url.path, request.headers.get("authorization"), await request.json()))
+        return JSONResponse({"resourceType": "Flag"}, status_code=201 if len(puts) > 1 else 503)
+
+    server = make_server(Starlette(routes=[Route("/fhir/{type}/{id}", put, methods=["PUT"])]), "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield mllp, mllp_sink, f"http://127.0.0.1:{port}/fhir", puts
+    server.should_exit = True
+    await task
+    await mllp.stop()

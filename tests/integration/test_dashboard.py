@@ -21,24 +21,19 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from clinstream.demo import demo_messages
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from dashboard.auth import hash_password
 from kernel.events import Alert
-from tests.integration.test_end_to_end import _collect
+from tests.integration.support import collect
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "dashboard-e2e-password"
 
 
 @pytest.fixture
-async def stack(broker, topics, prefix, tmp_path):
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": "dashboard-e2e-token"},
+async def stack(start_stack):
+    async with start_stack(
+        http={"api_token": "dashboard-e2e-token"},
         milvus={"collection": "dash"},
         cds={"stale_after_h": 24 * 365 * 50},  # the demo feed is from March 2025
         dashboard={
@@ -47,8 +42,7 @@ async def stack(broker, topics, prefix, tmp_path):
             "sample_s": 1.0,
             "users": [f"ops:integration:{hash_password(PASSWORD, iterations=1000)}"],
         },
-    )
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+    ) as s:
         yield s
 
 
@@ -99,7 +93,7 @@ async def test_dashboard_shows_live_numbers_a_dead_letter_and_an_alert(stack, to
         codes = [(await client.send(m)).code for m in messages]
     # One malformed message is refused at the edge; another is accepted and dead-lettered by the normalizer.
     assert codes.count("AA") == len(messages) - 1
-    records = await _collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
+    records = await collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
     alerts = [Alert.model_validate_json(r.value) for r in records]
 
     # The stack serves from this event loop: the browser runs in a thread so the loop keeps answering.

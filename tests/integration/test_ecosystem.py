@@ -18,13 +18,11 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from clinstream.demo import demo_messages
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from kernel.events import patient_key
 from kernel.fhir_models import model_class
 from kernel.replay_kafka import read_topic
-from tests.integration.test_end_to_end import _collect
+from tests.integration.support import collect
 
 pytestmark = pytest.mark.integration
 SECRET = "ecosystem-test-secret-of-32-chars!!"
@@ -34,16 +32,12 @@ JANE, RICHARD = patient_key("MERCY", "100001"), patient_key("MERCY", "100002")
 
 
 @pytest.fixture
-async def stack(broker, topics, prefix, tmp_path):
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": "ecosystem-token", "jwt_hs256_secret": SECRET},
+async def stack(start_stack):
+    async with start_stack(
+        http={"api_token": "ecosystem-token", "jwt_hs256_secret": SECRET},
         milvus={"collection": "eco"},
         cds={"stale_after_h": 24 * 365 * 50},  # the demo feed is from March 2025
-    )
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+    ) as s:
         yield s
 
 
@@ -155,7 +149,7 @@ async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, 
         assert imaging
         assert imaging[0]["text"].startswith("Imaging:")
 
-    await _collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
+    await collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
     await asyncio.to_thread(_exports, stack.bootstrap, prefix, tmp_path)
 
 

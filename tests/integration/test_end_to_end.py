@@ -8,16 +8,11 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 import httpx
-import jwt
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
 from indexer.query import build_filter
@@ -30,9 +25,8 @@ from kernel.events import (
     FhirRecord,
     patient_key,
 )
+from tests.integration.support import CDS_SECRET, TOKEN, cds_jwt, collect, drain
 
-TOKEN = "integration-token"
-CDS_SECRET = "integration-cds-secret-integration-cds-secret"
 ADT = (
     "MSH|^~\\&|ADT|MERCY|EHR|MERCY|202503030415||ADT^A01^ADT_A01|ADT1|P|2.5.1\r"
     "EVN|A01|202503030415\r"
@@ -50,56 +44,23 @@ ORU = (
 )
 
 
+@pytest.fixture
+async def stack(start_stack):
+    # The messages below are dated March 2025; the CDS Hooks client signs with an HS256 secret.
+    async with start_stack(
+        milvus={"collection": "e2e"}, cds={"stale_after_h": 24 * 365 * 50, "jwt_secret": CDS_SECRET}
+    ) as s:
+        yield s
+
+
 def _msg(template, **kw):
     return template.format(**kw).encode()
 
 
-@pytest.fixture
-async def stack(broker, topics, prefix, tmp_path):
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": TOKEN},
-        milvus={"collection": "e2e"},
-        # The messages below are dated March 2025; the CDS Hooks client signs with an HS256 secret.
-        cds={"stale_after_h": 24 * 365 * 50, "jwt_secret": CDS_SECRET},
-    )
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
-        yield s
 
 
-async def _collect(bootstrap, topic, predicate, timeout=30):
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    seen = []
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate(seen):
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    seen.extend(records)
-    finally:
-        await consumer.stop()
-    return seen
 
 
-async def _drain(bootstrap, topic, *, seconds):
-    """Every record of ``topic`` that can be read within ``seconds``."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    seen = []
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                seen.extend(records)
-    finally:
-        await consumer.stop()
-    return seen
 
 
 async def _wait_count(store, expr, n, timeout=30):
@@ -124,13 +85,13 @@ async def test_hl7_to_alert_and_patient_scoped_search(stack):
         ]
     assert codes == ["AA", "AA", "AA", "AA"]
 
-    alerts = await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 1)
+    alerts = await collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 1)
     alert = Alert.model_validate_json(alerts[0].value)
     assert alert.patient_id == alice
     assert alerts[0].key == alice.encode()
     assert "6.7 mmol/L" in alert.summary
 
-    dead = await _collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
+    dead = await collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
     letter = DeadLetter.model_validate_json(dead[0].value)
     assert (letter.stage, letter.location, letter.control_id) == ("normalizer", "OBX-5", "L3")
 
@@ -168,17 +129,17 @@ async def test_redelivered_message_changes_nothing(stack):
         assert (await client.send(_msg(ORU, ctrl="R1", **oru))).code == "AA"
         # The same result resent under a new control id (an interface engine replay).
         assert (await client.send(_msg(ORU, ctrl="R2", **oru))).code == "AA"
-    records = await _collect(stack.bootstrap, stack.topics.fhir, lambda s: len(s) >= 2)
+    records = await collect(stack.bootstrap, stack.topics.fhir, lambda s: len(s) >= 2)
     first, second = (FhirRecord.model_validate_json(r.value) for r in records[:2])
     assert [r["id"] for r in first.resources] == [r["id"] for r in second.resources]
-    await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 1)
+    await collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 1)
     expected = len(plan_record(first).upserts)  # patient, encounter, order, report, 2 results
     assert expected >= 5
     await _wait_count(stack.store, build_filter(carol), expected)
     await asyncio.sleep(1.0)  # give a duplicate write the chance to show up
     assert await asyncio.to_thread(stack.store.count, build_filter(carol)) == expected
     # Decision support held the replay as a duplicate: one alert on the topic, not two.
-    alerts = await _drain(stack.bootstrap, stack.topics.alerts, seconds=2.0)
+    alerts = await drain(stack.bootstrap, stack.topics.alerts, seconds=2.0)
     assert [Alert.model_validate_json(a.value).rule_id for a in alerts] == ["critical-lab"]
 
 
@@ -198,9 +159,9 @@ async def test_fhir_ingress_writes_to_kafka_before_answering(stack):
     assert refused.status_code == 400
     assert refused.json()["resourceType"] == "OperationOutcome"
     assert accepted.status_code == 200
-    [record] = await _collect(stack.bootstrap, stack.topics.inbound_fhir, lambda s: len(s) >= 1)
+    [record] = await collect(stack.bootstrap, stack.topics.inbound_fhir, lambda s: len(s) >= 1)
     assert FhirInbound.model_validate_json(record.value).resources[0]["id"] == "fhir-p1"
-    dead = await _collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
+    dead = await collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
     assert DeadLetter.model_validate_json(dead[0].value).stage == "connectors.fhir"
 
 
@@ -247,7 +208,7 @@ async def test_replayed_dead_letter_is_processed_again(stack):
     assert [x.id for x in todo] == [failed.id]
     assert [x.id for x in refused] == [edge.id]
     assert len(await republish(producer, [as_replay(letter) for letter in todo])) == 1
-    records = await _collect(
+    records = await collect(
         stack.bootstrap,
         stack.topics.fhir,
         lambda s: any(FhirRecord.model_validate_json(r.value).envelope.trace_id == "replaytrace" for r in s),
@@ -288,7 +249,7 @@ async def test_fhir_transaction_is_normalized_indexed_and_alerted(stack):
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
         response = await http.post("/fhir", json=bundle, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
-    alerts = await _collect(
+    alerts = await collect(
         stack.bootstrap,
         stack.topics.alerts,
         lambda s: any(Alert.model_validate_json(a.value).patient_id == "fx-p1" for a in s),
@@ -299,10 +260,6 @@ async def test_fhir_transaction_is_normalized_indexed_and_alerted(stack):
     assert hits[0].text.startswith("Potassium 6.9 mmol/L")
 
 
-def _cds_jwt(port, path):
-    now = int(time.time())
-    claims = {"iss": "https://ehr.test", "aud": f"http://127.0.0.1:{port}{path}", "iat": now, "exp": now + 60}
-    return jwt.encode({**claims, "jti": uuid.uuid4().hex}, CDS_SECRET, algorithm="HS256")
 
 
 async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(stack):
@@ -310,7 +267,7 @@ async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(sta
     async with MllpClient("127.0.0.1", stack.mllp_port) as client:
         oru = _msg(ORU, ctrl="H1", mrn="900004", name="TEST^DAVE", k="6.6", na="118")
         assert (await client.send(oru)).code == "AA"
-    await _collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 2)  # potassium and sodium
+    await collect(stack.bootstrap, stack.topics.alerts, lambda s: len(s) >= 2)  # potassium and sodium
     service = "/cds-services/clinstream-alerts"
     hook = {
         "hook": "patient-view",
@@ -320,7 +277,7 @@ async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(sta
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
         for _ in range(50):  # the state is saved right after the alerts are published
             response = await http.post(
-                service, json=hook, headers={"Authorization": f"Bearer {_cds_jwt(stack.http_port, service)}"}
+                service, json=hook, headers={"Authorization": f"Bearer {cds_jwt(stack.http_port, service)}"}
             )
             cards = response.json()["cards"]
             if len(cards) == 2:
@@ -343,10 +300,10 @@ async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(sta
         answer = await http.post(
             f"{service}/feedback",
             json=feedback,
-            headers={"Authorization": f"Bearer {_cds_jwt(stack.http_port, service + '/feedback')}"},
+            headers={"Authorization": f"Bearer {cds_jwt(stack.http_port, service + '/feedback')}"},
         )
     assert answer.status_code == 200
-    [record] = await _collect(stack.bootstrap, stack.topics.feedback, lambda s: len(s) >= 1)
+    [record] = await collect(stack.bootstrap, stack.topics.feedback, lambda s: len(s) >= 1)
     event = ClinicianFeedback.model_validate_json(record.value)
     assert (event.patient_id, event.outcome, event.target_id) == (dave, "accepted", cards[0]["uuid"])
     assert record.key == dave.encode()

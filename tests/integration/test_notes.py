@@ -9,15 +9,12 @@ import httpx
 import pytest
 
 from clinstream.models import generator_dir
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
 from inference.notes.draft_docs import note_text
 from inference.notes.generator_session import GenerationConfig, Generator
 from kernel.events import ClinicianFeedback, DraftNote, patient_key
 from kernel.hl7v2.parser import parse_message
-from tests.integration.test_end_to_end import TOKEN, _collect
-from tests.integration.test_outbound import ehr  # noqa: F401 - the stand-in EHR fixture
+from tests.integration.support import TOKEN, collect
 
 MRN = "900123"
 A01 = (
@@ -73,24 +70,17 @@ async def _wait(predicate, timeout=180):
 
 
 async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_makes_it_final(
-    broker,
+    start_stack,
     topics,
-    prefix,
-    tmp_path,
-    ehr,  # noqa: F811
+    ehr,
 ):
     mllp, mllp_sink, fhir_base, puts = ehr
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": TOKEN},
+    patient = patient_key("MERCY", MRN)
+    async with start_stack(
         outbound={"mllp_host": "127.0.0.1", "mllp_port": mllp.port, "fhir_base_url": fhir_base},
         cds={"stale_after_h": 24 * 365 * 50},
         notes={"generator": True},
-    )
-    patient = patient_key("MERCY", MRN)
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as stack:
+    ) as stack:
         async with MllpClient("127.0.0.1", stack.mllp_port) as client:
             for message in (A01, ORU, A03):
                 assert (await client.send(message.encode())).code == "AA"
@@ -128,7 +118,7 @@ async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_ma
         txa = parse_message(mdm.decode()).first("TXA")
         assert (txa.value(12), txa.value(17)) == (doc["id"], "IP")
 
-        drafts = await _collect(
+        drafts = await collect(
             stack.bootstrap, topics.drafts, lambda s: any(b"18842-5" in r.value for r in s)
         )
         note = next(DraftNote.model_validate_json(r.value) for r in drafts if b"18842-5" in r.value)
@@ -188,7 +178,7 @@ async def test_discharge_becomes_a_preliminary_document_at_the_ehr_and_review_ma
         )
         assert note_text(final) == edited
         assert final["authenticator"] == {"display": "Dr. Grey"}
-        feedback = await _collect(stack.bootstrap, topics.feedback, lambda s: len(s) >= 1)
+        feedback = await collect(stack.bootstrap, topics.feedback, lambda s: len(s) >= 1)
         answer = ClinicianFeedback.model_validate_json(feedback[0].value)
         assert (answer.target, answer.target_id, answer.outcome) == ("draft", doc["id"], "edited")
         assert answer.final_text == edited

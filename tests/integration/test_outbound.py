@@ -3,23 +3,13 @@
 import asyncio
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaProducer
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from clinstream.http import make_server
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from connectors.mllp_client import MllpClient
-from connectors.mllp_server import MllpServer
 from inference.cds.writeback import provenance
-from kernel.events import Alert, Topics, WritebackOutcome, patient_key
+from kernel.events import Alert, WritebackOutcome, patient_key
 from kernel.hl7v2.parser import parse_message
-from kernel.settings import MllpSettings
-from tests.fakes import MemorySink
-from tests.integration.test_end_to_end import CDS_SECRET, TOKEN, _cds_jwt, _collect, _drain
+from tests.integration.support import CDS_SECRET, cds_jwt, collect, drain
 
 ORU = (
     b"MSH|^~\\&|CLINSTREAM|HUB|EHR|HOSP|202503060830||ORU^R01^ORU_R01|OUT1|P|2.5.1\r"
@@ -31,50 +21,24 @@ FLAG = (
 )
 
 
-@pytest.fixture
-async def ehr():
-    """A stand-in EHR: an MLLP listener and a FHIR endpoint that records PUTs."""
-    mllp_sink = MemorySink()
-    mllp = MllpServer(mllp_sink, Topics(), MllpSettings(port=0))
-    await mllp.start()
-    puts = []
-
-    async def put(request):
-        puts.append((request.url.path, request.headers.get("authorization"), await request.json()))
-        return JSONResponse({"resourceType": "Flag"}, status_code=201 if len(puts) > 1 else 503)
-
-    server = make_server(Starlette(routes=[Route("/fhir/{type}/{id}", put, methods=["PUT"])]), "127.0.0.1", 0)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield mllp, mllp_sink, f"http://127.0.0.1:{port}/fhir", puts
-    server.should_exit = True
-    await task
-    await mllp.stop()
 
 
-async def test_outbound_hl7_and_fhir_are_delivered_and_recorded(broker, topics, prefix, tmp_path, ehr):
+async def test_outbound_hl7_and_fhir_are_delivered_and_recorded(start_stack, topics, ehr):
     mllp, mllp_sink, fhir_base, puts = ehr
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": TOKEN},
+    async with start_stack(
         outbound={
             "mllp_host": "127.0.0.1",
             "mllp_port": mllp.port,
             "fhir_base_url": fhir_base,
             "fhir_token": "ehr-token",
         },
-    )
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as stack:
+    ) as stack:
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
         await producer.start()
         await producer.send_and_wait(topics.outbound_hl7v2, ORU, key=b"p1")
         await producer.send_and_wait(topics.outbound_fhir, FLAG, key=b"p1")
         await producer.stop()
-        records = await _collect(stack.bootstrap, topics.writeback, lambda s: len(s) >= 2, timeout=60)
+        records = await collect(stack.bootstrap, topics.writeback, lambda s: len(s) >= 2, timeout=60)
     outcomes = {o.channel: o for o in (WritebackOutcome.model_validate_json(r.value) for r in records)}
     assert (outcomes["mllp"].outcome, outcomes["mllp"].status, outcomes["mllp"].target) == (
         "delivered",
@@ -106,15 +70,12 @@ def _lab(ctrl, ts, *obx):
 
 
 async def test_critical_potassium_and_creatinine_rise_become_cards_and_reach_the_ehr(
-    broker, topics, prefix, tmp_path, ehr
+    start_stack, topics, ehr
 ):
     """ORU over MLLP → deduplicated alerts → a patient-view card each → DetectedIssue PUTs and ORU^R01s."""
     mllp, mllp_sink, fhir_base, puts = ehr
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
-        http={"port": 0, "api_token": TOKEN},
+    erin = patient_key("MERCY", "900077")
+    async with start_stack(
         outbound={"mllp_host": "127.0.0.1", "mllp_port": mllp.port, "fhir_base_url": fhir_base},
         notes={"writeback_fhir": False, "writeback_hl7": False},  # this test counts alert deliveries
         cds={
@@ -124,17 +85,15 @@ async def test_critical_potassium_and_creatinine_rise_become_cards_and_reach_the
             "writeback_hl7": True,
             "writeback_hl7_receiver": "EPIC^MERCY",
         },
-    )
-    erin = patient_key("MERCY", "900077")
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as stack:
+    ) as stack:
         async with MllpClient("127.0.0.1", stack.mllp_port) as client:
             baseline = _lab("C1", "202503050830", (CREATININE, "1.0"))
             rise = _lab("C2", "202503060830", (POTASSIUM, "6.4"), (CREATININE, "1.6"))
             later = _lab("C3", "202503060930", (POTASSIUM, "6.5"))  # same band within the window: held
             codes = [(await client.send(m)).code for m in (baseline, rise, rise, later)]  # `rise` redelivered
         assert codes == ["AA"] * 4
-        await _collect(stack.bootstrap, topics.alerts, lambda s: len(s) >= 2)
-        raised = await _drain(stack.bootstrap, topics.alerts, seconds=3)  # a duplicate would show up
+        await collect(stack.bootstrap, topics.alerts, lambda s: len(s) >= 2)
+        raised = await drain(stack.bootstrap, topics.alerts, seconds=3)  # a duplicate would show up
         alerts = [Alert.model_validate_json(r.value) for r in raised]
         assert sorted(a.rule_id for a in alerts) == ["aki-kdigo", "critical-lab"]
         assert {a.patient_id for a in alerts} == {erin}
@@ -147,7 +106,7 @@ async def test_critical_potassium_and_creatinine_rise_become_cards_and_reach_the
         }
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}") as http:
             for _ in range(50):
-                token = _cds_jwt(stack.http_port, service)
+                token = cds_jwt(stack.http_port, service)
                 cards = (
                     await http.post(service, json=hook, headers={"Authorization": f"Bearer {token}"})
                 ).json()["cards"]
@@ -156,7 +115,7 @@ async def test_critical_potassium_and_creatinine_rise_become_cards_and_reach_the
                 await asyncio.sleep(0.1)
         assert sorted(c["uuid"] for c in cards) == sorted(a.id for a in alerts)
 
-        outcomes = await _collect(stack.bootstrap, topics.writeback, lambda s: len(s) >= 6, timeout=60)
+        outcomes = await collect(stack.bootstrap, topics.writeback, lambda s: len(s) >= 6, timeout=60)
     delivered = [WritebackOutcome.model_validate_json(r.value) for r in outcomes]
     assert sorted(o.channel for o in delivered) == ["fhir"] * 4 + ["mllp"] * 2
     assert {o.outcome for o in delivered} == {"delivered"}

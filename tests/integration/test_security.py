@@ -12,8 +12,6 @@ import jwt
 import pytest
 
 from clinstream.http import PUBLIC_PATHS
-from clinstream.settings import Settings
-from clinstream.stack import running_stack
 from inference.cds.http import CDS_HOOKS_PATH
 from kernel.events import patient_key
 
@@ -25,13 +23,9 @@ JANE, RICHARD = patient_key("MERCY", "100001"), patient_key("MERCY", "100002")
 
 
 @pytest.fixture
-async def stack(broker, topics, prefix, tmp_path):
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka={"bootstrap": broker.bootstrap, "enable_idempotence": False},
-        mllp={"port": 0},
+async def stack(start_stack):
+    async with start_stack(
         http={
-            "port": 0,
             "api_token": "sweep-service-token",
             "jwt_hs256_secret": SECRET,
             "jwt_audience": AUDIENCE,
@@ -39,8 +33,7 @@ async def stack(broker, topics, prefix, tmp_path):
         milvus={"collection": "sweep"},
         cds={"jwt_secret": "cds-hooks-secret-of-at-least-32-chars"},
         notes={"generator": False},
-    )
-    async with running_stack(settings, topics=topics, group_prefix=prefix) as s:
+    ) as s:
         yield s
 
 

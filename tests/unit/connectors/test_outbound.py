@@ -1,23 +1,29 @@
 """Outbound delivery: MLLP reconnect/backoff/ACK reconciliation, FHIR write-back retries."""
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
 import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from connectors.ack import Receiver, build_ack
+from connectors.app import register_outbound_fhir, register_outbound_mllp
 from connectors.fhir_client import FhirWriter, retry_after_s
 from connectors.framing import frame, split_frames
 from connectors.mllp_client import OutboundMllp
+from kernel.events import DeadLetter, Topics, WritebackOutcome
 from kernel.hl7v2.parser import parse_message
+from tests.fakes import collected
 
 ORU = (
     b"MSH|^~\\&|CLINSTREAM|HUB|EHR|HOSP|202503060830||ORU^R01^ORU_R01|OUT%d|P|2.5.1\r"
     b"PID|1||100002^^^MERCY^MR\rOBX|1|ST|ALERT^Critical potassium^L||K 6.4||||||F\r"
 )
 NOW = datetime(2025, 3, 6, tzinfo=UTC)
+TOPICS = Topics()
 
 
 def _ack(payload, code):
@@ -219,3 +225,57 @@ def test_retry_after_parsing():
     assert retry_after_s("garbage", default=2, cap=30) == 2
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
     assert 8 <= retry_after_s(soon, default=1, cap=30) <= 10
+
+
+# The outbound subscribers (connectors.app) on FastStream's in-memory broker: each record is
+# delivered, its outcome recorded on the write-back topic, and what cannot be delivered or
+# read is dead-lettered instead of retried forever.
+
+
+async def test_outbound_mllp_subscriber_records_outcomes_and_dead_letters_refusals():
+    broker = KafkaBroker()
+    outcomes, dead = collected(broker, TOPICS.writeback), collected(broker, TOPICS.deadletter)
+    async with ScriptedPeer(["AA", "AE"]) as peer:
+        register_outbound_mllp(broker, TOPICS, _client(peer.port, max_attempts=1))
+        async with TestKafkaBroker(broker) as br:
+            await br.publish(ORU % 1, topic=TOPICS.outbound_hl7v2, key=b"p1")
+            await br.publish(ORU % 2, topic=TOPICS.outbound_hl7v2, key=b"p1")
+            await br.publish(b"not hl7", topic=TOPICS.outbound_hl7v2, key=b"p1")
+        assert peer.received == [ORU % 1, ORU % 2]
+    written = [WritebackOutcome.model_validate_json(o) for o in outcomes]
+    assert [(o.channel, o.target, o.outcome, o.status) for o in written] == [
+        ("mllp", "OUT1", "delivered", "AA"),
+        ("mllp", "OUT2", "rejected", "AE"),
+    ]
+    letters = [DeadLetter.model_validate_json(d) for d in dead]
+    assert [(d.stage, d.error_type) for d in letters] == [
+        ("connectors.outbound", "DeliveryError"),
+        ("connectors.outbound", "Hl7ParseError"),
+    ]
+    assert letters[0].payload == ORU % 2
+
+
+async def test_outbound_fhir_subscriber_puts_each_resource_and_dead_letters_garbage():
+    puts = []
+
+    def handler(request):
+        puts.append((request.method, request.url.path))
+        return httpx.Response(201 if request.url.path.endswith("/abc") else 422, json={})
+
+    writer, _ = _writer(handler, max_attempts=1)
+    broker = KafkaBroker()
+    register_outbound_fhir(broker, TOPICS, writer)
+    outcomes, dead = collected(broker, TOPICS.writeback), collected(broker, TOPICS.deadletter)
+    refused = {**RESOURCE, "id": "zzz"}
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(json.dumps(RESOURCE).encode(), topic=TOPICS.outbound_fhir, key=b"p1")
+        await br.publish(json.dumps(refused).encode(), topic=TOPICS.outbound_fhir, key=b"p1")
+        await br.publish(b"{not json", topic=TOPICS.outbound_fhir, key=b"p1")
+    assert puts == [("PUT", "/fhir/Flag/abc"), ("PUT", "/fhir/Flag/zzz")]
+    written = [WritebackOutcome.model_validate_json(o) for o in outcomes]
+    assert [(o.target, o.outcome, o.status) for o in written] == [
+        ("Flag/abc", "delivered", "201"),
+        ("Flag/zzz", "rejected", "422"),
+    ]
+    letters = [DeadLetter.model_validate_json(d).error_type for d in dead]
+    assert letters == ["DeliveryError", "JSONDecodeError"]

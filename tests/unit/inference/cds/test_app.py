@@ -1,19 +1,15 @@
-"""The FastStream handlers on FastStream's in-memory broker: outputs, dead letters, no skipped poison.
-
-The same handlers run against the real embedded broker in tests/integration/test_end_to_end.py.
-"""
+"""Decision support's FastStream subscribers (normalized records, clinician feedback) on
+FastStream's in-memory broker. The same handlers run on the real broker in tests/integration."""
 
 from datetime import UTC, datetime, timedelta
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from inference.cds.app import register_cds
 from inference.cds.rules import RuleSet
 from inference.cds.state_store import SqliteStateStore
 from kernel.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
-from kernel.settings import NormalizerSettings
-from stream.app import register_normalizer
+from tests.fakes import collected
 
 TOPICS = Topics()
 ENVELOPE = Envelope(
@@ -24,12 +20,6 @@ ENVELOPE = Envelope(
     trace_id="t1",
     message_type="ORU^R01",
 )
-ORU = (
-    b"MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|L1|P|2.5.1\r"
-    b"PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"
-    b"OBX|1|NM|2823-3^Potassium^LN||6.4|mmol/L|3.5-5.1|HH|||F\r"
-)
-
 POTASSIUM = {
     "resourceType": "Observation",
     "id": "o1",
@@ -39,38 +29,11 @@ POTASSIUM = {
 }
 
 
-def _collector(broker, topic):
-    seen = []
-
-    @broker.subscriber(topic, group_id=f"collect-{topic}")
-    async def collect(msg: KafkaMessage):
-        seen.append(msg.raw_message.value)
-
-    return seen
-
-
-async def test_normalizer_publishes_fhir_and_dead_letters_bad_input():
-    broker = KafkaBroker()
-    register_normalizer(broker, TOPICS, NormalizerSettings())
-    fhir, dead = _collector(broker, TOPICS.fhir), _collector(broker, TOPICS.deadletter)
-    headers = {k: v.decode() for k, v in ENVELOPE.to_headers()}
-    async with TestKafkaBroker(broker) as br:
-        await br.publish(ORU.replace(b"|6.4|", b"|six|"), topic=TOPICS.inbound_hl7v2, headers=headers)
-        await br.publish(ORU, topic=TOPICS.inbound_hl7v2, headers=headers)
-        await br.publish(ORU, topic=TOPICS.inbound_hl7v2)  # no envelope headers
-    [record] = [FhirRecord.model_validate_json(b) for b in fhir]
-    assert [r["resourceType"] for r in record.resources] == ["Patient", "Observation"]
-    assert record.envelope == ENVELOPE
-    letters = [DeadLetter.model_validate_json(b) for b in dead]
-    assert [(d.error_type, d.location) for d in letters] == [("MappingError", "OBX-5"), ("ValueError", "")]
-    assert letters[1].reason.startswith("internal error (ValueError)")
-
-
 async def test_cds_dead_letters_unreadable_records_and_alerts_on_good_ones():
     broker = KafkaBroker()
     store = SqliteStateStore(":memory:")
     register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: ENVELOPE.received_at)
-    alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
+    alerts, dead = collected(broker, TOPICS.alerts), collected(broker, TOPICS.deadletter)
     obs = POTASSIUM
     good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[obs]).model_dump_json().encode()
     weird = (
@@ -107,8 +70,8 @@ async def test_cds_writes_alerts_back_on_the_channels_switched_on():
         clock=lambda: ENVELOPE.received_at,
         writeback=WritebackConfig(fhir=True, hl7=True),
     )
-    alerts = _collector(broker, TOPICS.alerts)
-    fhir, hl7 = _collector(broker, TOPICS.outbound_fhir), _collector(broker, TOPICS.outbound_hl7v2)
+    alerts = collected(broker, TOPICS.alerts)
+    fhir, hl7 = collected(broker, TOPICS.outbound_fhir), collected(broker, TOPICS.outbound_hl7v2)
     obs = POTASSIUM
     patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"value": "100002"}]}
     good = FhirRecord(envelope=ENVELOPE, patient_id="p1", resources=[patient, obs]).model_dump_json().encode()
@@ -170,7 +133,7 @@ async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
     store.save_many = counted
     broker = KafkaBroker()
     register_cds(broker, TOPICS, RuleSet(), store, clock=lambda: T0 + hours(25))
-    alerts, dead = _collector(broker, TOPICS.alerts), _collector(broker, TOPICS.deadletter)
+    alerts, dead = collected(broker, TOPICS.alerts), collected(broker, TOPICS.deadletter)
     baseline = record(obs("2160-0", 0.8, at=T0), message_id="M1")
     rise = record(obs("2160-0", 1.3, at=T0 + hours(24)), message_id="M2")  # +0.5 mg/dL in 24 h: KDIGO
     other = record(POTASSIUM | {"effectiveDateTime": (T0 + hours(24)).isoformat()}, patient="p2")
@@ -190,19 +153,3 @@ async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
     assert [DeadLetter.model_validate_json(d).error_type for d in dead] == ["ValidationError"]
     assert writes == [["p1", "p2"]]
     assert len(store.load("p1").readings["creatinine"]) == 2
-
-
-async def test_normalizer_publishes_a_batch_in_order_with_its_dead_letters():
-    broker = KafkaBroker()
-    register_normalizer(broker, TOPICS, NormalizerSettings())
-    fhir, dead = _collector(broker, TOPICS.fhir), _collector(broker, TOPICS.deadletter)
-    headers = {k: v.decode() for k, v in ENVELOPE.to_headers()}
-    second = ORU.replace(b"100002^^^MERCY^MR||ROE^RICHARD", b"100003^^^MERCY^MR||DOE^JANE")
-    async with TestKafkaBroker(broker) as br:
-        await br.publish_batch(ORU, b"MSH|not hl7", second, topic=TOPICS.inbound_hl7v2, headers=headers)
-    records = [FhirRecord.model_validate_json(b) for b in fhir]
-    patients = [r for rec in records for r in rec.resources if r["resourceType"] == "Patient"]
-    names = [p["name"][0]["family"] for p in patients]
-    assert names == ["ROE", "DOE"]  # in the order received
-    assert len({r.patient_id for r in records}) == 2
-    assert len(dead) == 1
