@@ -6,11 +6,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kernel.errors import Hl7Error, MappingError, UnsupportedMessageError
-from kernel.events import SUPPORTED_HL7_EVENTS, deterministic_id, patient_key
-from kernel.hl7v2.parser import decode_payload, parse_message
+from kernel.errors import MappingError, UnsupportedMessageError
+from kernel.events import deterministic_id, patient_key
+from kernel.hl7v2.parser import decode_payload
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
+from tests.unit.stream.corpus_outcomes import key, outcome, pinned, supported
 
 UTC = ZoneInfo("UTC")
 ORACLE = ["ADT-A01-01", "ADT-A01-02", "ADT01-23", "ADT01-28", "LAB-ORU-1", "LAB-ORU-2", "ORU-R01-RMGEAD"]
@@ -64,29 +65,26 @@ def test_observations_agree_with_fhir_converter(corpora, name):
     assert compared >= 5
 
 
-def _supported(path):
-    try:
-        msg = parse_message(decode_payload(path.read_bytes()))
-    except Hl7Error:
-        return False
-    return (msg.message_code, msg.trigger_event) in SUPPORTED_HL7_EVENTS
-
-
-SUPPORTED_FILES = [p for p in hl7_corpus_files() if _supported(p)]
+SUPPORTED_FILES = [p for p in hl7_corpus_files() if supported(p)]
+PINS = pinned()
 
 
 def test_corpus_has_supported_messages():
     assert len(SUPPORTED_FILES) >= 80
 
 
+def test_every_supported_corpus_message_has_a_pinned_outcome():
+    assert sorted(key(p) for p in SUPPORTED_FILES) == sorted(PINS)
+
+
 @pytest.mark.parametrize("path", SUPPORTED_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rule_checks_on_corpus(path):
+    """The pinned outcome (converted, or refused with that error), then the rules of a conversion."""
+    assert outcome(path) == PINS[key(path)]
+    if PINS[key(path)].startswith("refused"):
+        return  # the pin named the error, its code and its location
     text = decode_payload(path.read_bytes())
-    try:
-        result = normalize_hl7(text, tz=UTC)
-    except Hl7Error as exc:
-        assert exc.code in (100, 101, 102, 200, 205)
-        return
+    result = normalize_hl7(text, tz=UTC)
     types = [r["resourceType"] for r in result.resources]
     assert types.count("Patient") == 1
     everything = result.resources + [r for _, also in result.also for r in also]
