@@ -53,9 +53,9 @@ from indexer.priority import background_executor
 from indexer.query import ContextualQuery
 from inference.cds import medsafety, note_signals
 from inference.cds.app import register_cds
-from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.http import CDS_HOOKS_PATH, CdsHooksService
 from inference.cds.http import openapi_paths as hooks_openapi
+from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.risk_session import OnnxRiskModel
 from inference.cds.rules import ruleset_from
 from inference.cds.state_store import SqliteStateStore

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.events import Alert, deterministic_id
-from kernel.hl7v2.writer import DEFAULT, escape, message, msh, segment, timestamp
+from kernel.hl7v2.writer import DEFAULT, escape, message, our_msh, segment, timestamp
 from kernel.writeback import (
     CREATE_ACTIVITY,
     DEVICE_DISPLAY,
@@ -123,11 +123,10 @@ def oru_r01(
     rule = s.component.join([e(alert.rule_id), e(f"{alert.rule_id} v{alert.rule_version}"), "L"])
     observed = timestamp(alert.effective or alert.raised_at)
     segments = [
-        msh(
-            sending_application=e(sending_application),
-            sending_facility=e(sending_application),
-            receiving_application=e(receiving_application),
-            receiving_facility=e(receiving_facility),
+        our_msh(
+            sending_application,
+            receiving_application,
+            receiving_facility,
             at=alert.raised_at,
             message_type=("ORU", "R01", "ORU_R01"),
             control_id=control_id(alert),

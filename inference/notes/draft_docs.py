@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from inference.notes.drafting import LOINC, TITLES, Draft, DraftKind
 from kernel.events import DraftNote, DraftStatus, deterministic_id
-from kernel.hl7v2.writer import DEFAULT, escape, message, msh, segment, timestamp
+from kernel.hl7v2.writer import DEFAULT, escape, message, our_msh, segment, timestamp
 from kernel.writeback import (
     CREATE_ACTIVITY,
     DEVICE_DISPLAY,
@@ -145,11 +145,10 @@ def mdm(
     control = deterministic_id("MDM", doc["id"], event, at.isoformat())[:20]
     when = timestamp(at)
     segments = [
-        msh(
-            sending_application=e(sending_application),
-            sending_facility=e(sending_application),
-            receiving_application=e(receiving_application),
-            receiving_facility=e(receiving_facility),
+        our_msh(
+            sending_application,
+            receiving_application,
+            receiving_facility,
             at=at,
             message_type=("MDM", event, "MDM_T02"),
             control_id=control,

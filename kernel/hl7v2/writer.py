@@ -91,6 +91,28 @@ def msh(
     )
 
 
+def our_msh(
+    application: str,
+    receiving_application: str,
+    receiving_facility: str,
+    *,
+    at: datetime,
+    message_type: Sequence[str],
+    control_id: str,
+) -> str:
+    """The MSH of a message clinstream originates (v2.5.1, production): ``application`` names
+    both MSH-3 and MSH-4; the names are text and escaped here."""
+    return msh(
+        sending_application=escape(application),
+        sending_facility=escape(application),
+        receiving_application=escape(receiving_application),
+        receiving_facility=escape(receiving_facility),
+        at=at,
+        message_type=message_type,
+        control_id=control_id,
+    )
+
+
 def message(segments: Sequence[str]) -> bytes:
     """The message's bytes: segments each ended by CR, UTF-8."""
     return ("\r".join(segments) + "\r").encode("utf-8")
