@@ -19,7 +19,10 @@ from typing import Any, Literal
 
 import httpx
 
+from kernel.settings import OutboundSettings
+
 log = logging.getLogger(__name__)
+_OUTBOUND = OutboundSettings()  # the defaults of the settings, written there once
 RETRY_STATUSES = frozenset({409, 412, 429, 500, 502, 503, 504})
 
 
@@ -67,7 +70,7 @@ class FhirWriter:
         client: httpx.AsyncClient,
         base_url: str,
         *,
-        max_attempts: int = 5,
+        max_attempts: int = _OUTBOUND.max_attempts,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

@@ -21,8 +21,10 @@ from connectors.errors import FramingError
 from connectors.framing import frame, split_frames
 from kernel.errors import Hl7Error
 from kernel.hl7v2.parser import parse_message
+from kernel.settings import OutboundSettings
 
 log = logging.getLogger(__name__)
+_OUTBOUND = OutboundSettings()  # the defaults of the settings, written there once
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +120,9 @@ class OutboundMllp:
         port: int,
         *,
         ssl: ssl_module.SSLContext | None = None,
-        ack_timeout_s: float = 30.0,
+        ack_timeout_s: float = _OUTBOUND.ack_timeout_s,
         connect_timeout_s: float = 10.0,
-        max_attempts: int = 5,
+        max_attempts: int = _OUTBOUND.max_attempts,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

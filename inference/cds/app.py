@@ -44,9 +44,11 @@ from kernel.kafka import (
     retry_later,
     single_record,
 )
+from kernel.settings import CdsSettings
 from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig
 
 log = logging.getLogger(__name__)
+_SETTINGS = CdsSettings()  # the defaults of the settings, written there once
 
 ALERTS = Counter("clinstream_alerts_raised", "Alerts published", ["rule_id", "severity"])
 FEEDBACK = Counter(
@@ -65,8 +67,8 @@ def register_cds(
     group_id: str = "cds",
     writeback: WritebackConfig = NO_WRITEBACK,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    max_records: int = 64,
-    batch_timeout_ms: int = 20,
+    max_records: int = _SETTINGS.batch_max_records,
+    batch_timeout_ms: int = _SETTINGS.batch_timeout_ms,
 ) -> None:
     """Subscribe decision support to the normalized FHIR topic and to clinician feedback.
 
