@@ -65,7 +65,7 @@ from inference.notes.draft_store import NotesStore
 from inference.notes.generator_session import LazyGenerator
 from inference.notes.grounding import Evidence
 from kernel.events import TOPICS, ClinicianFeedback, Topics
-from kernel.kafka import Outgoing, publish_in_order
+from kernel.kafka import Outgoing, StageConsumer, publish_in_order, stage_consumer
 from kernel.settings import producer_config
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -330,6 +330,11 @@ class Wiring:
             self.brokers[stage] = stage_broker(stage, self.producer)
         return self.brokers[stage]
 
+    def consuming(self, name: str) -> dict[str, Any]:
+        """A stage subscriber's consumer group ``name`` and options (manual commit, session timeout)."""
+        consumer: StageConsumer = stage_consumer(self.settings.kafka)
+        return {"group_id": self.group(name), "consumer": consumer}
+
     def group(self, name: str) -> str:
         """The consumer group id ``name`` (tests prefix theirs)."""
         return f"{self.group_prefix}{name}"
@@ -370,8 +375,8 @@ class Wiring:
 async def _normalizer(w: Wiring) -> None:
     """HL7 v2 and FHIR input to validated FHIR R4 records."""
     broker = w.broker("normalizer")
-    register_normalizer(broker, w.topics, w.settings.normalizer, group_id=w.group("normalizer"))
-    register_fhir_normalizer(broker, w.topics, w.settings.normalizer, group_id=w.group("normalizer-fhir"))
+    register_normalizer(broker, w.topics, w.settings.normalizer, **w.consuming("normalizer"))
+    register_fhir_normalizer(broker, w.topics, w.settings.normalizer, **w.consuming("normalizer-fhir"))
 
 
 async def _indexer(w: Wiring) -> None:
@@ -392,7 +397,7 @@ async def _indexer(w: Wiring) -> None:
         settings.indexer,
         index_embedder,
         store,
-        group_id=w.group("indexer"),
+        **w.consuming("indexer"),
         flusher=flusher,
         executor=writer,
     )
@@ -462,7 +467,7 @@ async def _inference(w: Wiring) -> None:
         w.topics,
         rules,
         state_store,
-        group_id=w.group("cds"),
+        **w.consuming("cds"),
         writeback=writeback_from(settings.cds),
         max_records=settings.cds.batch_max_records,
         batch_timeout_ms=settings.cds.batch_timeout_ms,
@@ -474,7 +479,7 @@ async def _inference(w: Wiring) -> None:
         store, _ = await w.stores()
         notes_service = _notes_service(w, await w.embedder(), store)
         notes_broker = w.broker("notes")
-        register_notes(notes_broker, w.topics, notes_service, group_id=w.group("notes"))
+        register_notes(notes_broker, w.topics, notes_service, **w.consuming("notes"))
 
         async def _publish(messages: Sequence[Outgoing]) -> None:
             await publish_in_order(notes_broker, messages)
@@ -508,13 +513,13 @@ async def _outbound(w: Wiring) -> None:
             max_attempts=out.max_attempts,
         )
         w.stack.push_async_callback(client.close)
-        register_outbound_mllp(broker, w.topics, client, group_id=w.group("outbound-mllp"))
+        register_outbound_mllp(broker, w.topics, client, **w.consuming("outbound-mllp"))
     if out.fhir_base_url is not None:
         headers = {"Authorization": f"Bearer {out.fhir_token.get_secret_value()}"} if out.fhir_token else {}
         http = httpx.AsyncClient(headers=headers, timeout=out.ack_timeout_s)
         w.stack.push_async_callback(http.aclose)
         writer = FhirWriter(http, out.fhir_base_url, max_attempts=out.max_attempts)
-        register_outbound_fhir(broker, w.topics, writer, group_id=w.group("outbound-fhir"))
+        register_outbound_fhir(broker, w.topics, writer, **w.consuming("outbound-fhir"))
 
 
 _BUILDERS = {

@@ -22,6 +22,7 @@ from connectors.mllp_client import OutboundMllp
 from kernel.events import DeadLetter, Topics, WritebackOutcome
 from kernel.kafka import (
     STAGE_CONSUMER,
+    StageConsumer,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -47,14 +48,19 @@ async def _record(
 
 
 def register_outbound_mllp(
-    broker: KafkaBroker, topics: Topics, client: OutboundMllp, *, group_id: str = "outbound-mllp"
+    broker: KafkaBroker,
+    topics: Topics,
+    client: OutboundMllp,
+    *,
+    group_id: str = "outbound-mllp",
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Deliver `ehr.outbound.hl7v2.v1` records (raw HL7) to the EHR's MLLP endpoint, in order."""
 
     @broker.subscriber(
         topics.outbound_hl7v2,
         group_id=group_id,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def deliver(msg: KafkaMessage) -> None:
         record = single_record(msg)
@@ -88,14 +94,19 @@ def register_outbound_mllp(
 
 
 def register_outbound_fhir(
-    broker: KafkaBroker, topics: Topics, writer: FhirWriter, *, group_id: str = "outbound-fhir"
+    broker: KafkaBroker,
+    topics: Topics,
+    writer: FhirWriter,
+    *,
+    group_id: str = "outbound-fhir",
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Write `ehr.outbound.fhir.v1` records (one FHIR resource each) back to the EHR with PUT."""
 
     @broker.subscriber(
         topics.outbound_fhir,
         group_id=group_id,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def write_back(msg: KafkaMessage) -> None:
         record = single_record(msg)

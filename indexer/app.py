@@ -24,7 +24,7 @@ from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from kernel.events import Topics
-from kernel.kafka import STAGE_CONSUMER, batch_records, commit_after, publish_dead_letters
+from kernel.kafka import STAGE_CONSUMER, StageConsumer, batch_records, commit_after, publish_dead_letters
 from kernel.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def register_indexer(
     group_id: str = "indexer",
     flusher: Flusher | None = None,
     executor: Executor | None = None,
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe the indexer to the normalized FHIR topic on ``broker``. Batches are embedded
     and written in ``executor`` (`indexer.priority.background_executor` in a deployment; the
@@ -59,7 +60,7 @@ def register_indexer(
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def index(msg: KafkaMessage) -> None:
         records = batch_records(msg)

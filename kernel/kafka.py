@@ -23,6 +23,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Histogram
 
 from kernel.events import DeadLetter, Envelope, FhirRecord, Topics
+from kernel.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,23 @@ class StageConsumer(TypedDict):
     ack_policy: AckPolicy
     auto_offset_reset: Literal["earliest"]
     fetch_max_wait_ms: int
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
 
 
-STAGE_CONSUMER: Final[StageConsumer] = {
-    "ack_policy": AckPolicy.MANUAL,  # `commit_after` commits, once the side effect is done
-    "auto_offset_reset": "earliest",  # a new consumer group starts at the beginning: nothing skipped
-    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-}
-"""How every stage subscriber consumes: ``broker.subscriber(topic, group_id=..., **STAGE_CONSUMER)``."""
+def stage_consumer(kafka: KafkaSettings) -> StageConsumer:
+    """How every stage subscriber consumes: ``broker.subscriber(topic, group_id=..., **consumer)``."""
+    return {
+        "ack_policy": AckPolicy.MANUAL,  # `commit_after` commits, once the side effect is done
+        "auto_offset_reset": "earliest",  # a new consumer group starts at the beginning: nothing skipped
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, kafka.session_timeout_ms // 3),  # Kafka's advice: a third
+    }
+
+
+STAGE_CONSUMER: Final[StageConsumer] = stage_consumer(KafkaSettings())
+"""The consumer options of the default settings."""
 
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])

@@ -37,6 +37,13 @@ class KafkaSettings(_Section):
     embedded_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the embedded broker (0: a free port)."
     )
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Consumer group session timeout: how soon a group notices that a stage instance is gone. "
+        "The embedded broker also completes each group join after half of it. Apache Kafka refuses "
+        "values below its group.min.session.timeout.ms (6 s by default).",
+    )
     ingest_client: Literal["librdkafka", "aiokafka"] = Field(
         default="librdkafka",
         description="Producer of the ingress connectors (MLLP, FHIR): librdkafka or aiokafka.",

@@ -20,6 +20,7 @@ from kernel.hl7v2.parser import decode_payload
 from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
+    StageConsumer,
     batch_records,
     commit_after,
     dead_letter_and_commit,
@@ -45,7 +46,12 @@ RETRY_BACKOFF_S = 1.0
 
 
 def register_normalizer(
-    broker: KafkaBroker, topics: Topics, settings: NormalizerSettings, *, group_id: str = "normalizer"
+    broker: KafkaBroker,
+    topics: Topics,
+    settings: NormalizerSettings,
+    *,
+    group_id: str = "normalizer",
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe the normalizer to the inbound HL7 v2 topic on ``broker``."""
     tz = ZoneInfo(settings.default_timezone)
@@ -56,7 +62,7 @@ def register_normalizer(
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def normalize(msg: KafkaMessage) -> None:
         outgoing: list[Outgoing] = []
@@ -113,6 +119,7 @@ def register_fhir_normalizer(
     settings: NormalizerSettings | None = None,
     *,
     group_id: str = "normalizer-fhir",
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe the FHIR-input normalizer to `ehr.inbound.fhir.v1`."""
     authorities = dict(settings.patient_authorities) if settings is not None else {}
@@ -120,7 +127,7 @@ def register_fhir_normalizer(
     @broker.subscriber(
         topics.inbound_fhir,
         group_id=group_id,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def normalize_fhir_input(msg: KafkaMessage) -> None:
         record = single_record(msg)

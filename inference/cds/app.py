@@ -34,6 +34,7 @@ from kernel.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
+    StageConsumer,
     batch_records,
     commit_after,
     dead_letter_and_commit,
@@ -69,6 +70,7 @@ def register_cds(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     max_records: int = _SETTINGS.batch_max_records,
     batch_timeout_ms: int = _SETTINGS.batch_timeout_ms,
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe decision support to the normalized FHIR topic and to clinician feedback.
 
@@ -82,7 +84,7 @@ def register_cds(
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def decide(msg: KafkaMessage) -> None:
         parsed, letters = fhir_records(batch_records(msg), stage="cds")
@@ -141,7 +143,7 @@ def register_cds(
     @broker.subscriber(
         topics.feedback,
         group_id=f"{group_id}-feedback",
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def learn(msg: KafkaMessage) -> None:
         record = single_record(msg)

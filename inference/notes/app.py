@@ -70,6 +70,7 @@ from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
+    StageConsumer,
     batch_records,
     commit_after,
     fhir_records,
@@ -191,6 +192,7 @@ def register_notes(
     group_id: str = "notes",
     max_records: int = 64,
     batch_timeout_ms: int = 50,
+    consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe the notes stage to the normalized FHIR topic."""
 
@@ -200,7 +202,7 @@ def register_notes(
         batch=True,
         max_records=max_records,
         batch_timeout_ms=batch_timeout_ms,
-        **STAGE_CONSUMER,
+        **consumer,
     )
     async def draft_notes(msg: KafkaMessage) -> None:
         parsed, letters = fhir_records(batch_records(msg), stage="notes")
