@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from faststream.kafka import KafkaBroker
@@ -47,6 +48,33 @@ async def _record(
         await publish_dead_letters(broker, topics, [letter])
 
 
+Deliver = Callable[[bytes], Awaitable[tuple[WritebackOutcome, str]]]
+"""Delivers one record's payload: its outcome, and what a dead letter would say of a failure."""
+
+
+def _register_delivery(
+    broker: KafkaBroker, topics: Topics, topic: str, deliver: Deliver, group_id: str, consumer: StageConsumer
+) -> None:
+    """Consume ``topic``: deliver each record, record the outcome (and dead-letter what was not
+    delivered), then commit. A record that cannot even be read is dead-lettered, never retried."""
+
+    @broker.subscriber(topic, group_id=group_id, **consumer)
+    async def deliver_record(msg: KafkaMessage) -> None:
+        record = single_record(msg)
+        try:
+            outcome, failure = await deliver(record.value or b"")
+        except Exception as exc:  # unreadable outbound record: never retried forever
+            unreadable = dead_letter_for(exc, record, stage=STAGE)
+            await dead_letter_and_commit(msg, broker, topics, unreadable, backoff_s=RETRY_BACKOFF_S)
+            return
+        letter: DeadLetter | None = None
+        if outcome.outcome != "delivered":
+            letter = dead_letter_for(DeliveryError(failure), record, stage=STAGE)
+        await commit_after(
+            msg, lambda: _record(broker, topics, outcome, letter), stage=STAGE, backoff_s=RETRY_BACKOFF_S
+        )
+
+
 def register_outbound_mllp(
     broker: KafkaBroker,
     topics: Topics,
@@ -57,40 +85,19 @@ def register_outbound_mllp(
 ) -> None:
     """Deliver `ehr.outbound.hl7v2.v1` records (raw HL7) to the EHR's MLLP endpoint, in order."""
 
-    @broker.subscriber(
-        topics.outbound_hl7v2,
-        group_id=group_id,
-        **consumer,
-    )
-    async def deliver(msg: KafkaMessage) -> None:
-        record = single_record(msg)
-        payload: bytes = record.value or b""
-        try:
-            result = await client.deliver(payload)
-            outcome = WritebackOutcome(
-                channel="mllp",
-                target=result.control_id,
-                outcome=result.outcome,
-                status=result.code,
-                attempts=result.attempts,
-                at=datetime.now(UTC),
-            )
-        except Exception as exc:  # unreadable outbound message: never retried forever
-            unreadable = dead_letter_for(exc, record, stage=STAGE)
-            await dead_letter_and_commit(msg, broker, topics, unreadable, backoff_s=RETRY_BACKOFF_S)
-            return
-        letter: DeadLetter | None = None
-        if result.outcome != "delivered":
-            letter = dead_letter_for(
-                DeliveryError(
-                    f"MLLP delivery {result.outcome} with {result.code} after {result.attempts} attempts"
-                ),
-                record,
-                stage=STAGE,
-            )
-        await commit_after(
-            msg, lambda: _record(broker, topics, outcome, letter), stage=STAGE, backoff_s=RETRY_BACKOFF_S
+    async def deliver(payload: bytes) -> tuple[WritebackOutcome, str]:
+        result = await client.deliver(payload)
+        outcome = WritebackOutcome(
+            channel="mllp",
+            target=result.control_id,
+            outcome=result.outcome,
+            status=result.code,
+            attempts=result.attempts,
+            at=datetime.now(UTC),
         )
+        return outcome, f"MLLP delivery {result.outcome} with {result.code} after {result.attempts} attempts"
+
+    _register_delivery(broker, topics, topics.outbound_hl7v2, deliver, group_id, consumer)
 
 
 def register_outbound_fhir(
@@ -103,21 +110,8 @@ def register_outbound_fhir(
 ) -> None:
     """Write `ehr.outbound.fhir.v1` records (one FHIR resource each) back to the EHR with PUT."""
 
-    @broker.subscriber(
-        topics.outbound_fhir,
-        group_id=group_id,
-        **consumer,
-    )
-    async def write_back(msg: KafkaMessage) -> None:
-        record = single_record(msg)
-        payload: bytes = record.value or b""
-        try:
-            resource = json.loads(payload)
-            result = await writer.put(resource)
-        except Exception as exc:  # not a resource with type and id: dead letter, never a loop
-            unreadable = dead_letter_for(exc, record, stage=STAGE)
-            await dead_letter_and_commit(msg, broker, topics, unreadable, backoff_s=RETRY_BACKOFF_S)
-            return
+    async def deliver(payload: bytes) -> tuple[WritebackOutcome, str]:
+        result = await writer.put(json.loads(payload))  # not a resource with type and id: dead letter
         outcome = WritebackOutcome(
             channel="fhir",
             target=result.reference,
@@ -127,16 +121,7 @@ def register_outbound_fhir(
             detail=",".join(result.issues),
             at=datetime.now(UTC),
         )
-        letter: DeadLetter | None = None
-        if result.outcome != "delivered":
-            letter = dead_letter_for(
-                DeliveryError(
-                    f"FHIR write-back {result.outcome} with HTTP {result.status} "
-                    f"after {result.attempts} attempts"
-                ),
-                record,
-                stage=STAGE,
-            )
-        await commit_after(
-            msg, lambda: _record(broker, topics, outcome, letter), stage=STAGE, backoff_s=RETRY_BACKOFF_S
-        )
+        failure = f"FHIR write-back {result.outcome} with HTTP {result.status}"
+        return outcome, f"{failure} after {result.attempts} attempts"
+
+    _register_delivery(broker, topics, topics.outbound_fhir, deliver, group_id, consumer)

@@ -24,7 +24,14 @@ from indexer.chunking import BatchPlan, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from kernel.events import Topics
-from kernel.kafka import STAGE_CONSUMER, StageConsumer, batch_records, commit_after, publish_dead_letters
+from kernel.kafka import (
+    STAGE_CONSUMER,
+    StageConsumer,
+    batch_records,
+    batch_subscriber,
+    commit_after,
+    publish_dead_letters,
+)
 from kernel.settings import IndexerSettings
 
 log = logging.getLogger(__name__)
@@ -54,13 +61,13 @@ def register_indexer(
     and written in ``executor`` (`indexer.priority.background_executor` in a deployment; the
     event loop's default executor without one)."""
 
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topics.fhir,
         group_id=group_id,
-        batch=True,
+        consumer=consumer,
         max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        **consumer,
+        timeout_ms=settings.batch_timeout_ms,
     )
     async def index(msg: KafkaMessage) -> None:
         records = batch_records(msg)

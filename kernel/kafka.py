@@ -20,6 +20,7 @@ from typing import Any, Final, Literal, TypedDict
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import Counter, Histogram
 
 from kernel.events import DeadLetter, Envelope, FhirRecord, Topics
@@ -60,6 +61,22 @@ def stage_consumer(kafka: KafkaSettings) -> StageConsumer:
 
 STAGE_CONSUMER: Final[StageConsumer] = stage_consumer(KafkaSettings())
 """The consumer options of the default settings."""
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    consumer: StageConsumer,
+    max_records: int,
+    timeout_ms: int,
+) -> BatchSubscriber:
+    """The subscriber of a stage that takes ``topic`` in batches: whatever has arrived, at most
+    ``max_records``, waiting at most ``timeout_ms`` for the first."""
+    return broker.subscriber(
+        topic, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=timeout_ms, **consumer
+    )
 
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])

@@ -22,6 +22,7 @@ from kernel.kafka import (
     Outgoing,
     StageConsumer,
     batch_records,
+    batch_subscriber,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -56,13 +57,13 @@ def register_normalizer(
     """Subscribe the normalizer to the inbound HL7 v2 topic on ``broker``."""
     tz = ZoneInfo(settings.default_timezone)
 
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topics.inbound_hl7v2,
         group_id=group_id,
-        batch=True,
+        consumer=consumer,
         max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        **consumer,
+        timeout_ms=settings.batch_timeout_ms,
     )
     async def normalize(msg: KafkaMessage) -> None:
         outgoing: list[Outgoing] = []

@@ -36,6 +36,7 @@ from kernel.kafka import (
     Outgoing,
     StageConsumer,
     batch_records,
+    batch_subscriber,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
@@ -78,13 +79,13 @@ def register_cds(
     ``batch_timeout_ms`` is how long an idle consumer waits between polls)."""
     lock = asyncio.Lock()  # both handlers read, change and save patient state
 
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topics.fhir,
         group_id=group_id,
-        batch=True,
+        consumer=consumer,
         max_records=max_records,
-        batch_timeout_ms=batch_timeout_ms,
-        **consumer,
+        timeout_ms=batch_timeout_ms,
     )
     async def decide(msg: KafkaMessage) -> None:
         parsed, letters = fhir_records(batch_records(msg), stage="cds")

@@ -72,6 +72,7 @@ from kernel.kafka import (
     Outgoing,
     StageConsumer,
     batch_records,
+    batch_subscriber,
     commit_after,
     fhir_records,
     publish_dead_letters,
@@ -196,13 +197,13 @@ def register_notes(
 ) -> None:
     """Subscribe the notes stage to the normalized FHIR topic."""
 
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topics.fhir,
         group_id=group_id,
-        batch=True,
+        consumer=consumer,
         max_records=max_records,
-        batch_timeout_ms=batch_timeout_ms,
-        **consumer,
+        timeout_ms=batch_timeout_ms,
     )
     async def draft_notes(msg: KafkaMessage) -> None:
         parsed, letters = fhir_records(batch_records(msg), stage="notes")
