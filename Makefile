@@ -75,14 +75,14 @@ screenshot: install browser
 	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/test_dashboard.py
 
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`. Two
-# pytest-xdist workers take whole test files in turn (a file's fixtures and its checks across
-# tests, such as the fuzzing quota, stay in one worker); the run ends with its 15 slowest tests.
+# pytest-xdist workers: the integration tests in turn on one, the unit tests a module at a time
+# beside them (tests/conftest.py); the run ends with its 15 slowest tests.
 FUZZ_SCALE ?= 0.1
 WORKERS ?= 2
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	CLINSTREAM_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -n $(WORKERS) --dist loadfile --durations=15; \
+	CLINSTREAM_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -n $(WORKERS) --durations=15; \
 		rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # Search latency on a real Milvus server (C++ standalone from the `milvus` wheel, no Docker):

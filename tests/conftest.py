@@ -21,6 +21,21 @@ os.environ.setdefault("CLINSTREAM_DASHBOARD__ENABLED", "false")
 os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (`make test` runs two workers), the integration tests run one after the
+    other on one worker: they start brokers, stacks and stage processes, and two of them at once
+    overload two cores. The unit tests, a module at a time, fill the other worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class IntegrationApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            if nodeid.startswith("tests/integration/"):
+                return "tests/integration"
+            return super()._split_scope(nodeid)
+
+    return IntegrationApart(config, log)
+
+
 def corpora_dir() -> Path:
     """`CLINSTREAM_CORPORA`, else `../shared/corpora` next to the clone, else next to the local
     checkout it was cloned from (a throwaway clone in a temporary folder)."""

@@ -58,6 +58,8 @@ def base_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
         CLINSTREAM_MODELS__INTRA_OP_THREADS="1",
         CLINSTREAM_CDS__STALE_AFTER_H=str(24 * 365 * 50),  # the corpora are years old
         CLINSTREAM_LOG_LEVEL="INFO",
+        # Faster group joins and failure detection on the embedded broker (tests/conftest.py).
+        CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS=os.environ.get("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "10000"),
     )
     env.update(extra)
     return env

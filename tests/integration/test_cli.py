@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
     env.update(CLINSTREAM_VAR_DIR=str(tmp_path), CLINSTREAM_MLLP__PORT="0", CLINSTREAM_HTTP__PORT="0")
+    # Faster group joins on the embedded broker (tests/conftest.py); the rest as a user runs it.
+    session = os.environ.get("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "10000")
+    env["CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS"] = session
     return env
 
 
@@ -55,7 +58,7 @@ def _start_up(tmp_path):
         if not line:
             break
         lines.append(line)
-        if "ready" in line:
+        if line.startswith("clinstream ready:"):
             return proc, line
     proc.kill()
     pytest.fail("clinstream up never printed ready:\n" + "".join(lines[-30:]))

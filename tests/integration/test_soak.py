@@ -47,6 +47,7 @@ async def test_soak(tmp_path):
         "CLINSTREAM_KAFKA__PARTITIONS": "6",
         "CLINSTREAM_NOTES__GENERATOR": "false",
         "CLINSTREAM_LOG_LEVEL": "WARNING",
+        "CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS": "10000",  # the production default under load
     }
     async with deployment(tmp_path, procs, **extra) as d:
         bootstrap = d.broker.bootstrap
