@@ -68,15 +68,16 @@ fuzz: install
 # Ten minutes at 200 messages/s through every stage as its own process; prints throughput,
 # lag and memory per process. Not part of `make test` (CLINSTREAM_SOAK_S shortens it).
 soak: install
-	$(BIN)/pytest -m soak -s tests/integration/test_soak.py
+	$(BIN)/pytest -m soak -s tests/integration/system/test_soak.py
 
 # Refreshes docs/dashboard.png (the README's picture) from the dashboard's end-to-end test.
 screenshot: install browser
-	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/test_dashboard.py
+	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/stack/test_dashboard.py
 
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`. Two
-# pytest-xdist workers: the integration tests in turn on one, the unit tests a module at a time
-# beside them (tests/conftest.py); the run ends with its 15 slowest tests.
+# pytest-xdist workers: the tests with stage processes or whole stacks in turn on one, the unit
+# tests and the other integration tests beside them (tests/conftest.py); the run ends with its
+# 15 slowest tests.
 FUZZ_SCALE ?= 0.1
 WORKERS ?= 2
 test: install browser

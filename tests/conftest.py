@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Every stack a test starts runs the notes stage, drafting from chart data only: a draft with the
 # model takes seconds of both cores, and stacks that test other stages would wait on it. The tests
-# of drafting with the model (tests/integration/test_notes.py) switch it on in their settings.
+# of drafting with the model (tests/integration/stack/test_notes.py) switch it on in their settings.
 os.environ.setdefault("CLINSTREAM_NOTES__GENERATOR", "false")
 # Test stacks run without the dashboard process; its own tests switch it on.
 os.environ.setdefault("CLINSTREAM_DASHBOARD__ENABLED", "false")
@@ -22,18 +22,20 @@ os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """With pytest-xdist (`make test` runs two workers), the integration tests run one after the
-    other on one worker: they start brokers, stacks and stage processes, and two of them at once
-    overload two cores. The unit tests, a module at a time, fill the other worker."""
+    """With pytest-xdist (`make test` runs two workers), the tests that start stage processes
+    (tests/integration/system/) or whole stacks (tests/integration/stack/) run one after the
+    other on one worker: two of them at once overload two cores. The unit tests and the
+    integration tests of one part against the real broker or Milvus, a module at a time, fill
+    the other worker."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class IntegrationApart(LoadScopeScheduling):
+    class HeavyApart(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            if nodeid.startswith("tests/integration/"):
-                return "tests/integration"
+            if nodeid.startswith(("tests/integration/system/", "tests/integration/stack/")):
+                return "tests/integration (system and stack)"
             return super()._split_scope(nodeid)
 
-    return IntegrationApart(config, log)
+    return HeavyApart(config, log)
 
 
 def corpora_dir() -> Path:

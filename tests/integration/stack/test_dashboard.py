@@ -26,7 +26,7 @@ from dashboard.auth import hash_password
 from kernel.events import Alert
 from tests.integration.support import collect
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PASSWORD = "dashboard-e2e-password"
 
 
