@@ -72,12 +72,11 @@ soak: install
 
 # Refreshes docs/dashboard.png (the README's picture) from the dashboard's end-to-end test.
 screenshot: install browser
-	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/stack/test_dashboard.py
+	CLINSTREAM_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/integration/system/test_dashboard.py
 
 # Integration tests (real broker, Milvus Lite, ONNX) run here too: CI runs `make test`. Two
-# pytest-xdist workers: the tests with stage processes or whole stacks in turn on one, the unit
-# tests and the other integration tests beside them (tests/conftest.py); the run ends with its
-# 15 slowest tests.
+# pytest-xdist workers: the tests with stage processes in turn on one, every other test file on
+# whichever is free (tests/conftest.py); the run ends with its 15 slowest tests.
 FUZZ_SCALE ?= 0.1
 WORKERS ?= 2
 test: install browser

@@ -23,19 +23,19 @@ os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 
 def pytest_xdist_make_scheduler(config, log):
     """With pytest-xdist (`make test` runs two workers), the tests that start stage processes
-    (tests/integration/system/) or whole stacks (tests/integration/stack/) run one after the
-    other on one worker: two of them at once overload two cores. The unit tests and the
-    integration tests of one part against the real broker or Milvus, a module at a time, fill
-    the other worker."""
+    (tests/integration/system/: faults, outages, scale-out, the CLI, the dashboard, schemathesis)
+    run one after the other on one worker: two of them at once overload two cores. Every other
+    test file (unit tests, one-part and whole-stack integration tests) goes to whichever worker
+    is free."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class HeavyApart(LoadScopeScheduling):
+    class ProcessesApart(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            if nodeid.startswith(("tests/integration/system/", "tests/integration/stack/")):
-                return "tests/integration (system and stack)"
+            if nodeid.startswith("tests/integration/system/"):
+                return "tests/integration/system"
             return super()._split_scope(nodeid)
 
-    return HeavyApart(config, log)
+    return ProcessesApart(config, log)
 
 
 def corpora_dir() -> Path:

@@ -120,7 +120,11 @@ async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, 
         answer = await mcp.call_tool("patient_timeline", {"patient_id": JANE, "limit": 5})
         calls += 1
         assert not answer.is_error
-        assert {e["resource_id"] for e in answer.structured_content["results"]} <= jane_refs | set()
+        via_mcp = {e["resource_id"] for e in answer.structured_content["results"]}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:  # Jane's record may have grown
+            now = await http.get(f"/patients/{JANE}/timeline", headers=service)
+        assert via_mcp <= jane_refs | {e["resource_id"] for e in now.json()["entries"]}
+        assert not via_mcp & richard_refs
         refused = await mcp.call_tool("patient_timeline", {"patient_id": RICHARD})
         calls += 1
         assert refused.is_error
