@@ -13,12 +13,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.attachments import text_attachment
-from kernel.errors import MappingError, UnsupportedMessageError
+from kernel.errors import UnsupportedMessageError
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import (
     codeable_concept,
     concept_at,
     ed_attachment,
+    field_error,
     field_number,
     json_number,
     notes_after,
@@ -163,13 +164,7 @@ def _document(
     to_attachment = ed_attachment if obx.value(2).upper() == "ED" else rp_attachment
     attachment = to_attachment(reps[0], msg) if reps else None
     if attachment is None:
-        raise MappingError(
-            f"OBX-5 {obx.value(2).upper()} value is empty",
-            code=101,
-            segment="OBX",
-            field=5,
-            control_id=msg.control_id,
-        )
+        raise field_error(f"OBX-5 {obx.value(2).upper()} value is empty", msg, "OBX", 5, code=101)
     concept = concept_at(obx, 3, msg)
     when = to_fhir_datetime(obx.value(14), tz, segment="OBX", field=14)
     if when is None and obr is not None:
@@ -294,12 +289,12 @@ def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> di
                     "denominator": {"value": _decimal(second, obx, msg)},
                 }
             }
-        raise UnsupportedMessageError(
+        raise field_error(
             "OBX-5 structured numeric with this comparator/separator is not mapped",
-            code=102,
-            segment="OBX",
-            field=5,
-            control_id=msg.control_id,
+            msg,
+            "OBX",
+            5,
+            kind=UnsupportedMessageError,
         )
     if value_type in _TEXT_TYPES:
         text = "\n".join(component_of(r, msg.seps, 1) for r in reps)
@@ -312,13 +307,8 @@ def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> di
     if value_type in _DATE_TYPES:
         when = to_fhir_datetime(component_of(reps[0], msg.seps, 1), tz, segment="OBX", field=5)
         return {"valueDateTime": when} if when else {}
-    raise UnsupportedMessageError(
-        f"OBX-2 value type {value_type or '(empty)'} is not mapped yet",
-        code=102,
-        segment="OBX",
-        field=2,
-        control_id=msg.control_id,
-    )
+    unmapped = f"OBX-2 value type {value_type or '(empty)'} is not mapped yet"
+    raise field_error(unmapped, msg, "OBX", 2, kind=UnsupportedMessageError)
 
 
 def _reference_range(text: str, unit: dict[str, Any]) -> dict[str, Any] | None:

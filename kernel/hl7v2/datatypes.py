@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kernel.errors import MappingError
+from kernel.errors import Hl7Error, MappingError
 from kernel.hl7v2.parser import Message, Segment, component_of, components, to_fhir_datetime
 from kernel.units import UCUM, quantity_unit
 
@@ -110,15 +110,17 @@ def concept_at(seg: Segment | None, field: int, msg: Message) -> dict[str, Any] 
     return codeable_concept(raw[0], msg) if raw else None
 
 
-def missing_field(seg: Segment, field: int, msg: Message, what: str) -> MappingError:
+def field_error(
+    text: str, msg: Message, segment: str, field: int, *, code: int = 102, kind: type[Hl7Error] = MappingError
+) -> Hl7Error:
+    """An error at ``segment-field`` of ``msg`` with its HL7 table 0357 ``code``; ``text`` names
+    the place and the problem, never the value."""
+    return kind(text, code=code, segment=segment, field=field, control_id=msg.control_id)
+
+
+def missing_field(seg: Segment, field: int, msg: Message, what: str) -> Hl7Error:
     """The error for a required field left empty: HL7 code 101 at ``SEG-field``."""
-    return MappingError(
-        f"{seg.name}-{field} {what} is missing",
-        code=101,
-        segment=seg.name,
-        field=field,
-        control_id=msg.control_id,
-    )
+    return field_error(f"{seg.name}-{field} {what} is missing", msg, seg.name, field, code=101)
 
 
 def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
@@ -157,19 +159,11 @@ def ed_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
     if not data:
         return None
     if component_of(raw, seps, 4).upper() != "BASE64":
-        raise MappingError(
-            "OBX-5 ED encoding other than Base64 is not mapped",
-            code=102,
-            segment="OBX",
-            field=5,
-            control_id=msg.control_id,
-        )
+        raise field_error("OBX-5 ED encoding other than Base64 is not mapped", msg, "OBX", 5)
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise MappingError(
-            "OBX-5 ED data is not valid Base64", code=102, segment="OBX", field=5, control_id=msg.control_id
-        ) from exc
+        raise field_error("OBX-5 ED data is not valid Base64", msg, "OBX", 5) from exc
     media = _MEDIA.get(component_of(raw, seps, 2).upper(), "application")
     subtype = component_of(raw, seps, 3).lower() or "octet-stream"
     return {"contentType": f"{media}/{subtype}", "data": data}
@@ -223,17 +217,9 @@ def field_number(
     try:
         value = Decimal(text.strip())
     except InvalidOperation as exc:
-        raise MappingError(
-            f"{seg.name}-{field} {why}", code=102, segment=seg.name, field=field, control_id=msg.control_id
-        ) from exc
+        raise field_error(f"{seg.name}-{field} {why}", msg, seg.name, field) from exc
     if not value.is_finite():
-        raise MappingError(
-            f"{seg.name}-{field} is not a finite number",
-            code=102,
-            segment=seg.name,
-            field=field,
-            control_id=msg.control_id,
-        )
+        raise field_error(f"{seg.name}-{field} is not a finite number", msg, seg.name, field)
     return json_number(value)
 
 
