@@ -225,6 +225,45 @@ def fhir_records(
     return parsed, letters
 
 
+Parsed = list[tuple[Any, FhirRecord]]
+"""Consumed records of `ehr.fhir.v1` with their FhirRecord, in offset order."""
+FhirBatchHandler = Callable[[KafkaMessage, Parsed, list[DeadLetter]], Awaitable[None]]
+"""A stage's handler of one batch of normalized records: the message, the parsed, the dead letters."""
+
+
+def fhir_batches(
+    broker: KafkaBroker,
+    topics: Topics,
+    *,
+    stage: str,
+    group_id: str,
+    consumer: StageConsumer,
+    max_records: int,
+    timeout_ms: int,
+) -> Callable[[FhirBatchHandler], BatchSubscriber]:
+    """Subscribe a stage's handler to `ehr.fhir.v1` in batches; it gets the batch's message (to
+    commit), the records that parse and dead letters for those that do not (`fhir_records`)."""
+
+    def register(handle: FhirBatchHandler) -> BatchSubscriber:
+        subscriber = batch_subscriber(
+            broker,
+            topics.fhir,
+            group_id=group_id,
+            consumer=consumer,
+            max_records=max_records,
+            timeout_ms=timeout_ms,
+        )
+
+        @subscriber
+        async def consume(msg: KafkaMessage) -> None:
+            parsed, letters = fhir_records(batch_records(msg), stage=stage)
+            await handle(msg, parsed, letters)
+
+        return subscriber
+
+    return register
+
+
 def dead_letter_for(
     error: Exception, record: Any, *, stage: str, envelope: Envelope | None = None
 ) -> DeadLetter:

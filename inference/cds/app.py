@@ -30,17 +30,16 @@ from inference.cds.state import PatientState
 from inference.cds.state_store import StateStore
 from inference.cds.writeback import outbound
 from kernel.errors import ModelRunError
-from kernel.events import Alert, ClinicianFeedback, FhirRecord, Topics
+from kernel.events import Alert, ClinicianFeedback, DeadLetter, FhirRecord, Topics
 from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
+    Parsed,
     StageConsumer,
-    batch_records,
-    batch_subscriber,
     commit_after,
     dead_letter_and_commit,
     dead_letter_for,
-    fhir_records,
+    fhir_batches,
     publish_dead_letters,
     publish_in_order,
     retry_later,
@@ -79,16 +78,16 @@ def register_cds(
     ``batch_timeout_ms`` is how long an idle consumer waits between polls)."""
     lock = asyncio.Lock()  # both handlers read, change and save patient state
 
-    @batch_subscriber(
+    @fhir_batches(
         broker,
-        topics.fhir,
+        topics,
+        stage="cds",
         group_id=group_id,
         consumer=consumer,
         max_records=max_records,
         timeout_ms=batch_timeout_ms,
     )
-    async def decide(msg: KafkaMessage) -> None:
-        parsed, letters = fhir_records(batch_records(msg), stage="cds")
+    async def decide(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
         async with lock:
             patients = list(dict.fromkeys(p.patient_id for _, p in parsed))
             try:

@@ -61,6 +61,7 @@ from inference.notes.drafting import (
 from inference.notes.grounding import Evidence, GuardMode
 from kernel.events import (
     ClinicianFeedback,
+    DeadLetter,
     DraftNote,
     DraftStatus,
     Topics,
@@ -70,11 +71,10 @@ from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
     Outgoing,
+    Parsed,
     StageConsumer,
-    batch_records,
-    batch_subscriber,
     commit_after,
-    fhir_records,
+    fhir_batches,
     publish_dead_letters,
     publish_in_order,
 )
@@ -197,16 +197,16 @@ def register_notes(
 ) -> None:
     """Subscribe the notes stage to the normalized FHIR topic."""
 
-    @batch_subscriber(
+    @fhir_batches(
         broker,
-        topics.fhir,
+        topics,
+        stage="notes",
         group_id=group_id,
         consumer=consumer,
         max_records=max_records,
         timeout_ms=batch_timeout_ms,
     )
-    async def draft_notes(msg: KafkaMessage) -> None:
-        parsed, letters = fhir_records(batch_records(msg), stage="notes")
+    async def draft_notes(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
 
         async def effects() -> None:
             loop = asyncio.get_running_loop()
