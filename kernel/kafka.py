@@ -78,6 +78,7 @@ def batch_subscriber(
         topic, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=timeout_ms, **consumer
     )
 
+
 DEAD_LETTERS = Counter("clinstream_dead_letters", "Records sent to the dead-letter topic", ["stage"])
 RETRIES = Counter("clinstream_consumer_retries", "Side effects that failed and will be retried", ["stage"])
 STAGE_RECORDS = Counter(

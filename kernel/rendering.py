@@ -55,8 +55,8 @@ def _concepts(values: list[dict[str, Any]] | None) -> str:
     return ", ".join(t for t in (concept_text(v) for v in values or []) if t)
 
 
-def _code(concept: dict[str, Any] | None) -> str:
-    """The first code of a concept, shown in brackets after its label when it adds something."""
+def first_code(concept: dict[str, Any] | None) -> str:
+    """The first code of a CodeableConcept ("" when it has none)."""
     for c in (concept or {}).get("coding", []):
         if c.get("code"):
             return str(c["code"])
@@ -185,11 +185,11 @@ def _observation_time(obs: Resource) -> Any:
 
 def _condition(res: Resource) -> str:
     label = concept_text(res.get("code")) or "unnamed condition"
-    code = _code(res.get("code"))
+    code = first_code(res.get("code"))
     head = f"Problem: {label}" + (f" [{code}]" if code and code != label else "")
     details = [
-        _code(res.get("clinicalStatus")),
-        _code(res.get("verificationStatus")),
+        first_code(res.get("clinicalStatus")),
+        first_code(res.get("verificationStatus")),
         _concepts(res.get("category")),
         f"onset {when(res['onsetDateTime'])}" if res.get("onsetDateTime") else "",
         f"resolved {when(res['abatementDateTime'])}" if res.get("abatementDateTime") else "",
@@ -207,7 +207,7 @@ def _allergy(res: Resource) -> str:
         ", ".join(res.get("category", [])),
         f"reaction {'; '.join(r for r in reactions if r)}" if any(reactions) else "",
         f"criticality {res['criticality']}" if res.get("criticality") else "",
-        _code(res.get("clinicalStatus")),
+        first_code(res.get("clinicalStatus")),
     ]
     date = when(res.get("onsetDateTime") or res.get("recordedDate"))
     return " ".join([_join(head, details, date), *_notes(res)])

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kernel.hl7v2.writer import DEFAULT, escape
+from kernel.hl7v2.writer import components
+from kernel.rendering import first_code
 from kernel.settings import CdsSettings, NotesSettings
 
 DEVICE_DISPLAY = "clinstream decision support"
@@ -28,17 +29,11 @@ class ChartIdentifier(BaseModel):
     authority: str = ""
 
 
-def _type_code(concept: dict[str, Any] | None) -> str:
-    if not concept:
-        return ""
-    return str(next((c.get("code") for c in concept.get("coding", []) if c.get("code")), ""))
-
-
 def chart_identifier(res: dict[str, Any]) -> ChartIdentifier | None:
     """The MR identifier (else the first that is not an SSN or licence) of a Patient."""
     usable = []
     for ident in res.get("identifier", []):
-        kind = _type_code(ident.get("type"))
+        kind = first_code(ident.get("type"))
         if ident.get("value") and kind not in ("SS", "DL"):
             usable.append((kind != "MR", ident))
     if not usable:
@@ -112,7 +107,6 @@ def writeback_from(settings: CdsSettings | NotesSettings) -> WritebackConfig:
 
 def patient_cx(patient_id: str, patient: ChartIdentifier | None) -> str:
     """PID-3 of a message we send: the MR identifier the EHR knows, else our Patient id (``PI``)."""
-    c = DEFAULT.component
     if patient is None:
-        return c.join([escape(patient_id), "", "", "CLINSTREAM", "PI"])
-    return c.join([escape(patient.value), "", "", escape(patient.authority), "MR"])
+        return components([patient_id, "", "", "CLINSTREAM", "PI"])
+    return components([patient.value, "", "", patient.authority, "MR"])

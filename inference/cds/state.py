@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from inference.cds.analytes import Reading, readings_of
 from inference.cds.errors import RuleInputError
 from kernel.events import Alert, FhirRecord
+from kernel.rendering import first_code
 from kernel.writeback import ChartIdentifier, chart_identifier
 
 HISTORY = timedelta(days=8)
@@ -102,12 +103,6 @@ def _codes(concept: dict[str, Any] | None) -> tuple[list[str], str]:
     return codes, str(text)
 
 
-def _status(concept: dict[str, Any] | None) -> str:
-    if not concept:
-        return ""
-    return str(next((c.get("code") for c in concept.get("coding", []) if c.get("code")), ""))
-
-
 
 
 def _remove_readings(readings: dict[str, list[Reading]], ref: str) -> None:
@@ -144,7 +139,7 @@ def medication(res: dict[str, Any], ref: str) -> Coded:
 
 
 def _allergy(res: dict[str, Any], ref: str) -> Coded | None:
-    verification = _status(res.get("verificationStatus"))
+    verification = first_code(res.get("verificationStatus"))
     if verification in ("refuted", "entered-in-error"):
         return None
     codes, text = _codes(res.get("code"))
@@ -156,7 +151,7 @@ def _allergy(res: dict[str, Any], ref: str) -> Coded | None:
         ref=ref,
         text=text,
         codes=codes,
-        status=_status(res.get("clinicalStatus")),
+        status=first_code(res.get("clinicalStatus")),
         category=list(res.get("category", [])),
         criticality=str(res.get("criticality", "")),
         recorded=str(res.get("recordedDate") or ""),
@@ -164,14 +159,14 @@ def _allergy(res: dict[str, Any], ref: str) -> Coded | None:
 
 
 def _condition(res: dict[str, Any], ref: str) -> Coded | None:
-    if _status(res.get("verificationStatus")) in ("refuted", "entered-in-error"):
+    if first_code(res.get("verificationStatus")) in ("refuted", "entered-in-error"):
         return None
     codes, text = _codes(res.get("code"))
     return Coded(
         ref=ref,
         text=text,
         codes=codes,
-        status=_status(res.get("clinicalStatus")),
+        status=first_code(res.get("clinicalStatus")),
         recorded=str(res.get("onsetDateTime") or res.get("recordedDate") or ""),
     )
 

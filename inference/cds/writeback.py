@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.events import Alert, deterministic_id
-from kernel.hl7v2.writer import DEFAULT, escape, message, our_msh, segment, timestamp
+from kernel.hl7v2.writer import components, escape, message, our_msh, segment, timestamp
 from kernel.writeback import (
     CREATE_ACTIVITY,
     DEVICE_DISPLAY,
@@ -114,13 +114,8 @@ def oru_r01(
     OBR-3 (filler order number) is the alert id, OBX-3 the rule, OBX-5 the summary, OBX-8 the
     abnormal flag (AA critical, A warning), NTE segments the inputs, thresholds and citation.
     """
-    s = DEFAULT
-
-    def e(text: str) -> str:
-        return escape(text, s)
-
     pid3 = patient_cx(alert.patient_id, patient)
-    rule = s.component.join([e(alert.rule_id), e(f"{alert.rule_id} v{alert.rule_version}"), "L"])
+    rule = components([alert.rule_id, f"{alert.rule_id} v{alert.rule_version}", "L"])
     observed = timestamp(alert.effective or alert.raised_at)
     segments = [
         our_msh(
@@ -134,20 +129,20 @@ def oru_r01(
         segment("PID", ["1", "", pid3]),
         segment(
             "OBR",
-            ["1", "", s.component.join([alert.id, e(sending_application)]), rule, "", "", observed]
+            ["1", "", components([alert.id, sending_application]), rule, "", "", observed]
             + [""] * 14
             + [timestamp(alert.raised_at), "", "", "F"],
         ),
         segment(
             "OBX",
             [
-                *("1", "TX", rule, "1", e(alert.summary), "", "", _ABNORMAL[alert.severity]),
+                *("1", "TX", rule, "1", escape(alert.summary), "", "", _ABNORMAL[alert.severity]),
                 *("", "", "F", "", "", observed),
             ],
         ),
     ]
     for n, line in enumerate((line for line in _evidence_text(alert).splitlines() if line.strip()), 1):
-        segments.append(segment("NTE", [str(n), "L", e(line)]))
+        segments.append(segment("NTE", [str(n), "L", escape(line)]))
     return message(segments)
 
 

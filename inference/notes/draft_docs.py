@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from inference.notes.drafting import LOINC, TITLES, Draft, DraftKind
 from kernel.events import DraftNote, DraftStatus, deterministic_id
-from kernel.hl7v2.writer import DEFAULT, escape, message, our_msh, segment, timestamp
+from kernel.hl7v2.writer import components, escape, message, our_msh, segment, timestamp
 from kernel.writeback import (
     CREATE_ACTIVITY,
     DEVICE_DISPLAY,
@@ -134,14 +134,9 @@ def mdm(
     TXA-12 is the draft id; TXA-17 ``IP`` (in progress) for a draft, ``AU`` once a clinician
     accepted it; OBX-11 ``P`` or ``F`` to match. MSH-10 changes with the event, so each step
     of a draft's review is its own message."""
-    s = DEFAULT
-
-    def e(value: str) -> str:
-        return escape(value, s)
-
     final = event == "T08"
     coding = doc["type"]["coding"][0]
-    doc_type = s.component.join([coding["code"], e(coding["display"]), "LN"])
+    doc_type = components([coding["code"], coding["display"], "LN"])
     control = deterministic_id("MDM", doc["id"], event, at.isoformat())[:20]
     when = timestamp(at)
     segments = [
@@ -160,18 +155,16 @@ def mdm(
             "TXA",
             [
                 *("1", doc_type, "TX", when, "", when, "", "", "", "", ""),
-                *(s.component.join([doc["id"], e(sending_application)]), "", "", "", ""),
+                *(components([doc["id"], sending_application]), "", "", "", ""),
                 *("AU" if final else "IP", "", "CA" if event == "T11" else ("AV" if final else "UN")),
             ],
         ),
     ]
     if event != "T11":
+        status = "F" if final else "P"
         for n, line in enumerate(text.splitlines() or [""], 1):
-            segments.append(
-                segment(
-                    "OBX", [str(n), "TX", doc_type, "1", e(line), "", "", "", "", "", "F" if final else "P"]
-                )
-            )
+            fields = [str(n), "TX", doc_type, "1", escape(line), "", "", "", "", "", status]
+            segments.append(segment("OBX", fields))
     return message(segments)
 
 
