@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import struct
 from collections.abc import Sequence
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from connectors.errors import FhirInputError
 from connectors.fhir_ingress import Issue
@@ -71,11 +72,24 @@ def header(data: bytes, position: int) -> dict[str, str]:
     """The keywords an ImagingStudy needs from one DICOM file (pixel data not read)."""
     try:
         dataset = dcmread(BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        # pydicom decodes an element when it is read, so a damaged one fails here, not above:
+        # an unknown value representation (NotImplementedError), a length that does not fit it
+        # (BytesLengthException, struct.error).
+        out = {k: str(dataset.get(k, "") or "").strip() for k in KEYWORDS}
+    except (
+        InvalidDicomError,
+        BytesLengthException,
+        NotImplementedError,
+        struct.error,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+    ) as exc:
         raise _refuse(
             400, "invalid", f"part {position} is not a readable DICOM file ({type(exc).__name__})"
         ) from None
-    out = {k: str(dataset.get(k, "") or "").strip() for k in KEYWORDS}
     missing = [k for k in REQUIRED if not out[k]]
     if missing:
         raise _refuse(422, "required", f"part {position} lacks {', '.join(missing)}")

@@ -165,3 +165,30 @@ def test_genetic_results_become_searchable_variant_observations():
     assert len(brca1["derivedFrom"]) == 5
     lines = [r for r in result.resources if r["resourceType"] == "Observation" and r not in found]
     assert all(any(c["coding"][0]["code"] == "GE" for c in r["category"]) for r in lines)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about each damaged value
+def test_damaged_dicom_files_are_refused_never_an_internal_error():
+    """pydicom decodes elements lazily: damage inside an element (an unknown VR, a length that
+    does not fit) surfaced as a 500 when the header was read. Seeded byte mutations of a real
+    file (pydicom's CT_small) must each give a header or our 400/422."""
+    import random
+
+    from pydicom.data import get_testdata_file
+
+    from connectors import dicom_files
+    from connectors.errors import FhirInputError
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    rnd = random.Random(24)
+    refused = 0
+    for _ in range(1500):
+        damaged = bytearray(data[: rnd.randrange(len(data))] if rnd.random() < 0.5 else data)
+        for _ in range(rnd.randrange(1, 12)):
+            damaged[rnd.randrange(len(damaged))] = rnd.randrange(256)
+        try:
+            dicom_files.transactions([dicom_files.header(bytes(damaged), 0)], "MERCY")
+        except FhirInputError as exc:
+            assert exc.status in (400, 422)
+            refused += 1
+    assert refused > 100
