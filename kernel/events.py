@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from kernel.errors import ClinstreamError, Hl7Error
+from kernel.quality import DataQualityIssue
 
 SCHEMA_VERSION = 1
 
@@ -222,6 +223,10 @@ class FhirRecord(BaseModel):
     unmapped: dict[str, int] = Field(
         default_factory=dict,
         description="Source segments (Z-segments included) and fields no mapping read, with counts.",
+    )
+    issues: list[DataQualityIssue] = Field(
+        default_factory=list,
+        description="Data-quality problems the message converted despite (kernel.quality); no values.",
     )
 
 

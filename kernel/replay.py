@@ -33,7 +33,6 @@ class Replay:
     edited: bool = False
 
 
-
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which dead letters to replay. Empty criteria match everything."""
@@ -103,12 +102,6 @@ def corrected(letter: DeadLetter, payload: bytes, topics: Topics, *, editor: str
     return Replay(letter.id, topics.inbound_hl7v2, payload, key.encode(), [*headers, *extra], edited=True)
 
 
-
-
-
-
-
-
 @dataclass(frozen=True, slots=True)
 class Written:
     """Where the broker stored a replay."""
@@ -117,5 +110,3 @@ class Written:
     topic: str
     partition: int
     offset: int
-
-

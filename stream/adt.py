@@ -11,14 +11,8 @@ from zoneinfo import ZoneInfo
 
 from kernel.events import deterministic_id, patient_key
 from kernel.hl7v2.datatypes import concept_at, practitioner_ref
-from kernel.hl7v2.parser import (
-    Message,
-    Segment,
-    component_of,
-    components,
-    patient_identifier,
-    to_fhir_datetime,
-)
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of, components, patient_identifier
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"

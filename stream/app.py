@@ -43,6 +43,11 @@ UNMAPPED = Counter(
     "Source segments (Z-segments included) and fields that no mapping read",
     ["message_type", "item"],
 )
+QUALITY_ISSUES = Counter(
+    "clinstream_data_quality_issues",
+    "Data-quality issues of messages that converted anyway, by issue code and sending system",
+    ["code", "sender", "severity"],
+)
 RETRY_BACKOFF_S = 1.0
 
 
@@ -90,7 +95,14 @@ def register_normalizer(
                 NORMALIZED.labels(result.message_type).inc()
                 for item, count in result.unmapped.items():
                     UNMAPPED.labels(result.message_type, item).inc(count)
-                log.debug("normalized control_id=%s resources=%d", result.control_id, len(result.resources))
+                for issue in result.issues:
+                    QUALITY_ISSUES.labels(issue.code, result.sender, issue.severity).inc()
+                log.debug(
+                    "normalized control_id=%s resources=%d issues=%d",
+                    result.control_id,
+                    len(result.resources),
+                    len(result.issues),
+                )
 
 
 def _outgoing(topics: Topics, envelope: Envelope, result: Normalized) -> list[Outgoing]:
@@ -103,6 +115,7 @@ def _outgoing(topics: Topics, envelope: Envelope, result: Normalized) -> list[Ou
             patient_id=result.patient_id,
             resources=result.resources,
             unmapped=result.unmapped,
+            issues=list(result.issues),
         )
     ]
     records += [

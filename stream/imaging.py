@@ -17,7 +17,6 @@ from kernel.imaging import Resource, study_id, uid_identifier
 STUDY_UID_CODE = "113014"  # DCM "Study Instance UID"
 
 
-
 def study_uids(msg: Message) -> dict[int, str]:
     """Study Instance UIDs an ORU names, by the index of the OBR they follow."""
     found: dict[int, str] = {}
@@ -39,8 +38,6 @@ def study_uids(msg: Message) -> dict[int, str]:
                 if uid:
                     found.setdefault(index, uid)
     return found
-
-
 
 
 def from_report(uid: str, report: Mapping[str, Any]) -> Resource:
@@ -72,7 +69,3 @@ def link_reports(reports: Sequence[Resource], uids: Mapping[int, str]) -> list[R
         study = studies.setdefault(uid, from_report(uid, report))
         report["imagingStudy"] = [{"reference": f"ImagingStudy/{study['id']}"}]
     return list(studies.values())
-
-
-
-

@@ -12,10 +12,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.attachments import text_attachment
-from kernel.errors import MappingError
+from kernel.errors import Hl7Error, MappingError
 from kernel.events import deterministic_id
-from kernel.hl7v2.datatypes import concept_at, ed_attachment
-from kernel.hl7v2.parser import Message, component_of, to_fhir_datetime
+from kernel.hl7v2.datatypes import concept_at, ed_attachment, where
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, component_of
+from kernel.quality import MALFORMED_VALUE, tolerate
 
 # TXA-17 document completion status (HL7 table 0271) → docStatus.
 _DOC_STATUS = {
@@ -88,7 +90,11 @@ def _attachments(msg: Message, tz: ZoneInfo) -> list[dict[str, Any]]:
                     lines.append(component_of(rep, msg.seps, 1))
         elif value_type == "ED":
             reps = obx.repetitions(5)
-            attachment = ed_attachment(reps[0], msg) if reps else None
+            try:
+                attachment = ed_attachment(reps[0], msg) if reps else None
+            except Hl7Error as exc:  # the rest of the document still converts
+                tolerate(exc, MALFORMED_VALUE, location=where(obx, msg, 5))
+                attachment = None
             if attachment is not None:
                 out.append({"attachment": attachment})
     if lines:

@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo
 
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import codeable_concept, concept_at, notes_after, practitioner_ref
-from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 

@@ -8,12 +8,14 @@ Pure functions. Each OBX becomes one Observation whose id is derived from the or
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.attachments import text_attachment
-from kernel.errors import UnsupportedMessageError
+from kernel.errors import Hl7Error, UnsupportedMessageError
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import (
     codeable_concept,
@@ -22,12 +24,25 @@ from kernel.hl7v2.datatypes import (
     field_error,
     field_number,
     json_number,
+    missing_field,
     notes_after,
-    required_concept,
     rp_attachment,
     unit_of,
+    where,
 )
-from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of, components
+from kernel.quality import (
+    DROPPED_CONTENT,
+    MALFORMED_VALUE,
+    MISSING_ELEMENT,
+    REPEATED_IDENTIFIER,
+    UNKNOWN_VALUE_TYPE,
+    absent,
+    raw_value_extension,
+    report_issue,
+    tolerate,
+)
 
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -46,29 +61,8 @@ _STATUS = {
     "U": "final",
 }
 _RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$")
-_NUMERIC_TYPES = {"NM"}
 _TEXT_TYPES = {"ST", "TX", "FT"}
-_CODED_TYPES = {"CE", "CWE", "CNE"}
-_DATE_TYPES = {"DT", "DTM", "TS"}
 _DOCUMENT_TYPES = {"ED", "RP"}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def map_observations(
@@ -90,24 +84,37 @@ def map_observations(
     out: list[dict[str, Any]] = []
     obr: Segment | None = None
     seen: dict[tuple[str, str, str], int] = {}
+    numbers = order_numbers(msg)
     for seg in msg.segments:
         if seg.name == "OBR":
             obr = seg
         elif seg.name == "OBX":
             if (narrative and obr is not None and is_narrative(seg, msg)) or _is_blank(seg, msg):
                 continue
-            order = _order_number(obr, msg)
+            order = numbers[msg.position(obr)] if obr is not None else msg.control_id
             code_key = seg.value(3, 1) or seg.value(3, 2)
             sub = seg.value(4)
             occurrence = seen.get((order, code_key, sub), 0)
             seen[(order, code_key, sub)] = occurrence + 1
             parts = (msg.msh.value(4), order, code_key, sub, str(occurrence))
+            unreadable = False
             if seg.value(2).upper() in _DOCUMENT_TYPES and _document_data(seg, msg):
-                doc_id = deterministic_id("DocumentReference", *parts)
-                out.append(_document(seg, obr, msg, doc_id, patient_id, encounter_id, tz))
-                continue
+                try:
+                    doc_id = deterministic_id("DocumentReference", *parts)
+                    out.append(_document(seg, obr, msg, doc_id, patient_id, encounter_id, tz))
+                    continue
+                except Hl7Error as exc:  # kept below as an Observation holding the value as sent
+                    tolerate(exc, MALFORMED_VALUE, location=where(seg, msg, 5))
+                    unreadable = True
             obs_id = deterministic_id("Observation", *parts)
-            out.append(_observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz, category))
+            try:
+                observation = _observation(seg, obr, msg, obs_id, patient_id, encounter_id, tz, category)
+                if unreadable:
+                    observation.update(_as_sent(seg, seg.value(2).upper()))
+                out.append(observation)
+            except Hl7Error as exc:
+                tolerate(exc, DROPPED_CONTENT, severity="error", location=where(seg, msg))
+                out.append(_bare_observation(seg, msg, obs_id, patient_id))
     return out
 
 
@@ -140,10 +147,6 @@ def is_narrative(obx: Segment, msg: Message) -> bool:
     rather than inventing an observation code for them.
     """
     return not obx.get(3).strip(msg.seps.component) and obx.value(2).upper() in _TEXT_TYPES
-
-
-
-
 
 
 def _document(
@@ -187,12 +190,52 @@ def _document(
     return resource
 
 
-def _order_number(obr: Segment | None, msg: Message) -> str:
-    if obr is not None:
-        number = obr.value(3) or obr.value(2)
-        if number:
-            return number
-    return msg.control_id
+def order_numbers(msg: Message) -> dict[int, str]:
+    """The number that keys each OBR's report and results, by the OBR's position.
+
+    OBR-3 (filler), else OBR-2 (placer), else the message's control id. Case notifications
+    and multi-panel reports repeat one number on several OBRs; those get the set id (OBR-1)
+    and service code (OBR-4.1) joined to it (and their position, should even those repeat),
+    so neither overwrites the other and a replay of the message gives the same ids again.
+    """
+    obrs = msg.all("OBR")
+    plain = [obr.value(3) or obr.value(2) or msg.control_id for obr in obrs]
+    counts = Counter(plain)
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    reported: set[str] = set()
+    for n, (obr, number) in enumerate(zip(obrs, plain, strict=True), 1):
+        key = number
+        if counts[number] > 1:
+            key = f"{number}#{obr.value(1)}#{obr.value(4, 1)}"
+            if key in used:
+                key = f"{key}#{n}"
+            if number not in reported and (obr.value(3) or obr.value(2)):
+                reported.add(number)
+                report_issue(
+                    REPEATED_IDENTIFIER,
+                    where(obr, msg, 3 if obr.value(3) else 2),
+                    f"{counts[number]} OBR segments share one order number; set id and code join their key",
+                )
+        used.add(key)
+        out[msg.position(obr)] = key
+    return out
+
+
+def _bare_observation(obx: Segment, msg: Message, obs_id: str, patient_id: str) -> dict[str, Any]:
+    """The last resort for an OBX that could not be mapped: its code if readable, its value as sent."""
+    try:
+        code = concept_at(obx, 3, msg) or absent()
+    except Hl7Error:
+        code = absent()
+    return {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "status": _STATUS.get(obx.value(11).upper(), "unknown"),
+        "code": code,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        **_as_sent(obx, obx.value(2).upper()),
+    }
 
 
 def _observation(
@@ -205,7 +248,11 @@ def _observation(
     tz: ZoneInfo,
     category: str | None,
 ) -> dict[str, Any]:
-    concept = required_concept(obx, 3, msg, "observation identifier")
+    concept = concept_at(obx, 3, msg)
+    if concept is None:
+        error = missing_field(obx, 3, msg, "observation identifier")
+        tolerate(error, MISSING_ELEMENT, location=where(obx, msg, 3))
+        concept = absent()
     # OBX-11 is required; when a sender leaves it empty the result is not claimed final.
     status = _STATUS.get(obx.value(11).upper(), "unknown")
     resource: dict[str, Any] = {
@@ -246,69 +293,211 @@ def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
     return unit_of(raw[0], msg) if raw else {}
 
 
-
-
-
-
 def _decimal(text: str, obx: Segment, msg: Message) -> int | float:
     return field_number(text, obx, 5, msg, why="is not a number although OBX-2 is NM")
 
 
-
-
-
-
 def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """OBX-5 as the Observation's value[x], per the HL7 v2-to-FHIR IG's OBX table.
+
+    A type we do not know, or a value its own type does not allow, is kept as sent
+    (``valueString`` plus the raw datatype in an extension) and reported as a data-quality
+    issue; strict callers (no collector) get the error instead.
+    """
     value_type = obx.value(2).upper()
     reps = obx.repetitions(5)
-    if not reps or not any(reps):
+    if not reps or not any(r.strip(msg.seps.component) for r in reps):
         return {}
-    if value_type in _NUMERIC_TYPES:
-        return {"valueQuantity": {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg), **unit}}
-    if value_type == "SN":
-        comparator = component_of(reps[0], msg.seps, 1)
-        number = component_of(reps[0], msg.seps, 2)
-        if comparator in ("", "=", "<", ">", "<=", ">=") and not component_of(reps[0], msg.seps, 3):
-            quantity: dict[str, Any] = {"value": _decimal(number, obx, msg), **unit}
-            if comparator not in ("", "="):
-                quantity["comparator"] = comparator
-            return {"valueQuantity": quantity}
-        separator = component_of(reps[0], msg.seps, 3)
-        second = component_of(reps[0], msg.seps, 4)
-        if comparator in ("", "=") and separator == "-" and second:
-            return {
-                "valueRange": {
-                    "low": {"value": _decimal(number, obx, msg), **unit},
-                    "high": {"value": _decimal(second, obx, msg), **unit},
-                }
-            }
-        if comparator in ("", "=") and separator in (":", "/") and second:
-            return {
-                "valueRatio": {
-                    "numerator": {"value": _decimal(number, obx, msg)},
-                    "denominator": {"value": _decimal(second, obx, msg)},
-                }
-            }
-        raise field_error(
-            "OBX-5 structured numeric with this comparator/separator is not mapped",
-            msg,
-            "OBX",
-            5,
-            kind=UnsupportedMessageError,
+    if not value_type:
+        value_type = _shape_of(reps[0], msg)
+        report_issue(
+            UNKNOWN_VALUE_TYPE,
+            where(obx, msg, 2),
+            f"OBX-2 is empty; OBX-5 read as {value_type} by its shape",
+            severity="information",
         )
-    if value_type in _TEXT_TYPES:
-        text = "\n".join(component_of(r, msg.seps, 1) for r in reps)
-        return {"valueString": text}
-    if value_type in _CODED_TYPES:
-        concept = codeable_concept(reps[0], msg)
-        return {"valueCodeableConcept": concept} if concept else {}
-    if value_type in _DOCUMENT_TYPES:
-        return {}  # a document OBX without data: the Observation keeps its code and status
-    if value_type in _DATE_TYPES:
-        when = to_fhir_datetime(component_of(reps[0], msg.seps, 1), tz, segment="OBX", field=5)
-        return {"valueDateTime": when} if when else {}
-    unmapped = f"OBX-2 value type {value_type or '(empty)'} is not mapped yet"
-    raise field_error(unmapped, msg, "OBX", 2, kind=UnsupportedMessageError)
+    mapper = _VALUE_MAPPERS.get(value_type)
+    if mapper is None:
+        error = field_error(
+            f"OBX-2 value type {value_type} is not mapped", msg, "OBX", 2, kind=UnsupportedMessageError
+        )
+        tolerate(error, UNKNOWN_VALUE_TYPE, location=where(obx, msg, 2))
+        return _as_sent(obx, value_type)
+    try:
+        return mapper(reps, obx, msg, unit, tz)
+    except Hl7Error as exc:
+        tolerate(exc, MALFORMED_VALUE, location=where(obx, msg, 5))
+        return _as_sent(obx, value_type)
+
+
+def _as_sent(obx: Segment, value_type: str) -> dict[str, Any]:
+    """The raw OBX-5 as valueString, with the HL7 datatype and text in an extension."""
+    raw = obx.get(5)
+    return {"valueString": raw, "extension": [raw_value_extension(value_type, raw)]}
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)\s*$")
+
+
+def _shape_of(raw: str, msg: Message) -> str:
+    """The value type an untyped OBX-5 has by its shape: NM, SN, DTM, CWE or ST."""
+    if _NUMBER.match(raw):
+        return "NM"
+    if msg.seps.component in raw:
+        first = component_of(raw, msg.seps, 1)
+        if first in ("<", ">", "<=", ">=", "=") or (
+            not first and _NUMBER.match(component_of(raw, msg.seps, 2))
+        ):
+            return "SN"
+        return "CWE"
+    if re.fullmatch(r"\d{8}(\d{4}(\d{2})?)?([+-]\d{4})?", raw.strip()):
+        return "DTM"
+    return "ST"
+
+
+def _numeric(
+    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+) -> dict[str, Any]:
+    return {"valueQuantity": {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg), **unit}}
+
+
+def _structured(
+    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+) -> dict[str, Any]:
+    """SN: ``<^5``, ``^10^-^20`` (range), ``^1^:^128`` (ratio), ``^3^+`` (3 or more)."""
+    comparator, number, separator, second = (component_of(reps[0], msg.seps, n) for n in (1, 2, 3, 4))
+    if comparator in ("", "=", "<", ">", "<=", ">=") and (not separator or (separator == "+" and not second)):
+        quantity: dict[str, Any] = {"value": _decimal(number, obx, msg), **unit}
+        if separator == "+":
+            quantity["comparator"] = ">="  # "3+": three or more
+        elif comparator not in ("", "="):
+            quantity["comparator"] = comparator
+        return {"valueQuantity": quantity}
+    if comparator in ("", "=") and separator == "-" and second:
+        return {
+            "valueRange": {
+                "low": {"value": _decimal(number, obx, msg), **unit},
+                "high": {"value": _decimal(second, obx, msg), **unit},
+            }
+        }
+    if comparator in ("", "=") and separator in (":", "/") and second:
+        return {
+            "valueRatio": {
+                "numerator": {"value": _decimal(number, obx, msg)},
+                "denominator": {"value": _decimal(second, obx, msg)},
+            }
+        }
+    raise field_error("OBX-5 structured numeric with this comparator/separator is not mapped", msg, "OBX", 5)
+
+
+def _text(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    return {"valueString": "\n".join(component_of(r, msg.seps, 1) for r in reps)}
+
+
+def _coded(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    concept = codeable_concept(reps[0], msg)
+    return {"valueCodeableConcept": concept} if concept else {}
+
+
+def _simple_code(
+    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+) -> dict[str, Any]:
+    """ID and IS: a bare code from an HL7 or local table."""
+    code = component_of(reps[0], msg.seps, 1).strip()
+    return {"valueCodeableConcept": {"coding": [{"code": code}]}} if code else {}
+
+
+def _when(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    when = to_fhir_datetime(component_of(reps[0], msg.seps, 1), tz, segment="OBX", field=5)
+    return {"valueDateTime": when} if when else {}
+
+
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
+
+
+def _time(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """TM (HH[MM[SS[.S]]][+/-ZZZZ]) as a FHIR time; FHIR has no offset on a time, so it is dropped."""
+    m = _TM.match(component_of(reps[0], msg.seps, 1).strip())
+    if m is None or int(m[1]) > 23 or int(m[2] or 0) > 59 or int(m[3] or 0) > 59:
+        raise field_error("OBX-5 is not a time although OBX-2 is TM", msg, "OBX", 5)
+    fraction = f".{m[4]}" if m[4] else ""
+    return {"valueTime": f"{m[1]}:{m[2] or '00'}:{m[3] or '00'}{fraction}"}
+
+
+def _range(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """NR: low^high."""
+    low, high = component_of(reps[0], msg.seps, 1), component_of(reps[0], msg.seps, 2)
+    out: dict[str, Any] = {}
+    if low.strip():
+        out["low"] = {"value": _decimal(low, obx, msg), **unit}
+    if high.strip():
+        out["high"] = {"value": _decimal(high, obx, msg), **unit}
+    return {"valueRange": out} if out else {}
+
+
+def _composite_quantity(
+    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+) -> dict[str, Any]:
+    """CQ (quantity^units) and MO (quantity^currency)."""
+    quantity: dict[str, Any] = {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg)}
+    second = components(reps[0], msg.seps)[1:]
+    if obx.value(2).upper() == "MO":
+        currency = second[0] if second else ""
+        if currency:
+            quantity.update(unit="currency", system="urn:iso:std:iso:4217", code=currency)
+        return {"valueQuantity": quantity}
+    units = unit_of(second[0].replace(msg.seps.subcomponent, msg.seps.component), msg) if second else {}
+    return {"valueQuantity": {**quantity, **(units or unit)}}
+
+
+def _identifier(
+    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+) -> dict[str, Any]:
+    """CX: the identifier and its assigning authority, as text (Observation has no Identifier value)."""
+    value = component_of(reps[0], msg.seps, 1)
+    authority = component_of(reps[0], msg.seps, 4, 1) or component_of(reps[0], msg.seps, 4, 2)
+    return {"valueString": f"{value} ({authority})" if authority else value} if value else {}
+
+
+def _as_text(
+    fields: tuple[int, ...], joiner: str = " "
+) -> Callable[[list[str], Segment, Message, dict[str, Any], ZoneInfo], dict[str, Any]]:
+    """XPN, XCN, XON, XAD, XTN: the components a reader needs, as one string per repetition
+    (the IG maps these to string: Observation has no HumanName or Address value)."""
+
+    def mapper(
+        reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
+    ) -> dict[str, Any]:
+        lines = []
+        for rep in reps:
+            parts = [component_of(rep, msg.seps, n).strip() for n in fields]
+            line = joiner.join(p for p in parts if p)
+            if line:
+                lines.append(line)
+        return {"valueString": "\n".join(lines)} if lines else {}
+
+    return mapper
+
+
+_ValueMapper = Callable[[list[str], Segment, Message, dict[str, Any], ZoneInfo], dict[str, Any]]
+_VALUE_MAPPERS: dict[str, _ValueMapper] = {
+    "NM": _numeric,
+    "SN": _structured,
+    **dict.fromkeys(("ST", "TX", "FT"), _text),
+    **dict.fromkeys(("CE", "CWE", "CNE", "CF"), _coded),
+    **dict.fromkeys(("ID", "IS"), _simple_code),
+    **dict.fromkeys(("DT", "DTM", "TS"), _when),
+    "TM": _time,
+    "NR": _range,
+    **dict.fromkeys(("CQ", "MO"), _composite_quantity),
+    "CX": _identifier,
+    "XPN": _as_text((5, 2, 3, 1, 4)),  # prefix given middle family suffix
+    "XCN": _as_text((1, 6, 3, 4, 2, 5)),  # id prefix given middle family suffix
+    "XON": _as_text((1, 10)),  # organization name (identifier)
+    "XAD": _as_text((1, 2, 3, 4, 5, 6), ", "),  # street, other, city, state, zip, country
+    "XTN": _as_text((1, 4, 6, 7)),  # number, email, area code, local number
+    **dict.fromkeys(("ED", "RP"), lambda *_: {}),  # a document OBX without data keeps its code only
+}
 
 
 def _reference_range(text: str, unit: dict[str, Any]) -> dict[str, Any] | None:
@@ -353,13 +542,14 @@ def map_reports(
     overwrites the preliminary one.
     """
     out: list[dict[str, Any]] = []
+    numbers = order_numbers(msg)
     index = 0
     report: dict[str, Any] | None = None
     lines: list[str] = []
     for seg in msg.segments:
         if seg.name == "OBR":
             _add_text(report, lines)
-            report = _report(seg, msg, patient_id, encounter_id, tz)
+            report = _report(seg, numbers[msg.position(seg)], msg, patient_id, encounter_id, tz)
             out.append(report)
         elif seg.name == "OBX":
             if _is_blank(seg, msg):
@@ -388,12 +578,12 @@ def _add_text(report: dict[str, Any] | None, lines: list[str]) -> None:
 
 
 def _report(
-    obr: Segment, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
+    obr: Segment, number: str, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
     concept = concept_at(obr, 4, msg)
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "id": deterministic_id("DiagnosticReport", msg.msh.value(4), _order_number(obr, msg)),
+        "id": deterministic_id("DiagnosticReport", msg.msh.value(4), number),
         "status": _REPORT_STATUS.get(obr.value(25).upper(), "unknown"),
         "code": concept or {"text": "Report"},
         "subject": {"reference": f"Patient/{patient_id}"},

@@ -21,7 +21,8 @@ from kernel.hl7v2.datatypes import (
     required_datetime,
     unit_of,
 )
-from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of
 from stream.orders import (
     order_groups,
     order_keys,

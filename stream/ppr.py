@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import concept_at
-from kernel.hl7v2.parser import Message, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message
 from stream.adt import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
 
 _CLINICAL = {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 from kernel.errors import MappingError
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import codeable_concept, concept_at, missing_field, notes_after, practitioner_ref
-from kernel.hl7v2.parser import Message, Segment, component_of, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of
 from stream.orders import V2_0203
 
 # SCH-25 filler status (HL7 table 0278) → Appointment.status.

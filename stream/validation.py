@@ -37,8 +37,6 @@ ELEMENTS_KEPT = 8192
 _elements_seen: OrderedDict[tuple[type[BaseModel], bytes], BaseModel] = OrderedDict()
 
 
-
-
 def _dump(value: Any) -> bytes:
     return to_json(value)
 

@@ -8,18 +8,22 @@ record) marks a primary-source administration, ``01`` a historical one; RXA-20 R
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import (
     codeable_concept,
+    concept_at,
     field_number,
-    required_concept,
-    required_datetime,
+    missing_field,
     unit_of,
+    where,
 )
-from kernel.hl7v2.parser import Message, Segment, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment
+from kernel.quality import MISSING_ELEMENT, absent, kept, tolerate
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"
@@ -36,8 +40,10 @@ def map_immunizations(
         if seg.name == "ORC":
             order = seg
         elif seg.name == "RXA":
-            current = _immunization(seg, order, msg, patient_id, encounter_id, tz)
-            out.append(current)
+            build = partial(_immunization, seg, order, msg, patient_id, encounter_id, tz)
+            current = kept(build, where(seg, msg))
+            if current is not None:
+                out.append(current)
         elif seg.name == "RXR" and current is not None:
             route = seg.repetitions(1)
             site = seg.repetitions(2)
@@ -51,8 +57,13 @@ def map_immunizations(
 def _immunization(
     rxa: Segment, order: Segment | None, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
-    vaccine = required_concept(rxa, 5, msg, "administered code")
-    when = required_datetime(rxa, 3, msg, tz, "administration date")
+    vaccine = concept_at(rxa, 5, msg)
+    if vaccine is None:  # FHIR requires the vaccine: kept as not sent, not invented
+        tolerate(
+            missing_field(rxa, 5, msg, "administered code"), MISSING_ELEMENT, location=where(rxa, msg, 5)
+        )
+        vaccine = absent()
+    when = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
     filler = order.value(3) if order is not None else ""
     # Senders reuse one order number for several administrations (the IG's own VXU sample
     # does): the vaccine and the time tell them apart.
@@ -68,8 +79,13 @@ def _immunization(
         "status": status,
         "vaccineCode": vaccine,
         "patient": {"reference": f"Patient/{patient_id}"},
-        "occurrenceDateTime": when,
     }
+    if when:
+        resource["occurrenceDateTime"] = when
+    elif rxa.value(3).strip():  # unreadable: FHIR's string form keeps it as sent
+        resource["occurrenceString"] = rxa.value(3).strip()
+    else:  # FHIR requires a time, and there is nothing to keep
+        raise missing_field(rxa, 3, msg, "administration date")
     if encounter_id:
         resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
     amount = rxa.value(6).strip()

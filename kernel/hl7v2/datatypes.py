@@ -13,7 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kernel.errors import Hl7Error, MappingError
-from kernel.hl7v2.parser import Message, Segment, component_of, components, to_fhir_datetime
+from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.parser import Message, Segment, component_of, components
 from kernel.units import UCUM, quantity_unit
 
 LOINC = "http://loinc.org"
@@ -116,6 +117,12 @@ def field_error(
     """An error at ``segment-field`` of ``msg`` with its HL7 table 0357 ``code``; ``text`` names
     the place and the problem, never the value."""
     return kind(text, code=code, segment=segment, field=field, control_id=msg.control_id)
+
+
+def where(seg: Segment, msg: Message, field: int | None = None) -> str:
+    """The place of a field for a data-quality issue: ``OBX[3]-5`` is OBX-5 of the third OBX."""
+    occurrence = next(n for n, s in enumerate(msg.all(seg.name), 1) if s is seg)
+    return f"{seg.name}[{occurrence}]" + (f"-{field}" if field is not None else "")
 
 
 def missing_field(seg: Segment, field: int, msg: Message, what: str) -> Hl7Error:

@@ -14,18 +14,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo
 
 from kernel.errors import Hl7ParseError, MappingError
 
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-_TS = re.compile(
-    r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?"
-    r"(?:(?P<h>\d{2})(?P<mi>\d{2})?(?P<s>\d{2})?(?:\.(?P<f>\d{1,4}))?)?"
-    r"(?P<tz>[+-]\d{4})?$"
-)
 BOM = "\ufeff"
 
 
@@ -188,8 +181,6 @@ def unescape(value: str, seps: Separators) -> str:
         else:
             out.append(esc + seq + esc)
     return "".join(out)
-
-
 
 
 class Message:
@@ -429,57 +420,3 @@ def patient_identifier(msg: Message) -> tuple[str, str]:
         field=3,
         control_id=msg.control_id or None,
     )
-
-
-@functools.lru_cache(maxsize=64)
-def _offset_zone(offset: str) -> timezone:
-    """``+hhmm`` / ``-hhmm`` as a fixed zone (a feed uses a handful of offsets)."""
-    hh, mm = int(offset[1:3]), int(offset[3:5])
-    if hh > 23 or mm > 59:
-        raise ValueError("offset")
-    sign = 1 if offset[0] == "+" else -1
-    return timezone(sign * timedelta(hours=hh, minutes=mm))
-
-
-def to_fhir_datetime(value: str, tz: ZoneInfo, *, segment: str, field: int) -> str | None:
-    """Convert an HL7 DTM/TS value to a FHIR dateTime string, keeping its precision.
-
-    A value with a time and no offset is read in ``tz`` (the hospital's zone); FHIR
-    requires an offset whenever a time is given. Returns None for an empty value.
-
-    Raises:
-        MappingError: code 102 for a malformed timestamp.
-    """
-    value = value.strip()
-    if not value:
-        return None
-    m = _TS.match(value)
-    if m is None:
-        raise MappingError(
-            f"malformed timestamp in {segment}-{field}", code=102, segment=segment, field=field
-        )
-    y, mo, d = m["y"], m["mo"], m["d"]
-    try:
-        if m["h"] is None:
-            if mo is None:
-                return y
-            if d is None:
-                if not 1 <= int(mo) <= 12:
-                    raise ValueError(mo)
-                return f"{y}-{mo}"
-            return date(int(y), int(mo), int(d)).isoformat()
-        if mo is None or d is None:
-            raise ValueError("time without a full date")
-        frac = m["f"] or ""
-        micro = int((frac + "000000")[:6]) if frac else 0
-        offset = m["tz"]
-        zone: tzinfo = tz if not offset else _offset_zone(offset)
-        stamped = datetime(
-            int(y), int(mo), int(d), int(m["h"]), int(m["mi"] or 0), int(m["s"] or 0), micro, tzinfo=zone
-        )
-    except ValueError as exc:
-        raise MappingError(
-            f"invalid date or time in {segment}-{field}", code=102, segment=segment, field=field
-        ) from exc
-    spec = "milliseconds" if frac else "seconds"
-    return stamped.isoformat(timespec=spec)

@@ -57,12 +57,6 @@ def _msg(template, **kw):
     return template.format(**kw).encode()
 
 
-
-
-
-
-
-
 async def _wait_count(store, expr, n, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -258,8 +252,6 @@ async def test_fhir_transaction_is_normalized_indexed_and_alerted(stack):
     await _wait_count(stack.store, build_filter("fx-p1"), 1)
     hits = await asyncio.to_thread(stack.query.search, "fx-p1", "potassium", k=3)
     assert hits[0].text.startswith("Potassium 6.9 mmol/L")
-
-
 
 
 async def test_alert_becomes_a_cds_hooks_card_and_feedback_reaches_the_topic(stack):

@@ -21,8 +21,6 @@ FLAG = (
 )
 
 
-
-
 async def test_outbound_hl7_and_fhir_are_delivered_and_recorded(start_stack, topics, ehr):
     mllp, mllp_sink, fhir_base, puts = ehr
     async with start_stack(

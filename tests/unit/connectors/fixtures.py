@@ -1,6 +1,5 @@
 """Messages of the connector tests."""
 
-
 ORU = (
     b"MSH|^~\\&|LIS|MERCY_LAB|EHR|MERCY|202503060830||ORU^R01^ORU_R01|LAB%d|P|2.5.1\r"
     b"PID|1||100002^^^MERCY^MR||ROE^RICHARD||19471130|M\r"

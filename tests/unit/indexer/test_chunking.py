@@ -44,10 +44,6 @@ def test_entered_in_error_deletes_the_chunk():
     assert plan.keep == {"Observation/k1": 0}
 
 
-
-
-
-
 def test_batch_plan_applies_records_in_log_order_and_dead_letters_garbage():
     updated = {**POTASSIUM, "valueQuantity": {"value": 5.0, "unit": "mmol/L"}, "interpretation": []}
     plan = plan_batch(

@@ -5,6 +5,7 @@ tests/integration."""
 from datetime import UTC, datetime
 
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from prometheus_client import REGISTRY
 
 from kernel.events import DeadLetter, Envelope, FhirInbound, FhirRecord, Topics
 from kernel.settings import NormalizerSettings
@@ -32,16 +33,26 @@ async def test_normalizer_publishes_fhir_and_dead_letters_bad_input():
     register_normalizer(broker, TOPICS, NormalizerSettings())
     fhir, dead = collected(broker, TOPICS.fhir), collected(broker, TOPICS.deadletter)
     headers = {k: v.decode() for k, v in ENVELOPE.to_headers()}
+    before = _issues_counted("malformed-value")
     async with TestKafkaBroker(broker) as br:
         await br.publish(ORU.replace(b"|6.4|", b"|six|"), topic=TOPICS.inbound_hl7v2, headers=headers)
-        await br.publish(ORU, topic=TOPICS.inbound_hl7v2, headers=headers)
+        await br.publish(ORU.replace(b"100002^^^MERCY^MR", b""), topic=TOPICS.inbound_hl7v2, headers=headers)
         await br.publish(ORU, topic=TOPICS.inbound_hl7v2)  # no envelope headers
-    [record] = [FhirRecord.model_validate_json(b) for b in fhir]
+    [record] = [FhirRecord.model_validate_json(b) for b in fhir]  # the bad value converts, kept as sent
     assert [r["resourceType"] for r in record.resources] == ["Patient", "Observation"]
+    assert record.resources[1]["valueString"] == "six"
+    assert [(i.code, i.location) for i in record.issues] == [("malformed-value", "OBX[1]-5")]
     assert record.envelope == ENVELOPE
+    assert _issues_counted("malformed-value") == before + 1
     letters = [DeadLetter.model_validate_json(b) for b in dead]
-    assert [(d.error_type, d.location) for d in letters] == [("MappingError", "OBX-5"), ("ValueError", "")]
+    assert [(d.error_type, d.location) for d in letters] == [("MappingError", "PID-3"), ("ValueError", "")]
     assert letters[1].reason.startswith("internal error (ValueError)")
+
+
+def _issues_counted(code: str) -> float:
+    labels = {"code": code, "sender": "LIS^MERCY_LAB", "severity": "warning"}
+    value = REGISTRY.get_sample_value("clinstream_data_quality_issues_total", labels)
+    return value or 0.0
 
 
 async def test_normalizer_publishes_a_batch_in_order_with_its_dead_letters():

@@ -1,6 +1,5 @@
 """FHIR input normalization on real Synthea transaction Bundles."""
 
-
 from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 from tests.unit.stream.fixtures import SYNTHEA, synthea_inbound

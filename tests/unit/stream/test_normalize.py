@@ -233,12 +233,17 @@ def test_observation_mapping_details():
     assert obs["encounter"]["reference"] == f"Encounter/{encounter['id']}"
 
 
-def test_non_numeric_nm_value_is_a_located_mapping_error():
-    with pytest.raises(MappingError) as err:
-        normalize_hl7(DEMO_ORU.replace("|6.4|", "|6,4|"), tz=UTC)
-    assert err.value.location == "OBX-5"
-    assert err.value.control_id == "LAB00012"
-    assert "6,4" not in str(err.value)
+def test_non_numeric_nm_value_is_kept_as_sent_with_a_located_issue():
+    text = DEMO_ORU.replace("|6.4|", "|6,4|")
+    result = normalize_hl7(text, tz=UTC)
+    [issue] = result.issues
+    assert (issue.code, issue.location, issue.severity) == ("malformed-value", "OBX[1]-5", "warning")
+    assert "6,4" not in issue.text
+    [kept] = [r for r in result.resources if r.get("valueString") == "6,4"]
+    assert kept["code"]["coding"][0]["code"] == "2823-3"
+    with pytest.raises(MappingError) as err:  # the strict reading still names the place
+        normalize_hl7(text, tz=UTC, strict=True)
+    assert (err.value.location, err.value.control_id) == ("OBX-5", "LAB00012")
 
 
 def test_unsupported_type_is_refused():

@@ -17,12 +17,6 @@ from tests.unit.stream.fixtures import MESSAGES, mutated
 UTC = ZoneInfo("UTC")
 
 
-
-
-
-
-
-
 def test_corpus_gives_enough_seeds():
     assert len(MESSAGES) >= 400
 

@@ -9,6 +9,7 @@ import pytest
 
 from kernel.errors import MappingError
 from kernel.hl7v2.parser import decode_payload, parse_message
+from kernel.quality import DATA_ABSENT_REASON
 from stream.adt import MOTHERS_MAIDEN_NAME
 from stream.coverage import unmapped, z_segments
 from stream.normalize import normalize_hl7
@@ -107,10 +108,11 @@ def test_administration_with_dose_route_and_period():
     )
 
 
-def test_administration_without_a_time_is_a_located_error():
-    with pytest.raises(MappingError) as err:
-        normalize_hl7(RAS.replace("|202503060955|202503061000|", "|||"), tz=UTC)
-    assert err.value.location == "RXA-3"
+def test_administration_without_a_time_is_dropped_with_a_located_issue():
+    result = normalize_hl7(RAS.replace("|202503060955|202503061000|", "|||"), tz=UTC)
+    assert "MedicationAdministration" not in {r["resourceType"] for r in result.resources}
+    assert [(i.severity, i.code) for i in result.issues] == [("error", "dropped-content")]
+    assert "RXA-3" in result.issues[0].text
 
 
 def test_appointment_booked_then_cancelled(corpora):
@@ -169,17 +171,25 @@ def test_report_text_attachment_range_and_note():
     assert report["result"] == [{"reference": f"Observation/{creatinine['id']}"}]
 
 
-def test_corrupt_base64_is_a_located_error():
-    with pytest.raises(MappingError) as err:
-        normalize_hl7(ORU.replace("aGVsbG8=", "not*base64"), tz=UTC)
-    assert err.value.location == "OBX-5"
+def test_corrupt_base64_is_kept_as_sent_with_a_located_issue():
+    result = normalize_hl7(ORU.replace("aGVsbG8=", "not*base64"), tz=UTC)
+    [issue] = result.issues
+    assert (issue.code, issue.location) == ("malformed-value", "OBX[3]-5")
+    assert "not*base64" not in issue.text
+    kept = [r for r in result.resources if r["resourceType"] == "Observation" and "valueString" in r]
+    assert [r["extension"][0]["extension"][0]["valueString"] for r in kept] == ["ED"]
+    assert "not*base64" in kept[0]["valueString"]
 
 
-def test_uncoded_text_outside_a_report_is_refused_not_invented():
+def test_uncoded_value_outside_a_report_keeps_a_data_absent_code_not_an_invented_one():
     text = ORU.replace("OBR|1|RAD1|RAD1F|71045^XR chest 1 view^C4|||202503060900|||||||||||||||||F\r", "")
     with pytest.raises(MappingError) as err:
-        normalize_hl7(text, tz=UTC)
+        normalize_hl7(text, tz=UTC, strict=True)
     assert err.value.location == "OBX-3"
+    result = normalize_hl7(text, tz=UTC)
+    assert ("missing-element", "OBX[1]-3") in {(i.code, i.location) for i in result.issues}
+    codes = [r["code"] for r in result.resources if r["resourceType"] == "Observation"]
+    assert codes[0] == {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
 
 
 def test_unmapped_fields_and_z_segments_are_reported():

@@ -10,12 +10,6 @@ from tests.unit.inference.cds.fixtures import T0, allergy, egfr, hours, med, rec
 RULES = ruleset_from(CdsSettings())
 
 
-
-
-
-
-
-
 def _run(*records):
     """Records one after another; the alerts each one raised."""
     state, raised = None, []
