@@ -47,6 +47,7 @@ from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink, send_dead_letter
 from kernel.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
 from kernel.events import (
+    SUPPORTED_HL7_EVENTS,
     DeadLetter,
     Topics,
     content_hash,
@@ -130,12 +131,18 @@ def _may_hold_several(text: str) -> bool:
 
 
 def record_key(msg: Message) -> str:
-    """The Kafka key: the patient key when the message has a PID, else the sending system.
+    """The Kafka key: the patient key; the sending system for a message the normalizer does not
+    convert (a type outside `SUPPORTED_HL7_EVENTS`) that names no patient.
+
+    The edge refuses what the normalizer could never convert: a message of a type it maps
+    without a patient identity gets AE with an ERR naming PID-3 here, rather than AA and a
+    dead letter the sender never hears of.
 
     Raises:
-        MappingError: a PID without any usable patient identifier.
+        MappingError: code 101 at PID-3, no PID or no usable patient identifier in it.
     """
-    if msg.first("PID") is None:
+    supported = (msg.message_code, msg.trigger_event) in SUPPORTED_HL7_EVENTS
+    if msg.first("PID") is None and not supported:
         return deterministic_id("Sender", msg.sending_system)
     return patient_key(*patient_identifier(msg))
 

@@ -394,12 +394,17 @@ def patient_identifier(msg: Message) -> tuple[str, str]:
     facility that issued it.
 
     Raises:
-        MappingError: code 101 when the message has no PID or no usable identifier.
+        MappingError: code 101 at PID-3 when the message has no PID or no usable identifier.
     """
     pid = msg.first("PID")
-    if pid is None:
+    if pid is None:  # ERR names PID-3: the identity the receiver needs, not the segment order
         raise MappingError(
-            "PID segment is missing", code=100, segment="PID", control_id=msg.control_id or None
+            "PID-3 patient identifier is missing: the message has no PID segment",
+            code=101,
+            segment="PID",
+            sequence=1,
+            field=3,
+            control_id=msg.control_id or None,
         )
     for field in (3, 2, 4):
         for rep in pid.repetitions(field):

@@ -235,6 +235,7 @@ MALFORMED = {
     "MSH-9 message type is missing",
     "invalid encoding characters in MSH-2",
     "PID-3 patient identifier is missing",
+    "PID-3 patient identifier is missing: the message has no PID segment",
     "message does not start with an MSH segment",
     "invalid segment id at segment 2",
     "invalid segment id at segment 3",

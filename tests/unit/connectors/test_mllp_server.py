@@ -84,6 +84,18 @@ async def test_missing_patient_identifier_gets_ae(server):
     assert json.loads(sink.records[0][1])["location"] == "PID-3"
 
 
+async def test_result_without_a_pid_gets_ae_naming_pid_3_not_aa(server):
+    srv, sink = server
+    no_pid = b"\r".join(line for line in (ORU % 7).split(b"\r") if not line.startswith(b"PID"))
+    async with MllpClient("127.0.0.1", srv.port) as client:
+        result = await client.send(no_pid)
+    assert result.code == "AE"
+    assert b"ERR|" in result.raw and b"PID^1^3" in result.raw
+    [(topic, value, _, _)] = sink.records
+    assert topic == TOPICS.deadletter
+    assert json.loads(value)["location"] == "PID-3"
+
+
 async def test_type_outside_the_accept_list_gets_ar():
     sink = MemorySink()
     srv = MllpServer(sink, TOPICS, MllpSettings(port=0, accepted_message_types=("ADT^*", "ORU^R01")))
