@@ -108,6 +108,7 @@ def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
         acks=producer["acks"],
         enable_idempotence=producer["enable_idempotence"],
         request_timeout_ms=producer["request_timeout_ms"],
+        max_request_size=producer["max_request_size"],
         client_id=f"clinstream-{stage}",
         logger=logging.getLogger(f"clinstream.kafka.{stage}"),
         log_level=logging.DEBUG,  # per-message lines only at DEBUG

@@ -22,6 +22,11 @@ class BrokerUnavailableError(ClinstreamError, ConnectionError):
     """The broker did not confirm a write; the sender must not get a positive ACK."""
 
 
+class RecordTooLargeError(ClinstreamError, ValueError):
+    """An input larger than the broker or producer takes (``max_record_bytes``): refused to its
+    sender (HTTP 413, HL7 AR), never retried, since a retry cannot succeed."""
+
+
 class SenderNotAllowedError(ClinstreamError, PermissionError):
     """A sending facility that is not on the interface's allow-list."""
 

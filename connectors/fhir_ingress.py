@@ -142,8 +142,6 @@ class Issue:
     severity: Literal["fatal", "error", "warning", "information"] = "error"
 
 
-
-
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     """An OperationOutcome resource (JSON) for the issues."""
     return {

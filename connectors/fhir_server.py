@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connectors import dicom_files
-from connectors.errors import BrokerUnavailableError, FhirInputError
+from connectors.errors import BrokerUnavailableError, FhirInputError, RecordTooLargeError
 from connectors.fhir_ingress import (
     Issue,
     assign_id,
@@ -124,6 +124,8 @@ class FhirIngress:
                 return await handler(request, body)
             except FhirInputError as exc:
                 return await self._refuse(request, body, exc)
+            except RecordTooLargeError as exc:  # the dead letter cannot hold it either: it says its size
+                return await self._refuse(request, b"", FhirInputError(413, [Issue("too-costly", str(exc))]))
             except BrokerUnavailableError:
                 log.warning("broker unavailable: FHIR %s %s not accepted", request.method, request.url.path)
                 return outcome_response(

@@ -13,10 +13,11 @@ import threading
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError as AioKafkaError
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
-from connectors.errors import BrokerUnavailableError
+from connectors.errors import BrokerUnavailableError, RecordTooLargeError
 from kernel.events import DeadLetter
 from kernel.kafka import DEAD_LETTERS
 
@@ -81,7 +82,7 @@ class KafkaSink:
         self._producer = AIOKafkaProducer(**self._kwargs, partitioner=CachedPartitioner())
         try:
             await self._producer.start()
-        except KafkaError as exc:
+        except AioKafkaError as exc:
             await self._producer.stop()
             self._producer = None
             raise BrokerUnavailableError("Kafka producer could not connect") from exc
@@ -101,7 +102,9 @@ class KafkaSink:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._producer.send_and_wait(topic, value, key=key, headers=headers)
-        except (KafkaError, TimeoutError) as exc:
+        except MessageSizeTooLargeError:
+            raise _too_large(len(value)) from None
+        except (AioKafkaError, TimeoutError) as exc:
             raise BrokerUnavailableError(f"broker did not confirm the write to {topic}") from exc
 
 
@@ -123,6 +126,7 @@ class LibrdkafkaSink:
             "message.timeout.ms": int(producer_kwargs["request_timeout_ms"]),
             "request.timeout.ms": int(producer_kwargs["request_timeout_ms"]),
             "linger.ms": int(producer_kwargs.get("linger_ms", 0)),
+            "message.max.bytes": int(producer_kwargs.get("max_request_size", 1_048_576)),
             "partitioner": "murmur2_random",
             "socket.nagle.disable": True,
             "log_level": 3,  # errors only; connection chatter is ours to report
@@ -164,6 +168,8 @@ class LibrdkafkaSink:
         self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """Send one record and wait for the broker's acknowledgement."""
+        from confluent_kafka import KafkaError, KafkaException
+
         if self._producer is None:
             raise BrokerUnavailableError("Kafka producer is not started")
         loop = asyncio.get_running_loop()
@@ -176,15 +182,33 @@ class LibrdkafkaSink:
             self._producer.produce(topic, value, key=key, headers=headers, on_delivery=report)
         except (BufferError, ValueError) as exc:
             raise BrokerUnavailableError(f"producer refused the write to {topic}") from exc
+        except KafkaException as exc:
+            if (
+                exc.args
+                and isinstance(exc.args[0], KafkaError)
+                and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+            ):
+                raise _too_large(len(value)) from None
+            raise BrokerUnavailableError(f"producer refused the write to {topic}") from exc
         try:
             async with asyncio.timeout(self._timeout):
                 await done
-        except (TimeoutError, _DeliveryFailedError) as exc:
+        except _DeliveryFailedError as exc:
+            if exc.too_large:
+                raise _too_large(len(value)) from None
+            raise BrokerUnavailableError(f"broker did not confirm the write to {topic}") from exc
+        except TimeoutError as exc:
             raise BrokerUnavailableError(f"broker did not confirm the write to {topic}") from exc
 
 
 class _DeliveryFailedError(Exception):
-    pass
+    def __init__(self, text: str, *, too_large: bool) -> None:
+        super().__init__(text)
+        self.too_large = too_large
+
+
+def _too_large(size: int) -> RecordTooLargeError:
+    return RecordTooLargeError(f"input of {size} bytes is larger than the broker accepts")
 
 
 def _settle(future: asyncio.Future[None], err: Any) -> None:
@@ -193,7 +217,10 @@ def _settle(future: asyncio.Future[None], err: Any) -> None:
     if err is None:
         future.set_result(None)
     else:
-        future.set_exception(_DeliveryFailedError(str(err)))
+        from confluent_kafka import KafkaError
+
+        too_large = err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
+        future.set_exception(_DeliveryFailedError(str(err), too_large=too_large))
 
 
 def make_sink(

@@ -42,7 +42,7 @@ from connectors.ack import (
     build_ack,
     build_batch_ack,
 )
-from connectors.errors import BrokerUnavailableError, FramingError, SenderNotAllowedError
+from connectors.errors import BrokerUnavailableError, FramingError, RecordTooLargeError, SenderNotAllowedError
 from connectors.framing import frame, split_frames
 from connectors.kafka_sink import RecordSink, send_dead_letter
 from kernel.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
@@ -328,6 +328,9 @@ class MllpServer:
         except BrokerUnavailableError:
             log.warning("broker unavailable: control_id=%s from %s not acknowledged", msg.control_id, sender)
             return _NOT_STORED
+        except RecordTooLargeError as exc:  # AR: resending cannot help; the dead letter records its size
+            error = Hl7Error(str(exc), code=207, segment="MSH", control_id=msg.control_id, reject=True)
+            return await self._reject(msg, b"", error, cause=exc)
         ack = self._ack(msg, ack_code_for(msg, accepted=True, reject=False), None)
         if self._settings.duplicate_memory:
             self._acks[dup_key] = (digest, ack)

@@ -16,6 +16,7 @@ HTTP 4xx, a dead-letter record. Each stage's ``errors.py`` holds the ones only i
     ├── FramingError (ValueError)            connectors.errors: not an MLLP frame
     │   └── FrameTooLargeError               past the maximum message size
     ├── BrokerUnavailableError (ConnectionError)  connectors.errors: no broker confirmation
+    ├── RecordTooLargeError (ValueError)     connectors.errors: an input over max_record_bytes
     ├── SenderNotAllowedError (PermissionError)   connectors.errors: not on the allow-list
     ├── DeliveryError (RuntimeError)         connectors.errors: outbound refused or undelivered
     ├── FhirInputError (ValueError)          connectors.errors: FHIR input refused (status, issues)

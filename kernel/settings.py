@@ -48,6 +48,15 @@ class KafkaSettings(_Section):
         default="librdkafka",
         description="Producer of the ingress connectors (MLLP, FHIR): librdkafka or aiokafka.",
     )
+    max_record_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1_000_000_000,
+        description="Largest record a producer writes: above the 32 MiB HTTP and 16 MiB MLLP input limits, "
+        "with room for the envelope and the normalized FHIR. An Apache Kafka broker needs message.max.bytes "
+        "(and replica.fetch.max.bytes) at least this large (docs/deploy.md); a larger input is refused "
+        "(413 / AR), never half-stored.",
+    )
 
 
 def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
@@ -62,6 +71,7 @@ def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> 
         "enable_idempotence": idempotent,
         "request_timeout_ms": kafka.request_timeout_ms,
         "linger_ms": 0,
+        "max_request_size": kafka.max_record_bytes,
     }
 
 

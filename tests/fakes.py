@@ -11,22 +11,26 @@ import asyncio
 import numpy as np
 from faststream.kafka.annotations import KafkaMessage
 
-from connectors.errors import BrokerUnavailableError
+from connectors.errors import BrokerUnavailableError, RecordTooLargeError
 
 
 class MemorySink:
-    """A `RecordSink` that keeps what it was sent; ``fail`` makes it refuse, ``gate`` makes it wait."""
+    """A `RecordSink` that keeps what it was sent; ``fail`` makes it refuse, ``gate`` makes it wait,
+    ``max_bytes`` makes it refuse larger records as the real sinks do past ``max_record_bytes``."""
 
-    def __init__(self):
+    def __init__(self, max_bytes=None):
         self.records = []
         self.fail = False
         self.gate: asyncio.Event | None = None
+        self.max_bytes = max_bytes
 
     async def send(self, topic, value, *, key, headers):
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
             raise BrokerUnavailableError("down")
+        if self.max_bytes is not None and len(value) > self.max_bytes:
+            raise RecordTooLargeError(f"input of {len(value)} bytes is larger than the broker accepts")
         self.records.append((topic, value, key, dict(headers)))
 
     def on(self, topic):

@@ -254,6 +254,24 @@ def test_broker_down_gives_503_with_retry_after(env):
     assert _outcome(response)[0]["code"] == "transient"
 
 
+def test_input_larger_than_the_broker_takes_gets_413_and_a_dead_letter_not_500():
+    sink = MemorySink(max_bytes=50_000)
+    settings = HttpSettings(jwt_hs256_secret=SECRET, jwt_audience="clinstream", max_body_bytes=2_000_000)
+    client = TestClient(
+        build_app(Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes())
+    )
+    big = {**PATIENT, "text": {"status": "generated", "div": f"<div>{'x' * 60_000}</div>"}}
+    response = client.put("/fhir/Patient/p1", json=big, headers=AUTH)
+    assert response.status_code == 413
+    [issue] = _outcome(response)
+    assert issue["code"] == "too-costly"
+    assert "larger than the broker accepts" in issue["diagnostics"]
+    [(topic, value, _, _)] = sink.records
+    letter = DeadLetter.model_validate_json(value)
+    assert topic == TOPICS.deadletter
+    assert letter.payload == b""
+
+
 def _jwt(**claims):
     base = {"sub": "ehr-interface", "aud": "clinstream", "exp": int(time.time()) + 60}
     return jwt.encode(base | claims, SECRET, algorithm="HS256")

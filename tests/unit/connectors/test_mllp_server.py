@@ -90,10 +90,26 @@ async def test_result_without_a_pid_gets_ae_naming_pid_3_not_aa(server):
     async with MllpClient("127.0.0.1", srv.port) as client:
         result = await client.send(no_pid)
     assert result.code == "AE"
-    assert b"ERR|" in result.raw and b"PID^1^3" in result.raw
+    assert b"ERR|" in result.raw
+    assert b"PID^1^3" in result.raw
     [(topic, value, _, _)] = sink.records
     assert topic == TOPICS.deadletter
     assert json.loads(value)["location"] == "PID-3"
+
+
+async def test_message_larger_than_the_broker_takes_gets_ar_not_silence():
+    sink = MemorySink(max_bytes=2_000)
+    srv = MllpServer(sink, TOPICS, MllpSettings(port=0))
+    await srv.start()
+    big = (ORU % 8) + b"NTE|1||" + b"x" * 3_000 + b"\r"
+    async with MllpClient("127.0.0.1", srv.port) as client:
+        result = await client.send(big)
+    await srv.stop()
+    assert result.code == "AR"
+    assert b"larger than the broker accepts" in result.raw
+    [(topic, value, _, _)] = sink.records
+    assert topic == TOPICS.deadletter
+    assert DeadLetter.model_validate_json(value).payload == b""
 
 
 async def test_type_outside_the_accept_list_gets_ar():
