@@ -6,11 +6,14 @@ expected bundle on the fields listed in ``COMPARED`` (identifiers, codes, values
 dates, statuses, and which resource type each reference points at). Resources of one type
 are paired greedily by how many compared fields they share.
 
-- **agreement**: of the fields both sides filled on a paired resource, the share where every
-  value we wrote is among FHIR-Converter's (dates compared as instants, numbers as decimals,
-  local code systems by their HL7 name). A field where we wrote a value they did not is a
-  disagreement; a field where they wrote more values than we did (a second identifier, an
-  alias name) agrees, and the values we lack count against **value coverage**.
+- **agreement**: of the fields FHIR-Converter filled, the share where we wrote values too and
+  every value we wrote is among theirs (dates compared as instants, numbers as decimals,
+  local code systems by their HL7 name). A field they filled and we left empty (on a paired
+  resource, or on a resource of theirs we have no counterpart for) is an omission and counts
+  as a disagreement. A field where they wrote more values than we did (a second identifier,
+  an alias name) agrees, and the values we lack count against **value coverage**.
+- **both filled**: the same share over the fields both sides filled only (omissions left out:
+  the figure the README quoted before the omissions were counted, kept for comparison).
 - **value coverage**: of FHIR-Converter's values in compared fields, the share we also wrote.
 - **missing / extra**: fields only FHIR-Converter filled, or only we did (not in the %).
 - **counts**: resources per type on each side, for the types we produce.
@@ -180,6 +183,13 @@ class Tally:
 
     @property
     def rate(self) -> float:
+        """Agreement on the fields FHIR-Converter filled: an omission is a disagreement."""
+        filled = self.compared + self.missing
+        return self.agree / filled if filled else 0.0
+
+    @property
+    def both_filled_rate(self) -> float:
+        """Agreement on the fields both converters filled (omissions not counted)."""
         return self.agree / self.compared if self.compared else 0.0
 
     @property
@@ -278,6 +288,8 @@ def compare_message(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) ->
             best = max(expected, key=lambda e, r=resource, k=kind: _overlap(k, r, e))  # type: ignore[misc]
             expected.remove(best)
             compare_pair(kind, resource, best, tally)
+        for unmatched in expected:  # theirs with no counterpart of ours: every field is omitted
+            compare_pair(kind, {}, unmatched, tally)
     return tally
 
 
@@ -338,13 +350,14 @@ def main() -> None:
     report = run(args.corpora)
     samples = report.converted + len(report.refused)
     print(f"samples with an expected bundle: {samples}; converted: {report.converted}")
-    header = f"{'message type':<14} {'agree':>6} {'compared':>9} {'rate':>7} {'values':>7}"
-    print(f"{header} {'missing':>8} {'extra':>6}")
+    print("agreement: of the fields FHIR-Converter filled, omissions counted as disagreements")
+    header = f"{'message type':<14} {'agree':>6} {'filled':>7} {'agreement':>10} {'both filled':>12}"
+    print(f"{header} {'values':>7} {'missing':>8} {'extra':>6}")
     rows = [*sorted(report.by_type.items()), ("all", report.total)]
     for message_type, t in rows:
         print(
-            f"{message_type:<14} {t.agree:>6} {t.compared:>9} {t.rate:>7.1%} {t.coverage:>7.1%}"
-            f" {t.missing:>8} {t.extra:>6}"
+            f"{message_type:<14} {t.agree:>6} {t.compared + t.missing:>7} {t.rate:>10.1%}"
+            f" {t.both_filled_rate:>12.1%} {t.coverage:>7.1%} {t.missing:>8} {t.extra:>6}"
         )
     t = report.total
     print("resources per type (ours / FHIR-Converter):")

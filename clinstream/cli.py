@@ -194,6 +194,8 @@ def _convert(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     ok, failed, files = 0, Counter[str](), 0
     unmapped = Counter[str]()
+    issues = Counter[str]()
+    with_issues = 0
     nonconforming = 0
     try:
         paths = list(iter_files(list(args.paths)))
@@ -202,7 +204,8 @@ def _convert(args: argparse.Namespace) -> int:
         return 2
     for path in paths:
         files += 1
-        for item in convert_text(decode_payload(path.read_bytes()), tz=tz, source_system=path.name):
+        text = decode_payload(path.read_bytes())
+        for item in convert_text(text, tz=tz, source_system=path.name, strict=args.strict):
             if args.check_structure:
                 for problem in structure_problems(item.message):
                     nonconforming += 1
@@ -218,17 +221,27 @@ def _convert(args: argparse.Namespace) -> int:
                 )
                 continue
             ok += 1
-            text = json.dumps(item.bundle, separators=(",", ":"), ensure_ascii=False)
+            with_issues += bool(item.issues)
+            for issue in item.issues:
+                issues[issue.code] += 1
+                print(
+                    f"{path}#{item.index + 1}: {issue.severity} {issue.code} {issue.location}: {issue.text}",
+                    file=sys.stderr,
+                )
+            bundle = json.dumps(item.bundle, separators=(",", ":"), ensure_ascii=False)
             if args.out is None:
-                sys.stdout.write(text + "\n")
+                sys.stdout.write(bundle + "\n")
             else:
-                (args.out / f"{path.stem}-{item.index + 1}.json").write_text(text + "\n")
+                (args.out / f"{path.stem}-{item.index + 1}.json").write_text(bundle + "\n")
     total = ok + sum(failed.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
     print(
         f"converted {ok} of {total} messages from {files} files" + (f"; failed: {detail}" if failed else ""),
         file=sys.stderr,
     )
+    if issues:
+        counts = ", ".join(f"{code} {n}" for code, n in issues.most_common())
+        print(f"{with_issues} converted with data-quality issues: {counts}", file=sys.stderr)
     if unmapped:
         top = ", ".join(f"{item} {n}" for item, n in unmapped.most_common(12))
         print(f"unmapped content (segment or field: times): {top}", file=sys.stderr)
@@ -440,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         "--check-structure",
         action="store_true",
         help="also check each message against the HL7 standard's structures (hl7apy, strict; slow)",
+    )
+    convert.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a message for any data-quality problem instead of converting it with issues",
     )
     replay = sub.add_parser(
         "replay", help="re-publish dead letters to the topic they came from (after a fix)"

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A currently free TCP port on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -180,8 +178,6 @@ async def ensure_topics(
         log.info("created topics %s", ", ".join(missing))
     finally:
         await admin.close()
-
-
 
 
 class DashboardProcess:

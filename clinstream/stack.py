@@ -73,8 +73,6 @@ from stream.app import register_fhir_normalizer, register_normalizer
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class Stack:
     """Handles on a running deployment."""

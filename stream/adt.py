@@ -219,9 +219,10 @@ def _identifier_fields(pid: Segment) -> list[tuple[int, str]]:
 
 
 def _date_only(value: str, seg: Segment) -> str | None:
-    # birthDate is a FHIR date: keep the date part at its precision, drop any time.
-    digits = value.strip()[:8]
-    return to_fhir_datetime(digits, ZoneInfo("UTC"), segment=seg.name, field=7)
+    # birthDate is a FHIR date: keep the date part (as written, in the value's own zone) at
+    # its precision, drop any time.
+    when = to_fhir_datetime(value, ZoneInfo("UTC"), segment=seg.name, field=7)
+    return when[:10] if when else None
 
 
 def _name(rep: str, msg: Message) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from kernel.errors import Hl7Error
 from kernel.events import deterministic_id
 from kernel.hl7v2.parser import split_batch
+from kernel.quality import DataQualityIssue
 from stream.normalize import Normalized, normalize_hl7
 
 
@@ -28,6 +29,7 @@ class Converted:
     error: Hl7Error | None
     message: str = ""  # the message's text (CR-separated), for further checks
     unmapped: dict[str, int] = field(default_factory=dict)
+    issues: tuple[DataQualityIssue, ...] = ()  # what it converted despite (`kernel.quality`)
 
 
 def as_bundle(result: Normalized, source_system: str) -> dict[str, Any]:
@@ -54,12 +56,16 @@ def _as_hex32(resource_id: str) -> str:
     return deterministic_id("fullUrl", resource_id)
 
 
-def convert_text(text: str, *, tz: ZoneInfo, source_system: str = "file") -> Iterator[Converted]:
-    """Convert every message in the text (one, several, or an FHS/BHS batch)."""
+def convert_text(
+    text: str, *, tz: ZoneInfo, source_system: str = "file", strict: bool = False
+) -> Iterator[Converted]:
+    """Convert every message in the text (one, several, or an FHS/BHS batch); with ``strict``,
+    a data-quality problem refuses its message instead of becoming an issue."""
     for index, message in enumerate(split_batch(text).messages):
         try:
-            result = normalize_hl7(message, tz=tz)
+            result = normalize_hl7(message, tz=tz, strict=strict)
         except Hl7Error as exc:
             yield Converted(index, None, exc, message)
             continue
-        yield Converted(index, as_bundle(result, source_system), None, message, result.unmapped)
+        bundle = as_bundle(result, source_system)
+        yield Converted(index, bundle, None, message, result.unmapped, result.issues)

@@ -30,7 +30,7 @@ from kernel.hl7v2.datatypes import (
     unit_of,
     where,
 )
-from kernel.hl7v2.dtm import to_fhir_datetime
+from kernel.hl7v2.dtm import DtmError, read_dtm, to_fhir_datetime
 from kernel.hl7v2.parser import Message, Segment, component_of, components
 from kernel.quality import (
     DROPPED_CONTENT,
@@ -340,7 +340,17 @@ _NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)\s*$")
 
 
 def _shape_of(raw: str, msg: Message) -> str:
-    """The value type an untyped OBX-5 has by its shape: NM, SN, DTM, CWE or ST."""
+    """The value type an untyped OBX-5 has by its shape: DTM, NM, SN, CWE or ST.
+
+    Eight or more digits that read as a date are a date (a count that large that is also a
+    valid calendar date is far rarer in a result than a date is)."""
+    text = raw.strip()
+    if re.fullmatch(r"(18|19|20|21)\d{6}(\d{4}(\d{2})?)?([+-]\d{4})?", text):
+        try:
+            read_dtm(text, ZoneInfo("UTC"))
+            return "DTM"
+        except DtmError:
+            pass
     if _NUMBER.match(raw):
         return "NM"
     if msg.seps.component in raw:
@@ -350,21 +360,35 @@ def _shape_of(raw: str, msg: Message) -> str:
         ):
             return "SN"
         return "CWE"
-    if re.fullmatch(r"\d{8}(\d{4}(\d{2})?)?([+-]\d{4})?", raw.strip()):
-        return "DTM"
     return "ST"
+
+
+_COMPARED = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
 
 
 def _numeric(
     reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
 ) -> dict[str, Any]:
-    return {"valueQuantity": {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg), **unit}}
+    text = component_of(reps[0], msg.seps, 1)
+    compared = _COMPARED.match(text)
+    if compared:  # "<0.5" sent as NM (it should be SN): unambiguous, kept with its comparator
+        report_issue(
+            MALFORMED_VALUE,
+            where(obx, msg, 5),
+            "OBX-5 is a comparator and a number in one component; read as SN",
+            severity="information",
+        )
+        quantity = {"value": _decimal(compared[2], obx, msg), "comparator": compared[1], **unit}
+        return {"valueQuantity": quantity}
+    return {"valueQuantity": {"value": _decimal(text, obx, msg), **unit}}
 
 
 def _structured(
     reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
 ) -> dict[str, Any]:
     """SN: ``<^5``, ``^10^-^20`` (range), ``^1^:^128`` (ratio), ``^3^+`` (3 or more)."""
+    if msg.seps.component not in reps[0]:  # "<0.10" or "5" written flat: the NM reading holds
+        return _numeric(reps, obx, msg, unit, tz)
     comparator, number, separator, second = (component_of(reps[0], msg.seps, n) for n in (1, 2, 3, 4))
     if comparator in ("", "=", "<", ">", "<=", ">=") and (not separator or (separator == "+" and not second)):
         quantity: dict[str, Any] = {"value": _decimal(number, obx, msg), **unit}

@@ -61,6 +61,10 @@ def _offset_zone(offset: str) -> timezone:
 
 def _parts_of(value: str) -> tuple[str, str | None, str | None, str | None, str | None, str | None, str, str]:
     """(year, month, day, hour, minute, second, fraction, offset) of any accepted form."""
+    # ISO first: ``2025-03`` is March 2025, not the year 2025 at UTC-3.
+    m = _ISO.match(value)
+    if m is not None:
+        return m["y"], m["mo"], m["d"], m["h"], m["mi"], m["s"], m["f"] or "", m["tz"] or ""
     m = _HL7.match(value)
     if m is not None:
         digits, frac, offset = m["digits"], m["f"] or "", m["tz"] or ""
@@ -71,9 +75,6 @@ def _parts_of(value: str) -> tuple[str, str | None, str | None, str | None, str 
         pairs: list[str | None] = [digits[i : i + 2] for i in range(4, len(digits), 2)]
         pairs += [None] * (5 - len(pairs))
         return digits[:4], pairs[0], pairs[1], pairs[2], pairs[3], pairs[4], frac, offset
-    m = _ISO.match(value)
-    if m is not None:
-        return m["y"], m["mo"], m["d"], m["h"], m["mi"], m["s"], m["f"] or "", m["tz"] or ""
     m = _SLASHED.match(value)
     if m is not None:
         first, second = int(m["a"]), int(m["b"])

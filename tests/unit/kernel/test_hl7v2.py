@@ -116,7 +116,7 @@ def test_patient_identifier_falls_back_to_sending_facility():
 def test_missing_pid_is_a_mapping_error():
     with pytest.raises(MappingError) as err:
         patient_identifier(parse_message(ADT.split("\r")[0]))
-    assert err.value.code == 100
+    assert (err.value.code, err.value.location) == (101, "PID-3")
 
 
 def test_missing_control_id_is_refused():

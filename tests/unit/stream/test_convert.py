@@ -115,3 +115,20 @@ def test_structure_problems_never_show_values():
     assert too_long.startswith("MaxLengthReached: The value … exceed")
     [missing] = structure_problems(head.replace("EVN|A01|20250101\r", "") + "PID|1||1^^^X\r")
     assert missing == "ValidationError: Missing required child ADT_A01.EVN"
+
+
+def test_cli_reports_data_quality_issues_and_strict_refuses_them():
+    ig = SAMPLES.parent / "hl7-v2-to-fhir-ig" / "test_conversions_MDM_T02.hl7"
+    command = [sys.executable, "-m", "clinstream", "convert", str(ig)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0
+    assert "warning malformed-value OBX[4]-5: OBX-5 ED data is not valid Base64" in result.stderr
+    assert "1 converted with data-quality issues: malformed-value 1" in result.stderr
+    [line] = result.stdout.splitlines()
+    kinds = {e["resource"]["resourceType"] for e in json.loads(line)["entry"]}
+    assert "DocumentReference" in kinds  # the note's text lines converted; only the bad attachment did not
+    strict = subprocess.run(
+        [*command, "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert strict.returncode == 1
+    assert "MappingError OBX-5 (HL7 102)" in strict.stderr

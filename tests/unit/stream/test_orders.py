@@ -216,7 +216,7 @@ def test_unmapped_reports_a_field_with_content_only():
     assert report == {"PID-14": 1}  # PID-12 holds only separators
 
 
-def test_agreement_with_fhir_converter_is_at_least_95_percent(corpora):
+def test_agreement_with_fhir_converter_holds(corpora):
     spec = importlib.util.spec_from_file_location("agreement", REPO / "bench" / "agreement.py")
     assert spec is not None
     assert spec.loader is not None
@@ -226,7 +226,11 @@ def test_agreement_with_fhir_converter_is_at_least_95_percent(corpora):
     report = agreement.run(corpora)
     assert report.converted + len(report.refused) == 132
     assert report.total.compared > 2000
-    assert report.total.rate >= 0.95, report.total.disagreements.most_common(5)
+    # On the fields both converters fill; and on every field FHIR-Converter fills, omissions
+    # counted as disagreements (64.7 % when omissions were first counted: it must not drop).
+    assert report.total.both_filled_rate >= 0.95, report.total.disagreements.most_common(5)
+    assert report.total.agree >= 2848
+    assert report.total.rate >= 0.6469
     # Only the message types outside the normalizer's scope are refused.
     assert {mt.split("^")[0] for _, mt, _ in report.refused} <= {"ADT", "BAR", "DFT", "REF"}
 
