@@ -166,6 +166,16 @@ def overview(backend: Backend, sampler: Sampler, config: Config) -> None:
         st.dataframe(
             [asdict(r) | {"per_s": round(r.per_s, 2)} for r in q.ack_mix(prev, cur)], hide_index=True
         )
+    st.subheader("Data-quality issues by sender")
+    issues = q.quality_issues(prev, cur)
+    if issues:
+        st.dataframe([asdict(r) | {"per_s": round(r.per_s, 3)} for r in issues], hide_index=True)
+        st.caption(
+            "Messages that converted despite these problems; each record on ehr.fhir.v1 lists its own "
+            "issues (code and location, never the value)."
+        )
+    else:
+        st.write("None: every message converted whole.")
     history = sampler.history()
     st.subheader(
         f"Last {len(history) * (history[-1].at - history[0].at) / max(1, len(history) - 1) / 60:.0f} min"

@@ -32,8 +32,6 @@ ITERATIONS = 240_000
 _SCHEME = "pbkdf2_sha256"
 
 
-
-
 @dataclass(frozen=True)
 class User:
     """A logged-in dashboard user."""

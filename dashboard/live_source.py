@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 5.0
 
 
-
-
 class Backend(Protocol):
     """Everything the pages read and do."""
 

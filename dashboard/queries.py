@@ -250,17 +250,44 @@ class AckRow:
 
 def ack_mix(prev: Snapshot | None, cur: Snapshot) -> list[AckRow]:
     """Every (sender, ACK code) pair since start, busiest sender first."""
-    rows = []
-    name = "clinstream_mllp_messages_total"
-    for labels, value in cur.matching(name):
-        before = prev.values.get((name, tuple(sorted(labels.items()))), 0.0) if prev else 0.0
-        span = cur.at - prev.at if prev and cur.at > prev.at else 0.0
-        per_s = _increase(before, value) / span if span else 0.0
-        rows.append(AckRow(labels.get("sender", ""), labels.get("ack_code", ""), value, per_s))
+    rows = [
+        AckRow(labels.get("sender", ""), labels.get("ack_code", ""), total, per_s)
+        for labels, total, per_s in _by_sender(prev, cur, "clinstream_mllp_messages_total")
+    ]
     busiest = Counter[str]()
     for r in rows:
         busiest[r.sender] += int(r.total)
     return sorted(rows, key=lambda r: (-busiest[r.sender], r.sender, r.code))
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    """Data-quality issues of one code from one sender, in messages that converted anyway."""
+
+    sender: str
+    code: str
+    severity: str
+    total: float
+    per_s: float
+
+
+def quality_issues(prev: Snapshot | None, cur: Snapshot) -> list[QualityRow]:
+    """Every (sender, issue code) pair since start, most frequent first: what a feed gets wrong."""
+    rows = [
+        QualityRow(labels.get("sender", ""), labels.get("code", ""), labels.get("severity", ""), total, per_s)
+        for labels, total, per_s in _by_sender(prev, cur, "clinstream_data_quality_issues_total")
+    ]
+    return sorted(rows, key=lambda r: (-r.total, r.sender, r.code))
+
+
+def _by_sender(prev: Snapshot | None, cur: Snapshot, name: str) -> list[tuple[dict[str, str], float, float]]:
+    """(labels, total since start, per second over the window) of every series of a counter."""
+    out = []
+    for labels, value in cur.matching(name):
+        before = prev.values.get((name, tuple(sorted(labels.items()))), 0.0) if prev else 0.0
+        span = cur.at - prev.at if prev and cur.at > prev.at else 0.0
+        out.append((labels, value, _increase(before, value) / span if span else 0.0))
+    return out
 
 
 @dataclass(frozen=True)

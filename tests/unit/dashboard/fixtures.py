@@ -40,6 +40,7 @@ def _exposition(scale: float) -> str:
         "clinstream_mllp_ack_seconds", "", ["sender"], buckets=(0.005, 0.01, 0.1), registry=registry
     )
     dead = Counter("clinstream_dead_letters", "", ["stage"], registry=registry)
+    quality = Counter("clinstream_data_quality_issues", "", ["code", "sender", "severity"], registry=registry)
     sessions = Gauge("clinstream_model_sessions", "", ["model", "file", "provider"], registry=registry)
     run_s = Histogram(
         "clinstream_model_run_seconds", "", ["model"], buckets=(0.01, 0.1, 1), registry=registry
@@ -55,6 +56,8 @@ def _exposition(scale: float) -> str:
     for _ in range(int(120 * scale)):
         ack_s.labels("ADTApp^GHHSFacility").observe(0.004)
     dead.labels("mllp").inc(5 * scale)
+    quality.labels("malformed-timestamp", "LAB^STATEPHL", "warning").inc(7 * scale)
+    quality.labels("unknown-value-type", "LAB^STATEPHL", "warning").inc(2 * scale)
     sessions.labels("all-MiniLM-L6-v2/fp32", "model.onnx", "CPUExecutionProvider").set(2)
     for _ in range(int(40 * scale)):
         run_s.labels("all-MiniLM-L6-v2/fp32").observe(0.02)

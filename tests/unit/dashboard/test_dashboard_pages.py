@@ -69,6 +69,10 @@ def test_overview_shows_rates_latency_lag_and_ack_mix(fake):
     assert lag[lag["group"] == "normalizer"].iloc[0]["lag"] == 2
     acks = _frames(at)[2]
     assert set(acks["code"]) == {"AA", "AE"}
+    issues = _frames(at)[3]  # data-quality issues by sender, most frequent first
+    assert list(issues["code"]) == ["malformed-timestamp", "unknown-value-type"]
+    assert list(issues["total"]) == [14, 4]
+    assert list(issues["per_s"]) == [0.7, 0.2]
 
 
 def test_dead_letters_are_masked_for_a_viewer_who_cannot_replay(fake):
