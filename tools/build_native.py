@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULES = (
     "kernel/hl7v2/parser.py",
     "kernel/hl7v2/datatypes.py",
+    "kernel/hl7v2/dtm.py",
     "stream/adt.py",
     "stream/oru.py",
     "stream/orders.py",

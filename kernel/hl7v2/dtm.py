@@ -62,7 +62,7 @@ def _offset_zone(offset: str) -> timezone:
 def _parts_of(value: str) -> tuple[str, str | None, str | None, str | None, str | None, str | None, str, str]:
     """(year, month, day, hour, minute, second, fraction, offset) of any accepted form."""
     # ISO first: ``2025-03`` is March 2025, not the year 2025 at UTC-3.
-    m = _ISO.match(value)
+    m = _ISO.match(value) if value[4:5] == "-" else None
     if m is not None:
         return m["y"], m["mo"], m["d"], m["h"], m["mi"], m["s"], m["f"] or "", m["tz"] or ""
     m = _HL7.match(value)
