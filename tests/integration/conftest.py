@@ -9,7 +9,9 @@ with the sections a test overrides; `ehr` is a stand-in EHR for outbound deliver
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
+from dataclasses import dataclass
 
 import pytest
 from starlette.applications import Starlette
@@ -35,8 +37,20 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+@dataclass(frozen=True)
+class ExternalBroker:
+    bootstrap: str
+
+
 @pytest.fixture(scope="session")
 async def broker():
+    """The embedded broker; or, with ``CLINSTREAM_TEST_BOOTSTRAP=host:port``, a broker already
+    running (an Apache Kafka, to run a module against it by hand: tests that stop or restart the
+    broker need the embedded one)."""
+    external = os.environ.get("CLINSTREAM_TEST_BOOTSTRAP")
+    if external:
+        yield ExternalBroker(external)
+        return
     async with EmbeddedBroker() as b:
         yield b
 
