@@ -398,14 +398,7 @@ def patient_identifier(msg: Message) -> tuple[str, str]:
     """
     pid = msg.first("PID")
     if pid is None:  # ERR names PID-3: the identity the receiver needs, not the segment order
-        raise MappingError(
-            "PID-3 patient identifier is missing: the message has no PID segment",
-            code=101,
-            segment="PID",
-            sequence=1,
-            field=3,
-            control_id=msg.control_id or None,
-        )
+        raise _no_patient(msg, ": the message has no PID segment")
     for field in (3, 2, 4):
         for rep in pid.repetitions(field):
             value = component_of(rep, msg.seps, 1)
@@ -417,8 +410,12 @@ def patient_identifier(msg: Message) -> tuple[str, str]:
                     or msg.msh.value(3)
                 )
                 return authority, value
-    raise MappingError(
-        "PID-3 patient identifier is missing",
+    raise _no_patient(msg, "")
+
+
+def _no_patient(msg: Message, detail: str) -> MappingError:
+    return MappingError(
+        f"PID-3 patient identifier is missing{detail}",
         code=101,
         segment="PID",
         sequence=1,
