@@ -158,19 +158,31 @@ def codeable_concept(raw: str, msg: Message) -> dict[str, Any] | None:
 def ed_attachment(raw: str, msg: Message) -> dict[str, Any] | None:
     """FHIR Attachment from an ED value (source^type^subtype^encoding^data), or None when empty.
 
+    ED-4 is Base64 (line breaks and missing padding, as senders split long data, tolerated),
+    ``A`` (the data is the text itself) or ``Hex``; the attachment always carries Base64.
+
     Raises:
-        MappingError: an encoding other than Base64, or corrupt Base64.
+        MappingError: another encoding, or data that is not what its encoding says.
     """
     seps = msg.seps
     data = component_of(raw, seps, 5)
     if not data:
         return None
-    if component_of(raw, seps, 4).upper() != "BASE64":
-        raise field_error("OBX-5 ED encoding other than Base64 is not mapped", msg, "OBX", 5)
+    encoding = component_of(raw, seps, 4).upper()
     try:
-        base64.b64decode(data, validate=True)
+        if encoding == "BASE64":
+            packed = "".join(data.split())
+            packed += "=" * (-len(packed) % 4)
+            base64.b64decode(packed, validate=True)
+            data = packed
+        elif encoding == "A":
+            data = base64.b64encode(data.encode("utf-8")).decode()
+        elif encoding == "HEX":
+            data = base64.b64encode(bytes.fromhex(data)).decode()
+        else:
+            raise field_error("OBX-5 ED encoding other than Base64, A or Hex is not mapped", msg, "OBX", 5)
     except (binascii.Error, ValueError) as exc:
-        raise field_error("OBX-5 ED data is not valid Base64", msg, "OBX", 5) from exc
+        raise field_error(f"OBX-5 ED data is not valid {encoding.title()}", msg, "OBX", 5) from exc
     media = _MEDIA.get(component_of(raw, seps, 2).upper(), "application")
     subtype = component_of(raw, seps, 3).lower() or "octet-stream"
     return {"contentType": f"{media}/{subtype}", "data": data}

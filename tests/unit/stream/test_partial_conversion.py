@@ -225,3 +225,19 @@ def test_a_varied_message_is_refused_only_for_the_listed_reasons(text, rng):
         return
     except MappingError as exc:
         assert exc.location == "PID-3"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data", "expected"),
+    [
+        ("Base64", "aGVsbG8", "aGVsbG8="),  # padding left off
+        ("Base64", "aGVs bG8=", "aGVsbG8="),  # split across lines
+        ("A", "hello", "aGVsbG8="),  # the text itself
+        ("Hex", "68656c6c6f", "aGVsbG8="),
+    ],
+)
+def test_encapsulated_data_in_every_ed_encoding_becomes_a_document(encoding, data, expected):
+    result = normalize_hl7(HEAD + f"OBX|1|ED|PDF^Report^L||^AP^PDF^{encoding}^{data}||||||F\r", tz=UTC)
+    [document] = [r for r in result.resources if r["resourceType"] == "DocumentReference"]
+    assert document["content"][0]["attachment"]["data"] == expected
+    assert result.issues == ()
