@@ -44,7 +44,8 @@ def dtm_forms(when: datetime) -> list[str]:
     digits = when.strftime("%Y%m%d%H%M%S")
     offsets = ("", "+0000", "-0500", "+0530")
     forms = [digits[:n] + off for n in HL7_PRECISIONS for off in (offsets if n >= 10 else ("",))]
-    forms += [digits + "." + str(when.microsecond).zfill(6)[:n] + off for n in (1, 2, 3, 4) for off in offsets]
+    fraction = str(when.microsecond).zfill(6)
+    forms += [f"{digits}.{fraction[:n]}{off}" for n in (1, 2, 3, 4) for off in offsets]
     forms += [
         when.strftime("%Y-%m-%d"),
         when.strftime("%Y-%m-%dT%H:%M:%S"),

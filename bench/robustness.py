@@ -36,18 +36,18 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.agreement import run as agreement  # noqa: E402
-from bench.feed_mutations import MUTATIONS, mutate  # noqa: E402
-from kernel.errors import Hl7Error  # noqa: E402
-from kernel.events import SUPPORTED_HL7_EVENTS  # noqa: E402
-from kernel.hl7v2.parser import (  # noqa: E402
+from bench.agreement import run as agreement
+from bench.feed_mutations import MUTATIONS, mutate
+from kernel.errors import Hl7Error
+from kernel.events import SUPPORTED_HL7_EVENTS
+from kernel.hl7v2.parser import (
     check_header,
     decode_payload,
     parse_message,
     patient_identifier,
     split_batch,
 )
-from stream.normalize import normalize_hl7  # noqa: E402
+from stream.normalize import normalize_hl7
 
 TARGET = 0.98
 UTC = ZoneInfo("UTC")
