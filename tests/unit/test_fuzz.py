@@ -2,7 +2,8 @@
 
 Each target must answer with our typed error, never another exception and never a 5xx:
 - the HL7 v2 parser and normalizer (corpus messages mutated field by field, and raw bytes):
-  a result or `Hl7Error`;
+  a result or `Hl7Error`; corpus messages varied as real feeds vary them (timestamps, OBX value
+  types, repeated OBRs): a result, with data-quality issues where due;
 - MLLP framing (random byte streams cut at random points): frames or `FramingError`;
 - FHIR ingress over HTTP (REST create/update, transaction Bundles, Subscription
   notifications, DICOM STOW), with corpus resources mutated, arbitrary JSON, arbitrary bytes
@@ -33,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.feed_mutations import mutate
 from clinstream.http import build_app
 from connectors.errors import FramingError
 from connectors.fhir_server import FhirIngress
@@ -51,7 +53,14 @@ from tests.unit.stream.fixtures import MESSAGES, mutated
 
 pytestmark = pytest.mark.slow
 SCALE = float(os.environ.get("CLINSTREAM_FUZZ_SCALE", "1"))
-QUOTAS = {"hl7_mutated": 30_000, "hl7_bytes": 15_000, "framing": 20_000, "fhir": 25_000, "cds": 10_000}
+QUOTAS = {
+    "hl7_mutated": 30_000,
+    "hl7_variants": 10_000,
+    "hl7_bytes": 15_000,
+    "framing": 20_000,
+    "fhir": 25_000,
+    "cds": 10_000,
+}
 UTC = ZoneInfo("UTC")
 TOKEN = "fuzz-api-token-" + "y" * 20
 SECRET = "fuzz-cds-secret-at-least-32-bytes-long!"
@@ -84,6 +93,19 @@ def test_hl7_mutated_corpus_messages(text):
         normalize_hl7(text, tz=UTC)
     except Hl7Error:
         pass
+
+
+@_examples("hl7_variants")
+@given(st.sampled_from(MESSAGES), st.randoms(use_true_random=False))
+def test_hl7_messages_varied_as_real_feeds_vary_them_still_convert(text, rng):
+    """Timestamps in every DTM form, OBX value types, repeated OBRs, several at once: a message
+    that converted converts again, possibly with data-quality issues."""
+    RAN["hl7_variants"] += 1
+    r = random.Random(rng.random())
+    for _ in range(r.randint(1, 4)):
+        text, _ = mutate(text, r)
+    result = normalize_hl7(text, tz=UTC)
+    assert result.resources[0]["resourceType"] == "Patient"
 
 
 raw_hl7 = st.one_of(
