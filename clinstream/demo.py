@@ -179,6 +179,14 @@ def _print_summary(
     print(f"  alerts raised          {len(seen.alerts)}")
     for alert in seen.alerts.values():
         print(f"    - [{alert.severity}] {alert.summary} ({alert.rule_id} v{alert.rule_version})")
+    flagged = [rec for rec in seen.records.values() if rec.issues]
+    print(f"  with quality issues    {len(flagged)} converted despite them")
+    for rec in flagged:
+        for issue in rec.issues:
+            print(
+                f"    - {issue.severity} {issue.code} {issue.location} "
+                f"control_id={rec.envelope.source_message_id}: {issue.text}"
+            )
     print(f"  dead letters           {len(seen.dead)}")
     for d in seen.dead:
         print(f"    - {d.stage}: {d.error_type} {d.location or ''} control_id={d.control_id}: {d.reason}")

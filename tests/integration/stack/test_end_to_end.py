@@ -85,9 +85,14 @@ async def test_hl7_to_alert_and_patient_scoped_search(stack):
     assert alerts[0].key == alice.encode()
     assert "6.7 mmol/L" in alert.summary
 
-    dead = await collect(stack.bootstrap, stack.topics.deadletter, lambda s: len(s) >= 1)
-    letter = DeadLetter.model_validate_json(dead[0].value)
-    assert (letter.stage, letter.location, letter.control_id) == ("normalizer", "OBX-5", "L3")
+    # "4,0" is no NM: the result converts, the value kept as sent, with a data-quality issue.
+    def flagged(seen):
+        return [r for r in (FhirRecord.model_validate_json(x.value) for x in seen) if r.issues]
+
+    [record] = flagged(await collect(stack.bootstrap, stack.topics.fhir, lambda s: len(flagged(s)) >= 1))
+    assert record.envelope.source_message_id == "L3"
+    assert [(i.code, i.location) for i in record.issues] == [("malformed-value", "OBX[1]-5")]
+    assert "4,0" in [r.get("valueString") for r in record.resources]
 
     await _wait_count(stack.store, build_filter(alice), 2)
     await _wait_count(stack.store, build_filter(bob), 2)

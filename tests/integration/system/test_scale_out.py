@@ -47,11 +47,15 @@ def _feed() -> list[tuple[str, bytes]]:
 
 
 def _refused() -> list[tuple[str, bytes]]:
-    """Messages the edge accepts and the normalizer dead-letters (a number that is not one)."""
+    """Messages the edge accepts and the normalizer dead-letters: a type it does not map (a
+    charge, DFT^P03), carrying the planted identifiers. (A number that is not one, the case
+    used before partial conversion, now converts with a data-quality issue.)"""
     out = []
     for p in range(3):
         text = ORU.format(p=p, n=99, mrn=f"7{p:05d}", ssn=f"987-65-{p:04d}", hhmm="2359")
-        text = text.replace("||4.99|mmol/L", f"||ZYZZYVA QUENTIN 7{p:05d}|mmol/L")
+        text = text.replace("ORU^R01^ORU_R01", "DFT^P03").replace(
+            "||4.99|mmol/L", f"||ZYZZYVA QUENTIN 7{p:05d}|mmol/L"
+        )
         out.append((f"S{p:02d}-099", text.encode()))
     return out
 
