@@ -9,20 +9,24 @@ because a code from one message is all an order carries (``docs/mapping.md``).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kernel.errors import Hl7Error
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import (
     codeable_concept,
     concept_at,
     field_number,
-    required_concept,
+    missing_field,
     required_datetime,
     unit_of,
+    where,
 )
 from kernel.hl7v2.dtm import to_fhir_datetime
 from kernel.hl7v2.parser import Message, Segment, component_of
+from kernel.quality import MALFORMED_VALUE, MISSING_ELEMENT, absent, kept, tolerate
 from stream.orders import (
     order_groups,
     order_keys,
@@ -45,19 +49,40 @@ def map_medications(
             (s for s in segments if s.name == "RXO"), None
         )
         request_id = deterministic_id("MedicationRequest", msg.msh.value(4), key)
+        builds = []
         if order is not None:
-            out.append(_request(msg, orc, order, request_id, patient_id, encounter_id, tz))
+            builds.append(
+                (order, partial(_request, msg, orc, order, request_id, patient_id, encounter_id, tz))
+            )
+        based_on = request_id if order else None
         for n, seg in enumerate(s for s in segments if s.name == "RXD"):
-            out.append(_dispense(msg, seg, key, n, request_id if order else None, patient_id, tz))
+            builds.append((seg, partial(_dispense, msg, seg, key, n, based_on, patient_id, tz)))
         for n, seg in enumerate(s for s in segments if s.name == "RXA"):
-            out.append(_administration(msg, seg, key, n, request_id if order else None, patient_id, tz))
+            builds.append((seg, partial(_administration, msg, seg, key, n, based_on, patient_id, tz)))
+        for seg, build in builds:  # one unreadable segment costs its own resource, no more
+            made = kept(build, where(seg, msg))
+            if made is not None:
+                out.append(made)
     return out
+
+
+def _medication(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
+    """The coded medication; FHIR requires one, so an empty field is kept as not sent."""
+    concept = concept_at(seg, field, msg)
+    if concept is None:
+        tolerate(missing_field(seg, field, msg, what), MISSING_ELEMENT, location=where(seg, msg, field))
+        return absent()
+    return concept
 
 
 def _quantity(value: str, unit_raw: str, msg: Message, seg: Segment, field: int) -> dict[str, Any] | None:
     if not value.strip():
         return None
-    return {"value": field_number(value, seg, field, msg), **unit_of(unit_raw, msg)}
+    try:
+        return {"value": field_number(value, seg, field, msg), **unit_of(unit_raw, msg)}
+    except Hl7Error as exc:  # an amount that is no number is left out, the order kept
+        tolerate(exc, MALFORMED_VALUE, location=where(seg, msg, field))
+        return None
 
 
 def _route(msg: Message, after: Segment) -> dict[str, Any] | None:
@@ -107,7 +132,7 @@ def _request(
     tz: ZoneInfo,
 ) -> dict[str, Any]:
     rxe = order.name == "RXE"
-    concept = required_concept(order, 2 if rxe else 1, msg, "medication code")
+    concept = _medication(order, 2 if rxe else 1, msg, "medication code")
     prescription = order.value(15) if rxe else ""  # RXE-15 prescription number
     resource = order_request(
         "MedicationRequest",
@@ -170,7 +195,7 @@ def _dispense(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    concept = required_concept(rxd, 2, msg, "dispense give code")
+    concept = _medication(rxd, 2, msg, "dispense give code")
     resource: dict[str, Any] = {
         "resourceType": "MedicationDispense",
         "id": deterministic_id(
@@ -205,7 +230,7 @@ def _administration(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    concept = required_concept(rxa, 5, msg, "administered code")
+    concept = _medication(rxa, 5, msg, "administered code")
     start = required_datetime(rxa, 3, msg, tz, "administration time")
     end = to_fhir_datetime(rxa.value(4), tz, segment="RXA", field=4)
     resource: dict[str, Any] = {

@@ -171,6 +171,24 @@ def test_report_text_attachment_range_and_note():
     assert report["result"] == [{"reference": f"Observation/{creatinine['id']}"}]
 
 
+def test_one_unreadable_administration_costs_only_itself():
+    second = "RXA|0|2|202503061400||^^|four hundred|mg^mg^UCUM|||||||||||||CP\r"
+    untimed = "RXA|0|3|||310965^Ibuprofen 200 MG Oral Tablet^RXNORM|400|mg|||||||||||||CP\r"
+    result = normalize_hl7(RAS + second + untimed, tz=UTC)
+    given = [r for r in result.resources if r["resourceType"] == "MedicationAdministration"]
+    assert len(given) == 2  # the first as sent; the second without its code or dose; the third dropped
+    assert given[1]["medicationCodeableConcept"] == {
+        "extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]
+    }
+    assert "dosage" not in given[1] or "dose" not in given[1]["dosage"]
+    assert [(i.severity, i.code, i.location) for i in result.issues] == [
+        ("warning", "missing-element", "RXA[2]-5"),
+        ("warning", "malformed-value", "RXA[2]-6"),
+        ("error", "dropped-content", "RXA[3]"),
+    ]
+    assert all("four hundred" not in i.text for i in result.issues)
+
+
 def test_corrupt_base64_is_kept_as_sent_with_a_located_issue():
     result = normalize_hl7(ORU.replace("aGVsbG8=", "not*base64"), tz=UTC)
     [issue] = result.issues
