@@ -24,8 +24,8 @@ from kernel.hl7v2.datatypes import (
     field_error,
     field_number,
     json_number,
-    missing_field,
     notes_after,
+    required_concept,
     rp_attachment,
     unit_of,
     where,
@@ -35,7 +35,6 @@ from kernel.hl7v2.parser import Message, Segment, component_of, components
 from kernel.quality import (
     DROPPED_CONTENT,
     MALFORMED_VALUE,
-    MISSING_ELEMENT,
     REPEATED_IDENTIFIER,
     UNKNOWN_VALUE_TYPE,
     absent,
@@ -248,11 +247,7 @@ def _observation(
     tz: ZoneInfo,
     category: str | None,
 ) -> dict[str, Any]:
-    concept = concept_at(obx, 3, msg)
-    if concept is None:
-        error = missing_field(obx, 3, msg, "observation identifier")
-        tolerate(error, MISSING_ELEMENT, location=where(obx, msg, 3))
-        concept = absent()
+    concept = required_concept(obx, 3, msg, "observation identifier")
     # OBX-11 is required; when a sender leaves it empty the result is not claimed final.
     status = _STATUS.get(obx.value(11).upper(), "unknown")
     resource: dict[str, Any] = {

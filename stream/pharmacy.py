@@ -19,14 +19,14 @@ from kernel.hl7v2.datatypes import (
     codeable_concept,
     concept_at,
     field_number,
-    missing_field,
+    required_concept,
     required_datetime,
     unit_of,
     where,
 )
 from kernel.hl7v2.dtm import to_fhir_datetime
 from kernel.hl7v2.parser import Message, Segment, component_of
-from kernel.quality import MALFORMED_VALUE, MISSING_ELEMENT, absent, kept, tolerate
+from kernel.quality import MALFORMED_VALUE, kept, tolerate
 from stream.orders import (
     order_groups,
     order_keys,
@@ -64,15 +64,6 @@ def map_medications(
             if made is not None:
                 out.append(made)
     return out
-
-
-def _medication(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
-    """The coded medication; FHIR requires one, so an empty field is kept as not sent."""
-    concept = concept_at(seg, field, msg)
-    if concept is None:
-        tolerate(missing_field(seg, field, msg, what), MISSING_ELEMENT, location=where(seg, msg, field))
-        return absent()
-    return concept
 
 
 def _quantity(value: str, unit_raw: str, msg: Message, seg: Segment, field: int) -> dict[str, Any] | None:
@@ -132,7 +123,7 @@ def _request(
     tz: ZoneInfo,
 ) -> dict[str, Any]:
     rxe = order.name == "RXE"
-    concept = _medication(order, 2 if rxe else 1, msg, "medication code")
+    concept = required_concept(order, 2 if rxe else 1, msg, "medication code")
     prescription = order.value(15) if rxe else ""  # RXE-15 prescription number
     resource = order_request(
         "MedicationRequest",
@@ -195,7 +186,7 @@ def _dispense(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    concept = _medication(rxd, 2, msg, "dispense give code")
+    concept = required_concept(rxd, 2, msg, "dispense give code")
     resource: dict[str, Any] = {
         "resourceType": "MedicationDispense",
         "id": deterministic_id(
@@ -230,7 +221,7 @@ def _administration(
     patient_id: str,
     tz: ZoneInfo,
 ) -> dict[str, Any]:
-    concept = _medication(rxa, 5, msg, "administered code")
+    concept = required_concept(rxa, 5, msg, "administered code")
     start = required_datetime(rxa, 3, msg, tz, "administration time")
     end = to_fhir_datetime(rxa.value(4), tz, segment="RXA", field=4)
     resource: dict[str, Any] = {

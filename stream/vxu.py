@@ -15,15 +15,15 @@ from zoneinfo import ZoneInfo
 from kernel.events import deterministic_id
 from kernel.hl7v2.datatypes import (
     codeable_concept,
-    concept_at,
     field_number,
     missing_field,
+    required_concept,
     unit_of,
     where,
 )
 from kernel.hl7v2.dtm import to_fhir_datetime
 from kernel.hl7v2.parser import Message, Segment
-from kernel.quality import MISSING_ELEMENT, absent, kept, tolerate
+from kernel.quality import kept
 
 _STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
 UNKNOWN_AMOUNT = "999"
@@ -57,12 +57,7 @@ def map_immunizations(
 def _immunization(
     rxa: Segment, order: Segment | None, msg: Message, patient_id: str, encounter_id: str | None, tz: ZoneInfo
 ) -> dict[str, Any]:
-    vaccine = concept_at(rxa, 5, msg)
-    if vaccine is None:  # FHIR requires the vaccine: kept as not sent, not invented
-        tolerate(
-            missing_field(rxa, 5, msg, "administered code"), MISSING_ELEMENT, location=where(rxa, msg, 5)
-        )
-        vaccine = absent()
+    vaccine = required_concept(rxa, 5, msg, "administered code")
     when = to_fhir_datetime(rxa.value(3), tz, segment="RXA", field=3)
     filler = order.value(3) if order is not None else ""
     # Senders reuse one order number for several administrations (the IG's own VXU sample

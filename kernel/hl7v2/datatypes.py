@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from kernel.errors import Hl7Error, MappingError
 from kernel.hl7v2.dtm import to_fhir_datetime
 from kernel.hl7v2.parser import Message, Segment, component_of, components
+from kernel.quality import MISSING_ELEMENT, absent, tolerate
 from kernel.units import UCUM, quantity_unit
 
 LOINC = "http://loinc.org"
@@ -131,14 +132,18 @@ def missing_field(seg: Segment, field: int, msg: Message, what: str) -> Hl7Error
 
 
 def required_concept(seg: Segment, field: int, msg: Message, what: str) -> dict[str, Any]:
-    """The CodeableConcept of a required coded field (first repetition).
+    """The CodeableConcept of a required coded field (first repetition). FHIR requires the
+    element, so an empty field is kept as not sent (a data-absent-reason extension, never an
+    invented code) with a missing-element issue at ``SEG[n]-field``.
 
     Raises:
-        MappingError: code 101 at ``SEG-field`` when the field is empty.
+        MappingError: code 101 at ``SEG-field`` when the field is empty and no conversion
+            is collecting data-quality issues (`kernel.quality`).
     """
     concept = concept_at(seg, field, msg)
     if concept is None:
-        raise missing_field(seg, field, msg, what)
+        tolerate(missing_field(seg, field, msg, what), MISSING_ELEMENT, location=where(seg, msg, field))
+        return absent()
     return concept
 
 
