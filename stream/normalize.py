@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kernel.errors import Hl7Error, MappingError, UnsupportedMessageError
+from kernel.errors import MappingError, UnsupportedMessageError
 from kernel.events import SUPPORTED_HL7_EVENTS, deterministic_id
 from kernel.hl7v2.parser import Message, check_header, parse_message
 from kernel.quality import (
@@ -24,6 +24,7 @@ from kernel.quality import (
     DataQualityIssue,
     collecting,
     is_collecting,
+    kept,
     report_issue,
     tolerate,
 )
@@ -166,27 +167,18 @@ def _retired(resource: dict[str, Any], survivor: str) -> bool:
     return bool(resource["resourceType"] == "Patient" and resource["id"] != survivor)
 
 
-def validate_resource(resource: dict[str, Any], msg: Message) -> dict[str, Any]:
-    """Validate with fhir.resources; the resource itself (plain JSON values) is what is published.
-
-    Serializing the validated model back (``model_dump``) cost more than validating it (60 %
-    of the normalizer's time), and the mappers already build plain JSON: what was validated
-    is exactly what goes out. `stream.validation` remembers verdicts for repeated content.
-    """
-    try:
-        validate(resource)
-    except InvalidResource as exc:
-        raise MappingError(str(exc), code=102, control_id=msg.control_id) from None
-    return resource
-
-
 _REPAIRS = 8  # elements left out of one resource before it is given up
 
 
 def _validated(resource: dict[str, Any], msg: Message, *, first: bool) -> dict[str, Any] | None:
-    """The resource once valid: each element FHIR rejects is left out with an issue. A resource
+    """The resource once fhir.resources accepts it; the resource itself (plain JSON) is what is
+    published. Each element FHIR rejects is left out with an invalid-element issue; a resource
     still invalid after that is dropped with an error issue, except the message's Patient
     (``first``), which refuses the message: nothing could be attributed without it.
+
+    Serializing the validated model back (``model_dump``) cost more than validating it (60 %
+    of the normalizer's time), and the mappers already build plain JSON: what was validated
+    is exactly what goes out. `stream.validation` remembers verdicts for repeated content.
 
     Raises:
         MappingError: the Patient cannot be made valid, or no conversion is collecting.
@@ -194,19 +186,19 @@ def _validated(resource: dict[str, Any], msg: Message, *, first: bool) -> dict[s
     kind = resource["resourceType"]
     for _ in range(_REPAIRS):
         try:
-            return validate_resource(resource, msg)
-        except MappingError as exc:
-            path = exc.reason.rsplit(" at ", 1)[-1].split(" (")[0]
-            if not is_collecting():
-                raise
-            repaired = _without(resource, path)
+            validate(resource)
+            return resource
+        except InvalidResource as exc:
+            error = MappingError(str(exc), code=102, control_id=msg.control_id)
+            repaired = _without(resource, exc.path) if is_collecting() else None
             if repaired is None:
-                if first:
-                    raise
-                tolerate(exc, DROPPED_CONTENT, severity="error", location=f"{kind}.{path}".rstrip("."))
+                if first or not is_collecting():
+                    raise error from None
+                location = f"{kind}.{exc.path}".rstrip(".")
+                tolerate(error, DROPPED_CONTENT, severity="error", location=location)
                 return None
             report_issue(
-                INVALID_ELEMENT, f"{kind}.{path}", f"{kind}.{path} fails FHIR R4 validation; left out"
+                INVALID_ELEMENT, f"{kind}.{exc.path}", f"{kind}.{exc.path} fails FHIR R4 validation; left out"
             )
             resource = repaired
     error = MappingError(f"{kind} has too many invalid elements", code=102, control_id=msg.control_id)
@@ -241,13 +233,7 @@ def _without(resource: dict[str, Any], path: str) -> dict[str, Any] | None:
 
 def _gather(*builds: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The resources of each mapping in turn; one that fails is an error issue, not a refusal."""
-    out: list[dict[str, Any]] = []
-    for build in builds:
-        try:
-            out += build()
-        except Hl7Error as exc:
-            tolerate(exc, DROPPED_CONTENT, severity="error")
-    return out
+    return [resource for build in builds for resource in kept(build, "") or []]
 
 
 def _encounter(
