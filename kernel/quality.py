@@ -12,8 +12,8 @@ itself is kept in the most faithful form FHIR allows (the raw HL7 datatype in an
 Mappers report through `tolerate` (or `report_issue`, for a repair with no error to raise):
 while a conversion runs inside `collecting`, the error becomes an issue and the mapper
 carries on with its fallback; outside one (a caller that wants strict behaviour), the error
-is raised as before. The collector is a context
-variable, so the mappers keep their signatures and stay pure (no I/O, no clock).
+is raised as before. The collector is a context variable, so the mappers keep their
+signatures and stay pure (no I/O, no clock).
 """
 
 from __future__ import annotations
@@ -72,17 +72,6 @@ class DataQualityIssue(BaseModel):
     code: str = Field(description="One of `ISSUE_CODES`.")
     location: str = Field(description="Segment (with its occurrence) and field, e.g. OBX[3]-5.")
     text: str = Field(description="What is wrong, naming the place, never the value.")
-
-    def as_outcome_issue(self) -> dict[str, Any]:
-        """The issue as a FHIR OperationOutcome.issue (code ``value`` or ``processing``)."""
-        fhir_code = "processing" if self.code in (DROPPED_CONTENT, INVALID_ELEMENT) else "value"
-        return {
-            "severity": self.severity,
-            "code": fhir_code,
-            "details": {"coding": [{"system": "urn:clinstream:data-quality", "code": self.code}]},
-            "diagnostics": self.text,
-            "expression": [self.location] if self.location else [],
-        }
 
 
 _CURRENT: ContextVar[list[DataQualityIssue] | None] = ContextVar("clinstream_quality", default=None)
