@@ -117,9 +117,9 @@ def read_dtm(value: str, tz: ZoneInfo | tzinfo) -> str:
         micro = int((frac + "000000")[:6]) if frac else 0
         zone: tzinfo = _offset_zone(offset) if offset else tz
         stamped = datetime(int(y), int(mo), int(d), int(h), int(mi or 0), int(s or 0), micro, tzinfo=zone)
-    except ValueError as exc:
-        if isinstance(exc, DtmError):
-            raise
+    except DtmError:
+        raise
+    except ValueError as exc:  # a day, hour or minute out of range
         raise DtmError(MALFORMED_TIMESTAMP) from exc
     return stamped.isoformat(timespec="milliseconds" if frac else "seconds")
 
