@@ -31,7 +31,7 @@ from kernel.hl7v2.datatypes import (
     where,
 )
 from kernel.hl7v2.dtm import DtmError, read_dtm, to_fhir_datetime
-from kernel.hl7v2.parser import Message, Segment, component_of, components
+from kernel.hl7v2.parser import Message, Segment, component_of
 from kernel.quality import (
     DROPPED_CONTENT,
     MALFORMED_VALUE,
@@ -223,15 +223,11 @@ def order_numbers(msg: Message) -> dict[int, str]:
 
 def _bare_observation(obx: Segment, msg: Message, obs_id: str, patient_id: str) -> dict[str, Any]:
     """The last resort for an OBX that could not be mapped: its code if readable, its value as sent."""
-    try:
-        code = concept_at(obx, 3, msg) or absent()
-    except Hl7Error:
-        code = absent()
     return {
         "resourceType": "Observation",
         "id": obs_id,
         "status": _STATUS.get(obx.value(11).upper(), "unknown"),
-        "code": code,
+        "code": concept_at(obx, 3, msg) or absent(),
         "subject": {"reference": f"Patient/{patient_id}"},
         **_as_sent(obx, obx.value(2).upper()),
     }
@@ -289,7 +285,10 @@ def _unit(obx: Segment, msg: Message) -> dict[str, Any]:
 
 
 def _decimal(text: str, obx: Segment, msg: Message) -> int | float:
-    return field_number(text, obx, 5, msg, why="is not a number although OBX-2 is NM")
+    sent = obx.value(2).upper()  # NM, SN, NR, CQ or MO; empty when read as NM by its shape
+    return field_number(
+        text, obx, 5, msg, why=f"is not a number although OBX-2 is {sent}" if sent else "is not a number"
+    )
 
 
 def _value(obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
@@ -330,6 +329,9 @@ def _as_sent(obx: Segment, value_type: str) -> dict[str, Any]:
     raw = obx.get(5)
     return {"valueString": raw, "extension": [raw_value_extension(value_type, raw)]}
 
+
+_ValueMapper = Callable[[list[str], Segment, Message, dict[str, Any], ZoneInfo], dict[str, Any]]
+"""The mapper of one OBX-2 type: (OBX-5 repetitions, the OBX, the message, its unit, zone) → value[x]."""
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)\s*$")
 
@@ -454,19 +456,21 @@ def _range(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz
     return {"valueRange": out} if out else {}
 
 
-def _composite_quantity(
-    reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo
-) -> dict[str, Any]:
-    """CQ (quantity^units) and MO (quantity^currency)."""
+def _cq(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """CQ: quantity^units, the units a CWE written in subcomponents (code&text&system)."""
     quantity: dict[str, Any] = {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg)}
-    second = components(reps[0], msg.seps)[1:]
-    if obx.value(2).upper() == "MO":
-        currency = second[0] if second else ""
-        if currency:
-            quantity.update(unit="currency", system="urn:iso:std:iso:4217", code=currency)
-        return {"valueQuantity": quantity}
-    units = unit_of(second[0].replace(msg.seps.subcomponent, msg.seps.component), msg) if second else {}
+    raw = reps[0].split(msg.seps.component)
+    units = unit_of(raw[1].replace(msg.seps.subcomponent, msg.seps.component), msg) if len(raw) > 1 else {}
     return {"valueQuantity": {**quantity, **(units or unit)}}
+
+
+def _mo(reps: list[str], obx: Segment, msg: Message, unit: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
+    """MO: quantity^denomination, an ISO 4217 currency."""
+    quantity: dict[str, Any] = {"value": _decimal(component_of(reps[0], msg.seps, 1), obx, msg)}
+    currency = component_of(reps[0], msg.seps, 2)
+    if currency:
+        quantity.update(unit="currency", system="urn:iso:std:iso:4217", code=currency)
+    return {"valueQuantity": quantity}
 
 
 def _identifier(
@@ -478,9 +482,7 @@ def _identifier(
     return {"valueString": f"{value} ({authority})" if authority else value} if value else {}
 
 
-def _as_text(
-    fields: tuple[int, ...], joiner: str = " "
-) -> Callable[[list[str], Segment, Message, dict[str, Any], ZoneInfo], dict[str, Any]]:
+def _as_text(fields: tuple[int, ...], joiner: str = " ") -> _ValueMapper:
     """XPN, XCN, XON, XAD, XTN: the components a reader needs, as one string per repetition
     (the IG maps these to string: Observation has no HumanName or Address value)."""
 
@@ -498,24 +500,24 @@ def _as_text(
     return mapper
 
 
-_ValueMapper = Callable[[list[str], Segment, Message, dict[str, Any], ZoneInfo], dict[str, Any]]
 _VALUE_MAPPERS: dict[str, _ValueMapper] = {
     "NM": _numeric,
     "SN": _structured,
-    **dict.fromkeys(("ST", "TX", "FT"), _text),
+    **dict.fromkeys(_TEXT_TYPES, _text),
     **dict.fromkeys(("CE", "CWE", "CNE", "CF"), _coded),
     **dict.fromkeys(("ID", "IS"), _simple_code),
     **dict.fromkeys(("DT", "DTM", "TS"), _when),
     "TM": _time,
     "NR": _range,
-    **dict.fromkeys(("CQ", "MO"), _composite_quantity),
+    "CQ": _cq,
+    "MO": _mo,
     "CX": _identifier,
     "XPN": _as_text((5, 2, 3, 1, 4)),  # prefix given middle family suffix
     "XCN": _as_text((1, 6, 3, 4, 2, 5)),  # id prefix given middle family suffix
     "XON": _as_text((1, 10)),  # organization name (identifier)
     "XAD": _as_text((1, 2, 3, 4, 5, 6), ", "),  # street, other, city, state, zip, country
     "XTN": _as_text((1, 4, 6, 7)),  # number, email, area code, local number
-    **dict.fromkeys(("ED", "RP"), lambda *_: {}),  # a document OBX without data keeps its code only
+    **dict.fromkeys(_DOCUMENT_TYPES, lambda *_: {}),  # a document OBX without data keeps its code only
 }
 
 

@@ -67,6 +67,11 @@ def _value(obx_type: str, value: str):
             },
         ),
         (
+            "CQ",  # the units a CWE written in subcomponents
+            "5^mL&milliliter&UCUM",
+            {"valueQuantity": {"value": 5, "unit": "milliliter", "system": UCUM, "code": "mL"}},
+        ),
+        (
             "MO",
             "12.50^USD",
             {
