@@ -168,7 +168,7 @@ class LibrdkafkaSink:
         self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """Send one record and wait for the broker's acknowledgement."""
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaException
 
         if self._producer is None:
             raise BrokerUnavailableError("Kafka producer is not started")
@@ -183,11 +183,7 @@ class LibrdkafkaSink:
         except (BufferError, ValueError) as exc:
             raise BrokerUnavailableError(f"producer refused the write to {topic}") from exc
         except KafkaException as exc:
-            if (
-                exc.args
-                and isinstance(exc.args[0], KafkaError)
-                and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
-            ):
+            if exc.args and _is_too_large(exc.args[0]):
                 raise _too_large(len(value)) from None
             raise BrokerUnavailableError(f"producer refused the write to {topic}") from exc
         try:
@@ -207,6 +203,17 @@ class _DeliveryFailedError(Exception):
         self.too_large = too_large
 
 
+def _is_too_large(error: Any) -> bool:
+    """Whether a librdkafka error (from produce() or a delivery report) says the record is too
+    large: for this producer's ``message.max.bytes`` or for the broker's limit."""
+    from confluent_kafka import KafkaError
+
+    return isinstance(error, KafkaError) and error.code() in (
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    )
+
+
 def _too_large(size: int) -> RecordTooLargeError:
     return RecordTooLargeError(f"input of {size} bytes is larger than the broker accepts")
 
@@ -217,10 +224,7 @@ def _settle(future: asyncio.Future[None], err: Any) -> None:
     if err is None:
         future.set_result(None)
     else:
-        from confluent_kafka import KafkaError
-
-        too_large = err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
-        future.set_exception(_DeliveryFailedError(str(err), too_large=too_large))
+        future.set_exception(_DeliveryFailedError(str(err), too_large=_is_too_large(err)))
 
 
 def make_sink(
