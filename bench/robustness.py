@@ -38,14 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.agreement import run as agreement
 from bench.feed_mutations import MUTATIONS, mutate
+from bench.normalize import every_message
 from kernel.errors import Hl7Error
 from kernel.events import SUPPORTED_HL7_EVENTS
 from kernel.hl7v2.parser import (
     check_header,
-    decode_payload,
     parse_message,
     patient_identifier,
-    split_batch,
 )
 from stream.normalize import normalize_hl7
 
@@ -128,15 +127,6 @@ def sort_message(text: str, into: Sorted) -> bool:
     return True
 
 
-def corpus_messages(corpora: Path) -> list[str]:
-    """Every message of every HL7 v2 file in the corpora (batches split)."""
-    out: list[str] = []
-    for path in sorted(p for p in (corpora / "hl7v2").rglob("*") if p.is_file()):
-        text = decode_payload(path.read_bytes())
-        out += split_batch(text).messages or [text]
-    return out
-
-
 def _print(title: str, s: Sorted) -> None:
     total = s.eligible + sum(s.not_eligible.values())
     print(f"{title}: {total} messages, {s.eligible} eligible (readable MSH, mapped type, patient id)")
@@ -165,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = Sorted()
-    eligible = [text for text in corpus_messages(args.corpora) if sort_message(text, corpus)]
+    eligible = [text for text in every_message(args.corpora) if sort_message(text, corpus)]
     _print("corpus", corpus)
 
     rng = random.Random(args.seed)
