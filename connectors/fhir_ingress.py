@@ -341,7 +341,8 @@ def validate_bundle(data: dict[str, Any]) -> BundleResult:
     for n, entry in enumerate(entries):
         prefix = f"Bundle.entry[{n}].resource."
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        method = ((entry.get("request") or {}).get("method") if isinstance(entry, dict) else None) or "PUT"
+        request = entry.get("request") if isinstance(entry, dict) else None
+        method = (request.get("method") if isinstance(request, dict) else None) or "PUT"
         try:
             if method not in ("POST", "PUT"):
                 raise FhirInputError(
@@ -365,7 +366,7 @@ def validate_bundle(data: dict[str, Any]) -> BundleResult:
         except FhirInputError as exc:
             result.rejected[n] = exc.issues
     if bundle_type == "transaction":
-        full_urls = {e.get("fullUrl") for e in entries if isinstance(e, dict)}
+        full_urls = {u for e in entries if isinstance(e, dict) and isinstance(u := e.get("fullUrl"), str)}
         for n, resource in zip(result.accepted, result.resources, strict=True):
             dangling = [r for r in _uuid_references(resource) if r not in full_urls]
             if dangling:

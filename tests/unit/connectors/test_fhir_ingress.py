@@ -178,6 +178,20 @@ def test_transaction_with_unresolvable_uuid_reference_is_refused(env):
     assert _outcome(response)[0]["code"] == "not-found"
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [{"request": True}, {"request": ["POST"]}, {"fullUrl": ["urn:uuid:x"]}, {"fullUrl": {"a": 1}}],
+)
+def test_entries_with_odd_request_or_full_url_get_an_answer_not_a_500(env, odd):
+    """Found by the fuzzer: a request that is no object, a fullUrl that is no string."""
+    client, sink = env
+    obs = {**OBS, "subject": {"reference": "urn:uuid:7f0f6d0e-0000-4000-8000-000000000001"}}
+    response = client.post("/fhir", json=_bundle("transaction", [{**_entry(obs), **odd}]), headers=AUTH)
+    assert response.status_code == 400
+    assert _outcome(response)[0]["code"] == "not-found"
+    assert [r[0] for r in sink.records] == [TOPICS.deadletter]
+
+
 def test_batch_answers_per_entry(env):
     client, sink = env
     batch = _bundle(
