@@ -12,12 +12,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -43,6 +44,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def dying_with_parent(cmd: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``cmd`` (and the ``preexec_fn`` it needs) so that the child gets SIGTERM when this process
+    dies. util-linux's ``setpriv --pdeathsig`` sets that in the child itself: no Python runs
+    between fork and exec, which in a process holding pymilvus's gRPC threads made the child
+    abort now and then (SIGABRT, "epoll_wait error: Bad file descriptor"; see
+    tests/integration/processes.py). Without setpriv, a ``preexec_fn`` does it."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", *cmd], None
+    return cmd, _die_with_parent
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
@@ -98,12 +111,13 @@ class EmbeddedBroker:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self._log_path.open("ab")
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        argv, preexec = dying_with_parent(cmd)
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, binary from our dependency
-            cmd,
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
             env=env,
         )
         if not isinstance(out, int):
@@ -224,12 +238,13 @@ class DashboardProcess:
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self._log_path.open("ab")
+        argv, preexec = dying_with_parent(cmd)
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv: our interpreter, our script
-            cmd,
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
             env={k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_DASHBOARD__")}
             | self._env,
         )
