@@ -34,15 +34,13 @@ from clinstream.models import generator_dir
 from inference.cds.medsafety import ingredients
 from inference.notes.drafting import (
     DISCHARGE_CLASSES,
-    Chart,
     Draft,
-    apply,
     plan,
-    ref_of,
     write_draft,
 )
 from inference.notes.generator_session import Generator
 from inference.notes.grounding import Sentence, facts, normal_number
+from kernel.chart import Chart, apply, ref_of
 from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 

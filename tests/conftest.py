@@ -75,6 +75,30 @@ def hl7_corpus_files() -> list[Path]:
     return sorted(p for p in (corpora_dir() / "hl7v2").rglob("*") if p.is_file())
 
 
+def synthea_files() -> list[Path]:
+    """The Synthea patient bundles of the corpora, sorted."""
+    return sorted((corpora_dir() / "fhir" / "smart-synthea-r4").glob("*.json"))
+
+
+def synthea_resources(path: Path) -> list[dict]:
+    """A Synthea bundle's resources with its ``urn:uuid:`` references rewritten to ``Type/id``,
+    as the FHIR ingress resolves them."""
+    import json
+
+    bundle = json.loads(path.read_text(encoding="utf-8-sig"))
+    resources = [e["resource"] for e in bundle["entry"]]
+    by_url = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
+
+    def fix(value):
+        if isinstance(value, dict):
+            return {k: (by_url.get(v, v) if k == "reference" else fix(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return [fix(r) for r in resources]
+
+
 @pytest.fixture(scope="session")
 def corpora() -> Path:
     return corpora_dir()

@@ -46,10 +46,8 @@ from inference.notes.draft_docs import (
 )
 from inference.notes.draft_store import NotesStore
 from inference.notes.drafting import (
-    Chart,
     DraftKind,
     TextGenerator,
-    apply,
     latest_encounter,
     latest_report,
     plan,
@@ -59,6 +57,7 @@ from inference.notes.drafting import (
     write_draft,
 )
 from inference.notes.grounding import Evidence, GuardMode
+from kernel.chart import Chart, apply
 from kernel.events import (
     ClinicianFeedback,
     DeadLetter,

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from inference.notes.drafting import Chart, ref_of, retired
+from kernel.chart import Chart, ref_of, retired
 from kernel.events import DraftNote
 
 

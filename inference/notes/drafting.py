@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -39,6 +39,7 @@ from inference.notes.grounding import (
     split_sentences,
     strip_markers,
 )
+from kernel.chart import Chart, current_problems, medication_courses, ref_of
 from kernel.rendering import concept_text, quantity, render, when
 
 DraftKind = Literal["discharge-summary", "progress-note", "lab-interpretation"]
@@ -82,7 +83,6 @@ PASSAGE_WORDS = 60
 MAX_LINES = 20
 LAB_CATEGORIES = frozenset({"laboratory"})
 _ABNORMAL = frozenset({"H", "HH", "HU", "L", "LL", "LU", "A", "AA", ">", "<", "POS", "DET", "R"})
-_GONE = frozenset({"entered-in-error", "cancelled", "revoked"})
 
 
 class TextGenerator(Protocol):
@@ -96,55 +96,6 @@ class TextGenerator(Protocol):
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig) -> Generation:
         """The assistant's answer to ``messages``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Chart:
-    """One patient's current resources by reference (``Type/id``)."""
-
-    patient_id: str
-    resources: Mapping[str, dict[str, Any]] = field(default_factory=dict)
-
-    def of(self, *kinds: str) -> list[dict[str, Any]]:
-        """Resources of the given types, in reference order (deterministic)."""
-        return [r for ref, r in sorted(self.resources.items()) if r.get("resourceType") in kinds]
-
-
-def ref_of(resource: Mapping[str, Any]) -> str:
-    """``Type/id`` of a resource."""
-    return f"{resource['resourceType']}/{resource['id']}"
-
-
-def apply(chart: Chart, resources: Iterable[dict[str, Any]]) -> Chart:
-    """``chart`` with ``resources`` merged in: a resource replaces its earlier version; one whose
-    status says it was entered in error (or cancelled) leaves the chart."""
-    merged = dict(chart.resources)
-    for resource in resources:
-        if not resource.get("id") or not resource.get("resourceType"):
-            continue
-        ref = ref_of(resource)
-        if retired(resource):
-            merged.pop(ref, None)
-        else:
-            merged[ref] = resource
-    return Chart(chart.patient_id, merged)
-
-
-def retired(resource: Mapping[str, Any]) -> bool:
-    """A resource whose status says it was entered in error, cancelled or refuted."""
-    return _status(resource) in _GONE
-
-
-def _status(resource: Mapping[str, Any]) -> str:
-    status = resource.get("status")
-    if isinstance(status, str):
-        return status
-    for key in ("clinicalStatus", "verificationStatus"):
-        concept = resource.get(key) or {}
-        for coding in concept.get("coding", []):
-            if coding.get("code") in ("entered-in-error", "refuted"):
-                return "entered-in-error"
-    return ""
 
 
 def _clinical_status(resource: Mapping[str, Any]) -> str:
@@ -269,58 +220,40 @@ def _encounter_lines(enc: Mapping[str, Any]) -> list[Sentence]:
 
 
 def _problems(chart: Chart, end: datetime | None) -> list[Sentence]:
+    """The active problem list at ``end`` (`kernel.chart.current_problems`): current disorders
+    and clinical findings, newest first."""
     lines = []
-    conditions = [
-        c
-        for c in chart.of("Condition")
-        if _clinical_status(c) in ("", "active", "recurrence", "relapse")
-        and (end is None or (_time(c.get("onsetDateTime") or c.get("recordedDate")) or end) <= end)
-    ]
-    conditions.sort(key=lambda c: str(c.get("onsetDateTime") or c.get("recordedDate") or ""), reverse=True)
-    for c in conditions[:MAX_LINES]:
-        onset = _day(c.get("onsetDateTime") or c.get("recordedDate"))
-        text = concept_text(c.get("code")) or "Unnamed problem"
-        lines.append(_line("Active problems", f"{text}{f' (since {onset})' if onset else ''}.", c))
+    for p in current_problems(chart, end or datetime.now(UTC))[:MAX_LINES]:
+        onset = _day(p.onset.isoformat()) if p.onset else ""
+        lines.append(
+            _line(
+                "Active problems", f"{p.text}{f' (since {onset})' if onset else ''}.", chart.resources[p.ref]
+            )
+        )
     return lines
 
 
-def _dose(req: Mapping[str, Any]) -> str:
-    parts = []
-    for dosage in req.get("dosageInstruction", []):
-        if dosage.get("text"):
-            parts.append(str(dosage["text"]))
-            continue
-        for dr in dosage.get("doseAndRate", []):
-            if dr.get("doseQuantity"):
-                parts.append(quantity(dr["doseQuantity"]))
-    return "; ".join(p for p in parts if p)
-
-
 def _medications(chart: Chart, start: datetime | None, end: datetime | None) -> list[Sentence]:
+    """One line per medication course (`kernel.chart.medication_courses`), not per order: new
+    during the stay, continued, or ordered during the stay and now stopped."""
     lines = []
-    requests = chart.of("MedicationRequest")
-    requests.sort(key=lambda r: str(r.get("authoredOn", "")), reverse=True)
-    for req in requests:
-        status = str(req.get("status", ""))
-        authored = _time(req.get("authoredOn"))
-        if end is not None and authored is not None and authored > end:
-            continue
-        during = _in(authored, start, end)
-        if status in ("active", "on-hold", "draft"):
-            change = f"new, ordered {_day(req.get('authoredOn'))}" if during else "continued"
-        elif status in ("stopped", "completed") and during:
-            change = f"ordered {_day(req.get('authoredOn'))}, now {status}"
+    for course in medication_courses(chart, end):
+        orders = [chart.resources[ref] for ref in course.refs]
+        during = [o for o in orders if _in(_time(o.get("authoredOn")), start, end)]
+        latest = orders[-1]
+        if course.active:
+            if during and not any(o not in during for o in orders):
+                change, cited = f"new, ordered {_day(during[0].get('authoredOn'))}", [during[0], latest]
+            else:
+                change, cited = "continued", [latest]
+        elif during:
+            status = str(latest.get("status", "stopped"))
+            change, cited = f"ordered {_day(during[0].get('authoredOn'))}, now {status}", [during[0], latest]
         else:
             continue
-        name = concept_text(req.get("medicationCodeableConcept")) or concept_text(
-            {"text": (req.get("medicationReference") or {}).get("display")}
-        )
-        dose = _dose(req)
-        lines.append(
-            _line(
-                "Medications", f"{name or 'Unnamed medication'}{f': {dose}' if dose else ''} ({change}).", req
-            )
-        )
+        dose = course.dose
+        text = f"{course.name}{f': {dose}' if dose else ''} ({change})."
+        lines.append(_line("Medications", text, *cited))
         if len(lines) >= MAX_LINES:
             break
     return lines

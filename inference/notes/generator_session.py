@@ -34,14 +34,6 @@ from kernel.onnx_session import open_session
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
 class Generator:
     """A decoder-with-past ONNX model, ready to generate."""
 

@@ -13,8 +13,9 @@ from inference.notes.draft_docs import (
     provenance,
     reviewed_document,
 )
-from inference.notes.drafting import Chart, apply, plan, render_markdown, triggers, write_draft
+from inference.notes.drafting import plan, render_markdown, triggers, write_draft
 from inference.notes.generation import Generation
+from kernel.chart import Chart, apply
 from kernel.fhir_models import model_class
 from stream.normalize import normalize_hl7
 
