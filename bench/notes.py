@@ -31,7 +31,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clinstream.models import generator_dir
-from inference.cds.medsafety import ingredients
 from inference.notes.drafting import (
     DISCHARGE_CLASSES,
     Draft,
@@ -41,6 +40,7 @@ from inference.notes.drafting import (
 from inference.notes.generator_session import Generator
 from inference.notes.grounding import Sentence, facts, normal_number
 from kernel.chart import Chart, apply, ref_of
+from kernel.drugs import ingredients
 from kernel.events import FhirInbound
 from stream.fhir_input import normalize_fhir
 

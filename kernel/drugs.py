@@ -12,7 +12,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kernel.events import Severity
 
 TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 """A word of a drug name (letters, apostrophes and hyphens)."""
@@ -33,6 +36,8 @@ CLASSES: Mapping[str, frozenset[str]] = {
         "beta blocker": "metoprolol,atenolol,propranolol,carvedilol,bisoprolol,nadolol,labetalol,nebivolol",
         "ace inhibitor": "lisinopril,enalapril,ramipril,captopril,benazepril,quinapril,perindopril,"
         "fosinopril",
+        "angiotensin receptor blocker": "losartan,valsartan,irbesartan,candesartan,olmesartan,telmisartan,"
+        "azilsartan,eprosartan",
         "fluoroquinolone": "ciprofloxacin,levofloxacin,moxifloxacin,ofloxacin",
         "sulfonylurea": "glipizide,glyburide,glimepiride,gliclazide",
         "potassium-sparing diuretic": "spironolactone,eplerenone,amiloride,triamterene",
@@ -72,3 +77,111 @@ def names_of(text: str) -> frozenset[str]:
     """``text``'s ingredients and the classes they belong to."""
     found = ingredients(text)
     return found | {cls for cls, members in CLASSES.items() if found & members}
+
+
+_SEVERITY: Mapping[str, Severity] = {"danger": "critical", "warning": "warning", "caution": "info"}
+
+
+# Allergy classes: a drug in the class conflicts with an allergy to the class or any member;
+# ``cross`` classes conflict at lower severity (penicillin allergy and cephalosporins).
+ALLERGY_CLASSES: Mapping[str, frozenset[str]] = {
+    name: frozenset(members.split(","))
+    for name, members in {
+        "penicillins": "penicillin,penicillin g,penicillin v,amoxicillin,ampicillin,piperacillin,nafcillin,"
+        "oxacillin,dicloxacillin,flucloxacillin,penicillins",
+        "cephalosporins": "cefazolin,cephalexin,cefuroxime,ceftriaxone,cefotaxime,ceftazidime,cefepime,"
+        "cefdinir,cefpodoxime,cefaclor,cephalosporins",
+        "sulfonamide antibiotics": "sulfamethoxazole,sulfadiazine,sulfasalazine,sulfonamides",
+        "nsaids": "ibuprofen,naproxen,diclofenac,ketorolac,meloxicam,indomethacin,aspirin,celecoxib",
+        "opioids": "morphine,codeine,oxycodone,hydrocodone,hydromorphone,fentanyl,tramadol,meperidine",
+        "ace inhibitors": ",".join(sorted(CLASSES["ace inhibitor"])),
+        "angiotensin receptor blockers": "losartan,valsartan,irbesartan,candesartan,olmesartan,telmisartan,"
+        "azilsartan,eprosartan",
+        "statins": ",".join(sorted(CLASSES["statin"])),
+    }.items()
+}
+_CLASS_WORDS = {
+    "penicillin": "penicillins",
+    "penicillins": "penicillins",
+    "cephalosporin": "cephalosporins",
+    "cephalosporins": "cephalosporins",
+    "sulfa": "sulfonamide antibiotics",
+    "sulfonamide": "sulfonamide antibiotics",
+    "sulfonamides": "sulfonamide antibiotics",
+    "nsaid": "nsaids",
+    "nsaids": "nsaids",
+    "opioid": "opioids",
+    "opioids": "opioids",
+    "opiate": "opioids",
+    "opiates": "opioids",
+    "statin": "statins",
+    "statins": "statins",
+}
+CROSS_REACTIVE = {("penicillins", "cephalosporins")}
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One pair of the interaction table: either side's names, severity, what and why."""
+
+    side_a: frozenset[str]
+    side_b: frozenset[str]
+    severity: Severity
+    description: str
+    recommendation: str
+    source: str
+
+
+@functools.cache
+def interactions() -> tuple[Interaction, ...]:
+    """The curated pairs (loaded once)."""
+    from drug_interaction_mcp.interactions import INTERACTIONS
+
+    return tuple(
+        Interaction(
+            frozenset(i.drug_a),
+            frozenset(i.drug_b),
+            _SEVERITY[i.severity.value],
+            i.description,
+            i.recommendation,
+            i.source,
+        )
+        for i in INTERACTIONS
+    )
+
+
+def allergy_classes(text: str) -> frozenset[str]:
+    """The drug classes an allergy text names, by a class word or a member drug."""
+    words = {w.lower() for w in TOKEN.findall(text)}
+    found = ingredients(text)
+    named = {_CLASS_WORDS[w] for w in words if w in _CLASS_WORDS}
+    return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
+
+
+def allergy_conflict(drug_text: str, allergy_text: str) -> Literal["same", "class", "cross"] | None:
+    """How a drug conflicts with a recorded allergy: the same drug, a drug of the allergen's class,
+    a cross-reactive class (penicillin allergy, cephalosporin), or not at all."""
+    drug = ingredients(drug_text)
+    if not drug:
+        return None
+    if drug & ingredients(allergy_text):
+        return "same"
+    classes = allergy_classes(allergy_text)
+    if any(drug & ALLERGY_CLASSES[c] for c in classes):
+        return "class"
+    if any(a in classes and drug & ALLERGY_CLASSES[c] for a, c in CROSS_REACTIVE):
+        return "cross"
+    return None
+
+
+def interaction_between(text_a: str, text_b: str) -> Interaction | None:
+    """The first listed interaction between two drugs as written (table order: most specific)."""
+    names_a, names_b = names_of(text_a), names_of(text_b)
+    if not names_a or not names_b or ingredients(text_a) == ingredients(text_b):
+        return None
+    for rule in interactions():
+        if (names_a & rule.side_a and names_b & rule.side_b) or (
+            names_a & rule.side_b and names_b & rule.side_a
+        ):
+            return rule
+    return None

@@ -19,7 +19,6 @@ for it here, as docs/decision-support.md says.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +28,14 @@ from typing import Any
 from inference.cds.findings import Finding, input_of, shorten, time_or
 from inference.cds.hygiene import SEVERITY_RANK
 from inference.cds.state import Coded, PatientState, medication
-from kernel.drugs import TOKEN, ingredients, names_of
+from kernel.drugs import (
+    ALLERGY_CLASSES,
+    CROSS_REACTIVE,
+    allergy_classes,
+    ingredients,
+    interaction_between,
+    interactions,
+)
 from kernel.events import AlertInput, Severity
 
 DDI_RULE = "drug-interaction"
@@ -47,39 +53,6 @@ RENAL_CITATION = (
     "2019;67(4):674-694 (Table 6; nitrofurantoin Table 2); metformin: FDA Drug Safety "
     "Communication, 8 April 2016. Thresholds are creatinine clearance; eGFR stands in."
 )
-_SEVERITY: Mapping[str, Severity] = {"danger": "critical", "warning": "warning", "caution": "info"}
-
-
-# Allergy classes: a drug in the class conflicts with an allergy to the class or any member;
-# ``cross`` classes conflict at lower severity (penicillin allergy and cephalosporins).
-ALLERGY_CLASSES: Mapping[str, frozenset[str]] = {
-    name: frozenset(members.split(","))
-    for name, members in {
-        "penicillins": "penicillin,penicillin g,penicillin v,amoxicillin,ampicillin,piperacillin,nafcillin,"
-        "oxacillin,dicloxacillin,flucloxacillin,penicillins",
-        "cephalosporins": "cefazolin,cephalexin,cefuroxime,ceftriaxone,cefotaxime,ceftazidime,cefepime,"
-        "cefdinir,cefpodoxime,cefaclor,cephalosporins",
-        "sulfonamide antibiotics": "sulfamethoxazole,sulfadiazine,sulfasalazine,sulfonamides",
-        "nsaids": "ibuprofen,naproxen,diclofenac,ketorolac,meloxicam,indomethacin,aspirin,celecoxib",
-        "opioids": "morphine,codeine,oxycodone,hydrocodone,hydromorphone,fentanyl,tramadol,meperidine",
-    }.items()
-}
-_CLASS_WORDS = {
-    "penicillin": "penicillins",
-    "penicillins": "penicillins",
-    "cephalosporin": "cephalosporins",
-    "cephalosporins": "cephalosporins",
-    "sulfa": "sulfonamide antibiotics",
-    "sulfonamide": "sulfonamide antibiotics",
-    "sulfonamides": "sulfonamide antibiotics",
-    "nsaid": "nsaids",
-    "nsaids": "nsaids",
-    "opioid": "opioids",
-    "opioids": "opioids",
-    "opiate": "opioids",
-    "opiates": "opioids",
-}
-_CROSS = {("penicillins", "cephalosporins")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,49 +102,6 @@ RENAL: Mapping[str, tuple[RenalLimit, ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
-    """One pair of the interaction table: either side's names, severity, what and why."""
-
-    side_a: frozenset[str]
-    side_b: frozenset[str]
-    severity: Severity
-    description: str
-    recommendation: str
-    source: str
-
-
-@functools.cache
-def interactions() -> tuple[Interaction, ...]:
-    """The curated pairs (loaded once)."""
-    from drug_interaction_mcp.interactions import INTERACTIONS
-
-    return tuple(
-        Interaction(
-            frozenset(i.drug_a),
-            frozenset(i.drug_b),
-            _SEVERITY[i.severity.value],
-            i.description,
-            i.recommendation,
-            i.source,
-        )
-        for i in INTERACTIONS
-    )
-
-
-
-
-
-
-
-
-def _allergy_classes(text: str) -> frozenset[str]:
-    words = {w.lower() for w in TOKEN.findall(text)}
-    found = ingredients(text)
-    named = {_CLASS_WORDS[w] for w in words if w in _CLASS_WORDS}
-    return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
-
-
 def _input(label: str, item: Coded, at: datetime) -> AlertInput:
     return AlertInput(
         label=label, value=item.text or "(no text)", at=time_or(item.recorded, at), ref=item.ref
@@ -179,16 +109,9 @@ def _input(label: str, item: Coded, at: datetime) -> AlertInput:
 
 
 def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
-    names_a, names_b = names_of(a.text), names_of(b.text)
-    if not names_a or not names_b or ingredients(a.text) == ingredients(b.text):
-        return []
+    rule = interaction_between(a.text, b.text)
     out = []
-    for rule in interactions():
-        if not (
-            (names_a & rule.side_a and names_b & rule.side_b)
-            or (names_a & rule.side_b and names_b & rule.side_a)
-        ):
-            continue
+    if rule is not None:
         first = sorted(ingredients(a.text))[0]
         second = sorted(ingredients(b.text))[0]
         pair = " + ".join(sorted((first, second)))
@@ -207,7 +130,6 @@ def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
                 at=at,
             )
         )
-        break  # the first (table order: most specific) entry for a pair
     return out
 
 
@@ -216,10 +138,10 @@ def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
     if not drug:
         return []
     allergen_drugs = ingredients(allergy.text)
-    allergen_classes = _allergy_classes(allergy.text)
+    allergen_classes = allergy_classes(allergy.text)
     same = drug & allergen_drugs
     in_class = sorted(c for c in allergen_classes if drug & ALLERGY_CLASSES[c])
-    cross = sorted(c for a, c in _CROSS if a in allergen_classes and drug & ALLERGY_CLASSES[c])
+    cross = sorted(c for a, c in CROSS_REACTIVE if a in allergen_classes and drug & ALLERGY_CLASSES[c])
     if same or in_class:
         severity: Severity = "critical"
         what = f"allergy to {sorted(same)[0]}" if same else f"allergy to {in_class[0]}"

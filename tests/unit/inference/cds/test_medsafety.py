@@ -4,6 +4,7 @@ import pytest
 
 from inference.cds import medsafety
 from inference.cds.rules import process, ruleset_from
+from kernel.drugs import names_of
 from kernel.settings import CdsSettings
 from tests.unit.inference.cds.fixtures import T0, allergy, egfr, hours, med, record
 
@@ -33,9 +34,9 @@ def _run(*records):
     ],
 )
 def test_names_are_generic_ingredients_and_their_classes(text, expected):
-    assert expected <= medsafety.names_of(text)
+    assert expected <= names_of(text)
     if not expected:
-        assert medsafety.names_of(text) & {"aspirin", "nsaid"} == set()
+        assert names_of(text) & {"aspirin", "nsaid"} == set()
 
 
 def test_a_new_order_is_checked_against_active_medications():
