@@ -131,8 +131,6 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Scope:
     """What one agent token allows: patients (stream keys) and read / write access."""

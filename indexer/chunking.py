@@ -148,8 +148,6 @@ _INDEXED = frozenset(TIME_FIELDS) | {"Patient"}
 _CONCEPTS = ("code", "vaccineCode", "medicationCodeableConcept", "type", "appointmentType", "class")
 
 
-
-
 def codes_of(resource: Resource) -> str:
     """``system|code`` of the resource's main concept(s), for exact-code filters."""
     tokens: list[str] = []

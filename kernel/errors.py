@@ -22,7 +22,7 @@ HTTP 4xx, a dead-letter record. Each stage's ``errors.py`` holds the ones only i
     ├── FhirInputError (ValueError)          connectors.errors: FHIR input refused (status, issues)
     ├── InvalidResource (ValueError)         stream.errors: fhir.resources rejects a resource
     ├── VectorStoreError (ConnectionError)   indexer.errors: Milvus refused a write or search
-    ├── RuleInputError (ValueError)          inference.cds.errors: a resource a rule cannot read
+    ├── RuleInputError (ValueError)          a resource a rule cannot read (kernel.analytes)
     ├── RuleConfigError (ValueError)         inference.cds.errors: an unusable rule setting
     ├── LoginConfigError (ValueError)        dashboard.errors: an unusable configured login
     ├── SourceUnavailableError (ConnectionError)  dashboard.errors: a reading it could not make
@@ -37,6 +37,10 @@ from __future__ import annotations
 
 class ClinstreamError(Exception):
     """Root of every error raised on purpose by clinstream."""
+
+
+class RuleInputError(ClinstreamError, ValueError):
+    """A resource a rule cannot read (e.g. a value in a unit it cannot convert)."""
 
 
 class Hl7Error(ClinstreamError, ValueError):

@@ -6,7 +6,7 @@ lowest value in the previous 7 days (the "known or presumed to have occurred wit
 7 days" of the guideline, as commonly operationalised). Stage (KDIGO table 2): 3 at ≥ 3.0 ×
 baseline or creatinine ≥ 4.0 mg/dL (353.6 µmol/L), 2 at 2.0–2.9 ×, otherwise 1. Urine output
 and renal replacement therapy are not read, so a stage can be underestimated, never invented.
-Creatinine in µmol/L is converted to mg/dL before comparison (`inference.cds.analytes`).
+Creatinine in µmol/L is converted to mg/dL before comparison (`kernel.analytes`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from inference.cds.analytes import Reading
 from inference.cds.findings import Finding, input_of
 from inference.cds.state import PatientState
+from kernel.analytes import Reading
 from kernel.events import Severity
 
 RULE_ID = "aki-kdigo"

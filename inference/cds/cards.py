@@ -17,11 +17,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.cds import aki, critical
-from inference.cds.analytes import BY_NAME, LOINC
 from inference.cds.findings import Finding, time_or
 from inference.cds.hygiene import SEVERITY_RANK, alert_of, snooze, snoozed_until
 from inference.cds.medsafety import medication_review
 from inference.cds.state import PatientState
+from kernel.analytes import BY_NAME, LOINC
 from kernel.events import Alert, ClinicianFeedback, deterministic_id
 from kernel.writeback import DEVICE_DISPLAY
 

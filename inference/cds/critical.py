@@ -1,6 +1,6 @@
 """Critical laboratory values: a new result at or beyond its analyte's critical limit.
 
-Pure functions. Limits are in each analyte's canonical unit (`inference.cds.analytes`), so a
+Pure functions. Limits are in each analyte's canonical unit (`kernel.analytes`), so a
 result sent in another unit (glucose in mmol/L, creatinine in µmol/L) is compared after
 conversion, and one in a unit that cannot be converted is never compared. Critical limits are
 set by each laboratory's policy (CLSI GP47); the defaults below sit within the ranges of the
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from inference.cds.analytes import BY_NAME, Reading
 from inference.cds.errors import RuleConfigError
 from inference.cds.findings import Finding, input_of
 from inference.cds.state import PatientState
+from kernel.analytes import BY_NAME, Reading
 
 RULE_ID = "critical-lab"
 RULE_VERSION = "2.0.0"

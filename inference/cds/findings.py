@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.cds.analytes import Reading
+from kernel.analytes import Reading
 from kernel.events import AlertInput, Severity
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from inference.cds.analytes import Reading
 from inference.cds.findings import Finding, input_of, newest
 from inference.cds.state import PatientState
+from kernel.analytes import Reading
 from kernel.events import AlertInput, Severity
 
 RULE_ID = "news2"

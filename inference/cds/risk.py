@@ -27,10 +27,10 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from inference.cds.analytes import BY_NAME
 from inference.cds.errors import RuleConfigError
 from inference.cds.findings import Finding, input_of
 from inference.cds.state import PatientState
+from kernel.analytes import BY_NAME
 from kernel.events import AlertInput, Severity
 
 RULE_PREFIX = "risk"

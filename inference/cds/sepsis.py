@@ -15,9 +15,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from inference.cds.analytes import Reading
 from inference.cds.findings import Finding, input_of, newest
 from inference.cds.state import PatientState
+from kernel.analytes import Reading
 from kernel.events import AlertInput
 
 QSOFA_ID = "sepsis-qsofa"

@@ -4,7 +4,7 @@ Pure functions over a JSON-serialisable model, so the state store can snapshot i
 `apply(state, record)` is idempotent: everything is keyed by resource reference, so a record
 delivered twice, or an update of a resource, leaves one entry; an `entered-in-error` (or
 cancelled, refuted) resource removes what it replaced. Values arrive in canonical units
-(`inference.cds.analytes`); history is bounded (`HISTORY`, `MAX_READINGS`) so a patient with years
+(`kernel.analytes`); history is bounded (`HISTORY`, `MAX_READINGS`) so a patient with years
 of results stays small: the rules look back at most 7 days (KDIGO's baseline window).
 
 `alerts` and `snoozes` are the alert hygiene's memory (`inference.cds.hygiene`); they live here so
@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from inference.cds.analytes import Reading, readings_of
-from inference.cds.errors import RuleInputError
+from kernel.analytes import Reading, readings_of
+from kernel.errors import RuleInputError
 from kernel.events import Alert, FhirRecord
 from kernel.rendering import first_code
 from kernel.writeback import ChartIdentifier, chart_identifier
@@ -50,8 +50,6 @@ class EncounterInfo(BaseModel):
     klass: str = ""
     start: str = ""
     end: str = ""
-
-
 
 
 class PatientState(BaseModel):
@@ -101,8 +99,6 @@ def _codes(concept: dict[str, Any] | None) -> tuple[list[str], str]:
     codes = [f"{c.get('system', '')}|{c['code']}" for c in codings if c.get("code")]
     text = concept.get("text") or next((c["display"] for c in codings if c.get("display")), "")
     return codes, str(text)
-
-
 
 
 def _remove_readings(readings: dict[str, list[Reading]], ref: str) -> None:

@@ -41,8 +41,6 @@ def detected_issue_id(alert: Alert) -> str:
     return alert.id
 
 
-
-
 def _evidence_text(alert: Alert) -> str:
     lines = [alert.detail, ""]
     for item in alert.inputs:
@@ -72,10 +70,6 @@ def detected_issue(alert: Alert, patient: ChartIdentifier | None) -> dict[str, A
         "evidence": [{"detail": [{"reference": ref} for ref in alert.evidence]}] if alert.evidence else [],
         "detail": _evidence_text(alert),
     }
-
-
-
-
 
 
 def provenance(alert: Alert) -> dict[str, Any]:
@@ -144,12 +138,6 @@ def oru_r01(
     for n, line in enumerate((line for line in _evidence_text(alert).splitlines() if line.strip()), 1):
         segments.append(segment("NTE", [str(n), "L", escape(line)]))
     return message(segments)
-
-
-
-
-
-
 
 
 @dataclass(frozen=True, slots=True)

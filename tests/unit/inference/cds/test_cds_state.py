@@ -4,9 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from inference.cds.analytes import acvpu_letter, readings_of
-from inference.cds.errors import RuleInputError
 from inference.cds.state import MAX_READINGS, PatientState, apply
+from kernel.analytes import acvpu_letter, readings_of
+from kernel.errors import RuleInputError
 from tests.unit.inference.cds.fixtures import T0, hours, obs, record, state_of
 
 

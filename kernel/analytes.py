@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from inference.cds.errors import RuleInputError
+from kernel.errors import RuleInputError
 from kernel.units import convert
 
 LOINC = "http://loinc.org"
