@@ -37,11 +37,11 @@ from inference.notes.drafting import (
     plan,
     write_draft,
 )
-from inference.notes.generator_session import Generator
-from inference.notes.grounding import Sentence, facts, normal_number
 from kernel.chart import Chart, apply, ref_of
 from kernel.drugs import ingredients
 from kernel.events import FhirInbound
+from kernel.generator_session import Generator
+from kernel.grounding import Sentence, facts, normal_number
 from stream.fhir_input import normalize_fhir
 
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")

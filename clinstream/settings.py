@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kernel.settings import (
     AgentsSettings,
+    AssistSettings,
     CdsSettings,
     DashboardSettings,
     ExportsSettings,
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     indexer: IndexerSettings = IndexerSettings()
     cds: CdsSettings = CdsSettings()
     notes: NotesSettings = NotesSettings()
+    assist: AssistSettings = AssistSettings()
     outbound: OutboundSettings = OutboundSettings()
     exports: ExportsSettings = ExportsSettings()
     agents: AgentsSettings = AgentsSettings()
@@ -73,6 +75,11 @@ class Settings(BaseSettings):
     def notes_store_path(self) -> Path:
         """The SQLite file of the notes stage's charts and drafts."""
         return self.notes.store_path or self.var_dir / "notes" / "notes.sqlite"
+
+    @property
+    def assist_store_path(self) -> Path:
+        """The SQLite file of the assistance stage's charts."""
+        return self.assist.store_path or self.var_dir / "assist" / "charts.sqlite"
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -62,9 +62,9 @@ from inference.cds.state_store import SqliteStateStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore
-from inference.notes.generator_session import LazyGenerator
-from inference.notes.grounding import Evidence
 from kernel.events import TOPICS, ClinicianFeedback, Topics
+from kernel.generator_session import LazyGenerator
+from kernel.grounding import Evidence
 from kernel.kafka import Outgoing, StageConsumer, publish_in_order, stage_consumer
 from kernel.settings import producer_config
 from kernel.writeback import writeback_from

@@ -13,7 +13,7 @@ component is read as its own analyte.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -73,6 +73,18 @@ ANALYTES: tuple[Analyte, ...] = (
     _a("creatinine", "Creatinine", "2160-0 38483-4 14682-9", "mg/dL", "113.12"),
     _a("egfr", "eGFR", "33914-3 48642-3 48643-1 62238-1 98979-8", "mL/min/{1.73_m2}"),
     _a("paco2", "PaCO2", "2019-8", "mm[Hg]"),
+    # Chronic disease markers (diagnostic and treatment suggestions).
+    _a("hba1c", "HbA1c", "4548-4 17856-6 4549-2", "%"),
+    _a("fasting_glucose", "Fasting glucose", "1558-6 14771-0", "mg/dL", "180.156"),
+    _a("bmi", "Body mass index", "39156-5", "kg/m2"),
+    _a("bmi_percentile", "BMI percentile for age and sex", "59576-9", "%"),
+    _a("ldl", "LDL cholesterol", "18262-6 13457-7 2089-1", "mg/dL", "386.65"),
+    _a("total_cholesterol", "Total cholesterol", "2093-3", "mg/dL", "386.65"),
+    _a("hdl", "HDL cholesterol", "2085-9", "mg/dL", "386.65"),
+    _a("triglycerides", "Triglycerides", "2571-8 3043-7", "mg/dL", "885.7"),
+    _a("tsh", "TSH", "3016-3 11580-8", "m[IU]/L"),
+    _a("free_t4", "Free T4", "3024-7", "ng/dL"),
+    _a("uacr", "Albumin/creatinine ratio (urine)", "9318-7 14959-1 32294-1", "mg/g"),
 )
 BY_NAME: Mapping[str, Analyte] = {a.name: a for a in ANALYTES}
 _BY_LOINC: Mapping[str, Analyte] = {code: a for a in ANALYTES for code in a.loinc}
@@ -82,6 +94,18 @@ _PERCENT = {"%", "percent", "%{oxygen}", "%o2"}
 _PER_MICROLITRE_THOUSANDS = {"10*3/ul", "10^3/ul", "x10e3/ul", "10*9/l", "10^9/l", "k/ul", "x10(3)/mcl"}
 _MOLAR = {"mmol/l": Decimal(1), "umol/l": Decimal("0.001"), "µmol/l": Decimal("0.001")}
 _MASS_PER_DL = {"mg/dl": Decimal(1), "mg/l": Decimal("0.1"), "g/l": Decimal(100)}
+# Conversions that are not a change of unit of one quantity: HbA1c IFCC (mmol/mol) to NGSP (%)
+# by the IFCC–NGSP master equation; albumin/creatinine mg/mmol to mg/g through creatinine's
+# molar mass (113.12 g/mol); TSH µIU/mL is mIU/L.
+_SPECIAL: Mapping[tuple[str, str], Callable[[Decimal], Decimal]] = {
+    ("hba1c", "mmol/mol"): lambda v: (v * Decimal("0.09148") + Decimal("2.152")).quantize(Decimal("0.1")),
+    ("uacr", "mg/mmol"): lambda v: (v * 1000 / Decimal("113.12")).quantize(Decimal("0.1")),
+    ("tsh", "uiu/ml"): lambda v: v,
+    ("tsh", "µiu/ml"): lambda v: v,
+    ("tsh", "miu/l"): lambda v: v,
+    ("bmi", "kg/m2"): lambda v: v,
+    ("bmi", "kg/m^2"): lambda v: v,
+}
 
 
 class Reading(BaseModel):
@@ -123,6 +147,9 @@ def canonical_value(analyte: Analyte, value: Decimal, unit: str) -> Decimal | No
         return value  # 10^9/L is numerically 10^3/µL
     if target == "mmol/L" and lowered in ("meq/l", "mmol/l"):
         return value  # monovalent ions (K+, Na+) and lactate: mEq/L = mmol/L
+    special = _SPECIAL.get((analyte.name, lowered))
+    if special is not None:
+        return special(value)
     if analyte.molar_mass is not None:
         converted = _molar_mass_convert(analyte, value, lowered)
         if converted is not None:

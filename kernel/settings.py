@@ -405,6 +405,39 @@ class NotesSettings(_Section):
     )
 
 
+class AssistSettings(_Section):
+    """Diagnostic assistance, treatment suggestions and cited answers (`/assist/*`)."""
+
+    enabled: bool = Field(default=True, description="Run the assistance stage and serve `/assist/*`.")
+    disabled_rules: tuple[str, ...] = Field(
+        default=(),
+        description='Suggestion rules switched off (JSON list of rule ids, e.g. ["dx-hypertension"]).',
+    )
+    store_path: Path | None = Field(
+        default=None,
+        description="SQLite file of the stage's charts. Unset: `<var_dir>/assist/charts.sqlite`.",
+    )
+    generator: Literal["onnx", "openai"] = Field(
+        default="onnx",
+        description="Who writes `/assist/ask` answers: the built-in ONNX model (the notes generator), "
+        "or an OpenAI-compatible chat server (llama.cpp, vLLM, Ollama, a hosted model).",
+    )
+    openai_base_url: str | None = Field(
+        default=None, description="The OpenAI-compatible server's base URL (e.g. http://llm:8000/v1)."
+    )
+    openai_model: str = Field(default="", description="The model name the server expects.")
+    openai_api_key: SecretStr | None = Field(default=None, description="Its API key, if it asks for one.")
+    ask_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Time an answer may take before the caller gets 503."
+    )
+    ask_max_new_tokens: int = Field(default=160, ge=16, le=4096, description="Token budget of one answer.")
+    writeback_conditions: bool = Field(
+        default=True,
+        description="An accepted diagnosis suggestion (CDS Hooks feedback) goes out as a provisional "
+        "Condition on the FHIR write-back channel.",
+    )
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 

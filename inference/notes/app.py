@@ -56,7 +56,6 @@ from inference.notes.drafting import (
     with_retrieved,
     write_draft,
 )
-from inference.notes.grounding import Evidence, GuardMode
 from kernel.chart import Chart, apply
 from kernel.events import (
     ClinicianFeedback,
@@ -66,6 +65,7 @@ from kernel.events import (
     Topics,
     deterministic_id,
 )
+from kernel.grounding import Evidence, GuardMode
 from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,

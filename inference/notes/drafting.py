@@ -9,8 +9,8 @@ Pure functions except `write_draft`, which calls the generator it is given. The 
   summary, the DiagnosticReport of a lab interpretation): structured sentences, each citing
   the resources it was built from, and the evidence list the model may use.
 - `write_draft`: the generator writes the narrative sections (hospital course, assessment,
-  interpretation) from that evidence; `inference.notes.grounding.attribute` cites each sentence and
-  `inference.notes.grounding.guard` removes (or marks) any sentence whose numbers, units, dates or
+  interpretation) from that evidence; `kernel.grounding.attribute` cites each sentence and
+  `kernel.grounding.guard` removes (or marks) any sentence whose numbers, units, dates or
   drugs no cited resource holds. Structured sentences go through the same guard.
 - `render_markdown`: the note as the clinician reads it, with numbered source markers and the
   source list.
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from inference.notes.generation import Generation, GenerationConfig
-from inference.notes.grounding import (
+from kernel.chart import Chart, current_problems, medication_courses, ref_of
+from kernel.generation import Generation, GenerationConfig
+from kernel.grounding import (
     Evidence,
     GuardMode,
     GuardResult,
@@ -39,7 +40,6 @@ from inference.notes.grounding import (
     split_sentences,
     strip_markers,
 )
-from kernel.chart import Chart, current_problems, medication_courses, ref_of
 from kernel.rendering import concept_text, quantity, render, when
 
 DraftKind = Literal["discharge-summary", "progress-note", "lab-interpretation"]
@@ -86,7 +86,7 @@ _ABNORMAL = frozenset({"H", "HH", "HU", "L", "LL", "LU", "A", "AA", ">", "<", "P
 
 
 class TextGenerator(Protocol):
-    """What drafting needs of a generator (`inference.notes.generator_session.Generator` satisfies it)."""
+    """What drafting needs of a generator (`kernel.generator_session.Generator` satisfies it)."""
 
     name: str
     version: str

@@ -11,8 +11,8 @@ import pytest
 from clinstream.models import generator_dir
 from connectors.mllp_client import MllpClient
 from inference.notes.draft_docs import note_text
-from inference.notes.generator_session import GenerationConfig, Generator
 from kernel.events import ClinicianFeedback, DraftNote, patient_key
+from kernel.generator_session import GenerationConfig, Generator
 from kernel.hl7v2.parser import parse_message
 from tests.integration.support import TOKEN, collect
 

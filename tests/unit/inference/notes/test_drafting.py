@@ -14,9 +14,9 @@ from inference.notes.draft_docs import (
     reviewed_document,
 )
 from inference.notes.drafting import plan, render_markdown, triggers, write_draft
-from inference.notes.generation import Generation
 from kernel.chart import Chart, apply
 from kernel.fhir_models import model_class
+from kernel.generation import Generation
 from stream.normalize import normalize_hl7
 
 NOW = datetime(2025, 3, 6, 12, 0, tzinfo=UTC)

@@ -27,8 +27,8 @@ import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from inference.notes.generation import Generation, GenerationConfig, choose_token, cut_at_stop
 from kernel.errors import ModelNotBuiltError, ModelRunError
+from kernel.generation import Generation, GenerationConfig, choose_token, cut_at_stop
 from kernel.onnx_session import open_session
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class LazyGenerator:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m inference.notes.generator_session MODEL_DIR``: check against the export's reference."""
+    """``python -m kernel.generator_session MODEL_DIR``: check against the export's reference."""
     generator = Generator(Path(argv[0]))
     problems = generator.check()
     for problem in problems:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference.notes.grounding import (
+from kernel.grounding import (
     Evidence,
     Sentence,
     attribute,

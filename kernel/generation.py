@@ -1,6 +1,6 @@
 """What a generator is asked and what it answers, and the pure steps of its decoding loop.
 
-The ONNX Runtime loop (`inference.notes.generator_session`) and any other generator a
+The ONNX Runtime loop (`kernel.generator_session`) and any other generator a
 deployment plugs in produce a `Generation` for a `GenerationConfig`; drafting reads only these.
 """
 
