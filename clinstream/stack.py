@@ -51,6 +51,11 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
 from indexer.query import ContextualQuery
+from inference.assist.answers import ChatModel
+from inference.assist.app import AssistHooks, AssistService, assist_routes, register_assist
+from inference.assist.app import openapi_paths as assist_openapi
+from inference.assist.cards import HOOKS as ASSIST_HOOKS
+from inference.assist.openai_client import OpenAIChat
 from inference.cds import medsafety, note_signals
 from inference.cds.app import register_cds
 from inference.cds.http import CDS_HOOKS_PATH, CdsHooksService
@@ -62,6 +67,8 @@ from inference.cds.state_store import SqliteStateStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore
+from kernel.cds_hooks import HookService
+from kernel.chart_store import ChartStore
 from kernel.events import TOPICS, ClinicianFeedback, Topics
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
@@ -168,6 +175,7 @@ def _cds_hooks(
     store: SqliteStateStore,
     broker: KafkaBroker,
     http: httpx.AsyncClient,
+    extra: Sequence[HookService] = (),
 ) -> tuple[CdsHooksService, JwksSource | None]:
     """The CDS Hooks service over decision support's state; feedback goes out through its broker.
 
@@ -199,6 +207,7 @@ def _cds_hooks(
         cards_window=timedelta(hours=cds.cards_window_h),
         public_base_url=cds.public_base_url,
         jwks=jwks,
+        extra=extra,
     ), jwks
 
 
@@ -284,6 +293,57 @@ def _notes_service(w: Wiring, embedder: Embedder, store: MilvusStore) -> NotesSe
         search=search,
         writeback=writeback_from(notes_settings),
         on_events=frozenset(notes_settings.triggers),
+    )
+
+
+async def _assist_service(w: Wiring) -> AssistService:
+    """The assistance stage: its chart store, the generator of answers (the built-in ONNX model
+    or an OpenAI-compatible server, in a low-priority thread) and retrieval from the record and
+    the knowledge base."""
+    settings = w.settings
+    assist = settings.assist
+    store = ChartStore(settings.assist_store_path)
+    w.stack.callback(store.close)
+    executor = background_executor(settings.notes.cpu_nice, "clinstream-assist")
+    w.stack.callback(executor.shutdown)
+    model: ChatModel | None = None
+    if assist.generator == "openai":
+        if not assist.openai_base_url:
+            raise ConfigurationError(
+                "CLINSTREAM_ASSIST__GENERATOR=openai needs CLINSTREAM_ASSIST__OPENAI_BASE_URL"
+            )
+        key = assist.openai_api_key.get_secret_value() if assist.openai_api_key else None
+        chat = OpenAIChat(
+            assist.openai_base_url, assist.openai_model, api_key=key, timeout_s=assist.ask_timeout_s
+        )
+        w.stack.callback(chat.close)
+        model = chat
+    else:
+        model_dir = settings.notes.generator_dir or generator_dir(settings.models.dir)
+        model = LazyGenerator(
+            model_dir, providers=settings.models.providers, threads=settings.models.intra_op_threads
+        )
+    record_store, knowledge = await w.stores()
+    query = ContextualQuery(await w.embedder(), record_store, knowledge)
+
+    def retrieve(patient_id: str, question: str) -> tuple[list[Evidence], list[Evidence]]:
+        hits = query.search(patient_id, question, k=4)
+        passages = query.knowledge(question, k=2)
+        return (
+            [Evidence(h.resource_id, h.text) for h in hits],
+            [Evidence(f"kb:{p.source}#{p.section}", p.text) for p in passages],
+        )
+
+    await asyncio.to_thread(medsafety.preload)  # the drug dictionary, before the first request
+    return AssistService(
+        store,
+        executor,
+        model=model,
+        retrieve=retrieve,
+        disabled=frozenset(assist.disabled_rules),
+        ask_timeout_s=assist.ask_timeout_s,
+        max_new_tokens=assist.ask_max_new_tokens,
+        writeback=assist.writeback_conditions,
     )
 
 
@@ -457,7 +517,14 @@ async def _inference(w: Wiring) -> None:
     hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
     w.stack.push_async_callback(hooks_http.aclose)
     cds_broker = w.broker("cds")
-    hooks, jwks = _cds_hooks(settings, w.topics, state_store, cds_broker, hooks_http)
+    extra: list[HookService] = []
+    if settings.assist.enabled:
+        assist = await _assist_service(w)
+        register_assist(w.broker("assist"), w.topics, assist, **w.consuming("assist"))
+        w.routes.extend(assist_routes(assist))
+        w.openapi.update(assist_openapi())
+        extra = [AssistHooks(assist, service) for service in ASSIST_HOOKS]
+    hooks, jwks = _cds_hooks(settings, w.topics, state_store, cds_broker, hooks_http, extra)
     if jwks is not None:
         keys_task = asyncio.create_task(jwks.keep_fresh())
         w.stack.callback(keys_task.cancel)
@@ -597,11 +664,12 @@ def check_stages(settings: Settings, stages: Sequence[str]) -> str:
     if (
         "inference" in stages
         and "indexer" not in stages
-        and settings.notes.enabled
+        and (settings.notes.enabled or settings.assist.enabled)
         and not settings.milvus.uri
     ):
         raise ConfigurationError(
-            "notes drafting outside the indexer's process needs a Milvus server (CLINSTREAM_MILVUS__URI): "
+            "notes drafting and assistance outside the indexer's process need a Milvus server "
+            "(CLINSTREAM_MILVUS__URI): "
             "a Milvus Lite file opens in one process only"
         )
     return _check(settings, dashboard=False)

@@ -34,6 +34,12 @@ class Generation:
     finish: str  # "eos", "stop" (a stop sequence), "length"
     prefill_s: float
     decode_s: float
+    completion_tokens: int | None = None  # a server's count, when it does not return token ids
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated: the server's count, else the ids."""
+        return self.completion_tokens if self.completion_tokens is not None else len(self.token_ids)
 
 
 def choose_token(logits: npt.NDArray[np.float32], config: GenerationConfig, rng: np.random.Generator) -> int:

@@ -57,7 +57,7 @@ D = Decimal
 FAMILIES: Mapping[str, tuple[frozenset[str], re.Pattern[str]]] = {
     "obesity": (frozenset({"162864005", "414916001", "408512008", "414915002"}), re.compile(r"obes", re.I)),
     "diabetes": (
-        frozenset({"44054006", "73211009", "46635009", "127013003", "368581000119106"}),
+        frozenset({"44054006", "73211009", "46635009"}),
         re.compile(r"(?<!pre)diabet", re.I),
     ),
     "prediabetes": (

@@ -36,8 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Literal
 
-from inference.assist.diagnoses import families_of
+from inference.assist.diagnoses import FAMILIES, families_of
 from inference.assist.facts import Facts, shown
 from inference.assist.suggestions import (
     LOINC,
@@ -127,7 +128,8 @@ class Target:
 def targets(f: Facts, suggested: Iterable[DiagnosisSuggestion]) -> list[Target]:
     """The patient's documented current problems and suggested diagnoses, one per family."""
     out: dict[str, Target] = {}
-    for p in f.problems:
+    # The family's own problem (diabetes) before one that implies it (diabetic neuropathy).
+    for p in sorted(f.problems, key=lambda p: not any(p.snomed in FAMILIES[x][0] for x in families_of(p))):
         for family in families_of(p):
             if family not in out:
                 out[family] = Target(family, _problem_concept(p), True, p.ref)
@@ -140,20 +142,23 @@ def _problem_concept(p: Problem) -> Concept:
     return concept((SNOMED, p.snomed or "", p.text)) if p.snomed else concept(("", "", p.text))
 
 
-def _excluded(f: Facts, drug: Drug) -> str:
-    """Why the record contraindicates ``drug`` for this patient, or ``""``."""
+def excluded(f: Facts, name: str) -> str:
+    """Why the record contraindicates the drug ``name`` (as written) for this patient, or ``""``:
+    an allergy to it or its class, a listed interaction with an active drug, pregnancy, renal
+    function."""
     for allergy in f.allergies:
-        conflict = allergy_conflict(drug.name, allergy.text)
+        conflict = allergy_conflict(name, allergy.text)
         if conflict is not None:
-            return f"recorded allergy '{allergy.text}' excludes {drug.name} ({conflict} drug or class)"
+            return f"recorded allergy '{allergy.text}' excludes {name} ({conflict} drug or class)"
     for course in f.active_courses():
-        rule = interaction_between(drug.name, course.name)
+        rule = interaction_between(name, course.name)
         if rule is not None and rule.severity in ("critical", "warning"):
-            return f"{drug.name} interacts with active {course.name}: {rule.description}"
-    if f.pregnant and drug.drug_class in _NO_PREGNANCY:
-        return f"{drug.name} ({drug.drug_class}) is not used in pregnancy"
+            return f"{name} interacts with active {course.name}: {rule.description}"
+    names = names_of(name)
+    if f.pregnant and names & _NO_PREGNANCY:
+        return f"{name} ({', '.join(sorted(names & _NO_PREGNANCY))}) is not used in pregnancy"
     egfr = f.latest("egfr")
-    if drug is METFORMIN and egfr is not None and egfr.value is not None:
+    if "metformin" in names and egfr is not None and egfr.value is not None:
         if egfr.value < _EGFR_METFORMIN_STOP:
             return f"eGFR {shown(egfr)} is below 30: metformin is contraindicated"
         if egfr.value < _EGFR_METFORMIN_START:
@@ -177,7 +182,7 @@ def _start(
 ) -> TreatmentSuggestion | None:
     kept: list[Drug] = []
     for drug in ranked:
-        reason = _excluded(f, drug)
+        reason = excluded(f, drug.name)
         if reason:
             personal.append(reason)
         elif drug.rxnorm not in {d.rxnorm for d in kept}:
@@ -429,6 +434,83 @@ def contraindicated_active(f: Facts) -> list[TreatmentSuggestion]:
             )
         )
     return out
+
+
+# The problem an ordered drug treats, by its class (for order-select and order-sign).
+_TREATS = (
+    (ANTIHYPERTENSIVE, "hypertension"),
+    (frozenset({"statin"}), "hyperlipidemia"),
+    (frozenset({"metformin"}), "diabetes"),
+    (frozenset({"levothyroxine"}), "hypothyroidism"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAdvice:
+    """Why a drug being ordered is not this patient's best choice, and the better one."""
+
+    order_text: str
+    problem: str
+    reason: str
+    severity: Literal["warning", "info"]
+    alternative: TreatmentSuggestion | None
+
+
+def review_order(f: Facts, suggested: Iterable[DiagnosisSuggestion], order_text: str) -> OrderAdvice | None:
+    """Advice on one ordered drug (as written): contraindicated by the record (warning), or not
+    the guideline's first choice for this patient (info); None when it is a good choice or a drug
+    these rules do not cover."""
+    names = names_of(order_text)
+    family = next((fam for classes, fam in _TREATS if names & classes), None)
+    if family is None:
+        return None
+    goals = targets(f, suggested)
+    target = next((t for t in goals if t.family == family), Target(family, concept(("", "", family)), False))
+    held = frozenset(t.family for t in goals)
+    reason = excluded(f, order_text)
+    # The first-line choice for this patient if nothing of the class were active or ordered.
+    best = _best_start(f, target, held)
+    if reason:
+        return OrderAdvice(order_text, family, reason, "warning", best)
+    if best is None or best.medication is None or names & names_of(best.medication.display):
+        return None
+    if family == "hypertension":
+        preferred = {d.drug_class for d in _hypertension_ranking(f, held)[0][:2]}
+        if names & preferred:
+            return None
+        why = f"for this patient the guideline prefers {best.medication.display}: " + "; ".join(
+            best.personalisation or ("first-line agent",)
+        )
+        return OrderAdvice(order_text, family, why, "info", best)
+    return None
+
+
+def _best_start(f: Facts, target: Target, held: frozenset[str]) -> TreatmentSuggestion | None:
+    bare = Facts(
+        patient_id=f.patient_id,
+        at=f.at,
+        age=f.age,
+        sex=f.sex,
+        black=f.black,
+        pregnant_since=f.pregnant_since,
+        readings=f.readings,
+        problems=f.problems,
+        courses=tuple(
+            c for c in f.courses if not c.active or not names_of(c.name) & _CLASSES_OF[target.family]
+        ),
+        allergies=f.allergies,
+        texts=f.texts,
+    )
+    found = {
+        "hypertension": lambda: hypertension(bare, target, held),
+        "hyperlipidemia": lambda: statin(bare, target, held),
+        "diabetes": lambda: metformin(bare, target),
+        "hypothyroidism": lambda: hypothyroid(bare, target),
+    }[target.family]()
+    return next((s for s in found if s.kind == "start"), None)
+
+
+_CLASSES_OF = {fam: classes for classes, fam in _TREATS}
 
 
 RULE_IDS = (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -45,6 +45,7 @@ from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.medsafety import MEDICATION_ORDERS, check_orders
 from inference.cds.state import PatientState
 from inference.cds.state_store import StateStore
+from kernel.cds_hooks import HookService
 from kernel.events import ClinicianFeedback, deterministic_id
 from kernel.fhir_models import model_class
 from kernel.identity import hl7_key
@@ -77,6 +78,7 @@ class CdsHooksService:
         public_base_url: str | None = None,
         jwks: JwksSource | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        extra: Sequence[HookService] = (),
     ) -> None:
         self._store = store
         self._verifier = verifier
@@ -87,6 +89,7 @@ class CdsHooksService:
         self._base = public_base_url.rstrip("/") if public_base_url else None
         self._clock = clock
         self._jwks = jwks
+        self._extra = {s.id: s for s in extra}  # services other stages contribute
 
     def routes(self) -> list[Route]:
         """Discovery, the services and their feedback endpoints."""
@@ -111,7 +114,9 @@ class CdsHooksService:
         return [Route("/cds/alerts/{patient:path}", current, methods=["GET"])]
 
     async def _discovery(self, _: Request) -> JSONResponse:
-        return JSONResponse(discovery())
+        found = discovery()
+        found["services"] = [*found["services"], *(s.definition() for s in self._extra.values())]
+        return JSONResponse(found)
 
     def _authenticated(self, request: Request) -> str | None:
         audience = f"{self._base}{request.url.path}" if self._base else str(request.url)
@@ -125,7 +130,7 @@ class CdsHooksService:
 
     async def _admit(self, request: Request, model: type[Body], what: str) -> tuple[str, Body] | JSONResponse:
         """The caller and the parsed body, or the 404/401/413/400 answer."""
-        if request.path_params["service"] not in HOOKS:
+        if request.path_params["service"] not in HOOKS and request.path_params["service"] not in self._extra:
             return _error(404, "no such CDS service")
         principal = self._authenticated(request)
         if principal is None and self._jwks is not None:
@@ -149,8 +154,9 @@ class CdsHooksService:
             return admitted
         _, hook = admitted
         service = request.path_params["service"]
-        if hook.hook != HOOKS[service]:
-            return _error(400, f"service {service} answers {HOOKS[service]}, not {hook.hook}")
+        expected = self._extra[service].hook if service in self._extra else HOOKS[service]
+        if hook.hook != expected:
+            return _error(400, f"service {service} answers {expected}, not {hook.hook}")
         patient = hook.context.get("patientId")
         if not isinstance(patient, str) or not patient:
             return _error(400, "context.patientId is required")
@@ -160,7 +166,12 @@ class CdsHooksService:
         # Cards come from memory when the state and the cards shown are there (the usual case):
         # a thread hop per call would cost more than the answer.
         state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
-        if service == PATIENT_VIEW:
+        if service in self._extra:
+            try:
+                cards = await self._extra[service].cards(key, patient, hook.context)
+            except ValueError as exc:
+                return _error(400, str(exc))
+        elif service == PATIENT_VIEW:
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
             cards = [patient_view_card(a, patient) for a in alerts]
         elif service == DISCHARGE:
