@@ -64,6 +64,7 @@ from kernel.kafka import (
     single_record,
 )
 from kernel.openapi import operation
+from kernel.writeback import chart_identifier, patient_reference
 
 log = logging.getLogger(__name__)
 
@@ -371,9 +372,10 @@ async def accepted_conditions(service: AssistService, feedback: ClinicianFeedbac
         return []
     wanted = set(feedback.accepted_suggestions)
     patient = chart.patient()
-    ehr_id = str((patient or {}).get("id") or feedback.patient_id)
+    ident = chart_identifier(patient) if patient is not None else None
+    subject = patient_reference(str((patient or {}).get("id") or feedback.patient_id), ident)
     return [
-        cards.provisional_condition(s, feedback.patient_id, ehr_id)
+        cards.provisional_condition(s, feedback.patient_id, feedback.patient_id, subject)
         for s in service.diagnoses(service.facts(chart))
         if cards.condition_suggestion_uuid(s) in wanted
     ]

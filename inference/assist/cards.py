@@ -113,9 +113,12 @@ def _concept(c: Concept) -> dict[str, Any]:
     return c.model_dump(mode="json") | {"text": c.display}
 
 
-def provisional_condition(s: DiagnosisSuggestion, patient_key: str, patient_id: str) -> dict[str, Any]:
+def provisional_condition(
+    s: DiagnosisSuggestion, patient_key: str, patient_id: str, subject: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The Condition a diagnosis suggestion proposes: provisional, on the problem list, its
-    evidence the results behind it (deterministic id: accepting twice writes one Condition)."""
+    evidence the results behind it (deterministic id: accepting twice writes one Condition).
+    ``subject`` overrides ``Patient/{patient_id}`` (write-back names the EHR's MRN)."""
     return {
         "resourceType": "Condition",
         "id": deterministic_id("Condition", patient_key, s.rule.id, s.code.coding[0].code),
@@ -123,7 +126,7 @@ def provisional_condition(s: DiagnosisSuggestion, patient_key: str, patient_id: 
         "verificationStatus": {"coding": [{"system": CONDITION_VERIFICATION, "code": "provisional"}]},
         "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
         "code": _concept(s.code),
-        "subject": {"reference": f"Patient/{patient_id}"},
+        "subject": subject or {"reference": f"Patient/{patient_id}"},
         "evidence": [{"detail": [{"reference": e.resource_id} for e in s.evidence]}] if s.evidence else [],
         "note": [
             {"text": f"Suggested by {DEVICE_DISPLAY}, rule {s.rule.id} v{s.rule.version}: {s.rationale}"}

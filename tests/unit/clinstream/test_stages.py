@@ -33,8 +33,12 @@ def test_impossible_splits_are_refused(settings, stages, says):
         check_stages(settings, stages)
 
 
-def test_notes_off_lets_inference_run_apart_from_a_lite_file():
-    check_stages(Settings(kafka=KAFKA, http=TOKEN, notes={"enabled": False}), ["inference"])
+def test_notes_and_assistance_off_let_inference_run_apart_from_a_lite_file():
+    check_stages(
+        Settings(kafka=KAFKA, http=TOKEN, notes={"enabled": False}, assist={"enabled": False}), ["inference"]
+    )
+    with pytest.raises(ConfigurationError, match="assistance"):
+        check_stages(Settings(kafka=KAFKA, http=TOKEN, notes={"enabled": False}), ["inference"])
 
 
 def test_the_cli_says_why_and_exits_2(tmp_path):
