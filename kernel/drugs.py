@@ -174,9 +174,20 @@ def allergy_conflict(drug_text: str, allergy_text: str) -> Literal["same", "clas
     return None
 
 
+# Classes that share another class's listed interactions: the curated table names ACE inhibitors
+# only, while the ARB labels (losartan, valsartan) carry the same warnings (potassium and
+# potassium-sparing diuretics, NSAIDs, trimethoprim, lithium: hyperkalaemia, renal function).
+SHARES_INTERACTIONS: Mapping[str, str] = {"angiotensin receptor blocker": "ace inhibitor"}
+
+
+def _interacting_names(text: str) -> frozenset[str]:
+    names = names_of(text)
+    return names | {SHARES_INTERACTIONS[n] for n in names if n in SHARES_INTERACTIONS}
+
+
 def interaction_between(text_a: str, text_b: str) -> Interaction | None:
     """The first listed interaction between two drugs as written (table order: most specific)."""
-    names_a, names_b = names_of(text_a), names_of(text_b)
+    names_a, names_b = _interacting_names(text_a), _interacting_names(text_b)
     if not names_a or not names_b or ingredients(text_a) == ingredients(text_b):
         return None
     for rule in interactions():

@@ -94,10 +94,14 @@ async def test_assistance_from_the_fhir_ingress_to_cards_write_back_and_cited_an
                 for s in treatments["suggestions"]
                 if s["kind"] == "start" and s["for"]["coding"][0]["code"] == "38341003"
             ]
-            # Diabetes on the problem list: an ACE inhibitor or ARB; her active naproxen interacts with
-            # lisinopril (the interaction table), so losartan, and the suggestion says why.
-            assert start["medication"]["coding"][0]["display"] == "losartan"
-            assert any("naproxen" in p.lower() for p in start["personalisation"])
+            # Diabetes on the problem list puts an ACE inhibitor or ARB first, but her active naproxen
+            # interacts with both (NSAIDs: renal function, blood pressure), so a thiazide; the
+            # suggestion says why.
+            assert start["medication"]["coding"][0]["display"] == "chlorthalidone"
+            assert [p for p in start["personalisation"] if "naproxen" in p.lower()] == [
+                p for p in start["personalisation"] if p.startswith(("lisinopril", "losartan"))
+            ]
+            assert len([p for p in start["personalisation"] if "naproxen" in p.lower()]) == 2
             drugs = {
                 s["medication"]["coding"][0]["display"]
                 for s in treatments["suggestions"]
