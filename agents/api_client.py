@@ -15,7 +15,15 @@ import httpx
 from pydantic import BaseModel
 
 from agents.errors import ToolError
-from agents.tools import AlertsArgs, DraftArgs, KnowledgeArgs, SearchRecordArgs, TimelineArgs
+from agents.tools import (
+    AlertsArgs,
+    AskArgs,
+    AssistArgs,
+    DraftArgs,
+    KnowledgeArgs,
+    SearchRecordArgs,
+    TimelineArgs,
+)
 
 
 class ApiBackend:
@@ -49,7 +57,8 @@ class ApiBackend:
         return body
 
     async def call(self, tool: str, args: BaseModel, patient: str | None) -> dict[str, Any]:
-        """The tool's answer: ``{"results": [...]}``, or ``{"draft": {...}}`` for draft_note."""
+        """The tool's answer: ``{"results": [...]}``, ``{"answer": {...}}`` for ask_about_patient,
+        or ``{"draft": {...}}`` for draft_note."""
         if isinstance(args, SearchRecordArgs):
             body = args.model_dump(mode="json", exclude={"patient_id"}, exclude_none=True)
             found = await self._send("POST", "/query", json={"patient_id": patient, **body})
@@ -68,6 +77,13 @@ class ApiBackend:
         if isinstance(args, AlertsArgs):
             found = await self._send("GET", f"/cds/alerts/{quote(str(patient), safe='')}", inference=True)
             return {"results": found["alerts"]}
+        if isinstance(args, AssistArgs):
+            route = "/assist/diagnoses" if tool == "suggest_diagnoses" else "/assist/treatments"
+            found = await self._send("POST", route, inference=True, json={"patient_id": patient})
+            return {"results": found["suggestions"]}
+        if isinstance(args, AskArgs):
+            body = {"patient_id": patient, "question": args.question}
+            return {"answer": await self._send("POST", "/assist/ask", inference=True, json=body)}
         if isinstance(args, DraftArgs):
             payload = {"patient_id": patient, "type": args.type}
             if args.anchor:

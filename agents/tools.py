@@ -75,6 +75,19 @@ class DraftArgs(_Args):
     )
 
 
+class AssistArgs(_Args):
+    """Diagnosis or treatment suggestions for one patient."""
+
+    patient_id: PatientId
+
+
+class AskArgs(_Args):
+    """A cited answer to a question about one patient."""
+
+    patient_id: PatientId
+    question: Annotated[str, StringConstraints(min_length=3, max_length=1000)]
+
+
 Access = Literal["read", "write", "none"]
 
 
@@ -118,6 +131,27 @@ TOOLS: dict[str, Tool] = {
             "active_alerts",
             "One patient's current decision-support alerts, most severe first, with their evidence.",
             AlertsArgs,
+            "read",
+        ),
+        Tool(
+            "suggest_diagnoses",
+            "Problems one patient's record supports that the active problem list lacks (SNOMED CT, "
+            "ICD-10-CM), each with its criteria, the results behind it (Type/id) and the guideline it cites.",
+            AssistArgs,
+            "read",
+        ),
+        Tool(
+            "suggest_treatments",
+            "Guideline first-line therapy for one patient's problems, checked against allergies, "
+            "interactions, renal function, pregnancy and age; holds and monitoring due; cited.",
+            AssistArgs,
+            "read",
+        ),
+        Tool(
+            "ask_about_patient",
+            "A cited answer to a question about one patient: every sentence cites record resources or "
+            "knowledge passages; nothing the record does not hold.",
+            AskArgs,
             "read",
         ),
         Tool(
@@ -265,6 +299,20 @@ def disclosed_refs(result: Mapping[str, Any]) -> list[str]:
             if isinstance(rid, str):
                 refs.append(rid if "/" in rid else f"{kind}/{rid}")
             refs += [e for e in item.get("evidence", []) if isinstance(e, str)]
+            refs += [
+                e["resource_id"]
+                for e in item.get("evidence", [])
+                if isinstance(e, Mapping) and isinstance(e.get("resource_id"), str)
+            ]
+    answer = result.get("answer")
+    if isinstance(answer, Mapping):
+        refs += [
+            c
+            for s in answer.get("sentences", [])
+            if isinstance(s, Mapping)
+            for c in s.get("citations", [])
+            if isinstance(c, str) and not c.startswith("kb:")
+        ]
     draft = result.get("draft")
     if isinstance(draft, Mapping) and isinstance(draft.get("id"), str):
         refs.append(f"DocumentReference/{draft['id']}")
@@ -285,7 +333,7 @@ def openapi(base: str = "/agent/tools") -> dict[str, Any]:
                     "content": {"application/json": {"schema": tool.input_schema()}},
                 },
                 "responses": {
-                    "200": {"description": "The tool's answer (`results`, or `draft`)."},
+                    "200": {"description": "The tool's answer (`results`, `answer`, or `draft`)."},
                     "401": {"description": "Missing or invalid bearer token."},
                     "403": {"description": "Outside the token's patient scope or access."},
                     "422": {"description": "Arguments do not match the schema."},

@@ -189,3 +189,58 @@ async def test_mcp_server_lists_tools_and_forwards_calls_with_the_agents_token(w
             assert refused.is_error
             assert "outside" in refused.content[0].text
     assert backend.calls == [("patient_timeline", ALICE)]
+
+
+async def test_assistance_tools_are_scoped_and_audited_with_their_evidence(world):
+    app, backend, audits = world
+
+    async def call(tool, args, patient):
+        backend.calls.append((tool, patient))
+        if tool == "ask_about_patient":
+            sentence = {
+                "text": "Creatinine 2.2 mg/dL.",
+                "citations": ["Observation/o9", "kb:kdigo-aki.md#Definition"],
+            }
+            return {"answer": {"answer": sentence["text"], "sentences": [sentence], "sources": []}}
+        return {"results": [{"id": "s1", "evidence": [{"resource_id": "Observation/o7", "text": "BP"}]}]}
+
+    backend.call = call
+    for tool, body in (
+        ("suggest_diagnoses", {"patient_id": ALICE}),
+        ("suggest_treatments", {"patient_id": ALICE}),
+        ("ask_about_patient", {"patient_id": ALICE, "question": "Why is the creatinine rising?"}),
+    ):
+        assert (await post(app, tool, body, token([BOB]))).status_code == 403  # another patient
+        r = await post(app, tool, body, token([ALICE]))
+        assert r.status_code == 200
+        disclosed = [e.get("what", {}).get("reference") for e in audits[-1][0]["entity"]]
+        assert ("Observation/o9" if tool == "ask_about_patient" else "Observation/o7") in disclosed
+        assert not any(str(d).startswith("kb:") for d in disclosed)
+    assert [c for c in backend.calls] == [
+        ("suggest_diagnoses", ALICE),
+        ("suggest_treatments", ALICE),
+        ("ask_about_patient", ALICE),
+    ]
+
+
+async def test_the_api_backend_asks_the_assistance_routes():
+    from agents.api_client import ApiBackend
+    from agents.tools import AskArgs, AssistArgs
+
+    seen = []
+
+    def handler(request):
+        seen.append((request.url.path, request.read()))
+        if request.url.path == "/assist/ask":
+            return httpx.Response(200, json={"answer": "", "sentences": [], "sources": []})
+        return httpx.Response(200, json={"suggestions": [{"id": "s1"}]})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api")
+    backend = ApiBackend(client)
+    assert await backend.call("suggest_diagnoses", AssistArgs(patient_id=ALICE), ALICE) == {
+        "results": [{"id": "s1"}]
+    }
+    assert (await backend.call("suggest_treatments", AssistArgs(patient_id=ALICE), ALICE))["results"]
+    answer = await backend.call("ask_about_patient", AskArgs(patient_id=ALICE, question="How is she?"), ALICE)
+    assert answer == {"answer": {"answer": "", "sentences": [], "sources": []}}
+    assert [p for p, _ in seen] == ["/assist/diagnoses", "/assist/treatments", "/assist/ask"]
