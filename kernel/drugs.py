@@ -63,14 +63,32 @@ def _finder() -> Callable[..., list[Any]]:
     return finder
 
 
+# Salt and ester words after a base name ("lithium carbonate", "naproxen sodium", "metoprolol
+# succinate"): the base is the active moiety that interaction tables and classes name.
+SALTS = frozenset(
+    "acetate besylate bitartrate bromide calcium carbonate chloride citrate fumarate hcl hyclate "
+    "hydrobromide hydrochloride magnesium maleate mesylate monohydrate phosphate potassium sodium "
+    "succinate sulfate tartrate trihydrate".split()
+)
+
+
+def _base(name: str) -> str:
+    words = name.split()
+    while len(words) > 1 and words[-1] in SALTS:
+        words.pop()
+    return " ".join(words)
+
+
 @functools.lru_cache(maxsize=8192)
 def ingredients(text: str) -> frozenset[str]:
-    """Generic names found in ``text`` (a medication or allergen as written), lower case."""
+    """Generic names found in ``text`` (a medication or allergen as written), lower case; a salt
+    ("lithium carbonate") also gives its base ("lithium")."""
     tokens = TOKEN.findall(text)
     if not tokens:
         return frozenset()
     found = _finder()(tokens, is_ignore_case=True)
-    return frozenset(str(match[0]["name"]).lower() for match in found if match[0].get("name"))
+    names = {str(match[0]["name"]).lower() for match in found if match[0].get("name")}
+    return frozenset(names | {_base(n) for n in names})
 
 
 def names_of(text: str) -> frozenset[str]:

@@ -430,7 +430,9 @@ class AssistSettings(_Section):
     ask_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Time an answer may take before the caller gets 503."
     )
-    ask_max_new_tokens: int = Field(default=160, ge=16, le=4096, description="Token budget of one answer.")
+    ask_max_new_tokens: int = Field(
+        default=96, ge=16, le=4096, description="Token budget of one answer (three sentences need about 80)."
+    )
     writeback_conditions: bool = Field(
         default=True,
         description="An accepted diagnosis suggestion (CDS Hooks feedback) goes out as a provisional "

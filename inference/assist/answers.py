@@ -246,7 +246,7 @@ def answer(
     knowledge: Sequence[Evidence],
     model: ChatModel,
     *,
-    max_new_tokens: int = 160,
+    max_new_tokens: int = 96,
 ) -> Answer:
     """Answer ``question`` from the summary, the record passages and the knowledge passages.
 

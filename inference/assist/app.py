@@ -115,7 +115,7 @@ class AssistService:
     retrieve: Retrieve | None = None
     disabled: frozenset[str] = frozenset()
     ask_timeout_s: float = 30.0
-    max_new_tokens: int = 160
+    max_new_tokens: int = 96
     writeback: bool = True
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
