@@ -25,7 +25,10 @@ Latency: each patient's diagnoses and treatments asked --repeat times over HTTP 
 The notes stage runs without its generator (drafting discharge summaries of 80 Synthea bundles
 would take the CPU the latencies are measured on).
 
-Usage: python bench/assist.py [--limit N] [--repeat 3] [--ask 8]
+Generators: the same answers from the built-in ONNX model and from llama.cpp's server on the same
+GGUF (`clinstream llm-serve`), alternating in one run: tokens/s and answer time each.
+
+Usage: python bench/assist.py [--limit N] [--repeat 3] [--ask 8] [--only generators]
 """
 
 from __future__ import annotations
@@ -336,6 +339,9 @@ async def run(args: argparse.Namespace) -> None:
             bundles.append((path.stem.split("_")[0], b))
     bundles = bundles[: args.limit]
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    if args.only == "generators":
+        await asyncio.to_thread(generators, bundles, args.ask)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         async with running_stack(stack_settings(tmp)) as stack:
             base = f"http://127.0.0.1:{stack.http_port}"
@@ -353,6 +359,7 @@ async def run(args: argparse.Namespace) -> None:
                 api = Api(http)
                 await asking(api, stack, bundles[: args.ask])
                 print_latency(api)
+    await asyncio.to_thread(generators, bundles, args.ask)
 
 
 async def settle(api: Api, pids: list[str]) -> None:
@@ -570,6 +577,56 @@ async def asking(api: Api, stack: Any, bundles: list[tuple[str, dict[str, Any]]]
         print(f"decoding {tokens / seconds:.1f} tokens/s ({tokens} tokens)")
 
 
+def generators(bundles: list[tuple[str, dict[str, Any]]], n: int) -> None:
+    """The same answers from the built-in ONNX generator and from llama.cpp's OpenAI-compatible
+    server on the same GGUF (`clinstream llm-serve`), alternating, in one run: tokens/s each."""
+    from clinstream.llm_server import llama_server
+    from clinstream.models import generator_dir
+    from inference.assist.answers import answer
+    from inference.assist.facts import facts
+    from inference.assist.openai_client import OpenAIChat
+    from kernel.chart import Chart, apply
+    from kernel.generator_session import Generator
+
+    charts = []
+    for _, bundle in bundles[:n]:
+        by_url = {
+            e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
+        }
+
+        def fix(value: Any, by_url: dict[str, str] = by_url) -> Any:
+            if isinstance(value, dict):
+                return {k: (by_url.get(v, v) if k == "reference" else fix(v)) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fix(v) for v in value]
+            return value
+
+        charts.append(apply(Chart(patient_id(bundle)), [fix(e["resource"]) for e in bundle["entry"]]))
+    onnx = Generator(generator_dir())
+    tokens: dict[str, list[int]] = {"onnx": [], "llama.cpp": []}
+    decoding: dict[str, list[float]] = {"onnx": [], "llama.cpp": []}
+    answers: dict[str, list[float]] = {"onnx": [], "llama.cpp": []}
+    with llama_server() as url:
+        server = OpenAIChat(url, "smollm2", timeout_s=120)
+        for chart in charts:
+            f = facts(chart, datetime.now(UTC))
+            for name, model in (("onnx", onnx), ("llama.cpp", server)):
+                started = time.perf_counter()
+                found = answer("How has the blood pressure been?", chart, f, [], [], model, max_new_tokens=96)
+                elapsed = time.perf_counter() - started
+                tokens[name].append(found.generated_tokens)
+                decoding[name].append(found.generation_s)
+                answers[name].append(elapsed)
+        server.close()
+    print(f"\nGenerators side by side ({len(charts)} answers each, same prompts, same GGUF weights):")
+    for name in tokens:
+        rate = sum(tokens[name]) / max(sum(decoding[name]), 1e-9)
+        print(
+            f"  {name:10} {rate:6.1f} tokens/s ({sum(tokens[name])} tokens); "
+            f"answer p50 {statistics.median(answers[name]):.2f} s"
+        )
+
+
 def print_latency(api: Api) -> None:
     print("\nLatency per request over HTTP (this machine):")
     for route, values in api.latency.items():
@@ -585,4 +642,5 @@ if __name__ == "__main__":
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ask", type=int, default=8)
+    parser.add_argument("--only", choices=["generators"], help="only the ONNX vs llama.cpp comparison")
     asyncio.run(run(parser.parse_args()))

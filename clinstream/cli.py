@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from datetime import UTC, date, datetime
@@ -490,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--sub", default="agent", help="who the agent is (the audit log's principal)")
     sub.add_parser("mcp", help="serve the agent tools over MCP on stdin/stdout (for an agent host)")
+    llm = sub.add_parser(
+        "llm-serve",
+        help="serve the built-in model's GGUF with llama.cpp's OpenAI-compatible server (the `llm` extra), "
+        "for CLINSTREAM_ASSIST__GENERATOR=openai",
+    )
+    llm.add_argument("--host", default="127.0.0.1", help="address to listen on (prompts carry patient data)")
+    llm.add_argument("--port", type=int, default=8081)
+    llm.add_argument("--threads", type=int, default=2)
     password = sub.add_parser(
         "password", help="print a dashboard login entry (name:role:hash) for CLINSTREAM_DASHBOARD__USERS"
     )
@@ -510,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         return _agent_token(args)
     if args.command == "mcp":
         return _mcp()
+    if args.command == "llm-serve":
+        return _llm_serve(args.host, args.port, args.threads)
     if args.command == "password":
         return _password(args.name, args.role)
     if args.command == "send":
@@ -539,6 +550,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "kb":
         return _kb_add(settings, args.paths)
     return _demo(settings)
+
+
+def _llm_serve(host: str, port: int, threads: int) -> int:
+    """Serve until interrupted; print the base URL to put in CLINSTREAM_ASSIST__OPENAI_BASE_URL."""
+    from clinstream.errors import ConfigurationError
+    from clinstream.llm_server import llama_server
+
+    try:
+        with llama_server(host=host, port=port, threads=threads) as url:
+            print(f"CLINSTREAM_ASSIST__OPENAI_BASE_URL={url}", flush=True)
+            while True:
+                time.sleep(3600)
+    except ConfigurationError as exc:
+        print(f"clinstream llm-serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
 
 
 def _kb_add(settings: Settings, paths: list[Path]) -> int:
