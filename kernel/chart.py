@@ -215,6 +215,13 @@ def _abatement(condition: Mapping[str, Any]) -> tuple[datetime | None, bool]:
     return None, False
 
 
+def ended(condition: Mapping[str, Any], at: datetime) -> bool:
+    """A Condition over by ``at`` on its own evidence: clinicalStatus inactive, resolved or in
+    remission, or an abatement at or before ``at`` (an abatement without a date counts)."""
+    abated, has_abatement = _abatement(condition)
+    return _clinical_status(condition) in _PAST_STATUS or (has_abatement and (abated is None or abated <= at))
+
+
 def _encounter_finished(chart: Chart, condition: Mapping[str, Any], at: datetime) -> bool | None:
     """Whether the Condition's encounter is over (None when the chart does not hold it)."""
     reference = str((condition.get("encounter") or {}).get("reference", ""))
@@ -232,12 +239,11 @@ def classify(chart: Chart, condition: Mapping[str, Any], at: datetime) -> Proble
     text = concept_text(condition.get("code")) or "Unnamed problem"
     onset = instant(condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start"))
     onset = onset or instant(condition.get("recordedDate"))
-    abated, has_abatement = _abatement(condition)
+    abated, _ = _abatement(condition)
     category = _category(condition)
     chronic = chronic_by_nature(text)
     status: Status = "current"
-    clinical = _clinical_status(condition)
-    if clinical in _PAST_STATUS or (has_abatement and (abated is None or abated <= at)):
+    if ended(condition, at):
         status = "past"
     elif onset is not None and onset > at:
         status = "past"  # not yet: a chart read as of an earlier time

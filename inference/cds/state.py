@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from kernel.analytes import Reading, readings_of
+from kernel.chart import ended
 from kernel.errors import RuleInputError
 from kernel.events import Alert, FhirRecord
 from kernel.rendering import first_code
@@ -154,15 +155,18 @@ def _allergy(res: dict[str, Any], ref: str) -> Coded | None:
     )
 
 
-def _condition(res: dict[str, Any], ref: str) -> Coded | None:
+def _condition(res: dict[str, Any], ref: str, at: datetime) -> Coded | None:
     if first_code(res.get("verificationStatus")) in ("refuted", "entered-in-error"):
         return None
     codes, text = _codes(res.get("code"))
+    status = first_code(res.get("clinicalStatus"))
+    if ended(res, at):  # the problem list's own reading (kernel.chart), as of the record
+        status = status if status in ("inactive", "resolved", "remission") else "resolved"
     return Coded(
         ref=ref,
         text=text,
         codes=codes,
-        status=first_code(res.get("clinicalStatus")),
+        status=status,
         recorded=str(res.get("onsetDateTime") or res.get("recordedDate") or ""),
     )
 
@@ -216,7 +220,7 @@ def apply(
             else:
                 new.allergies[ref] = allergy
         elif kind == "Condition":
-            condition = _condition(res, ref)
+            condition = _condition(res, ref, record.envelope.received_at)
             if condition is None:
                 new.conditions.pop(ref, None)
             else:

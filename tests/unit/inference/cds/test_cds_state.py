@@ -7,7 +7,7 @@ import pytest
 from inference.cds.state import MAX_READINGS, PatientState, apply
 from kernel.analytes import acvpu_letter, readings_of
 from kernel.errors import RuleInputError
-from tests.unit.inference.cds.fixtures import T0, hours, obs, record, state_of
+from tests.unit.inference.cds.fixtures import T0, condition, hours, obs, record, state_of
 
 
 def test_blood_pressure_panel_components_are_read():
@@ -160,3 +160,10 @@ def test_state_round_trips_through_json():
 def test_a_resource_without_an_id_breaks_the_contract():
     with pytest.raises(RuleInputError):
         apply(PatientState(patient_id="p1"), record({"resourceType": "Condition"}))
+
+
+def test_an_abated_condition_is_not_active_as_of_the_record():
+    abated = condition("http://snomed.info/sct", "65710008") | {"abatementDateTime": "2020-01-01"}
+    later = condition("http://snomed.info/sct", "65710008") | {"abatementDateTime": "2999-01-01"}
+    state = state_of(abated, later)
+    assert [c.ref for c in state.active_conditions()] == [f"Condition/{later['id']}"]
