@@ -12,6 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+RULES_SYSTEM = "https://clinstream.example/rules"
+"""The code system of ``source.topic`` on every card (and of the rule in write-back): the rule id."""
+OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
+"""The code system of the override reasons cards offer."""
+
 
 class HookService(Protocol):
     """One CDS Hooks service a stage contributes."""

@@ -25,6 +25,7 @@ from inference.assist.suggestions import (
     TreatmentSuggestion,
 )
 from inference.assist.treatments import OrderAdvice
+from kernel.cds_hooks import OVERRIDE_SYSTEM, RULES_SYSTEM
 from kernel.events import deterministic_id
 from kernel.writeback import DEVICE_DISPLAY
 
@@ -38,8 +39,6 @@ HOOKS: Mapping[str, str] = {
     ORDER_SELECT: "order-select",
     ORDER_SIGN: "order-sign",
 }
-RULES_SYSTEM = "https://clinstream.example/rules"
-OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
     ("already-addressed", "Already addressed"),
     ("not-clinically-relevant", "Not clinically relevant for this patient"),

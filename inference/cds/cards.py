@@ -22,6 +22,7 @@ from inference.cds.hygiene import SEVERITY_RANK, alert_of, snooze, snoozed_until
 from inference.cds.medsafety import medication_review
 from inference.cds.state import PatientState
 from kernel.analytes import BY_NAME, LOINC
+from kernel.cds_hooks import OVERRIDE_SYSTEM, RULES_SYSTEM
 from kernel.events import Alert, ClinicianFeedback, deterministic_id
 from kernel.writeback import DEVICE_DISPLAY
 
@@ -37,7 +38,6 @@ HOOKS = {
 }
 SOURCE_LABEL = DEVICE_DISPLAY
 SNOMED = "http://snomed.info/sct"
-OVERRIDE_SYSTEM = "https://clinstream.example/fhir/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
     ("already-addressed", "Already addressed"),
     ("not-clinically-relevant", "Not clinically relevant for this patient"),
@@ -125,7 +125,7 @@ def card(alert: Alert) -> dict[str, Any]:
         "detail": _markdown_detail(alert),
         "source": {
             "label": SOURCE_LABEL,
-            "topic": {"system": "https://clinstream.example/rules", "code": alert.rule_id},
+            "topic": {"system": RULES_SYSTEM, "code": alert.rule_id},
         },
         "overrideReasons": [
             {"system": OVERRIDE_SYSTEM, "code": code, "display": display}

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.cds_hooks import RULES_SYSTEM
 from kernel.events import Alert, deterministic_id
 from kernel.hl7v2.writer import components, escape, message, our_msh, segment, timestamp
 from kernel.writeback import (
@@ -31,7 +32,7 @@ from kernel.writeback import (
     patient_reference,
 )
 
-RULE_SYSTEM = "https://clinstream.example/rules"
+RULE_SYSTEM = RULES_SYSTEM
 _SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
 _ABNORMAL = {"critical": "AA", "warning": "A", "info": ""}  # HL7 table 0078
 
