@@ -69,6 +69,7 @@ from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore
 from kernel.cds_hooks import HookService
 from kernel.chart_store import ChartStore
+from kernel.errors import ModelNotBuiltError
 from kernel.events import TOPICS, ClinicianFeedback, Topics
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
@@ -263,12 +264,7 @@ def _notes_service(w: Wiring, embedder: Embedder, store: MilvusStore) -> NotesSe
     w.stack.callback(notes_store.close)
     executor = background_executor(notes_settings.cpu_nice, "clinstream-notes")
     w.stack.callback(executor.shutdown)
-    generator = None
-    if notes_settings.generator:
-        model_dir = notes_settings.generator_dir or generator_dir(settings.models.dir)
-        generator = LazyGenerator(
-            model_dir, providers=settings.models.providers, threads=settings.models.intra_op_threads
-        )
+    generator = w.generator() if notes_settings.generator else None
     query = ContextualQuery(embedder, store)
 
     def search(
@@ -319,10 +315,10 @@ async def _assist_service(w: Wiring) -> AssistService:
         w.stack.callback(chat.close)
         model = chat
     else:
-        model_dir = settings.notes.generator_dir or generator_dir(settings.models.dir)
-        model = LazyGenerator(
-            model_dir, providers=settings.models.providers, threads=settings.models.intra_op_threads
-        )
+        try:
+            model = w.generator()
+        except ModelNotBuiltError:
+            log.warning("assist: no generator model built (`make models`): /assist/ask answers 503")
     record_store, knowledge = await w.stores()
     query = ContextualQuery(await w.embedder(), record_store, knowledge)
 
@@ -377,6 +373,7 @@ class Wiring:
     _embedder: Embedder | None = None
     _stores: tuple[MilvusStore, KnowledgeStore] | None = None
     _sink: RecordSink | None = None
+    _generator: LazyGenerator | None = None
 
     @property
     def producer(self) -> dict[str, Any]:
@@ -403,6 +400,17 @@ class Wiring:
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(open_embedder, self.settings)
         return self._embedder
+
+    def generator(self) -> LazyGenerator:
+        """The built-in generator, one per process (notes and answers share it: ~0.6 GB once)."""
+        if self._generator is None:
+            model_dir = self.settings.notes.generator_dir or generator_dir(self.settings.models.dir)
+            self._generator = LazyGenerator(
+                model_dir,
+                providers=self.settings.models.providers,
+                threads=self.settings.models.intra_op_threads,
+            )
+        return self._generator
 
     async def stores(self) -> tuple[MilvusStore, KnowledgeStore]:
         """The record and knowledge collections, created and loaded, the starter knowledge in."""
