@@ -231,11 +231,14 @@ def _encounter_finished(chart: Chart, condition: Mapping[str, Any], at: datetime
     if enc.get("status") in _OPEN_ENCOUNTER:
         return False
     end = instant((enc.get("period") or {}).get("end"))
-    return enc.get("status") in ("finished", "cancelled") or (end is not None and end <= at)
+    if end is not None:
+        return end <= at  # a chart read as of an earlier time sees the stay still open
+    return enc.get("status") in ("finished", "cancelled")
 
 
-def classify(chart: Chart, condition: Mapping[str, Any], at: datetime) -> Problem:
-    """One Condition of ``chart`` as the problem list sees it at ``at``."""
+def classify(chart: Chart, condition: Mapping[str, Any], at: datetime, *, encounter: str = "") -> Problem:
+    """One Condition of ``chart`` as the problem list sees it at ``at``; a diagnosis of
+    ``encounter`` (``Encounter/id``: the stay a discharge summary is about) stays current."""
     text = concept_text(condition.get("code")) or "Unnamed problem"
     onset = instant(condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start"))
     onset = onset or instant(condition.get("recordedDate"))
@@ -248,7 +251,10 @@ def classify(chart: Chart, condition: Mapping[str, Any], at: datetime) -> Proble
     elif onset is not None and onset > at:
         status = "past"  # not yet: a chart read as of an earlier time
     elif category == "encounter-diagnosis" and not chronic:
-        finished = _encounter_finished(chart, condition, at)
+        if encounter and (condition.get("encounter") or {}).get("reference") == encounter:
+            finished: bool | None = False
+        else:
+            finished = _encounter_finished(chart, condition, at)
         if finished or (finished is None and (onset is None or at - onset > ACUTE_WINDOW)):
             status = "past"
     return Problem(
@@ -264,18 +270,19 @@ def classify(chart: Chart, condition: Mapping[str, Any], at: datetime) -> Proble
     )
 
 
-def problem_list(chart: Chart, at: datetime) -> list[Problem]:
-    """Every Condition of the chart classified at ``at``: current problems first, newest onset
-    first within each group."""
-    problems = [classify(chart, c, at) for c in chart.of("Condition")]
+def problem_list(chart: Chart, at: datetime, *, encounter: str = "") -> list[Problem]:
+    """Every Condition of the chart classified at ``at`` (``encounter``: see `classify`): current
+    problems first, newest onset first within each group."""
+    problems = [classify(chart, c, at, encounter=encounter) for c in chart.of("Condition")]
     oldest = datetime.min.replace(tzinfo=UTC)
     problems.sort(key=lambda p: (not p.is_current_problem, -(p.onset or oldest).timestamp(), p.ref))
     return problems
 
 
-def current_problems(chart: Chart, at: datetime) -> list[Problem]:
-    """The active problem list: current disorders and clinical findings."""
-    return [p for p in problem_list(chart, at) if p.is_current_problem]
+def current_problems(chart: Chart, at: datetime, *, encounter: str = "") -> list[Problem]:
+    """The active problem list: current disorders and clinical findings (``encounter``: see
+    `classify`)."""
+    return [p for p in problem_list(chart, at, encounter=encounter) if p.is_current_problem]
 
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"

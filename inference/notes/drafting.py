@@ -219,11 +219,12 @@ def _encounter_lines(enc: Mapping[str, Any]) -> list[Sentence]:
     return [_line("Encounter", text + ".", enc)]
 
 
-def _problems(chart: Chart, end: datetime | None) -> list[Sentence]:
+def _problems(chart: Chart, end: datetime | None, stay: str = "") -> list[Sentence]:
     """The active problem list at ``end`` (`kernel.chart.current_problems`): current disorders
-    and clinical findings, newest first."""
+    and clinical findings, newest first, the diagnoses of ``stay`` (the Encounter a discharge
+    summary is about) among them."""
     lines = []
-    for p in current_problems(chart, end or datetime.now(UTC))[:MAX_LINES]:
+    for p in current_problems(chart, end or datetime.now(UTC), encounter=stay)[:MAX_LINES]:
         onset = _day(p.onset.isoformat()) if p.onset else ""
         lines.append(
             _line(
@@ -443,7 +444,7 @@ def plan(chart: Chart, kind: DraftKind, anchor: str, now: datetime) -> Plan:
     if kind == "discharge-summary":
         if res is not None:
             add("Encounter", _encounter_lines(res), "")
-        add("Active problems", _problems(chart, end), "None recorded in the chart.")
+        add("Active problems", _problems(chart, end, anchor), "None recorded in the chart.")
         add("Medications", _medications(chart, start, end), "No medication orders recorded in the chart.")
         add("Key results", _labs(chart, start, end, None), "No laboratory results during this stay.")
         add("Procedures", _procedures(chart, start, end), "No procedures recorded during this stay.")

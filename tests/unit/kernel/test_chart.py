@@ -215,3 +215,15 @@ def test_synthea_has_the_cases_the_views_exist_for():
     assert situations >= 5
     assert past >= 50
     assert repeated >= 10
+
+
+def test_a_discharge_summary_keeps_the_diagnoses_of_its_own_stay():
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "period": {"end": "2026-11-30"}}
+    pneu = condition(
+        "c1", "Pneumonia (disorder)", category="encounter-diagnosis", onset="2026-11-25", encounter="e1"
+    )
+    c = chart(enc, pneu)
+    assert current_problems(c, NOW) == []
+    assert [p.ref for p in current_problems(c, NOW, encounter="Encounter/e1")] == ["Condition/c1"]
+    # read as of the day before discharge, the stay is still open
+    assert classify(c, pneu, datetime(2026, 11, 28, tzinfo=UTC)).status == "current"
