@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from clinstream.settings import Settings
@@ -102,7 +103,9 @@ async def run_demo(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         hits = await asyncio.to_thread(stack.query.search, patient_key(*SEARCH_MRN), SEARCH_QUESTION, k=3)
+        suggested = await _assistance(stack, sorted({rec.patient_id for rec in seen.records.values()}))
         _print_summary(stack, messages, acks, seen, hits, send_s, time.perf_counter() - started, ok)
+        _print_assistance(suggested)
         if stack.dashboard_url:
             login = stack.dashboard_login
             print(
@@ -145,6 +148,43 @@ def _readable(payload: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _assistance(stack: Stack, patients: list[str]) -> list[tuple[str, str, str]]:
+    """Each patient's diagnosis and treatment suggestions, asked over the API as a client would:
+    (kind, what, rule)."""
+    found: list[tuple[str, str, str]] = []
+    if not stack.settings.assist.enabled:
+        return found
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}", headers=headers) as http:
+        for patient in patients:
+            for route, kind in (("/assist/diagnoses", "diagnosis"), ("/assist/treatments", "treatment")):
+                for _ in range(50):  # the stage keeps its charts from the same topic: it may trail
+                    response = await http.post(route, json={"patient_id": patient})
+                    if response.status_code != 404:
+                        break
+                    await asyncio.sleep(0.1)
+                if response.status_code != 200:
+                    found.append(("failed", f"{route} answered {response.status_code}", ""))
+                    continue
+                for s in response.json()["suggestions"]:
+                    concept = s.get("code") or s.get("medication") or s.get("test") or {}
+                    what = (concept.get("coding") or [{}])[0].get("display", "")
+                    if kind == "treatment":
+                        what = f"{s['kind']} {what} for {s['for']['coding'][0]['display']}"
+                    found.append((kind, what, f"{s['rule']['id']} v{s['rule']['version']}"))
+    return found
+
+
+def _print_assistance(found: list[tuple[str, str, str]]) -> None:
+    kinds = Counter(kind for kind, _, _ in found)
+    counts = f"{kinds['diagnosis']} possible diagnoses, {kinds['treatment']} treatment suggestions"
+    if kinds["failed"]:
+        counts += f" ({kinds['failed']} requests failed)"
+    print(f"  assistance             {counts}")
+    for kind, what, rule in found[:6]:
+        print(f"    - {kind}: {what} ({rule})")
 
 
 def _print_summary(

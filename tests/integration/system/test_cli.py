@@ -122,6 +122,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "with quality issues    1 converted despite them" in out
     assert "warning malformed-value OBX[2]-5" in out
     assert "OK: every accepted message accounted for" in out
+    # every patient asked for diagnoses and treatments over the API; none of the feed's results
+    # meets a diagnostic criterion (haemoglobins are at or above the WHO thresholds for each sex)
+    assert "assistance             0 possible diagnoses, 0 treatment suggestions\n" in out
     search = out.split("search (patient", 1)[1]
     # Hybrid search: both potassium results of the patient come first (RRF may tie them).
     top = search.splitlines()[1:3]
