@@ -12,7 +12,7 @@ from pathlib import Path
 
 from indexer.knowledge import knowledge_chunks
 from indexer.milvus_store import KnowledgeStore
-from indexer.query import TextEmbedder
+from indexer.query import TextEmbedder, quote
 
 log = logging.getLogger(__name__)
 STARTER = Path(__file__).with_name("knowledge_base")
@@ -75,10 +75,13 @@ def add_files(paths: list[Path], store: KnowledgeStore, embedder: TextEmbedder) 
 
 
 def load_starter(store: KnowledgeStore, embedder: TextEmbedder) -> int:
-    """Add the starter knowledge base when the collection is empty; the passages added."""
-    if store.count():
+    """Add the starter documents the knowledge base does not hold yet (all of them into an empty
+    one; after an upgrade, the new ones); the passages added. A starter document already there is
+    left as it is, so a local edit of it stays."""
+    missing = [p for p in files_under([STARTER]) if not store.count(f"source == {quote(p.name)}")]
+    if not missing:
         return 0
-    added = add_files([STARTER], store, embedder)
+    added = add_files(missing, store, embedder)
     for failed in (a for a in added if a.error):
         log.error("starter knowledge base: %s", failed.error)
     return sum(a.chunks for a in added)
