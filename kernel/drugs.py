@@ -168,11 +168,28 @@ def interactions() -> tuple[Interaction, ...]:
     )
 
 
+# Class names of more than one word, as allergy lists write them.
+_CLASS_PHRASES = {
+    "ace inhibitor": "ace inhibitors",
+    "ace-inhibitor": "ace inhibitors",
+    "angiotensin converting enzyme": "ace inhibitors",
+    "angiotensin-converting enzyme": "ace inhibitors",
+    "angiotensin receptor blocker": "angiotensin receptor blockers",
+    "angiotensin ii receptor": "angiotensin receptor blockers",
+    "arb": "angiotensin receptor blockers",
+    "hmg-coa reductase": "statins",
+}
+
+
 def allergy_classes(text: str) -> frozenset[str]:
-    """The drug classes an allergy text names, by a class word or a member drug."""
+    """The drug classes an allergy text names, by a class word or phrase, or a member drug."""
     words = {w.lower() for w in TOKEN.findall(text)}
     found = ingredients(text)
+    lowered = " ".join(text.lower().split())
     named = {_CLASS_WORDS[w] for w in words if w in _CLASS_WORDS}
+    named |= {
+        cls for phrase, cls in _CLASS_PHRASES.items() if re.search(rf"\b{re.escape(phrase)}s?\b", lowered)
+    }
     return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
 
 

@@ -176,6 +176,10 @@ _THYROID_TX = (
     "the American Thyroid Association task force on thyroid hormone replacement. Thyroid. "
     "2014;24(12):1670-1751."
 )
+_ALLERGY = (
+    "Khan DA, Banerji A, Blumenthal KG, et al. Drug allergy: a 2022 practice parameter update. Journal of "
+    "Allergy and Clinical Immunology. 2022;150(6):1333-1393."
+)
 PASSAGES: Mapping[str, Citation] = {
     key: Citation(source=source, section=section, citation=text)
     for key, (source, section, text) in {
@@ -212,6 +216,7 @@ PASSAGES: Mapping[str, Citation] = {
         "bmi-children": ("obesity-bmi.md", "Children and adolescents", _CDC_BMI),
         "thyroid-diagnosis": ("hypothyroidism.md", "Diagnosis", _THYROID_DX),
         "thyroid-treatment": ("hypothyroidism.md", "Treatment", _THYROID_TX),
+        "drug-allergy": ("drug-allergy.md", "Recorded allergies and drug choice", _ALLERGY),
     }.items()
 }
 

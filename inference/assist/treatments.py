@@ -181,10 +181,13 @@ def _start(
     extra_evidence: Sequence[EvidenceItem] = (),
 ) -> TreatmentSuggestion | None:
     kept: list[Drug] = []
+    passages = list(passages)
     for drug in ranked:
         reason = excluded(f, drug.name)
         if reason:
             personal.append(reason)
+            if reason.startswith("recorded allergy") and "drug-allergy" not in passages:
+                passages.append("drug-allergy")
         elif drug.rxnorm not in {d.rxnorm for d in kept}:
             kept.append(drug)
     if not kept:
@@ -409,12 +412,13 @@ def contraindicated_active(f: Facts) -> list[TreatmentSuggestion]:
     out = []
     for course in f.active_courses():
         names = names_of(course.name)
-        reason = ""
+        reason, passage = "", ""
         if f.pregnant and names & _NO_PREGNANCY:
             reason = f"{course.name} is not used in pregnancy"
+            passage = "bp-first-line" if names & RAAS else "statin-intensity"
         for allergy in f.allergies:
             if not reason and allergy_conflict(course.name, allergy.text) in ("same", "class"):
-                reason = f"recorded allergy '{allergy.text}'"
+                reason, passage = f"recorded allergy '{allergy.text}'", "drug-allergy"
         if not reason:
             continue
         drug = concept((RXNORM, course.rxnorm, course.name))
@@ -427,9 +431,7 @@ def contraindicated_active(f: Facts) -> list[TreatmentSuggestion]:
                 rationale=f"Active {course.name}: {reason}. Review and hold.",
                 personalisation=(reason,),
                 evidence=_evidence_of(f, [course.latest_ref]),
-                citations=cite("bp-first-line" if names & RAAS else "statin-intensity")
-                if names & _NO_PREGNANCY
-                else cite("bp-first-line"),
+                citations=cite(passage),
                 rule=RuleRef(id="tx-contraindicated", version=VERSION),
             )
         )

@@ -59,6 +59,7 @@ def test_ace_inhibitor_allergy_moves_to_an_arb_and_says_why():
     assert start.medication.display == "losartan"
     assert any("allergy" in p and "lisinopril" in p for p in start.personalisation)
     assert "lisinopril" not in [a.display for a in start.alternatives]
+    assert "drug-allergy.md" in [c.source for c in start.citations]
 
 
 def test_pregnancy_excludes_ace_inhibitors_arbs_and_statins():
@@ -162,6 +163,10 @@ def test_an_active_drug_that_pregnancy_contraindicates_is_held():
     holds = [s for s in suggestions(c) if s.kind == "hold"]
     assert holds
     assert "pregnancy" in holds[0].rationale
+    assert holds[0].citations[0].source == "acc-aha-hypertension.md"
+    allergic = chart(HTN, med("Lisinopril 10 MG Oral Tablet"), allergy("ACE inhibitor"))
+    (hold,) = [s for s in suggestions(allergic) if s.kind == "hold"]
+    assert hold.citations[0].source == "drug-allergy.md"
 
 
 def test_suggested_problems_are_treated_too():

@@ -122,3 +122,19 @@ def test_draft_orders_are_checked_without_changing_state():
         ("drug-interaction", "critical"),
     ]
     assert state == before
+
+
+@pytest.mark.parametrize(
+    ("allergy_text", "drug", "conflict"),
+    [
+        ("ACE inhibitor", "lisinopril 10 MG", "class"),
+        ("ACE-inhibitors (angioedema)", "enalapril", "class"),
+        ("ARBs", "losartan 50 MG", "class"),
+        ("arbitrary reaction to dyes", "losartan 50 MG", None),
+        ("Allergy to statins", "atorvastatin", "class"),
+    ],
+)
+def test_class_names_of_several_words_in_allergy_lists(allergy_text, drug, conflict):
+    from kernel.drugs import allergy_conflict
+
+    assert allergy_conflict(drug, allergy_text) == conflict
