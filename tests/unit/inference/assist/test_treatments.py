@@ -2,6 +2,8 @@
 never a drug the record contraindicates, holds and monitoring."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inference.assist.diagnoses import suggest_diagnoses
 from inference.assist.facts import facts
@@ -188,3 +190,43 @@ def test_order_not_the_first_choice_for_this_patient():
 def test_children_get_no_drug_starts():
     c = chart(HTN, DM, person=patient(born="2014-01-01"))
     assert starts(c) == []
+
+
+# What each planted fact rules out, by this test's own reading of the labels and guidelines.
+_RAAS = {"lisinopril", "losartan"}
+_PLANTS = {
+    "allergy lisinopril": ({"lisinopril"}, lambda: allergy("Lisinopril")),
+    "allergy ACE inhibitor": ({"lisinopril"}, lambda: allergy("ACE inhibitor (angioedema)")),
+    "allergy ARB": ({"losartan"}, lambda: allergy("ARB")),
+    "allergy chlorthalidone": ({"chlorthalidone"}, lambda: allergy("Chlorthalidone")),
+    "allergy amlodipine": ({"amlodipine"}, lambda: allergy("Amlodipine")),
+    "allergy statins": ({"atorvastatin", "rosuvastatin"}, lambda: allergy("Statins")),
+    "allergy metformin": ({"metformin"}, lambda: allergy("Metformin")),
+    "lithium": (_RAAS | {"chlorthalidone"}, lambda: med("Lithium carbonate 300 MG Oral Capsule")),
+    "clarithromycin": ({"atorvastatin", "rosuvastatin"}, lambda: med("Clarithromycin 500 MG Oral Tablet")),
+    "eGFR 22": ({"metformin"}, lambda: obs("33914-3", 22, "2026-05-01")),
+    "pregnancy": (
+        _RAAS | {"atorvastatin", "rosuvastatin"},
+        lambda: condition("Normal pregnancy", "72892002", onset="2026-04-01"),
+    ),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    problems=st.sets(st.sampled_from(["htn", "dm", "lipids"]), min_size=1),
+    planted=st.sets(st.sampled_from(sorted(_PLANTS)), max_size=4),
+    black=st.booleans(),
+)
+def test_no_start_suggestion_is_contraindicated_by_what_the_record_holds(problems, planted, black):
+    resources = {"htn": [HTN], "dm": [DM], "lipids": [condition("Hyperlipidemia", "55822004")]}
+    rs = [r for p in sorted(problems) for r in resources[p]]
+    rs += [_PLANTS[p][1]() for p in sorted(planted)]
+    ruled_out = set().union(*[_PLANTS[p][0] for p in planted]) if planted else set()
+    person = patient(born="1970-01-01", gender="female", black=black)
+    found = suggestions(chart(*rs, person=person))
+    started = {s.medication.display for s in found if s.kind == "start"}
+    assert not started & ruled_out
+    for s in found:
+        assert s.citations
+        assert s.rule.version
