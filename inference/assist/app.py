@@ -374,11 +374,20 @@ async def accepted_conditions(service: AssistService, feedback: ClinicianFeedbac
     patient = chart.patient()
     ident = chart_identifier(patient) if patient is not None else None
     subject = patient_reference(str((patient or {}).get("id") or feedback.patient_id), ident)
-    return [
+    found = [
         cards.provisional_condition(s, feedback.patient_id, feedback.patient_id, subject)
         for s in service.diagnoses(service.facts(chart))
         if cards.condition_suggestion_uuid(s) in wanted
     ]
+    if len(found) < len(wanted):
+        # The record changed since the card was shown (the problem was documented meanwhile, or a
+        # newer result no longer meets the criteria): the EHR applied the card's own action.
+        log.warning(
+            "assist: %d accepted suggestion(s) of rule %s no longer supported by the record; not written back",
+            len(wanted) - len(found),
+            feedback.rule_id,
+        )
+    return found
 
 
 def openapi_paths() -> dict[str, dict[str, Any]]:
