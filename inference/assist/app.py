@@ -383,7 +383,7 @@ async def accepted_conditions(service: AssistService, feedback: ClinicianFeedbac
         # The record changed since the card was shown (the problem was documented meanwhile, or a
         # newer result no longer meets the criteria): the EHR applied the card's own action.
         log.warning(
-            "assist: %d accepted suggestion(s) of rule %s no longer supported by the record; not written back",
+            "assist: %d accepted suggestion(s) of rule %s no longer held by the record; not written back",
             len(wanted) - len(found),
             feedback.rule_id,
         )
