@@ -134,9 +134,10 @@ def facts(chart: Chart, at: datetime) -> Facts:
     died = instant((patient or {}).get("deceasedDateTime"))
     when = min(at, died) if died is not None else at
     problems = tuple(current_problems(chart, when))
-    texts = {
-        ref: concept_text(r.get("code") or r.get("medicationCodeableConcept"))
+    texts = {  # what evidence items show (a resource whose `code` is no concept shows none)
+        ref: concept_text(concept)
         for ref, r in chart.resources.items()
+        if isinstance(concept := r.get("code") or r.get("medicationCodeableConcept"), dict)
     }
     return Facts(
         patient_id=chart.patient_id,
