@@ -478,6 +478,26 @@ def alerts(backend: Backend, user: User, config: Config) -> None:
         ],
         hide_index=True,
     )
+    st.subheader("Assistance: suggestions served and clinicians' answers to their cards")
+    snapshot = _cached("snapshot", config.cache_s, backend.snapshot)
+    suggestions = q.suggestion_stats(snapshot, answers)
+    if suggestions:
+        st.dataframe(
+            [
+                {
+                    "rule": s.rule_id,
+                    "kind": s.kind,
+                    "served": int(s.served),
+                    "accepted": s.accepted,
+                    "overridden": s.overridden,
+                    "accept rate": None if s.accept_rate is None else f"{s.accept_rate:.0%}",
+                }
+                for s in suggestions
+            ],
+            hide_index=True,
+        )
+    else:
+        st.caption("No diagnosis or treatment suggestion served yet.")
     st.subheader("Latest alerts")
     latest = sorted({a.id: a for a in raised}.values(), key=lambda a: a.raised_at, reverse=True)[:50]
     for a in latest[:5]:

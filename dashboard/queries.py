@@ -609,6 +609,54 @@ def alert_stats(alerts: Iterable[Alert], feedback: Iterable[ClinicianFeedback]) 
     return sorted(stats.values(), key=lambda s: (-s.raised, -s.overridden, s.rule_id))
 
 
+@dataclass(frozen=True)
+class SuggestionRow:
+    """One assistance rule: suggestions served since start, and clinicians' answers to its cards."""
+
+    rule_id: str
+    kind: str  # diagnosis or treatment
+    served: float
+    accepted: int
+    overridden: int
+
+    @property
+    def accept_rate(self) -> float | None:
+        """Share of answered cards accepted (None before any answer)."""
+        answered = self.accepted + self.overridden
+        return self.accepted / answered if answered else None
+
+
+def suggestion_stats(cur: Snapshot, feedback: Iterable[ClinicianFeedback]) -> list[SuggestionRow]:
+    """Per assistance rule (``dx-*``, ``tx-*``): suggestions served (the counter since start) and
+    the latest answer to each of its cards, most served first."""
+    served: dict[tuple[str, str], float] = {}
+    for labels, value in cur.matching("clinstream_assist_suggestions_total"):
+        key = (labels.get("rule_id", ""), labels.get("kind", ""))
+        served[key] = served.get(key, 0.0) + value
+    latest: dict[str, ClinicianFeedback] = {}
+    for f in feedback:
+        if (f.rule_id or "").startswith(("dx-", "tx-")) and (
+            f.target_id not in latest or f.at >= latest[f.target_id].at
+        ):
+            latest[f.target_id] = f
+    answers: dict[str, Counter[str]] = {}
+    for f in latest.values():
+        answers.setdefault(str(f.rule_id), Counter())[f.outcome] += 1
+    kinds = {rule: kind for rule, kind in served}
+    rules = set(kinds) | set(answers)
+    rows = [
+        SuggestionRow(
+            rule,
+            kinds.get(rule, "diagnosis" if rule.startswith("dx-") else "treatment"),
+            served.get((rule, kinds.get(rule, "")), 0.0),
+            answers.get(rule, Counter())["accepted"],
+            answers.get(rule, Counter())["overridden"],
+        )
+        for rule in rules
+    ]
+    return sorted(rows, key=lambda r: (-r.served, r.rule_id))
+
+
 def severity_counts(alerts: Iterable[Alert]) -> dict[str, int]:
     """Alerts (each id once) per severity."""
     return dict(Counter(a.severity for a in {a.id: a for a in alerts}.values()))

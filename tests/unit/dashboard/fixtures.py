@@ -47,6 +47,7 @@ def _exposition(scale: float) -> str:
     )
     rows = Counter("clinstream_model_rows", "", ["model"], registry=registry)
     last = Gauge("clinstream_index_last_batch_timestamp", "", registry=registry)
+    suggestions = Counter("clinstream_assist_suggestions", "", ["kind", "rule_id"], registry=registry)
     for stage, n in (("normalizer", 120), ("indexer", 118), ("cds", 120)):
         records.labels(stage).inc(n * scale)
         for _ in range(int(n * scale)):
@@ -63,6 +64,8 @@ def _exposition(scale: float) -> str:
         run_s.labels("all-MiniLM-L6-v2/fp32").observe(0.02)
     rows.labels("all-MiniLM-L6-v2/fp32").inc(400 * scale)
     last.set(NOW.timestamp() - 3)
+    suggestions.labels("diagnosis", "dx-hypertension").inc(12 * scale)
+    suggestions.labels("treatment", "tx-hypertension").inc(9 * scale)
     return generate_latest(registry).decode()
 
 
@@ -191,7 +194,19 @@ class FakeBackend:
                 at=NOW,
                 channel="cds-hooks",
                 principal="ehr",
-            )
+            ),
+            ClinicianFeedback(
+                id="f2",
+                patient_id=PATIENT,
+                target="alert",
+                target_id="card-dx-1",
+                rule_id="dx-hypertension",
+                outcome="accepted",
+                accepted_suggestions=("s1",),
+                at=NOW,
+                channel="cds-hooks",
+                principal="ehr",
+            ),
         ]
 
     def index_stats(self) -> list[dict[str, Any]]:

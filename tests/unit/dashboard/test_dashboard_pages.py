@@ -180,7 +180,11 @@ def test_alerts_page_counts_rules_and_override_rates(fake):
     assert news2["overridden"] == 1
     assert news2["override rate"] == "100%"
     assert next(iter(rules["rule"])) == "news2"  # noisiest first
-    latest = _frames(at)[1]
+    assistance = _frames(at)[1]
+    dx = assistance[assistance["rule"] == "dx-hypertension"].iloc[0]
+    assert (dx["kind"], dx["accepted"], dx["accept rate"]) == ("diagnosis", 1, "100%")
+    assert dx["served"] > assistance[assistance["rule"] == "tx-hypertension"].iloc[0]["served"] > 0
+    latest = _frames(at)[2]
     assert set(latest["patient"]) == {"***"}
 
 

@@ -180,6 +180,30 @@ def test_alert_stats_count_each_alert_once_and_its_latest_answer():
     assert aki.accept_rate is None
 
 
+def test_suggestion_stats_join_what_was_served_and_the_answers_to_its_cards():
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    registry = CollectorRegistry()
+    served = Counter("clinstream_assist_suggestions", "", ["kind", "rule_id"], registry=registry)
+    served.labels("diagnosis", "dx-obesity").inc(4)
+    served.labels("treatment", "tx-statin").inc(9)
+    snapshot = q.parse_metrics([generate_latest(registry).decode()], at=0.0)
+    answers = [
+        _answer("c1", "overridden", 1).model_copy(update={"rule_id": "dx-obesity"}),
+        _answer("c1", "accepted", 2).model_copy(update={"rule_id": "dx-obesity"}),  # the latest counts
+        _answer("c2", "overridden", 1).model_copy(update={"rule_id": "dx-obesity"}),
+        _answer("a9", "accepted", 1).model_copy(update={"rule_id": "news2"}),  # an alert, not a suggestion
+    ]
+    statin, obesity = q.suggestion_stats(snapshot, answers)
+    assert (statin.rule_id, statin.kind, statin.served, statin.accept_rate) == (
+        "tx-statin",
+        "treatment",
+        9,
+        None,
+    )
+    assert (obesity.served, obesity.accepted, obesity.overridden, obesity.accept_rate) == (4, 1, 1, 0.5)
+
+
 def test_citations_are_highlighted_and_sources_listed():
     note = "## Results\n- K 6.2 [1][2]\n\n## Sources\n[1] Observation/a: K 6.2\n[2] Observation/b: K 4.1\n"
     assert "- K 6.2 :blue-background[[1]]:blue-background[[2]]" in q.highlight_citations(note)
