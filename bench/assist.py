@@ -405,7 +405,7 @@ async def diagnoses(api: Api, bundles: list[tuple[str, dict[str, Any]]], args: a
             fp[f] += 1
         for f in truth[pid] - got:
             fn[f] += 1
-    versions = dict(zip(dx_rules.RULE_IDS, [dx_rules.VERSION] * len(dx_rules.RULE_IDS), strict=True))
+    versions = dx_rules.VERSIONS
     rule_of = {
         "obesity": "dx-obesity",
         "diabetes": "dx-diabetes-t2",
@@ -470,7 +470,7 @@ async def treatments(api: Api, bundles: list[tuple[str, dict[str, Any]]], args: 
             if not ok:
                 missed.append((family, [ingredient(s) for s in suggested[pid]]))
     print(f"\nTreatments: {len(variants)} patients, active medication orders hidden, Conditions kept")
-    print(f"rules: {', '.join(f'{r} v{tx_rules.VERSION}' for r in tx_rules.RULE_IDS)}")
+    print(f"rules: {', '.join(f'{r} v{v}' for r, v in tx_rules.VERSIONS.items())}")
     share = covered / max(1, total)
     print(
         f"documented hypertension, hyperlipidemia, type 2 diabetes with a first-line start: {covered}/{total}"

@@ -49,7 +49,6 @@ from inference.assist.suggestions import (
 from kernel.analytes import Reading
 from kernel.chart import Problem
 
-VERSION = "1.0.0"
 CHRONIC = timedelta(days=90)  # KDIGO: "for more than 3 months"
 D = Decimal
 
@@ -124,7 +123,7 @@ def _suggest(
         rationale=rationale,
         evidence=tuple(reading_evidence(r, label) for r, label in evidence),
         citations=cite(*passages),
-        rule=RuleRef(id=rule, version=VERSION),
+        rule=RuleRef(id=rule, version=VERSIONS[rule]),
     )
 
 
@@ -484,17 +483,19 @@ RULES: tuple[Callable[[Facts], DiagnosisSuggestion | None], ...] = (
     hypertriglyceridemia,
     hypothyroidism,
 )
-RULE_IDS = (
-    "dx-obesity",
-    "dx-diabetes-t2",
-    "dx-prediabetes",
-    "dx-hypertension",
-    "dx-ckd",
-    "dx-anemia",
-    "dx-hypercholesterolemia",
-    "dx-hypertriglyceridemia",
-    "dx-hypothyroidism",
-)
+VERSIONS: Mapping[str, str] = {
+    "dx-obesity": "1.0.0",
+    "dx-diabetes-t2": "1.0.0",
+    "dx-prediabetes": "1.0.0",
+    "dx-hypertension": "1.0.0",
+    "dx-ckd": "1.0.0",
+    "dx-anemia": "1.0.0",
+    "dx-hypercholesterolemia": "1.0.0",
+    "dx-hypertriglyceridemia": "1.0.0",
+    "dx-hypothyroidism": "1.0.0",
+}
+"""Each rule's version: a change to a rule's criteria or thresholds bumps its own."""
+RULE_IDS = tuple(VERSIONS)
 
 
 def suggest_diagnoses(f: Facts, *, disabled: frozenset[str] = frozenset()) -> list[DiagnosisSuggestion]:

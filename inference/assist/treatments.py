@@ -32,7 +32,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -57,8 +57,6 @@ from inference.assist.suggestions import (
 )
 from kernel.chart import Course, Problem
 from kernel.drugs import allergy_conflict, interaction_between, names_of
-
-VERSION = "1.0.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +202,7 @@ def _start(
         alternatives=tuple(d.concept for d in kept[1:]),
         evidence=_evidence_of(f, [target.ref]) + tuple(extra_evidence),
         citations=cite(*passages),
-        rule=RuleRef(id=rule, version=VERSION),
+        rule=RuleRef(id=rule, version=VERSIONS[rule]),
     )
 
 
@@ -279,7 +277,7 @@ def _raas_monitoring(f: Facts, target: Target, drug: Concept, *, planned: bool) 
         test=test,
         rationale=f"Check potassium and creatinine {when} ({drug.display}; KDIGO 2024).",
         citations=cite("ckd-raas-monitoring"),
-        rule=RuleRef(id="tx-monitor-raas", version=VERSION),
+        rule=RuleRef(id="tx-monitor-raas", version=VERSIONS["tx-monitor-raas"]),
     )
 
 
@@ -347,7 +345,7 @@ def metformin(f: Facts, target: Target) -> list[TreatmentSuggestion]:
                 personalisation=(f"renal function: eGFR {shown(egfr)}",),
                 evidence=(reading_evidence(egfr, "eGFR"), *_evidence_of(f, [active[0].latest_ref])),
                 citations=cite("ada-metformin"),
-                rule=RuleRef(id="tx-metformin", version=VERSION),
+                rule=RuleRef(id="tx-metformin", version=VERSIONS["tx-metformin"]),
             )
         ]
     why = "Type 2 diabetes without metformin: {drug} is the preferred initial therapy (ADA 2025)."
@@ -377,7 +375,7 @@ def hba1c_monitoring(f: Facts, target: Target) -> list[TreatmentSuggestion]:
             rationale=f"HbA1c is due ({when}): at least every 6 months, every 3 when not at goal (ADA 2025).",
             evidence=(reading_evidence(last, "HbA1c"),) if last is not None else (),
             citations=cite("ada-hba1c"),
-            rule=RuleRef(id="tx-monitor-hba1c", version=VERSION),
+            rule=RuleRef(id="tx-monitor-hba1c", version=VERSIONS["tx-monitor-hba1c"]),
         )
     ]
 
@@ -432,7 +430,7 @@ def contraindicated_active(f: Facts) -> list[TreatmentSuggestion]:
                 personalisation=(reason,),
                 evidence=_evidence_of(f, [course.latest_ref]),
                 citations=cite(passage),
-                rule=RuleRef(id="tx-contraindicated", version=VERSION),
+                rule=RuleRef(id="tx-contraindicated", version=VERSIONS["tx-contraindicated"]),
             )
         )
     return out
@@ -515,15 +513,17 @@ def _best_start(f: Facts, target: Target, held: frozenset[str]) -> TreatmentSugg
 _CLASSES_OF = {fam: classes for classes, fam in _TREATS}
 
 
-RULE_IDS = (
-    "tx-hypertension",
-    "tx-statin",
-    "tx-metformin",
-    "tx-levothyroxine",
-    "tx-monitor-raas",
-    "tx-monitor-hba1c",
-    "tx-contraindicated",
-)
+VERSIONS: Mapping[str, str] = {
+    "tx-hypertension": "1.0.0",
+    "tx-statin": "1.0.0",
+    "tx-metformin": "1.0.0",
+    "tx-levothyroxine": "1.0.0",
+    "tx-monitor-raas": "1.0.0",
+    "tx-monitor-hba1c": "1.0.0",
+    "tx-contraindicated": "1.0.0",
+}
+"""Each rule's version: a change to a rule's choices or exclusions bumps its own."""
+RULE_IDS = tuple(VERSIONS)
 
 
 def suggest_treatments(
