@@ -51,6 +51,8 @@ from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
 from indexer.query import ContextualQuery
+from inference.assist import diagnoses as dx_rules
+from inference.assist import treatments as tx_rules
 from inference.assist.answers import ChatModel
 from inference.assist.app import AssistHooks, AssistService, assist_routes, register_assist
 from inference.assist.app import openapi_paths as assist_openapi
@@ -303,11 +305,7 @@ async def _assist_service(w: Wiring) -> AssistService:
     executor = background_executor(settings.notes.cpu_nice, "clinstream-assist")
     w.stack.callback(executor.shutdown)
     model: ChatModel | None = None
-    if assist.generator == "openai":
-        if not assist.openai_base_url:
-            raise ConfigurationError(
-                "CLINSTREAM_ASSIST__GENERATOR=openai needs CLINSTREAM_ASSIST__OPENAI_BASE_URL"
-            )
+    if assist.generator == "openai" and assist.openai_base_url:  # `_check` refused it unset
         key = assist.openai_api_key.get_secret_value() if assist.openai_api_key else None
         chat = OpenAIChat(
             assist.openai_base_url, assist.openai_model, api_key=key, timeout_s=assist.ask_timeout_s
@@ -655,6 +653,14 @@ def _check(settings: Settings, *, dashboard: bool) -> str:
             "the dashboard needs CLINSTREAM_DASHBOARD__USERS or __TRUSTED_USER_HEADER with an external Kafka"
         )
     ruleset_from(settings.cds)  # a bad rule setting stops start-up, not the first record
+    assist = settings.assist
+    if assist.enabled and assist.generator == "openai" and not assist.openai_base_url:
+        raise ConfigurationError(
+            "CLINSTREAM_ASSIST__GENERATOR=openai needs CLINSTREAM_ASSIST__OPENAI_BASE_URL"
+        )
+    unknown = set(assist.disabled_rules) - set(dx_rules.RULE_IDS) - set(tx_rules.RULE_IDS)
+    if unknown:
+        raise ConfigurationError(f"CLINSTREAM_ASSIST__DISABLED_RULES names unknown rules: {sorted(unknown)}")
     return token or secrets.token_urlsafe(24)
 
 

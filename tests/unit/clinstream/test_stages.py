@@ -72,3 +72,18 @@ def test_the_dashboard_runs_alone_and_only_with_logins(tmp_path, args, says):
     )
     assert done.returncode == 2
     assert says in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("assist", "message"),
+    [
+        ({"generator": "openai"}, "OPENAI_BASE_URL"),
+        ({"disabled_rules": ["dx-obesity", "dx-unicorn"]}, "dx-unicorn"),
+    ],
+)
+def test_assistance_settings_that_cannot_work_stop_start_up(assist, message):
+    with pytest.raises(ConfigurationError, match=message):
+        check_stages(
+            Settings(kafka=KAFKA, http=TOKEN, milvus={"uri": "http://milvus:19530"}, assist=assist),
+            ["inference"],
+        )
