@@ -7,7 +7,10 @@ from hypothesis import strategies as st
 
 from inference.assist.diagnoses import suggest_diagnoses
 from inference.assist.facts import facts
+from inference.assist.suggestions import PASSAGES
 from inference.assist.treatments import review_order, suggest_treatments
+from kernel.drugs import names_of
+from tests.conftest import synthea_files, synthea_resources
 from tests.unit.inference.assist.fixtures import NOW, allergy, bp, chart, condition, med, obs, patient
 
 HTN = condition("Essential hypertension (disorder)", "59621000")
@@ -230,3 +233,21 @@ def test_no_start_suggestion_is_contraindicated_by_what_the_record_holds(problem
     for s in found:
         assert s.citations
         assert s.rule.version
+
+
+@pytest.mark.parametrize("path", synthea_files(), ids=lambda p: p.stem.split("_")[0])
+def test_synthea_patients_treatments_stay_within_their_problems_and_active_drugs(path):
+    c = chart(*synthea_resources(path))
+    f = facts(c, NOW)
+    suggested = suggest_diagnoses(f)
+    problems = {p.snomed for p in f.problems} | {s.code.coding[0].code for s in suggested}
+    active = set().union(*(names_of(x.name) for x in f.active_courses())) if f.active_courses() else set()
+    for s in suggest_treatments(f, suggested):
+        if s.rule.id != "tx-contraindicated":
+            assert s.for_.coding[0].code in problems  # only the patient's own problems are treated
+        if s.kind == "start":
+            assert s.medication is not None
+            assert s.medication.coding[0].system == "http://www.nlm.nih.gov/research/umls/rxnorm"
+            # never a drug, or a drug of a class, the patient already takes
+            assert not names_of(s.medication.display) & active
+        assert all(c in PASSAGES.values() for c in s.citations)
