@@ -44,10 +44,10 @@ from inference.assist.diagnoses import suggest_diagnoses
 from inference.assist.facts import Facts, facts
 from inference.assist.suggestions import DiagnosisSuggestion, TreatmentSuggestion
 from inference.assist.treatments import review_order, suggest_treatments
+from kernel.cds_hooks import draft_orders
 from kernel.chart import Chart
 from kernel.chart_store import ChartStore
 from kernel.events import ClinicianFeedback, DeadLetter, Topics
-from kernel.fhir_models import model_class
 from kernel.grounding import Evidence
 from kernel.identity import resolve_patient
 from kernel.kafka import (
@@ -264,42 +264,15 @@ class AssistHooks:
         if self.id == cards.TREATMENTS:
             return [cards.treatment_card(s, patient_id) for s in self.service.treatments(f, suggested)]
         out = []
-        for order in _draft_orders(context, selected_only=self.id == cards.ORDER_SELECT):
+        orders, _ = draft_orders(
+            context, selected_only=self.id == cards.ORDER_SELECT, validate={"MedicationRequest"}
+        )
+        for order in (o for o in orders if o["resourceType"] == "MedicationRequest"):
             text = _medication_text(order)
             advice = review_order(f, suggested, text) if text else None
             if advice is not None:
                 out.append(cards.order_card(advice, order, key, patient_id))
         return out
-
-
-def _draft_orders(context: Mapping[str, Any], *, selected_only: bool) -> list[dict[str, Any]]:
-    """The MedicationRequests of ``context.draftOrders`` (the selected ones for order-select).
-
-    Raises:
-        ValueError: draftOrders is not a Bundle, or holds an invalid MedicationRequest.
-    """
-    bundle = context.get("draftOrders")
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise ValueError("context.draftOrders must be a FHIR Bundle")
-    orders = [
-        e["resource"]
-        for e in bundle.get("entry") or []
-        if isinstance(e, dict)
-        and isinstance(e.get("resource"), dict)
-        and e["resource"].get("resourceType") == "MedicationRequest"
-    ]
-    for order in orders:
-        try:
-            model_class("MedicationRequest")(**order)
-        except (ValidationError, ValueError, TypeError) as exc:
-            raise ValueError("context.draftOrders holds an invalid MedicationRequest") from exc
-    if selected_only:
-        selections = context.get("selections") or []
-        if not isinstance(selections, list):
-            raise ValueError("context.selections must be a list of order references")
-        chosen = {str(s).rsplit("/", 1)[-1] for s in selections}
-        orders = [o for o in orders if str(o.get("id")) in chosen]
-    return orders
 
 
 def _medication_text(order: Mapping[str, Any]) -> str:

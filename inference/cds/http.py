@@ -45,9 +45,8 @@ from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.medsafety import MEDICATION_ORDERS, check_orders
 from inference.cds.state import PatientState
 from inference.cds.state_store import StateStore
-from kernel.cds_hooks import HookService
+from kernel.cds_hooks import HookService, draft_orders
 from kernel.events import ClinicianFeedback, deterministic_id
-from kernel.fhir_models import model_class
 from kernel.identity import hl7_key
 from kernel.openapi import operation, path_param
 
@@ -163,15 +162,16 @@ class CdsHooksService:
         key = await self._patient_key(hook, patient)
         if isinstance(key, JSONResponse):
             return key
-        # Cards come from memory when the state and the cards shown are there (the usual case):
-        # a thread hop per call would cost more than the answer.
-        state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
-        if service in self._extra:
+        if service in self._extra:  # another stage's cards: decision support's state is not needed
             try:
                 cards = await self._extra[service].cards(key, patient, hook.context)
             except ValueError as exc:
                 return _error(400, str(exc))
-        elif service == PATIENT_VIEW:
+            return await self._shown(key, cards)
+        # Cards come from memory when the state and the cards shown are there (the usual case):
+        # a thread hop per call would cost more than the answer.
+        state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
+        if service == PATIENT_VIEW:
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
             cards = [patient_view_card(a, patient) for a in alerts]
         elif service == DISCHARGE:
@@ -183,6 +183,10 @@ class CdsHooksService:
             if isinstance(checked, JSONResponse):
                 return checked
             cards = checked
+        return await self._shown(key, cards)
+
+    async def _shown(self, key: str, cards: list[dict[str, Any]]) -> JSONResponse:
+        """The answer, once the cards are remembered (their feedback is found by uuid)."""
         shown = [(c["uuid"], c["source"]["topic"]["code"]) for c in cards]
         if not self._store.remembered([uuid for uuid, _ in shown]):
             await asyncio.to_thread(self._store.remember_cards, key, shown)
@@ -192,29 +196,12 @@ class CdsHooksService:
         self, hook: HookRequest, state: PatientState, *, selected_only: bool
     ) -> list[dict[str, Any]] | JSONResponse:
         """Cards for the medication orders in ``context.draftOrders`` (order-select, order-sign)."""
-        bundle = hook.context.get("draftOrders")
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            return _error(400, "context.draftOrders must be a FHIR Bundle")
-        orders = [
-            e["resource"]
-            for e in bundle.get("entry") or []
-            if isinstance(e, dict)
-            and isinstance(e.get("resource"), dict)
-            and e["resource"].get("resourceType")
-        ]
-        for order in orders:
-            if order["resourceType"] not in MEDICATION_ORDERS:
-                continue
-            try:
-                model_class(str(order["resourceType"]))(**order)
-            except (ValidationError, ValueError, TypeError):
-                return _error(400, f"context.draftOrders holds an invalid {order['resourceType']}")
-        selections = hook.context.get("selections") or []
-        if selected_only and not isinstance(selections, list):
-            return _error(400, "context.selections must be a list of order references")
-        chosen = {str(s).rsplit("/", 1)[-1] for s in selections}
-        new = [o for o in orders if not selected_only or str(o.get("id")) in chosen]
-        alongside = [o for o in orders if o not in new]  # other drafts count as ordered
+        try:
+            new, alongside = draft_orders(
+                hook.context, selected_only=selected_only, validate=MEDICATION_ORDERS
+            )
+        except ValueError as exc:
+            return _error(400, str(exc))
         now = self._clock()
         findings = check_orders(state, new, at=now, alongside=alongside)
         # Only a draft with an id can be named in a delete action.
