@@ -328,7 +328,6 @@ async def _assist_service(w: Wiring) -> AssistService:
             [Evidence(f"kb:{p.source}#{p.section}", p.text) for p in passages],
         )
 
-    await asyncio.to_thread(medsafety.preload)  # the drug dictionary, before the first request
     return AssistService(
         store,
         executor,

@@ -103,7 +103,6 @@ _SPECIAL: Mapping[tuple[str, str], Callable[[Decimal], Decimal]] = {
     ("tsh", "uiu/ml"): lambda v: v,
     ("tsh", "µiu/ml"): lambda v: v,
     ("tsh", "miu/l"): lambda v: v,
-    ("bmi", "kg/m2"): lambda v: v,
     ("bmi", "kg/m^2"): lambda v: v,
 }
 

@@ -25,7 +25,7 @@ showing).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -197,7 +197,8 @@ def _category(condition: Mapping[str, Any]) -> str:
     return ""
 
 
-def _clinical_status(resource: Mapping[str, Any]) -> str:
+def clinical_status(resource: Mapping[str, Any]) -> str:
+    """The first code of ``clinicalStatus`` (Condition, AllergyIntolerance), or ``""``."""
     for coding in (resource.get("clinicalStatus") or {}).get("coding", []):
         if coding.get("code"):
             return str(coding["code"])
@@ -219,7 +220,7 @@ def ended(condition: Mapping[str, Any], at: datetime) -> bool:
     """A Condition over by ``at`` on its own evidence: clinicalStatus inactive, resolved or in
     remission, or an abatement at or before ``at`` (an abatement without a date counts)."""
     abated, has_abatement = _abatement(condition)
-    return _clinical_status(condition) in _PAST_STATUS or (has_abatement and (abated is None or abated <= at))
+    return clinical_status(condition) in _PAST_STATUS or (has_abatement and (abated is None or abated <= at))
 
 
 def _encounter_finished(chart: Chart, condition: Mapping[str, Any], at: datetime) -> bool | None:
@@ -386,8 +387,3 @@ def age_at(chart: Chart, at: datetime) -> float | None:
 def sex_of(chart: Chart) -> str:
     """The administrative gender (``male``, ``female``, ``other``, ``unknown``), or ``""``."""
     return str((chart.patient() or {}).get("gender") or "")
-
-
-def texts(problems: Sequence[Problem]) -> list[str]:
-    """The problems' display texts (for prompts and tests)."""
-    return [p.text for p in problems]

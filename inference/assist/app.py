@@ -156,10 +156,6 @@ class AssistService:
         return found.public()
 
 
-def _public_diagnosis(s: DiagnosisSuggestion) -> dict[str, Any]:
-    return s.model_dump(mode="json", exclude={"family"}) | {"family": s.family}
-
-
 def _public_treatment(s: TreatmentSuggestion) -> dict[str, Any]:
     return s.model_dump(mode="json", by_alias=True)
 
@@ -192,7 +188,7 @@ def assist_routes(service: AssistService) -> list[Route]:
         for s in found:
             SUGGESTIONS.labels("diagnosis", s.rule.id).inc()
         ASSIST_SECONDS.labels("diagnoses").observe(time.perf_counter() - started)
-        return JSONResponse({"suggestions": [_public_diagnosis(s) for s in found]})
+        return JSONResponse({"suggestions": [s.model_dump(mode="json") for s in found]})
 
     async def treatments(request: Request) -> JSONResponse:
         started = time.perf_counter()

@@ -17,7 +17,6 @@ from typing import Any
 
 from kernel.analytes import Reading, readings_of
 from kernel.chart import Chart, Course, Problem, age_at, current_problems, instant, medication_courses, sex_of
-from kernel.drugs import names_of
 from kernel.errors import RuleInputError
 from kernel.rendering import concept_text
 
@@ -49,7 +48,14 @@ class Facts:
     problems: tuple[Problem, ...]
     courses: tuple[Course, ...]
     allergies: tuple[Allergy, ...]
-    texts: Mapping[str, str] = field(default_factory=dict)  # ref → display of the resource
+    resources: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # the chart's, by reference
+
+    def text_of(self, ref: str) -> str:
+        """What an evidence item shows of a resource: its concept's text (``""`` without one)."""
+        concept = self.resources.get(ref, {}).get("code") or self.resources.get(ref, {}).get(
+            "medicationCodeableConcept"
+        )
+        return concept_text(concept) if isinstance(concept, dict) else ""
 
     def series(self, analyte: str) -> tuple[Reading, ...]:
         """Readings of ``analyte``, oldest first."""
@@ -63,13 +69,6 @@ class Facts:
     def active_courses(self) -> list[Course]:
         """Medication courses with an active order."""
         return [c for c in self.courses if c.active]
-
-    def active_names(self) -> frozenset[str]:
-        """Ingredients and classes of every active course."""
-        names: set[str] = set()
-        for course in self.active_courses():
-            names |= names_of(course.name)
-        return frozenset(names)
 
     @property
     def pregnant(self) -> bool:
@@ -134,11 +133,6 @@ def facts(chart: Chart, at: datetime) -> Facts:
     died = instant((patient or {}).get("deceasedDateTime"))
     when = min(at, died) if died is not None else at
     problems = tuple(current_problems(chart, when))
-    texts = {  # what evidence items show (a resource whose `code` is no concept shows none)
-        ref: concept_text(concept)
-        for ref, r in chart.resources.items()
-        if isinstance(concept := r.get("code") or r.get("medicationCodeableConcept"), dict)
-    }
     return Facts(
         patient_id=chart.patient_id,
         at=when,
@@ -150,7 +144,7 @@ def facts(chart: Chart, at: datetime) -> Facts:
         problems=problems,
         courses=tuple(medication_courses(chart, when)),
         allergies=_allergies(chart),
-        texts=texts,
+        resources=chart.resources,
     )
 
 

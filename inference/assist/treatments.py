@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Literal
@@ -165,7 +165,7 @@ def excluded(f: Facts, name: str) -> str:
 
 
 def _evidence_of(f: Facts, refs: Iterable[str]) -> tuple[EvidenceItem, ...]:
-    return tuple(EvidenceItem(resource_id=r, text=f.texts.get(r, "")) for r in dict.fromkeys(refs) if r)
+    return tuple(EvidenceItem(resource_id=r, text=f.text_of(r)) for r in dict.fromkeys(refs) if r)
 
 
 def _start(
@@ -486,20 +486,11 @@ def review_order(f: Facts, suggested: Iterable[DiagnosisSuggestion], order_text:
 
 
 def _best_start(f: Facts, target: Target, held: frozenset[str]) -> TreatmentSuggestion | None:
-    bare = Facts(
-        patient_id=f.patient_id,
-        at=f.at,
-        age=f.age,
-        sex=f.sex,
-        black=f.black,
-        pregnant_since=f.pregnant_since,
-        readings=f.readings,
-        problems=f.problems,
+    bare = replace(
+        f,
         courses=tuple(
             c for c in f.courses if not c.active or not names_of(c.name) & _CLASSES_OF[target.family]
         ),
-        allergies=f.allergies,
-        texts=f.texts,
     )
     found = {
         "hypertension": lambda: hypertension(bare, target, held),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from kernel.chart import Chart, current_problems, medication_courses, ref_of
+from kernel.chart import Chart, clinical_status, current_problems, medication_courses, ref_of
 from kernel.generation import Generation, GenerationConfig
 from kernel.grounding import (
     Evidence,
@@ -96,13 +96,6 @@ class TextGenerator(Protocol):
 
     def chat(self, messages: Sequence[dict[str, str]], config: GenerationConfig) -> Generation:
         """The assistant's answer to ``messages``."""
-
-
-def _clinical_status(resource: Mapping[str, Any]) -> str:
-    for coding in (resource.get("clinicalStatus") or {}).get("coding", []):
-        if coding.get("code"):
-            return str(coding["code"])
-    return ""
 
 
 def _time(value: Any) -> datetime | None:
@@ -327,7 +320,7 @@ def _procedures(chart: Chart, start: datetime | None, end: datetime | None) -> l
 def _allergies(chart: Chart) -> list[Sentence]:
     lines = []
     for allergy in chart.of("AllergyIntolerance"):
-        if _clinical_status(allergy) not in ("", "active"):
+        if clinical_status(allergy) not in ("", "active"):
             continue
         details = [str(allergy.get("criticality", ""))]
         details += [concept_text(m) for r in allergy.get("reaction", []) for m in r.get("manifestation", [])]
