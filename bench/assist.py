@@ -586,22 +586,18 @@ def generators(bundles: list[tuple[str, dict[str, Any]]], n: int) -> None:
     from inference.assist.facts import facts
     from inference.assist.openai_client import OpenAIChat
     from kernel.chart import Chart, apply
+    from kernel.events import FhirInbound
     from kernel.generator_session import Generator
+    from stream.fhir_input import normalize_fhir
 
-    charts = []
+    charts = []  # through our own FHIR normalizer, as the stage receives them
     for _, bundle in bundles[:n]:
-        by_url = {
-            e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
-        }
-
-        def fix(value: Any, by_url: dict[str, str] = by_url) -> Any:
-            if isinstance(value, dict):
-                return {k: (by_url.get(v, v) if k == "reference" else fix(v)) for k, v in value.items()}
-            if isinstance(value, list):
-                return [fix(v) for v in value]
-            return value
-
-        charts.append(apply(Chart(patient_id(bundle)), [fix(e["resource"]) for e in bundle["entry"]]))
+        inbound = FhirInbound(
+            interaction="transaction",
+            resources=[e["resource"] for e in bundle["entry"]],
+            full_urls=[e.get("fullUrl") for e in bundle["entry"]],
+        )
+        charts += [apply(Chart(group.patient_id), group.resources) for group in normalize_fhir(inbound)]
     onnx = Generator(generator_dir())
     tokens: dict[str, list[int]] = {"onnx": [], "llama.cpp": []}
     decoding: dict[str, list[float]] = {"onnx": [], "llama.cpp": []}

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from bench.assist import without
 from tests.conftest import synthea_files
 from tests.integration.support import CDS_SECRET, TOKEN, cds_jwt
 
@@ -30,22 +31,7 @@ def _bundle_without_hypertension():
         and e["resource"]["code"]["coding"][0]["code"] in HYPERTENSION
     }
     assert hidden
-
-    def mentions(value):
-        if isinstance(value, dict):
-            return any(v in hidden if k == "reference" else mentions(v) for k, v in value.items())
-        if isinstance(value, list):
-            return any(mentions(v) for v in value)
-        return False
-
-    while True:  # and what references those, until nothing left references a hidden entry
-        more = {
-            e["fullUrl"] for e in bundle["entry"] if e["fullUrl"] not in hidden and mentions(e["resource"])
-        }
-        if not more:
-            break
-        hidden |= more
-    bundle["entry"] = [e for e in bundle["entry"] if e["fullUrl"] not in hidden]
+    bundle = without(bundle, hidden)  # and, transitively, every entry that references them
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     return bundle, patient["id"]
 
