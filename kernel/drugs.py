@@ -13,7 +13,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from kernel.events import Severity
 
@@ -193,19 +193,29 @@ def allergy_classes(text: str) -> frozenset[str]:
     return frozenset(named | {cls for cls, members in ALLERGY_CLASSES.items() if found & members})
 
 
-def allergy_conflict(drug_text: str, allergy_text: str) -> Literal["same", "class", "cross"] | None:
+class AllergyConflict(NamedTuple):
+    """How a drug conflicts with a recorded allergy, and the drug or class that makes it."""
+
+    kind: Literal["same", "class", "cross"]
+    name: str
+
+
+def allergy_conflict(drug_text: str, allergy_text: str) -> AllergyConflict | None:
     """How a drug conflicts with a recorded allergy: the same drug, a drug of the allergen's class,
     a cross-reactive class (penicillin allergy, cephalosporin), or not at all."""
     drug = ingredients(drug_text)
     if not drug:
         return None
-    if drug & ingredients(allergy_text):
-        return "same"
+    same = drug & ingredients(allergy_text)
+    if same:
+        return AllergyConflict("same", sorted(same)[0])
     classes = allergy_classes(allergy_text)
-    if any(drug & ALLERGY_CLASSES[c] for c in classes):
-        return "class"
-    if any(a in classes and drug & ALLERGY_CLASSES[c] for a, c in CROSS_REACTIVE):
-        return "cross"
+    in_class = sorted(c for c in classes if drug & ALLERGY_CLASSES[c])
+    if in_class:
+        return AllergyConflict("class", in_class[0])
+    cross = sorted(c for a, c in CROSS_REACTIVE if a in classes and drug & ALLERGY_CLASSES[c])
+    if cross:
+        return AllergyConflict("cross", cross[0])
     return None
 
 

@@ -147,7 +147,7 @@ def excluded(f: Facts, name: str) -> str:
     for allergy in f.allergies:
         conflict = allergy_conflict(name, allergy.text)
         if conflict is not None:
-            return f"recorded allergy '{allergy.text}' excludes {name} ({conflict} drug or class)"
+            return f"recorded allergy '{allergy.text}' excludes {name} ({conflict.kind} drug or class)"
     for course in f.active_courses():
         rule = interaction_between(name, course.name)
         if rule is not None and rule.severity in ("critical", "warning"):
@@ -415,7 +415,8 @@ def contraindicated_active(f: Facts) -> list[TreatmentSuggestion]:
             reason = f"{course.name} is not used in pregnancy"
             passage = "bp-first-line" if names & RAAS else "statin-intensity"
         for allergy in f.allergies:
-            if not reason and allergy_conflict(course.name, allergy.text) in ("same", "class"):
+            conflict = allergy_conflict(course.name, allergy.text)
+            if not reason and conflict is not None and conflict.kind != "cross":
                 reason, passage = f"recorded allergy '{allergy.text}'", "drug-allergy"
         if not reason:
             continue

@@ -29,9 +29,7 @@ from inference.cds.findings import Finding, input_of, shorten, time_or
 from inference.cds.hygiene import SEVERITY_RANK
 from inference.cds.state import Coded, PatientState, medication
 from kernel.drugs import (
-    ALLERGY_CLASSES,
-    CROSS_REACTIVE,
-    allergy_classes,
+    allergy_conflict,
     ingredients,
     interaction_between,
     interactions,
@@ -134,23 +132,15 @@ def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
 
 
 def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
-    drug = ingredients(medication.text)
-    if not drug:
+    conflict = allergy_conflict(medication.text, allergy.text)
+    if conflict is None:
         return []
-    allergen_drugs = ingredients(allergy.text)
-    allergen_classes = allergy_classes(allergy.text)
-    same = drug & allergen_drugs
-    in_class = sorted(c for c in allergen_classes if drug & ALLERGY_CLASSES[c])
-    cross = sorted(c for a, c in CROSS_REACTIVE if a in allergen_classes and drug & ALLERGY_CLASSES[c])
-    if same or in_class:
-        severity: Severity = "critical"
-        what = f"allergy to {sorted(same)[0]}" if same else f"allergy to {in_class[0]}"
-        level = 1
-    elif cross:
-        severity, what, level = "warning", f"possible cross-reactivity ({cross[0]})", 0
+    severity: Severity
+    if conflict.kind == "cross":
+        severity, what, level = "warning", f"possible cross-reactivity ({conflict.name})", 0
     else:
-        return []
-    generic = sorted(drug)[0]
+        severity, what, level = "critical", f"allergy to {conflict.name}", 1
+    generic = sorted(ingredients(medication.text))[0]
     return [
         Finding(
             rule_id=ALLERGY_RULE,
