@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from agents.errors import ToolError
 from agents.tools import TOOLS, audit_event, disclosed_refs, openapi, patient_of, scope_of
+from kernel.http import problem
 
 log = logging.getLogger(__name__)
 Audit = Callable[[dict[str, Any], str], Awaitable[None]]  # (AuditEvent, patient key or "")
@@ -31,10 +32,6 @@ class ToolBackend(Protocol):
 
     async def call(self, tool: str, args: BaseModel, patient: str | None) -> dict[str, Any]:
         """The answer to ``tool``; raises `ToolError` for a refusal the caller should see."""
-
-
-def _problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"status": status, "detail": detail}, status_code=status)
 
 
 def agent_routes(
@@ -58,15 +55,15 @@ def agent_routes(
     async def call(request: Request) -> JSONResponse:
         tool = TOOLS.get(str(request.path_params["name"]))
         if tool is None:
-            return _problem(404, "no such tool")
+            return problem(404, "no such tool")
         try:
             raw = json.loads(await request.body() or b"{}")
             args = tool.args.model_validate(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):  # json.loads(bytes) decodes first
-            return _problem(400, "body is not valid JSON")
+            return problem(400, "body is not valid JSON")
         except ValidationError as exc:
             fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
-            return _problem(422, f"invalid arguments: {', '.join(fields)}")
+            return problem(422, f"invalid arguments: {', '.join(fields)}")
         principal = str(getattr(request.state, "principal", ""))
         claims: Mapping[str, Any] = getattr(request.state, "claims", {}) or {}
         patient = patient_of(args)
@@ -97,14 +94,14 @@ def agent_routes(
         refusal = scope_of(claims).allows(tool, patient)
         if refusal is not None:
             await record("refused", refusal, [])
-            return _problem(403, refusal)
+            return problem(403, refusal)
         try:
             result = await backend.call(tool.name, args, patient)
         except ToolError as exc:
             await record("failed", exc.detail, [])
-            return _problem(exc.status, exc.detail)
+            return problem(exc.status, exc.detail)
         if not await record("allowed", "ok", disclosed_refs(result)):
-            return _problem(503, "the audit log is unavailable; retry later")
+            return problem(503, "the audit log is unavailable; retry later")
         return JSONResponse(result)
 
     return [

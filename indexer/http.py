@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
+from kernel.http import problem
 from kernel.identity import resolve_patient
 from kernel.openapi import operation, path_param, query_param
 
@@ -107,11 +108,6 @@ class TimelineParams(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=200, ge=1, le=1000)
-
-
-def problem(status: int, detail: str) -> JSONResponse:
-    """A JSON error body (RFC 9457 style) without echoing the request."""
-    return JSONResponse({"status": status, "detail": detail}, status_code=status)
 
 
 def _record_hits(query: ContextualQuery, body: QueryRequest) -> list[Hit]:

@@ -49,6 +49,7 @@ from kernel.chart import Chart
 from kernel.chart_store import ChartStore
 from kernel.events import ClinicianFeedback, DeadLetter, Topics
 from kernel.grounding import Evidence
+from kernel.http import problem
 from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
@@ -81,11 +82,6 @@ RETRY_AFTER_S = "10"
 
 # Retrieval for `ask`: (patient, question) → (record passages, knowledge passages).
 Retrieve = Callable[[str, str], tuple[list[Evidence], list[Evidence]]]
-
-
-def problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """A JSON error body (RFC 9457 style) that does not echo the request."""
-    return JSONResponse({"status": status, "detail": detail}, status_code=status, headers=headers)
 
 
 class PatientRequest(BaseModel):

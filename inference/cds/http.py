@@ -47,6 +47,7 @@ from inference.cds.state import PatientState
 from inference.cds.state_store import StateStore
 from kernel.cds_hooks import HookService, draft_orders
 from kernel.events import ClinicianFeedback, deterministic_id
+from kernel.http import problem
 from kernel.identity import hl7_key
 from kernel.openapi import operation, path_param
 
@@ -56,10 +57,6 @@ Body = TypeVar("Body", bound=BaseModel)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CDS_HOOKS_PATH = "/cds-services"  # the routes check their callers themselves (`own_auth`)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cds-hooks"'}
-
-
-def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "detail": detail}, status_code=status, headers=headers)
 
 
 class CdsHooksService:
@@ -105,7 +102,7 @@ class CdsHooksService:
         async def current(request: Request) -> JSONResponse:
             key = str(request.path_params["patient"])
             if not 1 <= len(key) <= 256:
-                return _error(422, "invalid patient")
+                return problem(422, "invalid patient")
             state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
             return JSONResponse({"alerts": [a.model_dump(mode="json") for a in alerts]})
@@ -130,7 +127,7 @@ class CdsHooksService:
     async def _admit(self, request: Request, model: type[Body], what: str) -> tuple[str, Body] | JSONResponse:
         """The caller and the parsed body, or the 404/401/413/400 answer."""
         if request.path_params["service"] not in HOOKS and request.path_params["service"] not in self._extra:
-            return _error(404, "no such CDS service")
+            return problem(404, "no such CDS service")
         principal = self._authenticated(request)
         if principal is None and self._jwks is not None:
             # The EHR rotated its keys: read them again (at most once a minute) and retry once.
@@ -138,14 +135,14 @@ class CdsHooksService:
                 if await self._jwks.refresh(forced=False):
                     principal = self._authenticated(request)
         if principal is None:
-            return _error(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
+            return problem(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            return _error(413, "request body too large")
+            return problem(413, "request body too large")
         try:
             return principal, model.model_validate_json(body)
         except ValidationError as exc:
-            return _error(400, f"not a CDS Hooks {what}: {exc.error_count()} error(s)")
+            return problem(400, f"not a CDS Hooks {what}: {exc.error_count()} error(s)")
 
     async def _call(self, request: Request) -> Response:
         admitted = await self._admit(request, HookRequest, "request")
@@ -155,10 +152,10 @@ class CdsHooksService:
         service = request.path_params["service"]
         expected = self._extra[service].hook if service in self._extra else HOOKS[service]
         if hook.hook != expected:
-            return _error(400, f"service {service} answers {expected}, not {hook.hook}")
+            return problem(400, f"service {service} answers {expected}, not {hook.hook}")
         patient = hook.context.get("patientId")
         if not isinstance(patient, str) or not patient:
-            return _error(400, "context.patientId is required")
+            return problem(400, "context.patientId is required")
         key = await self._patient_key(hook, patient)
         if isinstance(key, JSONResponse):
             return key
@@ -166,7 +163,7 @@ class CdsHooksService:
             try:
                 cards = await self._extra[service].cards(key, patient, hook.context)
             except ValueError as exc:
-                return _error(400, str(exc))
+                return problem(400, str(exc))
             return await self._shown(key, cards)
         # Cards come from memory when the state and the cards shown are there (the usual case):
         # a thread hop per call would cost more than the answer.
@@ -201,7 +198,7 @@ class CdsHooksService:
                 hook.context, selected_only=selected_only, validate=MEDICATION_ORDERS
             )
         except ValueError as exc:
-            return _error(400, str(exc))
+            return problem(400, str(exc))
         now = self._clock()
         findings = check_orders(state, new, at=now, alongside=alongside)
         # Only a draft with an id can be named in a delete action.
@@ -215,7 +212,7 @@ class CdsHooksService:
         if not isinstance(resource, dict) and hook.fhirServer:
             resource = await self._fetch_patient(hook, patient_id)
         if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
-            return _error(412, "prefetch 'patient' is required and could not be fetched from fhirServer")
+            return problem(412, "prefetch 'patient' is required and could not be fetched from fhirServer")
         return hl7_key(resource, self._authorities) or patient_id
 
     async def _fetch_patient(self, hook: HookRequest, patient_id: str) -> dict[str, Any] | None:
@@ -273,13 +270,13 @@ class CdsHooksService:
                 )
             )
         if unknown:
-            return _error(404, f"{len(unknown)} card(s) were never served by this service")
+            return problem(404, f"{len(unknown)} card(s) were never served by this service")
         try:
             for event in events:
                 await self._publish(event)
         except Exception:
             log.exception("cds-hooks: feedback not confirmed by the broker")
-            return _error(503, "feedback not stored; retry", {"Retry-After": "5"})
+            return problem(503, "feedback not stored; retry", {"Retry-After": "5"})
         return JSONResponse({}, status_code=200)
 
 

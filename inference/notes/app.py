@@ -66,6 +66,7 @@ from kernel.events import (
     deterministic_id,
 )
 from kernel.grounding import Evidence, GuardMode
+from kernel.http import problem
 from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
@@ -100,11 +101,6 @@ RETRIEVAL_QUESTION = {
 # The contextual query: (patient, question, since, until) → passages with the resource they cite.
 Search = Callable[[str, str, datetime | None, datetime | None], list[Evidence]]
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
-
-
-def problem(status: int, detail: str) -> JSONResponse:
-    """A JSON error body (RFC 9457 style) that does not echo the request."""
-    return JSONResponse({"status": status, "detail": detail}, status_code=status)
 
 
 @dataclass
