@@ -33,7 +33,7 @@ async def main(corpora: Path) -> None:
         await ensure_topics(broker.bootstrap, topics.all(), partitions=6, replication_factor=1)
         kafka = KafkaSettings()
         sink = make_sink(
-            kafka.ingest_client, producer_config(kafka, broker.bootstrap, embedded=True), confirm_timeout_s=11
+            kafka.ingest_client, producer_config(kafka, broker.bootstrap, tansu=True), confirm_timeout_s=11
         )
         await sink.start()
         server = MllpServer(sink, topics, MllpSettings(port=0))

@@ -78,7 +78,7 @@ def serve(bootstrap: str, port_file: Path) -> None:
     async def main() -> None:
         kafka = KafkaSettings(ingest_client=os.environ.get("BENCH_INGEST_CLIENT", "librdkafka"))
         sink = make_sink(
-            kafka.ingest_client, producer_config(kafka, bootstrap, embedded=True), confirm_timeout_s=11
+            kafka.ingest_client, producer_config(kafka, bootstrap, tansu=True), confirm_timeout_s=11
         )
         await sink.start()
         server = MllpServer(sink, Topics(), MllpSettings(port=0))  # default settings, as deployed

@@ -13,9 +13,12 @@ from collections import Counter
 from collections.abc import Coroutine
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinstream.settings import Settings, settings_table
+
+if TYPE_CHECKING:
+    from clinstream.runtime import EmbeddedBroker
 
 
 def _configure_logging(level: str) -> None:
@@ -51,7 +54,7 @@ async def _up(settings: Settings) -> int:
         print(
             f"clinstream ready: mllp={settings.mllp.host}:{stack.mllp_port} "
             f"http=http://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
-            f"{' (embedded)' if stack.embedded_broker else ''}{token_note}",
+            f"{_embedded_note(stack.embedded_broker)}{token_note}",
             flush=True,
         )
         if stack.dashboard_url:
@@ -59,6 +62,34 @@ async def _up(settings: Settings) -> int:
         await stop.wait()
         print("clinstream stopping", flush=True)
     print("clinstream stopped", flush=True)
+    return 0
+
+
+async def _broker(settings: Settings) -> int:
+    """`clinstream broker`: the embedded broker alone, with the deployment's topics, until
+    SIGINT/SIGTERM; `clinstream run STAGE` processes on this machine share it."""
+    from clinstream.runtime import embedded_broker
+    from clinstream.stack import create_topics
+    from kernel.events import TOPICS
+
+    if not settings.embedded:
+        print("clinstream broker: CLINSTREAM_KAFKA__BOOTSTRAP is set; nothing to start", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with embedded_broker(settings.kafka, settings.var_dir) as broker:
+        await create_topics(settings, broker.bootstrap, TOPICS)
+        what = (
+            "Apache Kafka, log in " + str(settings.var_dir / "kafka") if broker.kind == "kafka" else "Tansu"
+        )
+        print(f"clinstream broker ready: kafka={broker.bootstrap} ({what})", flush=True)
+        print(f"export CLINSTREAM_KAFKA__BOOTSTRAP={broker.bootstrap}", flush=True)
+        if broker.kind == "tansu":
+            print("export CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE=false", flush=True)
+        await stop.wait()
+    print("clinstream broker stopped", flush=True)
     return 0
 
 
@@ -100,6 +131,14 @@ def _run_dashboard(settings: Settings) -> int:
         return 2
     command = DashboardProcess(host=dash.host, port=dash.port or 8501, env={}, args=[]).command()
     os.execv(command[0], command)  # noqa: S606 - our interpreter running our entry script
+
+
+def _embedded_note(broker: EmbeddedBroker | None) -> str:
+    if broker is None:
+        return ""
+    return (
+        " (embedded Apache Kafka)" if broker.kind == "kafka" else " (embedded Tansu, in memory: not durable)"
+    )
 
 
 def _login_note(login: tuple[str, str] | None) -> str:
@@ -284,7 +323,7 @@ def _replay(args: argparse.Namespace) -> int:
         for letter in refused:
             print(f"not replayable {letter.id} {letter.stage}: refused at the edge, the sender resends")
         if not args.dry_run and todo:
-            producer = producer_config(settings.kafka, settings.kafka.bootstrap or "", embedded=False)
+            producer = producer_config(settings.kafka, settings.kafka.bootstrap or "", tansu=False)
             await republish(producer, [as_replay(letter) for letter in todo])
         print(
             f"{len(todo)} replayable, {len(refused)} not replayable, of {len(letters)} dead letters",
@@ -427,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clinstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run every stage in the foreground until SIGINT/SIGTERM")
+    sub.add_parser(
+        "broker",
+        help="run the embedded broker alone and print its bootstrap address (for `clinstream run` "
+        "processes on this machine)",
+    )
     run = sub.add_parser(
         "run", help="run some stages as this process against the shared Kafka (one per process in production)"
     )
@@ -541,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "up":
         return _run(_up(settings))
+    if args.command == "broker":
+        return _run(_broker(settings))
     if args.command == "run":
         if "dashboard" in args.stages:
             if args.stages != ["dashboard"]:

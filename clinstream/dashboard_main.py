@@ -37,7 +37,7 @@ def _runtime(topics_json: str) -> tuple[LiveBackend, Sampler, Config]:
             bootstrap=bootstrap,
             topics=topics,
             metrics_urls=tuple(dash.metrics_urls),
-            producer=producer_config(settings.kafka, bootstrap, embedded=False),
+            producer=producer_config(settings.kafka, bootstrap, tansu=False),
         )
     )
     keep = int(dash.history_min * 60 / dash.sample_s) + 1

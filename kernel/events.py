@@ -82,6 +82,10 @@ class Topics:
     outbound_fhir: str = "ehr.outbound.fhir.v1"
     writeback: str = "ehr.writeback.v1"
     audit: str = "audit.events.v1"
+    cds_state: str = "cds.state.v1"
+    """Changelog of decision support's per-patient state (compacted, keyed by patient)."""
+    cds_cards: str = "cds.cards.v1"
+    """Cards shown through CDS Hooks: card uuid → patient and rule (compacted), for feedback."""
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in declaration order."""
@@ -93,6 +97,28 @@ class Topics:
 
 
 TOPICS = Topics()
+
+_DAY_MS = 24 * 3600 * 1000
+_TRANSIENT = ("inbound_hl7v2", "inbound_fhir", "outbound_hl7v2", "outbound_fhir", "writeback")
+"""Topics kept a week: the raw input (replay after a mapping fix) and deliveries in flight."""
+_CHANGELOGS = ("cds_state", "cds_cards")
+"""Compacted topics: the latest value per key is the state a stage restores."""
+
+
+def topic_config(topics: Topics, name: str, *, replication_factor: int) -> dict[str, str]:
+    """How clinstream creates topic ``name``: retention by role, compaction for changelogs, and
+    ``min.insync.replicas`` so that an acknowledged write (acks=all) is on two brokers whenever
+    there are three replicas. The records of normalized data, alerts, drafts, feedback, audit
+    and dead letters are the system of record: kept until an operator decides otherwise."""
+    role = next((f.name for f in fields(topics) if getattr(topics, f.name) == name), None)
+    config = {"min.insync.replicas": str(max(1, min(2, replication_factor - 1)))}
+    if role in _CHANGELOGS:
+        config |= {"cleanup.policy": "compact", "retention.ms": "-1"}
+    elif role in _TRANSIENT:
+        config |= {"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)}
+    else:
+        config |= {"cleanup.policy": "delete", "retention.ms": "-1"}
+    return config
 
 
 def deterministic_id(kind: str, *parts: str | None) -> str:

@@ -22,14 +22,39 @@ class KafkaSettings(_Section):
 
     bootstrap: str | None = Field(
         default=None,
-        description="Kafka bootstrap servers (host:port,...). Unset: start the embedded Tansu broker.",
+        description="Kafka bootstrap servers (host:port,...). Unset: start the embedded broker.",
+    )
+    embedded_broker: Literal["kafka", "tansu"] = Field(
+        default="kafka",
+        description="The broker `clinstream up` starts when no bootstrap is set: a single-node Apache Kafka "
+        "with its log under the var dir (needs Java 17+; acknowledged messages survive a crash), or Tansu "
+        "in memory (also the fallback without Java; acknowledged messages die with it).",
+    )
+    embedded_heap_mb: int = Field(
+        default=256, ge=128, description="Heap of the embedded Apache Kafka JVM (MiB)."
     )
     partitions: int = Field(default=6, ge=1, description="Partitions of each topic created by clinstream.")
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
     enable_idempotence: bool | None = Field(
         default=None,
-        description="Idempotent producers. Unset: on for an external Kafka, off for the embedded broker "
-        "(Tansu rejects InitProducerId).",
+        description="Idempotent producers. Unset: on, except against the embedded Tansu broker "
+        "(it rejects InitProducerId).",
+    )
+    transactions: bool | None = Field(
+        default=None,
+        description="Exactly-once stateful stages: state changes, outputs and the input offsets in one "
+        "Kafka transaction. Unset: on wherever producers are idempotent.",
+    )
+    transaction_timeout_ms: int = Field(
+        default=15_000,
+        ge=1000,
+        description="How long the broker keeps a transaction of a crashed instance open before aborting "
+        "it; read_committed consumers of its partitions wait that long at most.",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description="Stable name of this process among a stage's instances (its transactional ids, so a "
+        "restart fences its predecessor). Unset: the host name and the var dir.",
     )
     request_timeout_ms: int = Field(
         default=10_000, ge=1000, description="How long a producer waits for the broker's acknowledgement."
@@ -59,12 +84,13 @@ class KafkaSettings(_Section):
     )
 
 
-def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
+def producer_config(kafka: KafkaSettings, bootstrap: str, *, tansu: bool) -> dict[str, Any]:
     """Producer settings for every clinstream producer: explicit, never the library defaults.
 
-    aiokafka defaults to ``acks=1``; we always wait for all in-sync replicas.
+    aiokafka defaults to ``acks=1``; we always wait for all in-sync replicas. ``tansu``: the
+    broker is the embedded Tansu, which has no idempotent producers.
     """
-    idempotent = kafka.enable_idempotence if kafka.enable_idempotence is not None else not embedded
+    idempotent = kafka.enable_idempotence if kafka.enable_idempotence is not None else not tansu
     return {
         "bootstrap_servers": bootstrap,
         "acks": "all",
@@ -73,6 +99,13 @@ def producer_config(kafka: KafkaSettings, bootstrap: str, *, embedded: bool) -> 
         "linger_ms": 0,
         "max_request_size": kafka.max_record_bytes,
     }
+
+
+def transactional(kafka: KafkaSettings, *, tansu: bool) -> bool:
+    """Whether the stateful stages run their batches as Kafka transactions (exactly-once)."""
+    if kafka.transactions is not None:
+        return kafka.transactions
+    return bool(producer_config(kafka, "", tansu=tansu)["enable_idempotence"])
 
 
 class MilvusSettings(_Section):

@@ -24,7 +24,7 @@ async def test_topics_are_created_with_partitions(broker, topics):
 async def test_acks_all_producer_works_and_idempotence_is_rejected(broker, topics):
     """DESIGN.md: Tansu answers InitProducerId with an error, so idempotence is off for it."""
     await ensure_topics(broker.bootstrap, [topics.fhir], partitions=6, replication_factor=1)
-    config = producer_config(KafkaSettings(), broker.bootstrap, embedded=True)
+    config = producer_config(KafkaSettings(), broker.bootstrap, tansu=broker.kind == "tansu")
     assert config["acks"] == "all"
     producer = AIOKafkaProducer(**config)
     await producer.start()

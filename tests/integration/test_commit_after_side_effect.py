@@ -52,7 +52,7 @@ async def test_indexer_retries_from_the_same_offset_then_commits(
     store = MilvusStore(client, "chunks", embedder.dimension)
     store.ensure_collection()
     flaky = FlakyStore(store)
-    config = producer_config(KafkaSettings(), broker.bootstrap, embedded=True)
+    config = producer_config(KafkaSettings(), broker.bootstrap, tansu=broker.kind == "tansu")
     kafka = stage_broker("indexer", config)
     group = f"{prefix}indexer"
     register_indexer(

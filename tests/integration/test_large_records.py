@@ -43,7 +43,9 @@ def _history(*names: str) -> dict:
 async def test_message_over_the_record_limit_gets_ar_from_the_real_sink(broker, topics, client):
     await ensure_topics(broker.bootstrap, topics.all(), partitions=2, replication_factor=1)
     kafka = KafkaSettings(request_timeout_ms=3000, ingest_client=client, max_record_bytes=1024 * 1024)
-    sink = make_sink(client, producer_config(kafka, broker.bootstrap, embedded=True), confirm_timeout_s=5)
+    sink = make_sink(
+        client, producer_config(kafka, broker.bootstrap, tansu=broker.kind == "tansu"), confirm_timeout_s=5
+    )
     await sink.start()
     server = MllpServer(sink, topics, MllpSettings(port=0))
     await server.start()

@@ -35,9 +35,9 @@ async def _consume(bootstrap, topic, n, timeout=20):
     return out
 
 
-async def _server(bootstrap, topics, client="librdkafka"):
+async def _server(bootstrap, topics, client="librdkafka", *, tansu):
     kafka = KafkaSettings(request_timeout_ms=2000, ingest_client=client)
-    sink = make_sink(client, producer_config(kafka, bootstrap, embedded=True), confirm_timeout_s=3)
+    sink = make_sink(client, producer_config(kafka, bootstrap, tansu=tansu), confirm_timeout_s=3)
     await sink.start()
     server = MllpServer(sink, topics, MllpSettings(port=0))
     await server.start()
@@ -47,7 +47,7 @@ async def _server(bootstrap, topics, client="librdkafka"):
 @pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
 async def test_accepted_messages_are_in_kafka_keyed_by_patient(broker, topics, client):
     await ensure_topics(broker.bootstrap, topics.all(), partitions=6, replication_factor=1)
-    sink, server = await _server(broker.bootstrap, topics, client)
+    sink, server = await _server(broker.bootstrap, topics, client, tansu=broker.kind == "tansu")
     try:
         async with MllpClient("127.0.0.1", server.port) as client:
             codes = [(await client.send(ORU % n)).code for n in range(5)]
@@ -73,7 +73,7 @@ async def test_no_positive_ack_while_the_broker_is_down(topics, client):
     own = EmbeddedBroker()
     async with own:
         await ensure_topics(own.bootstrap, topics.all(), partitions=1, replication_factor=1)
-        sink, server = await _server(own.bootstrap, topics, client)
+        sink, server = await _server(own.bootstrap, topics, client, tansu=own.kind == "tansu")
         async with MllpClient("127.0.0.1", server.port) as client:
             assert (await client.send(ORU % 1)).code == "AA"
         own.stop()  # the broker dies under the running connector
@@ -92,7 +92,7 @@ async def test_whole_hl7_corpus_through_the_real_broker(broker, topics):
     from tests.conftest import corpora_dir
 
     await ensure_topics(broker.bootstrap, topics.all(), partitions=6, replication_factor=1)
-    sink, server = await _server(broker.bootstrap, topics)
+    sink, server = await _server(broker.bootstrap, topics, tansu=broker.kind == "tansu")
     try:
         report = await send_files(
             [corpora_dir() / "hl7v2"], "127.0.0.1", server.port, timeout_s=10, quiet_wait_s=0.1

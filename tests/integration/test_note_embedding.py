@@ -82,7 +82,7 @@ async def test_a_failed_model_run_is_retried_from_the_same_offset(
     await ensure_topics(broker.bootstrap, topics.all(), partitions=1, replication_factor=1)
     encoder = FlakyEncoder(embedder)
     rules = replace(RuleSet(), note_matcher=note_signals.NoteMatcher(encoder))
-    config = producer_config(KafkaSettings(), broker.bootstrap, embedded=True)
+    config = producer_config(KafkaSettings(), broker.bootstrap, tansu=broker.kind == "tansu")
     kafka = stage_broker("cds", config)
     group = f"{prefix}cds"
     store = SqliteStateStore(":memory:")

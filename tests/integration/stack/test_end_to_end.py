@@ -194,7 +194,7 @@ async def test_replayed_dead_letter_is_processed_again(stack):
     edge = DeadLetter(
         stage="connectors.mllp", error_type="Hl7ParseError", reason="bad", payload_sha256="y", payload=b"junk"
     )
-    producer = producer_config(KafkaSettings(enable_idempotence=False), stack.bootstrap, embedded=True)
+    producer = producer_config(KafkaSettings(enable_idempotence=False), stack.bootstrap, tansu=True)
     from aiokafka import AIOKafkaProducer
 
     p = AIOKafkaProducer(**producer)

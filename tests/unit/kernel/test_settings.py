@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from clinstream.settings import Settings, settings_table
-from kernel.settings import KafkaSettings, producer_config
+from kernel.settings import KafkaSettings, producer_config, transactional
 from tests.conftest import REPO
 
 
@@ -37,12 +37,19 @@ def test_settings_are_frozen_and_strict(monkeypatch):
 
 
 def test_producers_always_wait_for_all_replicas():
-    embedded = producer_config(KafkaSettings(), "127.0.0.1:1", embedded=True)
-    external = producer_config(KafkaSettings(), "kafka:9092", embedded=False)
+    embedded = producer_config(KafkaSettings(), "127.0.0.1:1", tansu=True)
+    external = producer_config(KafkaSettings(), "kafka:9092", tansu=False)
     assert embedded["acks"] == external["acks"] == "all"
     assert (embedded["enable_idempotence"], external["enable_idempotence"]) == (False, True)
-    forced = producer_config(KafkaSettings(enable_idempotence=False), "kafka:9092", embedded=False)
+    forced = producer_config(KafkaSettings(enable_idempotence=False), "kafka:9092", tansu=False)
     assert forced["enable_idempotence"] is False
+
+
+def test_stateful_stages_are_transactional_wherever_producers_are_idempotent():
+    assert transactional(KafkaSettings(), tansu=False) is True
+    assert transactional(KafkaSettings(), tansu=True) is False
+    assert transactional(KafkaSettings(enable_idempotence=False), tansu=False) is False
+    assert transactional(KafkaSettings(transactions=False), tansu=False) is False
 
 
 def test_readme_documents_every_setting():
