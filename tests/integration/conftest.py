@@ -1,6 +1,9 @@
 """Session-wide real components (one embedded broker, the built ONNX embedding model) and the one
 factory of running stacks.
 
+The session's broker is the embedded Apache Kafka (single-node KRaft, idempotent and transactional
+producers on), the production engine; ``CLINSTREAM_TEST_BROKER=tansu`` runs the suite on Tansu.
+
 Each test gets fresh topic names, consumer groups and Milvus Lite files, so tests share
 the broker process but no data. `start_stack` starts the stack `clinstream up` runs, on those,
 with the sections a test overrides; `ehr` is a stand-in EHR for outbound delivery.
@@ -20,7 +23,7 @@ from starlette.routing import Route
 
 from clinstream.http import make_server
 from clinstream.models import embedding_dir
-from clinstream.runtime import EmbeddedBroker
+from clinstream.runtime import EmbeddedBroker, EmbeddedKafka
 from clinstream.settings import Settings
 from clinstream.stack import running_stack
 from connectors.mllp_server import MllpServer
@@ -40,18 +43,32 @@ def pytest_collection_modifyitems(items):
 @dataclass(frozen=True)
 class ExternalBroker:
     bootstrap: str
+    kind: str = "kafka"
+    transactional: bool = True
+
+
+def broker_kind() -> str:
+    """The engine of the session's broker: ``kafka`` (default) or ``tansu``."""
+    return os.environ.get("CLINSTREAM_TEST_BROKER", "kafka")
+
+
+def new_broker(kind: str, data_dir, **options) -> EmbeddedBroker:
+    """An embedded broker of ``kind`` (Apache Kafka keeps its log in ``data_dir``)."""
+    if kind == "kafka":
+        return EmbeddedKafka(data_dir, **options)
+    return EmbeddedBroker(**options)
 
 
 @pytest.fixture(scope="session")
-async def broker():
+async def broker(tmp_path_factory):
     """The embedded broker; or, with ``CLINSTREAM_TEST_BOOTSTRAP=host:port``, a broker already
-    running (an Apache Kafka, to run a module against it by hand: tests that stop or restart the
-    broker need the embedded one)."""
+    running (tests that stop or restart the broker start their own)."""
     external = os.environ.get("CLINSTREAM_TEST_BOOTSTRAP")
     if external:
         yield ExternalBroker(external)
         return
-    async with EmbeddedBroker() as b:
+    data = tmp_path_factory.mktemp("broker")
+    async with new_broker(broker_kind(), data, log_path=data / "broker.log") as b:
         yield b
 
 
@@ -78,13 +95,13 @@ def topics(prefix):
     return Topics().with_prefix(prefix)
 
 
-def stack_settings(bootstrap, var_dir, **sections):
+def stack_settings(broker, var_dir, **sections):
     """A test stack's settings: the session's broker, free ports, its own data directory.
 
     Each keyword is a settings section whose keys override these defaults (or add to them).
     """
     merged = {
-        "kafka": {"bootstrap": bootstrap, "enable_idempotence": False},
+        "kafka": {"bootstrap": broker.bootstrap, "enable_idempotence": broker.kind != "tansu"},
         "mllp": {"port": 0},
         "http": {"port": 0, "api_token": TOKEN},
     }
@@ -98,7 +115,7 @@ def start_stack(broker, topics, prefix, tmp_path):
     """``start_stack(**sections)``: an async context manager running the whole stack."""
 
     def start(**sections):
-        settings = stack_settings(broker.bootstrap, tmp_path, **sections)
+        settings = stack_settings(broker, tmp_path, **sections)
         return running_stack(settings, topics=topics, group_prefix=prefix)
 
     return start
