@@ -51,7 +51,10 @@ class Observed:
 
 async def _follow(bootstrap: str, topics: Topics, seen: Observed, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # alerts of an aborted decision-support batch never show
     )
     await consumer.start()
     try:

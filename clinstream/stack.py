@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
+import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,18 +67,19 @@ from inference.cds.http import openapi_paths as hooks_openapi
 from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.risk_session import OnnxRiskModel
 from inference.cds.rules import ruleset_from
-from inference.cds.state_store import SqliteStateStore
+from inference.cds.state_store import SharedCards, SqliteStateStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore
 from kernel.cds_hooks import HookService
+from kernel.changelog import ChangelogTable, ChangelogTailer, RestoreOnAssign
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelNotBuiltError
 from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
-from kernel.kafka import Outgoing, StageConsumer, publish_in_order, stage_consumer
-from kernel.settings import producer_config
+from kernel.kafka import BatchCommitter, Outgoing, StageConsumer, publish_in_order, stage_consumer
+from kernel.settings import producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
 
@@ -179,6 +182,7 @@ def _cds_hooks(
     broker: KafkaBroker,
     http: httpx.AsyncClient,
     extra: Sequence[HookService] = (),
+    cards: SharedCards | None = None,
 ) -> tuple[CdsHooksService, JwksSource | None]:
     """The CDS Hooks service over decision support's state; feedback goes out through its broker.
 
@@ -211,6 +215,7 @@ def _cds_hooks(
         public_base_url=cds.public_base_url,
         jwks=jwks,
         extra=extra,
+        cards=cards,
     ), jwks
 
 
@@ -385,6 +390,50 @@ class Wiring:
             self.brokers[stage] = stage_broker(stage, self.producer)
         return self.brokers[stage]
 
+    @property
+    def transactional(self) -> bool:
+        """Whether stateful stages commit their batches as Kafka transactions (exactly-once)."""
+        return transactional(self.settings.kafka, tansu=self.tansu)
+
+    @property
+    def instance_id(self) -> str:
+        """This process's stable name among a stage's instances (`CLINSTREAM_KAFKA__INSTANCE_ID`,
+        else the host name and a digest of the var dir): its transactional ids."""
+        configured = self.settings.kafka.instance_id
+        if configured:
+            return configured
+        digest = hashlib.sha256(str(self.settings.var_dir.resolve()).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}-{digest}"
+
+    async def committer(self, broker: KafkaBroker, group: str) -> BatchCommitter:
+        """How the stateful stage of consumer group ``group`` finishes its batches (started)."""
+        committer = BatchCommitter(
+            broker,
+            group_id=self.group(group),
+            producer=self.producer,
+            transactional_id=f"{self.group(group)}-{self.instance_id}" if self.transactional else None,
+            transaction_timeout_ms=self.settings.kafka.transaction_timeout_ms,
+        )
+        await committer.start()
+        self.stack.push_async_callback(committer.stop)
+        return committer
+
+    async def changelog(
+        self, topic: str, table: ChangelogTable, on_change: Callable[[list[str]], None] | None = None
+    ) -> ChangelogTailer:
+        """A started reader keeping ``table`` current with changelog ``topic``."""
+        tailer = ChangelogTailer(
+            self.bootstrap,
+            topic,
+            table,
+            read_committed=self.transactional,
+            on_change=on_change,
+            client_id=f"clinstream-changelog-{topic}",
+        )
+        await tailer.start()
+        self.stack.push_async_callback(tailer.stop)
+        return tailer
+
     def consuming(self, name: str) -> dict[str, Any]:
         """A stage subscriber's consumer group ``name`` and options (manual commit, session timeout)."""
         consumer: StageConsumer = stage_consumer(self.settings.kafka)
@@ -521,6 +570,8 @@ async def _inference(w: Wiring) -> None:
     await asyncio.to_thread(medsafety.preload)
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
+    states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)
+    shown = await w.changelog(w.topics.cds_cards, state_store.cards)
     hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
     w.stack.push_async_callback(hooks_http.aclose)
     cds_broker = w.broker("cds")
@@ -531,7 +582,13 @@ async def _inference(w: Wiring) -> None:
         w.routes.extend(assist_routes(assist))
         w.openapi.update(assist_openapi())
         extra = [AssistHooks(assist, service) for service in ASSIST_HOOKS]
-    hooks, jwks = _cds_hooks(settings, w.topics, state_store, cds_broker, hooks_http, extra)
+    cards = SharedCards(
+        state_store,
+        topic=w.topics.cds_cards,
+        publish=lambda records: publish_in_order(cds_broker, records),
+        caught_up=lambda timeout_s: shown.caught_up(timeout_s=timeout_s),
+    )
+    hooks, jwks = _cds_hooks(settings, w.topics, state_store, cds_broker, hooks_http, extra, cards)
     if jwks is not None:
         keys_task = asyncio.create_task(jwks.keep_fresh())
         w.stack.callback(keys_task.cancel)
@@ -544,6 +601,8 @@ async def _inference(w: Wiring) -> None:
         writeback=writeback_from(settings.cds),
         max_records=settings.cds.batch_max_records,
         batch_timeout_ms=settings.cds.batch_timeout_ms,
+        committer=await w.committer(cds_broker, "cds"),
+        listener=RestoreOnAssign([states]),
     )
     w.routes.extend([*hooks.routes(), *hooks.alert_routes()])
     w.openapi.update(hooks_openapi())

@@ -37,6 +37,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
@@ -60,22 +62,50 @@ class Entry:
     offset: int
 
 
+def _statements(name: str) -> dict[str, str]:
+    """The SQL of a table named ``name`` (an identifier, checked by the caller); ``{marks}`` is
+    filled with placeholders."""
+    entry, position = f"{name}_entry", f"{name}_position"
+    return {
+        "get": f"SELECT key, value FROM {entry} WHERE key IN ({{marks}})",  # noqa: S608 - placeholders
+        "all": f"SELECT key, value FROM {entry}",  # noqa: S608 - our table name
+        "in_parts": f"SELECT key, value FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
+        "offset": f"SELECT off FROM {entry} WHERE key = ?",  # noqa: S608
+        "delete": f"DELETE FROM {entry} WHERE key = ?",  # noqa: S608
+        "upsert": f"INSERT INTO {entry} (key, part, off, value) VALUES (?, ?, ?, ?) "  # noqa: S608
+        "ON CONFLICT(key) DO UPDATE SET part = excluded.part, off = excluded.off, value = excluded.value",
+        "advance": f"INSERT INTO {position} (part, next) VALUES (?, ?) "  # noqa: S608
+        "ON CONFLICT(part) DO UPDATE SET next = max(next, excluded.next)",
+        "positions": f"SELECT part, next FROM {position}",  # noqa: S608
+        "keys_in_parts": f"SELECT key FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
+        "drop_parts": f"DELETE FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
+        "drop_positions": f"DELETE FROM {position} WHERE part IN ({{marks}})",  # noqa: S608
+        "count": f"SELECT count(*) FROM {entry}",  # noqa: S608
+    }
+
+
 class ChangelogTable:
     """The local replica of one changelog topic: key → latest value, and the position reached in
-    each partition. Thread-safe (one connection behind a lock); WAL, synchronous=NORMAL."""
+    each partition. Thread-safe (one connection behind a lock); WAL, synchronous=NORMAL. Several
+    tables may share a file under different ``name``s."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, name: str = "changelog") -> None:
+        if not name.isidentifier():
+            raise ValueError(f"table name {name!r} is not an identifier")
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS entry (key TEXT PRIMARY KEY, part INTEGER NOT NULL, "
+            f"CREATE TABLE IF NOT EXISTS {name}_entry (key TEXT PRIMARY KEY, part INTEGER NOT NULL, "
             "off INTEGER NOT NULL, value BLOB NOT NULL)"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS entry_part ON entry (part)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS position (part INTEGER PRIMARY KEY, next INTEGER NOT NULL)")
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS {name}_entry_part ON {name}_entry (part)")
+        self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS {name}_position (part INTEGER PRIMARY KEY, next INTEGER NOT NULL)"
+        )
+        self._sql = _statements(name)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> bytes | None:
@@ -90,7 +120,7 @@ class ChangelogTable:
             for start in range(0, len(wanted), 500):  # under SQLite's limit on bound parameters
                 part = wanted[start : start + 500]
                 marks = ",".join("?" * len(part))
-                query = f"SELECT key, value FROM entry WHERE key IN ({marks})"  # noqa: S608 - placeholders
+                query = self._sql["get"].format(marks=marks)
                 found.update((str(k), bytes(v)) for k, v in self._db.execute(query, part))
         return found
 
@@ -98,41 +128,35 @@ class ChangelogTable:
         """Every (key, value), or those of ``partitions``."""
         with self._lock:
             if partitions is None:
-                rows = self._db.execute("SELECT key, value FROM entry").fetchall()
+                rows = self._db.execute(self._sql["all"]).fetchall()
             else:
                 parts = sorted(set(partitions))
                 marks = ",".join("?" * len(parts))
-                query = f"SELECT key, value FROM entry WHERE part IN ({marks})"  # noqa: S608 - placeholders
+                query = self._sql["in_parts"].format(marks=marks)
                 rows = self._db.execute(query, parts).fetchall()
         return [(str(k), bytes(v)) for k, v in rows]
 
-    def apply(self, entries: Sequence[Entry], positions: dict[int, int] | None = None) -> list[str]:
-        """Apply ``entries`` (each only when newer than what the key holds) and raise the positions
-        reached; one transaction. Returns the keys whose value changed."""
+    def apply(
+        self, entries: Sequence[Entry], positions: dict[int, int] | None = None, *, own: bool = False
+    ) -> list[str]:
+        """Apply ``entries`` and raise the positions reached; one transaction. Each entry read
+        back from the topic applies only when newer (by offset) than what its key holds; ``own``
+        entries (the owner's writes, just confirmed) always apply. Returns the keys changed."""
         changed: list[str] = []
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 for e in entries:
-                    row = self._db.execute("SELECT off FROM entry WHERE key = ?", (e.key,)).fetchone()
-                    if row is not None and int(row[0]) >= e.offset:
+                    row = self._db.execute(self._sql["offset"], (e.key,)).fetchone()
+                    if not own and row is not None and int(row[0]) >= e.offset:
                         continue
                     if e.value is None:
-                        self._db.execute("DELETE FROM entry WHERE key = ?", (e.key,))
+                        self._db.execute(self._sql["delete"], (e.key,))
                     else:
-                        self._db.execute(
-                            "INSERT INTO entry (key, part, off, value) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT(key) DO UPDATE SET part = excluded.part, off = excluded.off, "
-                            "value = excluded.value",
-                            (e.key, e.partition, e.offset, e.value),
-                        )
+                        self._db.execute(self._sql["upsert"], (e.key, e.partition, e.offset, e.value))
                     changed.append(e.key)
                 for part, nxt in (positions or {}).items():
-                    self._db.execute(
-                        "INSERT INTO position (part, next) VALUES (?, ?) "
-                        "ON CONFLICT(part) DO UPDATE SET next = max(next, excluded.next)",
-                        (part, nxt),
-                    )
+                    self._db.execute(self._sql["advance"], (part, nxt))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -142,7 +166,7 @@ class ChangelogTable:
     def positions(self) -> dict[int, int]:
         """The next offset to read, per partition read so far."""
         with self._lock:
-            return {int(p): int(n) for p, n in self._db.execute("SELECT part, next FROM position")}
+            return {int(p): int(n) for p, n in self._db.execute(self._sql["positions"])}
 
     def reset(self, partitions: Iterable[int]) -> list[str]:
         """Forget ``partitions`` (their entries and position); returns the keys dropped."""
@@ -152,19 +176,18 @@ class ChangelogTable:
         marks = ",".join("?" * len(parts))
         with self._lock:
             keys = [
-                str(k)
-                for (k,) in self._db.execute(f"SELECT key FROM entry WHERE part IN ({marks})", parts)  # noqa: S608
+                str(k) for (k,) in self._db.execute(self._sql["keys_in_parts"].format(marks=marks), parts)
             ]
             self._db.execute("BEGIN")
-            self._db.execute(f"DELETE FROM entry WHERE part IN ({marks})", parts)  # noqa: S608 - placeholders
-            self._db.execute(f"DELETE FROM position WHERE part IN ({marks})", parts)  # noqa: S608
+            self._db.execute(self._sql["drop_parts"].format(marks=marks), parts)
+            self._db.execute(self._sql["drop_positions"].format(marks=marks), parts)
             self._db.execute("COMMIT")
         return keys
 
     def count(self) -> int:
         """How many keys have a value."""
         with self._lock:
-            (n,) = self._db.execute("SELECT count(*) FROM entry").fetchone()
+            (n,) = self._db.execute(self._sql["count"]).fetchone()
         return int(n)
 
     def close(self) -> None:
@@ -193,6 +216,7 @@ class ChangelogTailer:
     ) -> None:
         self.topic = topic
         self.table = table
+        self._bootstrap = bootstrap
         self._on_change = on_change
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -213,16 +237,8 @@ class ChangelogTailer:
 
     async def start(self) -> None:
         """Assign every partition, drop what the topic no longer has, and start reading."""
+        parts = await _partitions(self._bootstrap, self.topic)
         await self._consumer.start()
-        parts: set[int] = set()
-        for _ in range(50):  # a topic just created may take a moment to show in the metadata
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self.topic) or set()
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-        if not parts:
-            raise RuntimeError(f"changelog topic {self.topic} not found")
         self._parts = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(self._parts)
         ends = await self._consumer.end_offsets(self._parts)
@@ -262,13 +278,15 @@ class ChangelogTailer:
                     self._advanced.notify_all()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - kept for the waiters, then re-raised
+        except BaseException as exc:  # kept for the waiters, then re-raised
             self._failed = exc
             async with self._advanced:
                 self._advanced.notify_all()
             raise
 
-    async def caught_up(self, partitions: Iterable[int] | None = None, timeout_s: float | None = None) -> float:
+    async def caught_up(
+        self, partitions: Iterable[int] | None = None, timeout_s: float | None = None
+    ) -> float:
         """Wait until the replica holds everything committed to ``partitions`` (all when None) up to
         now; returns the seconds waited. Raises TimeoutError after ``timeout_s``."""
         started = time.monotonic()
@@ -298,12 +316,34 @@ class ChangelogTailer:
         await self._consumer.stop()
 
 
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (waiting a little for one just created)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        for _ in range(50):
+            with contextlib.suppress(KafkaError):
+                [described] = await admin.describe_topics([topic])
+                found = sorted(int(p["partition"]) for p in described.get("partitions") or ())
+                if found:
+                    return found
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise RuntimeError(f"changelog topic {topic} not found")
+
+
 class RestoreOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
     """A stage consumer's rebalance listener: before the consumer fetches from newly assigned
     partitions, each changelog is brought up to its end in those partitions (the state the
     previous owner committed), so no record is processed against older state."""
 
-    def __init__(self, tailers: Sequence[ChangelogTailer], *, on_assigned: Callable[[set[int]], None] | None = None):
+    def __init__(
+        self,
+        tailers: Sequence[ChangelogTailer],
+        *,
+        on_assigned: Callable[[set[int]], None] | None = None,
+    ) -> None:
         self._tailers = tailers
         self._on_assigned = on_assigned
 

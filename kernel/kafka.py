@@ -10,19 +10,22 @@ Milvus outage does not become a hot loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal, TypedDict
 
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import Counter, Histogram
 
+from kernel.changelog import Entry
 from kernel.events import DeadLetter, Envelope, FhirRecord, Topics
 from kernel.settings import KafkaSettings
 
@@ -46,6 +49,7 @@ class StageConsumer(TypedDict):
     fetch_max_wait_ms: int
     session_timeout_ms: int
     heartbeat_interval_ms: int
+    isolation_level: Literal["read_committed"]
 
 
 def stage_consumer(kafka: KafkaSettings) -> StageConsumer:
@@ -56,6 +60,9 @@ def stage_consumer(kafka: KafkaSettings) -> StageConsumer:
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": max(100, kafka.session_timeout_ms // 3),  # Kafka's advice: a third
+        # Records of the stateful stages' aborted transactions are never read (nor their
+        # uncommitted ones, until committed); on topics without transactions this changes nothing.
+        "isolation_level": "read_committed",
     }
 
 
@@ -102,21 +109,133 @@ class Outgoing:
     payload: bytes
     key: bytes | None
     headers: dict[str, str]
+    partition: int | None = None
+    """The partition to write to; None: the key's (the default partitioner)."""
 
 
-async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> None:
-    """Send ``messages`` in order without waiting for each acknowledgement, then wait for all.
+async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> list[int | None]:
+    """Send ``messages`` in order without waiting for each acknowledgement, then wait for all;
+    the offset each got (None from FastStream's in-memory test broker).
 
     The producer keeps each partition's records in send order (aiokafka has one batch in
     flight per partition), so a patient's records stay in order; the caller commits only
     after this returns, so an acknowledgement that never comes means a replay, not a loss.
     """
-    pending = []
+    pending: list[asyncio.Future[Any] | None] = []
     for m in messages:
-        sent = await broker.publish(m.payload, topic=m.topic, key=m.key, headers=m.headers, no_confirm=True)
-        if sent is not None:  # FastStream's in-memory test broker delivers at once and returns nothing
-            pending.append(sent)
-    await asyncio.gather(*pending)
+        sent = await broker.publish(
+            m.payload, topic=m.topic, key=m.key, partition=m.partition, headers=m.headers, no_confirm=True
+        )
+        pending.append(sent)  # None: the in-memory test broker delivered it at once
+    done = await asyncio.gather(*(f for f in pending if f is not None))
+    metadata = iter(done)
+    return [next(metadata).offset if f is not None else None for f in pending]
+
+
+def input_offsets(msg: KafkaMessage) -> dict[TopicPartition, int]:
+    """The offsets to commit once a batch is done: per partition, one past its last record."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in batch_records(msg):
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    return offsets
+
+
+class BatchCommitter:
+    """How a stateful stage finishes a batch: its outputs and state changes confirmed, and its
+    input offsets committed.
+
+    With ``transactional_id`` (a broker with transactions: Apache Kafka), outputs, state changes
+    and offsets are one transaction: all or none are visible to read_committed consumers, so a
+    crash at any point neither loses nor repeats a batch (exactly-once). Without it (Tansu, the
+    in-memory test broker), outputs are confirmed first and the offsets committed after:
+    at-least-once, duplicates absorbed by deterministic ids.
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        group_id: str,
+        producer: dict[str, Any] | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
+    ) -> None:
+        self._broker = broker
+        self._group_id = group_id
+        self._config = (
+            {
+                **producer,
+                "transactional_id": transactional_id,
+                "transaction_timeout_ms": transaction_timeout_ms,
+            }
+            if producer is not None and transactional_id is not None
+            else None
+        )
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def transactional(self) -> bool:
+        """Whether batches are committed as transactions."""
+        return self._config is not None
+
+    async def start(self) -> None:
+        """Start the transactional producer (InitProducerId fences a predecessor with the same id)."""
+        if self._config is not None and self._producer is None:
+            producer = AIOKafkaProducer(**self._config)
+            await producer.start()
+            self._producer = producer
+
+    async def stop(self) -> None:
+        """Stop the producer (an open transaction is aborted by the broker)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def commit(
+        self, msg: KafkaMessage, messages: Sequence[Outgoing], *, stage: str, backoff_s: float
+    ) -> list[int | None] | None:
+        """Send ``messages`` and commit ``msg``'s offsets; the offsets the messages got, or None
+        when it failed (the batch is then sought back and will be processed again)."""
+        try:
+            if self._config is None:
+                offsets = await publish_in_order(self._broker, messages)
+            else:
+                offsets = await self._transaction(msg, messages)
+        except Exception:
+            await retry_later(msg, stage=stage, backoff_s=backoff_s, what="outputs not confirmed")
+            return None
+        if self._config is None:
+            await msg.ack()
+        observe_done(stage, batch_records(msg), time.time())
+        return offsets
+
+    async def _transaction(self, msg: KafkaMessage, messages: Sequence[Outgoing]) -> list[int | None]:
+        await self.start()
+        producer = self._producer
+        assert producer is not None  # noqa: S101 - started above
+        try:
+            await producer.begin_transaction()
+            futures = [
+                await producer.send(
+                    m.topic,
+                    m.payload,
+                    key=m.key,
+                    partition=m.partition,
+                    headers=[(k, v.encode()) for k, v in m.headers.items()],
+                )
+                for m in messages
+            ]
+            await producer.send_offsets_to_transaction(input_offsets(msg), self._group_id)
+            await producer.commit_transaction()
+        except BaseException:
+            # Aborted, or fenced by a newer instance with our id: a fresh producer either way
+            # (InitProducerId again), and the batch is retried from the committed offsets.
+            self._producer = None
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return [f.result().offset for f in futures]
 
 
 def batch_records(msg: KafkaMessage) -> tuple[Any, ...]:
@@ -191,6 +310,17 @@ async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: lis
         await broker.publish(
             letter.model_dump_json().encode(), topic=topics.deadletter, headers=letter.headers()
         )
+        counted_dead_letters([letter])
+
+
+def dead_letter_record(topics: Topics, letter: DeadLetter) -> Outgoing:
+    """``letter`` as a record of the dead-letter topic (count it once written: `counted_dead_letters`)."""
+    return Outgoing(topics.deadletter, letter.model_dump_json().encode(), None, letter.headers())
+
+
+def counted_dead_letters(letters: Iterable[DeadLetter]) -> None:
+    """Count and log dead letters the broker confirmed. Logs identifiers, never content."""
+    for letter in letters:
         DEAD_LETTERS.labels(letter.stage).inc()
         log.warning(
             "dead letter stage=%s type=%s code=%s location=%s control_id=%s offset=%s",
@@ -201,6 +331,13 @@ async def publish_dead_letters(broker: KafkaBroker, topics: Topics, letters: lis
             letter.control_id,
             letter.offset,
         )
+
+
+def confirmed(entries: Sequence[Entry], offsets: Sequence[int | None]) -> list[Entry]:
+    """Changelog ``entries`` sent last in a batch, with the offsets the broker gave them (the tail
+    of ``offsets``, `BatchCommitter.commit`'s answer); an offset not reported stays unknown."""
+    tail = offsets[len(offsets) - len(entries) :] if entries else []
+    return [replace(e, offset=o) if o is not None else e for e, o in zip(entries, tail, strict=True)]
 
 
 def envelope_of(record: Any) -> Envelope | None:

@@ -23,7 +23,9 @@ async def read_topic(
     bootstrap: str, topic: str, *, last: int | None = None
 ) -> list[ConsumerRecord[Any, Any]]:
     """The records now on ``topic`` (the ``last`` of each partition, or all), without a group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     try:
         await consumer.start()
         partitions = consumer.partitions_for_topic(topic)

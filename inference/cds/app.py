@@ -1,16 +1,21 @@
-"""FastStream wiring of decision support: `ehr.fhir.v1` → patient state → rules → `cds.alerts.v1`.
+"""FastStream wiring of decision support: `ehr.fhir.v1` and clinician feedback → patient state →
+rules → `cds.alerts.v1`.
 
-For each batch of normalized records: load the patients' states, apply each record in offset
-order and run the rules (`inference.cds.rules.process`, pure), then publish the alerts keyed by
-patient (with, where the deployment switched it on, their write-back to the outbound topics),
-save the changed states in one transaction, and commit the batch's offsets
-(`kernel.kafka.commit_after`). One commit, one state write and at most one thread hop per batch
-instead of per record is what keeps this stage ahead of a 100 msg/s feed while it shares its
-process with the other stages (`bench/alerts.py`: one record at a time, it fell seconds behind).
+One consumer group (`cds`) reads both topics, co-partitioned (both keyed by patient, the range
+assignor gives partition p of each to the same instance), so the instance that owns a patient's
+partition is the only one that changes the patient's state. Each patient's state lives in the
+changelog `cds.state.v1` (`inference.cds.state_store`, `kernel.changelog`): on assignment the
+instance first restores the partition's state from it (`kernel.changelog.RestoreOnAssign`).
 
-Alerts go out before the state is saved: a crash in between replays the batch, which raises the
-same alert ids again (consumers dedupe) instead of losing them. A record the rules cannot read is
-dead-lettered, never skipped.
+For each batch: load the patients' states, apply each normalized record in offset order and run
+the rules (`inference.cds.rules.process`, pure) and each override its snooze; then publish the
+alerts keyed by patient (with, where the deployment switched it on, their write-back to the
+outbound topics), the changed states to the changelog, and commit the batch's offsets, through
+`kernel.kafka.BatchCommitter`: one Kafka transaction on Apache Kafka (exactly-once), outputs then
+offsets elsewhere (at-least-once: a replay raises the same alert ids, consumers dedupe). One
+commit, one state write and at most one thread hop per batch instead of per record is what keeps
+this stage ahead of a 100 msg/s feed while it shares its process with the other stages
+(`bench/alerts.py`). A record the rules cannot read is dead-lettered, never skipped.
 """
 
 from __future__ import annotations
@@ -19,31 +24,34 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import Counter
 
 from inference.cds.cards import snoozed_by
 from inference.cds.rules import Outcome, RuleSet, carries_notes, process
 from inference.cds.state import PatientState
-from inference.cds.state_store import StateStore
+from inference.cds.state_store import SqliteStateStore
 from inference.cds.writeback import outbound
 from kernel.errors import ModelRunError
-from kernel.events import Alert, ClinicianFeedback, DeadLetter, FhirRecord, Topics
+from kernel.events import Alert, ClinicianFeedback, FhirRecord, Topics
 from kernel.kafka import (
     STAGE_CONSUMER,
+    BatchCommitter,
     Outgoing,
-    Parsed,
     StageConsumer,
-    commit_after,
-    dead_letter_and_commit,
+    batch_records,
+    confirmed,
+    counted_dead_letters,
     dead_letter_for,
-    fhir_batches,
-    publish_dead_letters,
-    publish_in_order,
+    dead_letter_record,
+    fhir_records,
     retry_later,
-    single_record,
 )
 from kernel.settings import CdsSettings
 from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig
@@ -63,7 +71,7 @@ def register_cds(
     broker: KafkaBroker,
     topics: Topics,
     rules: RuleSet,
-    store: StateStore,
+    store: SqliteStateStore,
     *,
     group_id: str = "cds",
     writeback: WritebackConfig = NO_WRITEBACK,
@@ -71,113 +79,106 @@ def register_cds(
     max_records: int = _SETTINGS.batch_max_records,
     batch_timeout_ms: int = _SETTINGS.batch_timeout_ms,
     consumer: StageConsumer = STAGE_CONSUMER,
-) -> None:
-    """Subscribe decision support to the normalized FHIR topic and to clinician feedback.
+    committer: BatchCommitter | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> BatchSubscriber:
+    """Subscribe decision support to the normalized FHIR topic and clinician feedback.
 
-    Normalized records are taken in batches of at most ``max_records`` (whatever has arrived;
-    ``batch_timeout_ms`` is how long an idle consumer waits between polls)."""
-    lock = asyncio.Lock()  # both handlers read, change and save patient state
-
-    @fhir_batches(
-        broker,
-        topics,
-        stage="cds",
-        group_id=group_id,
-        consumer=consumer,
-        max_records=max_records,
-        timeout_ms=batch_timeout_ms,
-    )
-    async def decide(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
-        async with lock:
-            patients = list(dict.fromkeys(p.patient_id for _, p in parsed))
-            try:
-                states = await _load(store, patients)
-            except Exception:
-                await retry_later(
-                    msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="patient state not readable"
-                )
-                return
-            decided: list[tuple[FhirRecord, Outcome]] = []
-
-            def decide_all() -> None:
-                for record, one in parsed:  # in offset order: a patient's records change its state in turn
-                    try:
-                        outcome = process(states.get(one.patient_id), one, rules, now=clock())
-                    except ModelRunError:
-                        raise  # not the record's fault: the whole batch is retried
-                    except Exception as exc:  # the content breaks the record contract (RuleInputError)
-                        letters.append(dead_letter_for(exc, record, stage="cds"))
-                        continue
-                    states[one.patient_id] = outcome.state
-                    decided.append((one, outcome))
-
-            try:
-                if rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed):
-                    await asyncio.to_thread(decide_all)  # the embedding model runs on the notes' sentences
-                else:
-                    decide_all()
-            except ModelRunError:
-                await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="note model failed")
-                return
-            changed = list({o.state.patient_id: o.state for _, o in decided}.values())
-
-            async def effects() -> None:
-                await publish_in_order(
-                    broker,
-                    (
-                        out
-                        for _, outcome in decided
-                        for alert in outcome.alerts
-                        for out in _outgoing(topics, alert, outcome.state.identifier, writeback)
-                    ),
-                )
-                await publish_dead_letters(broker, topics, letters)
-                if changed:
-                    await asyncio.to_thread(store.save_many, changed)
-
-            committed = await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S)
-        if committed:
-            for one, outcome in decided:
-                _count(outcome, one.envelope.trace_id)
-
-    @broker.subscriber(
+    Records are taken in batches of at most ``max_records`` (whatever has arrived;
+    ``batch_timeout_ms`` is how long an idle consumer waits between polls). ``committer`` finishes
+    each batch (default: outputs confirmed, then offsets); ``listener`` restores the state of
+    assigned partitions before their records are processed."""
+    done = committer or BatchCommitter(broker, group_id=group_id)
+    subscriber = broker.subscriber(
+        topics.fhir,
         topics.feedback,
-        group_id=f"{group_id}-feedback",
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=batch_timeout_ms,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        listener=listener,
         **consumer,
     )
-    async def learn(msg: KafkaMessage) -> None:
-        record = single_record(msg)
+
+    @subscriber
+    async def decide(msg: KafkaMessage) -> None:
+        records = batch_records(msg)
+        parsed, letters = fhir_records((r for r in records if r.topic == topics.fhir), stage="cds")
+        feedback: list[tuple[Any, ClinicianFeedback]] = []
+        for record in records:
+            if record.topic != topics.fhir:
+                try:
+                    feedback.append((record, ClinicianFeedback.model_validate_json(record.value or b"")))
+                except Exception as exc:
+                    letters.append(dead_letter_for(exc, record, stage="cds"))
+        partition = {f.patient_id: r.partition for r, f in feedback}
+        partition |= {p.patient_id: r.partition for r, p in parsed}
+        patients = list(partition)
         try:
-            feedback = ClinicianFeedback.model_validate_json(record.value or b"")
-        except Exception as exc:
-            await _dead_letter(msg, broker, topics, exc, record)
+            states = await _load(store, patients)
+        except Exception:
+            await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="patient state not readable")
             return
-        async with lock:
+        decided: list[tuple[FhirRecord, Outcome]] = []
+        changed: dict[str, PatientState] = {}
 
-            async def effects() -> None:
-                state = await asyncio.to_thread(store.load, feedback.patient_id)
-                snoozed = snoozed_by(state, feedback) if state is not None else None
+        def decide_all() -> None:
+            for record, one in parsed:  # in offset order: a patient's records change its state in turn
+                try:
+                    outcome = process(states.get(one.patient_id), one, rules, now=clock())
+                except ModelRunError:
+                    raise  # not the record's fault: the whole batch is retried
+                except Exception as exc:  # the content breaks the record contract (RuleInputError)
+                    letters.append(dead_letter_for(exc, record, stage="cds"))
+                    continue
+                states[one.patient_id] = changed[one.patient_id] = outcome.state
+                decided.append((one, outcome))
+            for _, answer in feedback:
+                state = states.get(answer.patient_id)
+                snoozed = snoozed_by(state, answer) if state is not None else None
                 if snoozed is not None:
-                    await asyncio.to_thread(store.save, snoozed)
+                    states[answer.patient_id] = changed[answer.patient_id] = snoozed
 
-            committed = await commit_after(msg, effects, stage="cds", backoff_s=RETRY_BACKOFF_S)
-        if committed:
-            FEEDBACK.labels(feedback.rule_id or "-", feedback.outcome, feedback.reason_code or "-").inc()
+        try:
+            if rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed):
+                await asyncio.to_thread(decide_all)  # the embedding model runs on the notes' sentences
+            else:
+                decide_all()
+        except ModelRunError:
+            await retry_later(msg, stage="cds", backoff_s=RETRY_BACKOFF_S, what="note model failed")
+            return
+        saved = list(changed.values())
+        entries = store.changes(saved, partition)
+        outgoing = [
+            *(
+                out
+                for _, outcome in decided
+                for alert in outcome.alerts
+                for out in _outgoing(topics, alert, outcome.state.identifier, writeback)
+            ),
+            *(dead_letter_record(topics, letter) for letter in letters),
+            *(Outgoing(topics.cds_state, e.value or b"", e.key.encode(), {}, e.partition) for e in entries),
+        ]
+        offsets = await done.commit(msg, outgoing, stage="cds", backoff_s=RETRY_BACKOFF_S)
+        if offsets is None:
+            return
+        await asyncio.to_thread(store.save_many, saved, confirmed(entries, offsets))
+        counted_dead_letters(letters)
+        for one, outcome in decided:
+            _count(outcome, one.envelope.trace_id)
+        for _, answer in feedback:
+            FEEDBACK.labels(answer.rule_id or "-", answer.outcome, answer.reason_code or "-").inc()
+
+    return subscriber
 
 
-async def _load(store: StateStore, patients: list[str]) -> dict[str, PatientState]:
+async def _load(store: SqliteStateStore, patients: list[str]) -> dict[str, PatientState]:
     """The states of ``patients``; a thread hop only when one is not in memory."""
     known = {p: s for p in patients if (s := store.cached(p)) is not None}
     if len(known) == len(patients):
         return known
     return await asyncio.to_thread(store.load_many, patients)
-
-
-async def _dead_letter(
-    msg: KafkaMessage, broker: KafkaBroker, topics: Topics, exc: Exception, record: object
-) -> None:
-    letter = dead_letter_for(exc, record, stage="cds")
-    await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)
 
 
 def _count(outcome: Outcome, trace_id: str) -> None:

@@ -44,7 +44,7 @@ from inference.cds.cards import (
 from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.medsafety import MEDICATION_ORDERS, check_orders
 from inference.cds.state import PatientState
-from inference.cds.state_store import StateStore
+from inference.cds.state_store import SharedCards, SqliteStateStore
 from kernel.cds_hooks import HookService, draft_orders
 from kernel.events import ClinicianFeedback, deterministic_id
 from kernel.http import problem
@@ -64,7 +64,7 @@ class CdsHooksService:
 
     def __init__(
         self,
-        store: StateStore,
+        store: SqliteStateStore,
         verifier: CdsJwtVerifier,
         publish: Publish,
         *,
@@ -75,8 +75,10 @@ class CdsHooksService:
         jwks: JwksSource | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         extra: Sequence[HookService] = (),
+        cards: SharedCards | None = None,
     ) -> None:
         self._store = store
+        self._cards = cards or SharedCards(store)
         self._verifier = verifier
         self._publish = publish
         self._http = http
@@ -184,9 +186,7 @@ class CdsHooksService:
 
     async def _shown(self, key: str, cards: list[dict[str, Any]]) -> JSONResponse:
         """The answer, once the cards are remembered (their feedback is found by uuid)."""
-        shown = [(c["uuid"], c["source"]["topic"]["code"]) for c in cards]
-        if not self._store.remembered([uuid for uuid, _ in shown]):
-            await asyncio.to_thread(self._store.remember_cards, key, shown)
+        await self._cards.remember(key, [(c["uuid"], c["source"]["topic"]["code"]) for c in cards])
         return JSONResponse({"cards": cards})
 
     def _order_cards(
@@ -244,7 +244,7 @@ class CdsHooksService:
         events: list[ClinicianFeedback] = []
         unknown: list[str] = []
         for item in parsed.feedback:
-            owner = await asyncio.to_thread(self._store.card_owner, item.card)
+            owner = await self._cards.owner(item.card)
             if owner is None:
                 unknown.append(item.card)
                 continue

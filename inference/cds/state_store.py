@@ -1,103 +1,63 @@
-"""Per-patient state kept in SQLite: the snapshot a restart resumes from.
+"""Decision support's per-patient state and the cards it showed, as changelog replicas.
 
-The decision-support stage loads a patient's state, applies a record, publishes its alerts,
-saves the state, and only then commits the offset. A restart therefore resumes from the
-committed offset with the state saved for everything before it; a record processed again after
-a crash between save and commit is applied again and changes nothing (`inference.cds.state.apply`
-is idempotent and alert ids are deterministic).
+Both are `kernel.changelog.ChangelogTable`s: the patient states of `cds.state.v1` (keyed by
+patient, in the partition of the patient's input records) and the cards of `cds.cards.v1` (card
+uuid → patient and rule, written when a CDS Hooks answer shows them, read when their feedback
+comes back, possibly to another instance).
 
-One process owns a file (WAL mode; writes are small and synchronous=NORMAL, which survives a
-process crash). A deployment that runs several decision-support processes gives each its own
-file only if each always gets the same partitions; otherwise see docs/decision-support.md.
+The stage applies a batch in two steps: `changes` gives the changelog records of the states it
+changed, which go out with the batch's alerts (one transaction with the input offsets on Apache
+Kafka); once the broker confirmed them, `save_many` keeps them here with their offsets. A crash
+in between replays the batch against the state committed before it (`inference.cds.state.apply`
+is idempotent and alert ids are deterministic), so nothing is lost or doubled.
+
+Decoded states of recently used patients are kept in memory; the changelog reader drops a
+patient's copy when another instance changed it (`forget`).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
+import contextlib
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from inference.cds.state import PatientState
+from kernel.changelog import ChangelogTable, Entry
+from kernel.kafka import Outgoing, confirmed
 
-
-class StateStore(Protocol):
-    """Where patient state lives between records."""
-
-    def load(self, patient_id: str) -> PatientState | None:
-        """The saved state of ``patient_id``, or None for a patient not seen before."""
-        ...
-
-    def save(self, state: PatientState) -> None:
-        """Keep ``state`` (durably, before the caller commits its offset)."""
-        ...
-
-    def load_many(self, patient_ids: Sequence[str]) -> dict[str, PatientState]:
-        """The saved states of those of ``patient_ids`` seen before."""
-        ...
-
-    def save_many(self, states: Sequence[PatientState]) -> None:
-        """Keep all of ``states`` or none of them (one transaction)."""
-        ...
-
-    def cached(self, patient_id: str) -> PatientState | None:
-        """The state of ``patient_id`` if it is in memory (no I/O; None: ask `load`)."""
-        ...
-
-    def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
-        """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id`` (for feedback)."""
-        ...
-
-    def remembered(self, card_ids: list[str]) -> bool:
-        """True when every card in ``card_ids`` is known to be remembered (no I/O)."""
-        ...
-
-    def card_owner(self, card_id: str) -> tuple[str, str] | None:
-        """``(patient id, rule id)`` of a card shown before, or None."""
-        ...
+UNKNOWN_OFFSET = -1
+"""The offset of a change the broker did not report (FastStream's in-memory test broker)."""
 
 
 class SqliteStateStore:
-    """`StateStore` in one SQLite file, with the most recently used states kept in memory."""
+    """Patient states and shown cards in one SQLite file, the states most recently used in memory."""
 
     def __init__(self, path: Path | str, *, cache_size: int = 10_000) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS patient_state (patient_id TEXT PRIMARY KEY, state TEXT NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS shown_card (card_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, "
-            "rule_id TEXT NOT NULL)"
-        )
+        self.states = ChangelogTable(path, "patient_state")
+        self.cards = ChangelogTable(path, "shown_card")
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, PatientState] = OrderedDict()
         self._cache_size = cache_size
-        self._shown: OrderedDict[str, None] = OrderedDict()  # card ids written, most recent last
+        self._shown: OrderedDict[str, None] = OrderedDict()  # card ids kept, most recent last
 
     def load(self, patient_id: str) -> PatientState | None:
         """The saved state of ``patient_id``, or None."""
         return self.load_many([patient_id]).get(patient_id)
 
     def cached(self, patient_id: str) -> PatientState | None:
-        """The state of ``patient_id`` if it is among the recently used ones, else None."""
+        """The state of ``patient_id`` if it is among the recently used ones, else None (no I/O)."""
         with self._lock:
             state = self._cache.get(patient_id)
             if state is not None:
                 self._cache.move_to_end(patient_id)
             return state
 
-    def save(self, state: PatientState) -> None:
-        """Write ``state``; returns once SQLite has it."""
-        self.save_many([state])
-
     def load_many(self, patient_ids: Sequence[str]) -> dict[str, PatientState]:
-        """The saved states among ``patient_ids``: memory first, the rest in one query each 500."""
+        """The saved states among ``patient_ids``: memory first, the rest from the replica."""
         found: dict[str, PatientState] = {}
         with self._lock:
             for patient_id in patient_ids:
@@ -105,48 +65,58 @@ class SqliteStateStore:
                 if cached is not None:
                     self._cache.move_to_end(patient_id)
                     found[patient_id] = cached
-            missing = sorted({p for p in patient_ids if p not in found})
-            rows: list[tuple[str]] = []
-            for start in range(0, len(missing), 500):  # under SQLite's limit on bound parameters
-                part = missing[start : start + 500]
-                marks = ",".join("?" * len(part))
-                query = f"SELECT state FROM patient_state WHERE patient_id IN ({marks})"  # noqa: S608 - placeholders
-                rows += self._db.execute(query, part).fetchall()
-        for (payload,) in rows:
+        missing = [p for p in dict.fromkeys(patient_ids) if p not in found]
+        for payload in self.states.get_many(missing).values() if missing else ():
             state = PatientState.model_validate_json(payload)
             self._remember(state)
             found[state.patient_id] = state
         return found
 
-    def save_many(self, states: Sequence[PatientState]) -> None:
-        """Write all of ``states`` in one transaction; returns once SQLite has them."""
+    @staticmethod
+    def changes(states: Sequence[PatientState], partitions: Mapping[str, int]) -> list[Entry]:
+        """The changelog records of ``states``, each in its patient's input partition."""
+        return [
+            Entry(s.patient_id, s.model_dump_json().encode(), partitions.get(s.patient_id, 0), UNKNOWN_OFFSET)
+            for s in states
+        ]
+
+    def save_many(self, states: Sequence[PatientState], written: Sequence[Entry] | None = None) -> None:
+        """Keep ``states`` (all or none): the changelog records ``written`` for them, confirmed by
+        the broker with their offsets; without them, records made here (tests, tools)."""
         if not states:
             return
-        rows = [(state.patient_id, state.model_dump_json()) for state in states]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO patient_state (patient_id, state) VALUES (?, ?) "
-                    "ON CONFLICT(patient_id) DO UPDATE SET state = excluded.state",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        entries = list(written) if written is not None else self.changes(states, {})
+        self.states.apply(entries, own=True)
         for state in states:
             self._remember(state)
 
-    def remember_cards(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
-        """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id``."""
+    def save(self, state: PatientState) -> None:
+        """Keep one state (see `save_many`)."""
+        self.save_many([state])
+
+    def forget(self, patient_ids: Sequence[str]) -> None:
+        """Drop the copies in memory of states changed elsewhere (the changelog reader calls it)."""
+        with self._lock:
+            for patient_id in patient_ids:
+                self._cache.pop(patient_id, None)
+
+    @staticmethod
+    def card_changes(patient_id: str, cards: list[tuple[str, str]]) -> list[Entry]:
+        """The changelog records of cards ``(card uuid, rule id)`` shown for ``patient_id``."""
+        return [
+            Entry(card, json.dumps([patient_id, rule]).encode(), 0, UNKNOWN_OFFSET) for card, rule in cards
+        ]
+
+    def remember_cards(
+        self, patient_id: str, cards: list[tuple[str, str]], written: Sequence[Entry] | None = None
+    ) -> None:
+        """Note that cards ``(card uuid, rule id)`` were shown for ``patient_id`` (for feedback):
+        the changelog records ``written`` for them, or records made here."""
         if not cards:
             return
+        entries = list(written) if written is not None else self.card_changes(patient_id, cards)
+        self.cards.apply(entries, own=True)
         with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO shown_card (card_id, patient_id, rule_id) VALUES (?, ?, ?)",
-                [(card, patient_id, rule) for card, rule in cards],
-            )
             for card, _ in cards:
                 self._shown[card] = None
                 self._shown.move_to_end(card)
@@ -154,28 +124,26 @@ class SqliteStateStore:
                 self._shown.popitem(last=False)
 
     def remembered(self, card_ids: list[str]) -> bool:
-        """True when every card in ``card_ids`` was written by this process recently."""
+        """True when every card in ``card_ids`` was kept by this process recently (no I/O)."""
         with self._lock:
             return all(card in self._shown for card in card_ids)
 
     def card_owner(self, card_id: str) -> tuple[str, str] | None:
         """``(patient id, rule id)`` of a card shown before, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT patient_id, rule_id FROM shown_card WHERE card_id = ?", (card_id,)
-            ).fetchone()
-        return (str(row[0]), str(row[1])) if row else None
+        payload = self.cards.get(card_id)
+        if payload is None:
+            return None
+        patient_id, rule_id = json.loads(payload)
+        return str(patient_id), str(rule_id)
 
     def patients(self) -> int:
         """How many patients have a saved state."""
-        with self._lock:
-            (count,) = self._db.execute("SELECT count(*) FROM patient_state").fetchone()
-        return int(count)
+        return self.states.count()
 
     def close(self) -> None:
         """Close the file."""
-        with self._lock:
-            self._db.close()
+        self.states.close()
+        self.cards.close()
 
     def _remember(self, state: PatientState) -> None:
         with self._lock:
@@ -183,3 +151,48 @@ class SqliteStateStore:
             self._cache.move_to_end(state.patient_id)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+
+
+Publish = Callable[[list[Outgoing]], Awaitable[list[int | None]]]
+"""Sends records and returns their offsets once the broker confirmed them all."""
+
+
+class SharedCards:
+    """The cards CDS Hooks answers showed, shared by every instance: each one shown is written to
+    `cds.cards.v1` before the answer goes out, so its feedback finds the patient and rule from
+    whichever instance receives it."""
+
+    def __init__(
+        self,
+        store: SqliteStateStore,
+        *,
+        topic: str = "",
+        publish: Publish | None = None,
+        caught_up: Callable[[float], Awaitable[float]] | None = None,
+    ) -> None:
+        self._store = store
+        self._topic = topic
+        self._publish = publish
+        self._caught_up = caught_up
+
+    async def remember(self, patient_id: str, cards: list[tuple[str, str]]) -> None:
+        """Keep cards ``(card uuid, rule id)`` shown for ``patient_id`` (no I/O when known)."""
+        if not cards or self._store.remembered([card for card, _ in cards]):
+            return
+        entries = self._store.card_changes(patient_id, cards)
+        if self._publish is not None:
+            records = [
+                Outgoing(self._topic, e.value or b"", e.key.encode(), {}, e.partition) for e in entries
+            ]
+            entries = confirmed(entries, await self._publish(records))
+        await asyncio.to_thread(self._store.remember_cards, patient_id, cards, entries)
+
+    async def owner(self, card_id: str, wait_s: float = 5.0) -> tuple[str, str] | None:
+        """``(patient id, rule id)`` of a card shown by any instance, or None; a card not in this
+        replica yet is looked up again once it has read the changelog to its end."""
+        found = await asyncio.to_thread(self._store.card_owner, card_id)
+        if found is None and self._caught_up is not None:
+            with contextlib.suppress(TimeoutError):
+                await self._caught_up(wait_s)
+            found = await asyncio.to_thread(self._store.card_owner, card_id)
+        return found

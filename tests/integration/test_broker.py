@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from confluent_kafka.admin import AdminClient, ConfigResource
 from aiokafka.errors import KafkaError
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from clinstream.runtime import EmbeddedBroker, EmbeddedKafka, ensure_topics
 from kernel.events import topic_config

@@ -126,9 +126,9 @@ async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
     writes = []
     save_many = store.save_many
 
-    def counted(states):
+    def counted(states, written=None):
         writes.append(sorted(s.patient_id for s in states))
-        save_many(states)
+        save_many(states, written)
 
     store.save_many = counted
     broker = KafkaBroker()

@@ -2,6 +2,7 @@
 
 import re
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -141,12 +142,12 @@ def test_state_store_batches_read_memory_first_and_write_all_or_nothing(tmp_path
     assert store.load_many(["p2", "p0", "nobody", "p0"]) == {"p2": states[2], "p0": states[0]}
     assert store.load_many([]) == {}
 
-    class Unwritable(PatientState):
-        def model_dump_json(self, **kwargs):
-            return None  # NOT NULL constraint: the row cannot be written
-
+    changed = [PatientState(patient_id="p0", gender="male"), PatientState(patient_id="p9")]
+    entries = store.changes(changed, {"p0": 1, "p9": 2})
+    assert [(e.key, e.partition) for e in entries] == [("p0", 1), ("p9", 2)]
+    unwritable = [entries[0], replace(entries[1], offset=None)]  # NOT NULL: the row cannot be written
     with pytest.raises(sqlite3.IntegrityError):
-        store.save_many([PatientState(patient_id="p0", gender="male"), Unwritable(patient_id="p9")])
+        store.save_many(changed, unwritable)
     store.close()
     reopened = SqliteStateStore(target)
     assert reopened.load("p0") == states[0]  # the first row of the failed batch was rolled back
