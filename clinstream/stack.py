@@ -70,15 +70,16 @@ from inference.cds.rules import ruleset_from
 from inference.cds.state_store import SharedCards, SqliteStateStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
-from inference.notes.draft_store import NotesStore
+from inference.notes.draft_store import NotesStore, draft_key
 from kernel.cds_hooks import HookService
-from kernel.changelog import ChangelogTable, ChangelogTailer, RestoreOnAssign
+from kernel.changelog_kafka import ChangelogTailer, RestoreOnAssign
+from kernel.changelog_store import ChangelogTable
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelNotBuiltError
 from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
-from kernel.kafka import BatchCommitter, Outgoing, StageConsumer, publish_in_order, stage_consumer
+from kernel.kafka import BatchCommitter, Outgoing, StageConsumer, Written, publish_in_order, stage_consumer
 from kernel.settings import producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -419,7 +420,11 @@ class Wiring:
         return committer
 
     async def changelog(
-        self, topic: str, table: ChangelogTable, on_change: Callable[[list[str]], None] | None = None
+        self,
+        topic: str,
+        table: ChangelogTable,
+        on_change: Callable[[list[str]], None] | None = None,
+        key_of: Callable[[Any], str | None] | None = None,
     ) -> ChangelogTailer:
         """A started reader keeping ``table`` current with changelog ``topic``."""
         tailer = ChangelogTailer(
@@ -429,6 +434,7 @@ class Wiring:
             read_committed=self.transactional,
             on_change=on_change,
             client_id=f"clinstream-changelog-{topic}",
+            key_of=key_of,
         )
         await tailer.start()
         self.stack.push_async_callback(tailer.stop)
@@ -578,7 +584,16 @@ async def _inference(w: Wiring) -> None:
     extra: list[HookService] = []
     if settings.assist.enabled:
         assist = await _assist_service(w)
-        register_assist(w.broker("assist"), w.topics, assist, **w.consuming("assist"))
+        assist_broker = w.broker("assist")
+        assist_charts = await w.changelog(w.topics.assist_charts, assist.store.table)
+        register_assist(
+            assist_broker,
+            w.topics,
+            assist,
+            **w.consuming("assist"),
+            committer=await w.committer(assist_broker, "assist"),
+            listener=RestoreOnAssign([assist_charts]),
+        )
         w.routes.extend(assist_routes(assist))
         w.openapi.update(assist_openapi())
         extra = [AssistHooks(assist, service) for service in ASSIST_HOOKS]
@@ -611,10 +626,19 @@ async def _inference(w: Wiring) -> None:
         store, _ = await w.stores()
         notes_service = _notes_service(w, await w.embedder(), store)
         notes_broker = w.broker("notes")
-        register_notes(notes_broker, w.topics, notes_service, **w.consuming("notes"))
+        charts = await w.changelog(w.topics.notes_charts, notes_service.store.table)
+        drafts = await w.changelog(w.topics.drafts, notes_service.store.drafts_table, key_of=draft_key)
+        register_notes(
+            notes_broker,
+            w.topics,
+            notes_service,
+            **w.consuming("notes"),
+            committer=await w.committer(notes_broker, "notes"),
+            listener=RestoreOnAssign([charts, drafts]),
+        )
 
-        async def _publish(messages: Sequence[Outgoing]) -> None:
-            await publish_in_order(notes_broker, messages)
+        async def _publish(messages: Sequence[Outgoing]) -> list[Written]:
+            return await publish_in_order(notes_broker, messages)
 
         w.routes.extend(notes_routes(notes_service, _publish, w.topics))
         w.openapi.update(notes_openapi())

@@ -1,71 +1,59 @@
-"""Each patient's chart in a SQLite file: the current version of every resource seen on
-`ehr.fhir.v1`, one row each, so applying a record touches only its resources.
+"""Each patient's chart as a changelog replica: the current version of every resource seen on
+`ehr.fhir.v1`, one changelog record each (key: patient and resource reference), so applying a
+record touches only its resources.
 
-The stages that read whole charts (note drafting, assistance) keep one each. One process owns a
-file (WAL mode); writes are synchronous before the consumer commits, so a restart replays at most
-the batch in flight, which changes nothing (resources are keyed by reference).
+The stages that read whole charts (note drafting, assistance) keep one each, in their own
+compacted changelog topic (`kernel.changelog_kafka`): the instance that owns a patient's partition
+writes the changes, with its outputs and input offsets (one transaction on Apache Kafka), and
+every instance's replica follows the topic, so a chart is readable from any instance and moves
+with its partition on a rebalance. A replay changes nothing (resources are keyed by reference).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernel.changelog_store import UNKNOWN_OFFSET, ChangelogTable, Entry
 from kernel.chart import Chart, ref_of, retired
+
+SEPARATOR = "\x1f"
+"""Between the patient id and the resource reference in a changelog key."""
 
 
 class ChartStore:
     """Charts in one SQLite file (thread-safe: stages read them from worker threads)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS resources (patient TEXT, ref TEXT, body TEXT,"
-                " PRIMARY KEY (patient, ref))"
-            )
+        self.table = ChangelogTable(path, "chart")
 
     def close(self) -> None:
         """Close the file."""
-        with self._lock:
-            self._db.close()
+        self.table.close()
 
     def chart(self, patient_id: str) -> Chart:
         """The patient's current resources (an empty chart for a patient not seen)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ref, body FROM resources WHERE patient = ?", (patient_id,)
-            ).fetchall()
-        return Chart(patient_id, {ref: json.loads(body) for ref, body in rows})
+        rows = self.table.with_prefix(patient_id + SEPARATOR)
+        return Chart(patient_id, {key.split(SEPARATOR, 1)[1]: json.loads(body) for key, body in rows})
+
+    @staticmethod
+    def changes(patient_id: str, resources: Iterable[dict[str, Any]], partition: int = 0) -> list[Entry]:
+        """The changelog records that merge ``resources`` into the chart: each resource's newest
+        version, a deletion for one entered in error."""
+        out: list[Entry] = []
+        for res in resources:
+            if not res.get("id") or not res.get("resourceType"):
+                continue
+            value = None if retired(res) else json.dumps(res, separators=(",", ":")).encode()
+            out.append(Entry(patient_id + SEPARATOR + ref_of(res), value, partition, UNKNOWN_OFFSET))
+        return out
+
+    def save(self, entries: Sequence[Entry]) -> None:
+        """Keep changes the broker confirmed (with their offsets), in one transaction."""
+        self.table.apply(entries, own=True)
 
     def apply(self, patient_id: str, resources: Iterable[dict[str, Any]]) -> None:
-        """Merge resources into the chart (newest version wins; entered-in-error removes), in one
-        transaction."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for res in resources:
-                    if not res.get("id") or not res.get("resourceType"):
-                        continue
-                    ref = ref_of(res)
-                    if retired(res):
-                        self._db.execute(
-                            "DELETE FROM resources WHERE patient = ? AND ref = ?", (patient_id, ref)
-                        )
-                    else:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO resources VALUES (?, ?, ?)",
-                            (patient_id, ref, json.dumps(res, separators=(",", ":"))),
-                        )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        """Merge resources into the chart here only (tools and tests; a stage sends `changes`)."""
+        self.save(self.changes(patient_id, resources))

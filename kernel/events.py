@@ -86,6 +86,10 @@ class Topics:
     """Changelog of decision support's per-patient state (compacted, keyed by patient)."""
     cds_cards: str = "cds.cards.v1"
     """Cards shown through CDS Hooks: card uuid → patient and rule (compacted), for feedback."""
+    notes_charts: str = "notes.charts.v1"
+    """Changelog of the notes stage's patient charts (compacted; key: patient and resource)."""
+    assist_charts: str = "assist.charts.v1"
+    """Changelog of the assistance stage's patient charts (compacted; key: patient and resource)."""
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in declaration order."""
@@ -101,7 +105,7 @@ TOPICS = Topics()
 _DAY_MS = 24 * 3600 * 1000
 _TRANSIENT = ("inbound_hl7v2", "inbound_fhir", "outbound_hl7v2", "outbound_fhir", "writeback")
 """Topics kept a week: the raw input (replay after a mapping fix) and deliveries in flight."""
-_CHANGELOGS = ("cds_state", "cds_cards")
+_CHANGELOGS = ("cds_state", "cds_cards", "notes_charts", "assist_charts")
 """Compacted topics: the latest value per key is the state a stage restores."""
 
 

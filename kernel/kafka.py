@@ -18,14 +18,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal, TypedDict
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import Counter, Histogram
 
-from kernel.changelog import Entry
+from kernel.changelog_store import Entry
 from kernel.events import DeadLetter, Envelope, FhirRecord, Topics
 from kernel.settings import KafkaSettings
 
@@ -78,11 +78,18 @@ def batch_subscriber(
     consumer: StageConsumer,
     max_records: int,
     timeout_ms: int,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> BatchSubscriber:
     """The subscriber of a stage that takes ``topic`` in batches: whatever has arrived, at most
     ``max_records``, waiting at most ``timeout_ms`` for the first."""
     return broker.subscriber(
-        topic, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=timeout_ms, **consumer
+        topic,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=timeout_ms,
+        listener=listener,
+        **consumer,
     )
 
 
@@ -113,9 +120,14 @@ class Outgoing:
     """The partition to write to; None: the key's (the default partitioner)."""
 
 
-async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> list[int | None]:
+Written = tuple[int, int] | None
+"""Where the broker wrote a record: (partition, offset); None when it did not say (FastStream's
+in-memory test broker)."""
+
+
+async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) -> list[Written]:
     """Send ``messages`` in order without waiting for each acknowledgement, then wait for all;
-    the offset each got (None from FastStream's in-memory test broker).
+    where each was written.
 
     The producer keeps each partition's records in send order (aiokafka has one batch in
     flight per partition), so a patient's records stay in order; the caller commits only
@@ -129,7 +141,11 @@ async def publish_in_order(broker: KafkaBroker, messages: Iterable[Outgoing]) ->
         pending.append(sent)  # None: the in-memory test broker delivered it at once
     done = await asyncio.gather(*(f for f in pending if f is not None))
     metadata = iter(done)
-    return [next(metadata).offset if f is not None else None for f in pending]
+    return [_written(next(metadata)) if f is not None else None for f in pending]
+
+
+def _written(metadata: Any) -> Written:
+    return int(metadata.partition), int(metadata.offset)
 
 
 def input_offsets(msg: KafkaMessage) -> dict[TopicPartition, int]:
@@ -194,8 +210,8 @@ class BatchCommitter:
 
     async def commit(
         self, msg: KafkaMessage, messages: Sequence[Outgoing], *, stage: str, backoff_s: float
-    ) -> list[int | None] | None:
-        """Send ``messages`` and commit ``msg``'s offsets; the offsets the messages got, or None
+    ) -> list[Written] | None:
+        """Send ``messages`` and commit ``msg``'s offsets; where the messages were written, or None
         when it failed (the batch is then sought back and will be processed again)."""
         try:
             if self._config is None:
@@ -210,7 +226,7 @@ class BatchCommitter:
         observe_done(stage, batch_records(msg), time.time())
         return offsets
 
-    async def _transaction(self, msg: KafkaMessage, messages: Sequence[Outgoing]) -> list[int | None]:
+    async def _transaction(self, msg: KafkaMessage, messages: Sequence[Outgoing]) -> list[Written]:
         await self.start()
         producer = self._producer
         assert producer is not None  # noqa: S101 - started above
@@ -235,7 +251,7 @@ class BatchCommitter:
             with contextlib.suppress(Exception):
                 await producer.stop()
             raise
-        return [f.result().offset for f in futures]
+        return [_written(f.result()) for f in futures]
 
 
 def batch_records(msg: KafkaMessage) -> tuple[Any, ...]:
@@ -333,11 +349,19 @@ def counted_dead_letters(letters: Iterable[DeadLetter]) -> None:
         )
 
 
-def confirmed(entries: Sequence[Entry], offsets: Sequence[int | None]) -> list[Entry]:
-    """Changelog ``entries`` sent last in a batch, with the offsets the broker gave them (the tail
-    of ``offsets``, `BatchCommitter.commit`'s answer); an offset not reported stays unknown."""
-    tail = offsets[len(offsets) - len(entries) :] if entries else []
-    return [replace(e, offset=o) if o is not None else e for e, o in zip(entries, tail, strict=True)]
+def changelog_records(topic: str, entries: Iterable[Entry]) -> list[Outgoing]:
+    """Changelog ``entries`` as records of ``topic``, each in the partition it names."""
+    return [Outgoing(topic, e.value or b"", e.key.encode(), {}, e.partition) for e in entries]
+
+
+def confirmed(entries: Sequence[Entry], written: Sequence[Written]) -> list[Entry]:
+    """Changelog ``entries`` sent last in a batch, with where the broker wrote them (the tail of
+    ``written``, `BatchCommitter.commit`'s answer); a place not reported stays unknown."""
+    tail = written[len(written) - len(entries) :] if entries else []
+    return [
+        replace(e, partition=w[0], offset=w[1]) if w is not None else e
+        for e, w in zip(entries, tail, strict=True)
+    ]
 
 
 def envelope_of(record: Any) -> Envelope | None:
@@ -378,9 +402,11 @@ def fhir_batches(
     consumer: StageConsumer,
     max_records: int,
     timeout_ms: int,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> Callable[[FhirBatchHandler], BatchSubscriber]:
     """Subscribe a stage's handler to `ehr.fhir.v1` in batches; it gets the batch's message (to
-    commit), the records that parse and dead letters for those that do not (`fhir_records`)."""
+    commit), the records that parse and dead letters for those that do not (`fhir_records`).
+    ``listener``: told of partition assignments (a stateful stage restores their state)."""
 
     def register(handle: FhirBatchHandler) -> BatchSubscriber:
         subscriber = batch_subscriber(
@@ -390,6 +416,7 @@ def fhir_batches(
             consumer=consumer,
             max_records=max_records,
             timeout_ms=timeout_ms,
+            listener=listener,
         )
 
         @subscriber

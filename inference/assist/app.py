@@ -3,7 +3,9 @@
 diagnosis suggestions written back as provisional Conditions.
 
 Charts: consumer group ``assist`` merges each normalized record into the patient's chart
-(`kernel.chart_store.ChartStore`) and commits after the write; a replay changes nothing.
+(`kernel.chart_store.ChartStore`): the changes go to the changelog `assist.charts.v1` with the
+input offsets (one transaction on Apache Kafka), every instance's replica follows it, so a
+request is answered by any instance; a replay changes nothing.
 
 Requests: the patient is a FHIR id or ``authority|identifier`` (`kernel.identity.resolve_patient`).
 A patient the stage has never seen is 404; a patient with nothing to suggest gets empty lists.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from aiokafka import ConsumerRebalanceListener
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Histogram
@@ -53,14 +56,18 @@ from kernel.http import problem
 from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
+    BatchCommitter,
     Outgoing,
     Parsed,
     StageConsumer,
+    changelog_records,
     commit_after,
+    confirmed,
+    counted_dead_letters,
     dead_letter_and_commit,
     dead_letter_for,
+    dead_letter_record,
     fhir_batches,
-    publish_dead_letters,
     publish_in_order,
     single_record,
 )
@@ -282,8 +289,13 @@ def register_assist(
     max_records: int = 64,
     batch_timeout_ms: int = 50,
     consumer: StageConsumer = STAGE_CONSUMER,
+    committer: BatchCommitter | None = None,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> None:
-    """Subscribe the assistance stage to the normalized FHIR topic and to clinician feedback."""
+    """Subscribe the assistance stage to the normalized FHIR topic and to clinician feedback.
+    ``committer`` finishes each batch of chart changes (default: changes confirmed, then offsets);
+    ``listener`` restores assigned partitions' charts before their records are processed."""
+    done = committer or BatchCommitter(broker, group_id=group_id)
 
     @fhir_batches(
         broker,
@@ -293,14 +305,22 @@ def register_assist(
         consumer=consumer,
         max_records=max_records,
         timeout_ms=batch_timeout_ms,
+        listener=listener,
     )
     async def keep_charts(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
-        async def effects() -> None:
-            for _, one in parsed:  # offset order: a patient's chart changes in turn
-                await asyncio.to_thread(service.store.apply, one.patient_id, one.resources)
-            await publish_dead_letters(broker, topics, letters)
-
-        await commit_after(msg, effects, stage="assist", backoff_s=RETRY_BACKOFF_S)
+        changes = [  # offset order: a patient's chart changes in turn
+            change
+            for record, one in parsed
+            for change in service.store.changes(one.patient_id, one.resources, record.partition)
+        ]
+        outgoing = [
+            *(dead_letter_record(topics, letter) for letter in letters),
+            *changelog_records(topics.assist_charts, changes),
+        ]
+        written = await done.commit(msg, outgoing, stage="assist", backoff_s=RETRY_BACKOFF_S)
+        if written is not None:
+            await asyncio.to_thread(service.store.save, confirmed(changes, written))
+            counted_dead_letters(letters)
 
     @broker.subscriber(topics.feedback, group_id=f"{group_id}-feedback", **consumer)
     async def write_back(msg: KafkaMessage) -> None:

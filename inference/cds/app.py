@@ -4,8 +4,8 @@ rules → `cds.alerts.v1`.
 One consumer group (`cds`) reads both topics, co-partitioned (both keyed by patient, the range
 assignor gives partition p of each to the same instance), so the instance that owns a patient's
 partition is the only one that changes the patient's state. Each patient's state lives in the
-changelog `cds.state.v1` (`inference.cds.state_store`, `kernel.changelog`): on assignment the
-instance first restores the partition's state from it (`kernel.changelog.RestoreOnAssign`).
+changelog `cds.state.v1` (`inference.cds.state_store`, `kernel.changelog_kafka`): on assignment the
+instance first restores the partition's state from it (`kernel.changelog_kafka.RestoreOnAssign`).
 
 For each batch: load the patients' states, apply each normalized record in offset order and run
 the rules (`inference.cds.rules.process`, pure) and each override its snooze; then publish the
@@ -46,6 +46,7 @@ from kernel.kafka import (
     Outgoing,
     StageConsumer,
     batch_records,
+    changelog_records,
     confirmed,
     counted_dead_letters,
     dead_letter_for,
@@ -158,7 +159,7 @@ def register_cds(
                 for out in _outgoing(topics, alert, outcome.state.identifier, writeback)
             ),
             *(dead_letter_record(topics, letter) for letter in letters),
-            *(Outgoing(topics.cds_state, e.value or b"", e.key.encode(), {}, e.partition) for e in entries),
+            *changelog_records(topics.cds_state, entries),
         ]
         offsets = await done.commit(msg, outgoing, stage="cds", backoff_s=RETRY_BACKOFF_S)
         if offsets is None:

@@ -1,6 +1,6 @@
 """Decision support's per-patient state and the cards it showed, as changelog replicas.
 
-Both are `kernel.changelog.ChangelogTable`s: the patient states of `cds.state.v1` (keyed by
+Both are `kernel.changelog_store.ChangelogTable`s: the patient states of `cds.state.v1` (keyed by
 patient, in the partition of the patient's input records) and the cards of `cds.cards.v1` (card
 uuid → patient and rule, written when a CDS Hooks answer shows them, read when their feedback
 comes back, possibly to another instance).
@@ -26,11 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from inference.cds.state import PatientState
-from kernel.changelog import ChangelogTable, Entry
-from kernel.kafka import Outgoing, confirmed
-
-UNKNOWN_OFFSET = -1
-"""The offset of a change the broker did not report (FastStream's in-memory test broker)."""
+from kernel.changelog_store import UNKNOWN_OFFSET, ChangelogTable, Entry
+from kernel.kafka import Outgoing, Written, changelog_records, confirmed
 
 
 class SqliteStateStore:
@@ -153,8 +150,8 @@ class SqliteStateStore:
                 self._cache.popitem(last=False)
 
 
-Publish = Callable[[list[Outgoing]], Awaitable[list[int | None]]]
-"""Sends records and returns their offsets once the broker confirmed them all."""
+Publish = Callable[[list[Outgoing]], Awaitable[list[Written]]]
+"""Sends records and returns where they were written once the broker confirmed them all."""
 
 
 class SharedCards:
@@ -181,10 +178,7 @@ class SharedCards:
             return
         entries = self._store.card_changes(patient_id, cards)
         if self._publish is not None:
-            records = [
-                Outgoing(self._topic, e.value or b"", e.key.encode(), {}, e.partition) for e in entries
-            ]
-            entries = confirmed(entries, await self._publish(records))
+            entries = confirmed(entries, await self._publish(changelog_records(self._topic, entries)))
         await asyncio.to_thread(self._store.remember_cards, patient_id, cards, entries)
 
     async def owner(self, card_id: str, wait_s: float = 5.0) -> tuple[str, str] | None:

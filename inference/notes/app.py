@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from aiokafka import ConsumerRebalanceListener
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
@@ -56,6 +58,7 @@ from inference.notes.drafting import (
     with_retrieved,
     write_draft,
 )
+from kernel.changelog_store import Entry
 from kernel.chart import Chart, apply
 from kernel.events import (
     ClinicianFeedback,
@@ -70,13 +73,17 @@ from kernel.http import problem
 from kernel.identity import resolve_patient
 from kernel.kafka import (
     STAGE_CONSUMER,
+    BatchCommitter,
     Outgoing,
     Parsed,
     StageConsumer,
-    commit_after,
+    Written,
+    changelog_records,
+    confirmed,
+    counted_dead_letters,
+    dead_letter_record,
     fhir_batches,
-    publish_dead_letters,
-    publish_in_order,
+    retry_later,
 )
 from kernel.openapi import operation, path_param, query_param
 from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig, chart_identifier
@@ -189,8 +196,13 @@ def register_notes(
     max_records: int = 64,
     batch_timeout_ms: int = 50,
     consumer: StageConsumer = STAGE_CONSUMER,
-) -> None:
-    """Subscribe the notes stage to the normalized FHIR topic."""
+    committer: BatchCommitter | None = None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> BatchSubscriber:
+    """Subscribe the notes stage to the normalized FHIR topic. ``committer`` finishes each batch
+    (default: outputs confirmed, then offsets); ``listener`` restores assigned partitions' charts
+    and drafts before their records are processed."""
+    done = committer or BatchCommitter(broker, group_id=group_id)
 
     @fhir_batches(
         broker,
@@ -200,31 +212,50 @@ def register_notes(
         consumer=consumer,
         max_records=max_records,
         timeout_ms=batch_timeout_ms,
+        listener=listener,
     )
     async def draft_notes(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
-
-        async def effects() -> None:
-            loop = asyncio.get_running_loop()
-            for _, one in parsed:  # offset order: a patient's chart changes in turn
-                chart = await asyncio.to_thread(service.store.chart, one.patient_id)
+        loop = asyncio.get_running_loop()
+        charts: dict[str, Chart] = {}
+        changes: list[Entry] = []
+        outgoing: list[Outgoing] = []
+        drafted: dict[str, tuple[DraftNote, int]] = {}  # id → the draft and where its record is
+        try:
+            for record, one in parsed:  # offset order: a patient's chart changes in turn
+                chart = charts.get(one.patient_id)
+                if chart is None:
+                    chart = await asyncio.to_thread(service.store.chart, one.patient_id)
                 wanted = [(k, a) for k, a in triggers(chart, one.resources) if k in service.on_events]
-                await asyncio.to_thread(service.store.apply, one.patient_id, one.resources)
-                if not wanted:
-                    continue
-                chart = apply(chart, one.resources)  # what the store now holds, without reading it back
+                changes += service.store.changes(one.patient_id, one.resources, record.partition)
+                chart = charts[one.patient_id] = apply(chart, one.resources)
                 for kind, anchor in wanted:
-                    if await asyncio.to_thread(service.store.draft, draft_id(one.patient_id, kind, anchor)):
+                    wanted_id = draft_id(one.patient_id, kind, anchor)
+                    if (
+                        wanted_id in drafted
+                        or await asyncio.to_thread(service.store.draft, wanted_id) is not None
+                    ):
                         continue  # written before (a replay): a clinician may be reviewing it
                     note = await loop.run_in_executor(
                         service.executor, service.write, chart, kind, anchor, one.envelope.trace_id
                     )
-                    await publish_in_order(broker, service.outgoing(topics, note, "T02", chart))
-                    await asyncio.to_thread(service.store.save_draft, note)
-                    DRAFTS.labels(kind, "event").inc()
-                    log.info("draft %s kind=%s trace=%s", note.id, kind, one.envelope.trace_id)
-            await publish_dead_letters(broker, topics, letters)
+                    drafted[note.id] = (note, len(outgoing))
+                    outgoing += service.outgoing(topics, note, "T02", chart)
+        except Exception:  # the chart store or the generator: not the record's fault, retried
+            await retry_later(msg, stage="notes", backoff_s=RETRY_BACKOFF_S, what="drafting failed")
+            return
+        outgoing += [dead_letter_record(topics, letter) for letter in letters]
+        outgoing += changelog_records(topics.notes_charts, changes)
+        written = await done.commit(msg, outgoing, stage="notes", backoff_s=RETRY_BACKOFF_S)
+        if written is None:
+            return
+        await asyncio.to_thread(service.store.save, confirmed(changes, written))
+        for note, at in drafted.values():
+            await asyncio.to_thread(service.store.save_draft, note, written[at])
+            DRAFTS.labels(note.kind, "event").inc()
+            log.info("draft %s kind=%s trace=%s", note.id, note.kind, note.trace_id)
+        counted_dead_letters(letters)
 
-        await commit_after(msg, effects, stage="notes", backoff_s=RETRY_BACKOFF_S)
+    return draft_notes
 
 
 class DraftRequest(BaseModel):
@@ -291,7 +322,7 @@ def _public(note: DraftNote) -> dict[str, Any]:
 
 def notes_routes(
     service: NotesService,
-    publish: Callable[[Sequence[Outgoing]], Awaitable[None]],
+    publish: Callable[[Sequence[Outgoing]], Awaitable[list[Written]]],
     topics: Topics,
 ) -> list[Route]:
     """The draft API. ``publish`` sends records (acks=all) before the API answers."""
@@ -317,8 +348,8 @@ def notes_routes(
             return problem(404, f"{anchor.split('/')[0]} not in this patient's chart")
         loop = asyncio.get_running_loop()
         note = await loop.run_in_executor(service.executor, service.write, chart, kind, anchor, "")
-        await publish(service.outgoing(topics, note, "T02", chart))
-        await asyncio.to_thread(service.store.save_draft, note)
+        written = await publish(service.outgoing(topics, note, "T02", chart))
+        await asyncio.to_thread(service.store.save_draft, note, written[0])
         DRAFTS.labels(kind, "request").inc()
         return JSONResponse(_public(note), status_code=201, headers={"Location": f"/notes/drafts/{note.id}"})
 
@@ -372,13 +403,13 @@ def notes_routes(
         )
         chart = await asyncio.to_thread(service.store.chart, note.patient_id)
         key = note.patient_id.encode()
-        await publish(
+        written = await publish(
             [
                 Outgoing(topics.feedback, feedback.model_dump_json().encode(), key, {"draft_id": note.id}),
                 *service.outgoing(topics, reviewed, _EVENT[body.decision], chart),
             ]
         )
-        await asyncio.to_thread(service.store.save_draft, reviewed)
+        await asyncio.to_thread(service.store.save_draft, reviewed, written[1])
         REVIEWS.labels(note.kind, outcome).inc()
         return JSONResponse(_public(reviewed))
 

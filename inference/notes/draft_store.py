@@ -1,56 +1,99 @@
-"""The notes stage's SQLite file: each patient's chart (one row per resource) and the drafts.
+"""The notes stage's state: each patient's chart (`kernel.chart_store.ChartStore`) and the drafts.
 
-The chart is what drafts are built from: the current version of every resource of the patient
-seen on `ehr.fhir.v1`, one row each, so applying a record touches only its resources. Drafts are
-kept with their review state for the review API (and the dashboard). One process owns a file
-(WAL mode), like the decision-support state store; writes are synchronous before the consumer
-commits, so a restart replays at most the batch in flight, which changes nothing (resources are
-keyed by reference, drafts by their deterministic id).
+The chart is what drafts are built from; it lives in the changelog `notes.charts.v1`. The drafts
+live on `notes.drafts.v1` itself: every version of a draft (written, then reviewed) is published
+there, keyed by patient, so each instance keeps a replica of the drafts by reading that topic
+(newest version per draft id), and the review API answers from whichever instance gets the call.
+A draft already kept (same deterministic id) is not written again: a replay changes nothing.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
+from typing import Any
 
+from kernel.changelog_store import UNKNOWN_OFFSET, ChangelogTable, Entry
 from kernel.chart_store import ChartStore
 from kernel.events import DraftNote
+from kernel.kafka import Written
 
 
-class NotesStore(ChartStore):
-    """Charts (`kernel.chart_store.ChartStore`) and drafts in one SQLite file."""
+class DraftTable(ChangelogTable):
+    """Drafts by id, newest version each, with an index by status and creation time."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(path, "draft")
         with self._lock:
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS drafts (id TEXT PRIMARY KEY, patient TEXT, status TEXT,"
-                " created TEXT, body TEXT)"
+                "CREATE TABLE IF NOT EXISTS draft_index (id TEXT PRIMARY KEY, status TEXT, created TEXT)"
             )
-            self._db.execute("CREATE INDEX IF NOT EXISTS drafts_patient ON drafts (patient, created)")
-
-    def save_draft(self, note: DraftNote) -> None:
-        """Keep a draft (or its reviewed version: same id)."""
-        with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO drafts VALUES (?, ?, ?, ?, ?)",
-                (note.id, note.patient_id, note.status, note.created.isoformat(), note.model_dump_json()),
+                "CREATE INDEX IF NOT EXISTS draft_index_created ON draft_index (status, created)"
             )
 
-    def draft(self, draft_id: str) -> DraftNote | None:
-        """A draft by id, or None."""
-        with self._lock:
-            row = self._db.execute("SELECT body FROM drafts WHERE id = ?", (draft_id,)).fetchone()
-        return DraftNote.model_validate_json(row[0]) if row else None
+    def _indexed(self, db: sqlite3.Connection, key: str, value: bytes | None) -> None:
+        if value is None:
+            db.execute("DELETE FROM draft_index WHERE id = ?", (key,))
+            return
+        body = json.loads(value)
+        db.execute(
+            "INSERT OR REPLACE INTO draft_index VALUES (?, ?, ?)",
+            (key, body.get("status"), body.get("created")),
+        )
 
-    def drafts(self, *, status: str | None = None, limit: int = 100) -> list[DraftNote]:
-        """The newest drafts, optionally only those with ``status`` (e.g. preliminary: under review)."""
+    def newest(self, status: str | None, limit: int) -> list[str]:
+        """Ids of the newest drafts (with ``status``)."""
         with self._lock:
             if status:
                 rows = self._db.execute(
-                    "SELECT body FROM drafts WHERE status = ? ORDER BY created DESC LIMIT ?", (status, limit)
+                    "SELECT id FROM draft_index WHERE status = ? ORDER BY created DESC LIMIT ?",
+                    (status, limit),
                 ).fetchall()
             else:
                 rows = self._db.execute(
-                    "SELECT body FROM drafts ORDER BY created DESC LIMIT ?", (limit,)
+                    "SELECT id FROM draft_index ORDER BY created DESC LIMIT ?", (limit,)
                 ).fetchall()
-        return [DraftNote.model_validate_json(r[0]) for r in rows]
+        return [str(r[0]) for r in rows]
+
+
+def draft_key(record: Any) -> str | None:
+    """The draft id of a `notes.drafts.v1` record (its key is the patient)."""
+    try:
+        found = json.loads(record.value or b"{}").get("id")
+    except ValueError:
+        return None
+    return found if isinstance(found, str) else None
+
+
+class NotesStore(ChartStore):
+    """Charts and drafts in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.drafts_table = DraftTable(path)
+
+    def close(self) -> None:
+        """Close the file."""
+        super().close()
+        self.drafts_table.close()
+
+    def save_draft(self, note: DraftNote, written: Written = None) -> None:
+        """Keep a draft (or its reviewed version: same id), written to the drafts topic where
+        ``written`` says (None: not known)."""
+        partition, offset = written if written is not None else (0, UNKNOWN_OFFSET)
+        self.drafts_table.apply(
+            [Entry(note.id, note.model_dump_json().encode(), partition, offset)], own=True
+        )
+
+    def draft(self, draft_id: str) -> DraftNote | None:
+        """A draft by id, or None."""
+        body = self.drafts_table.get(draft_id)
+        return DraftNote.model_validate_json(body) if body is not None else None
+
+    def drafts(self, *, status: str | None = None, limit: int = 100) -> list[DraftNote]:
+        """The newest drafts, optionally only those with ``status`` (e.g. preliminary: under review)."""
+        ids = self.drafts_table.newest(status, limit)
+        found = self.drafts_table.get_many(ids)
+        return [DraftNote.model_validate_json(found[i]) for i in ids if i in found]

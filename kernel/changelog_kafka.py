@@ -3,8 +3,8 @@
 The model of Kafka Streams' state stores. Every change a stage makes to a key is written to a
 compacted changelog topic, in the partition of the input record that caused it (the changelog is
 co-partitioned with the input). Each instance keeps a local SQLite replica of the changelog
-(`ChangelogTable`), fed by a `ChangelogTailer` that reads every partition (read_committed on a
-transactional broker, so an aborted batch's state never shows). So:
+(`kernel.changelog_store.ChangelogTable`), fed by a `ChangelogTailer` that reads every partition
+(read_committed on a transactional broker, so an aborted batch's state never shows). So:
 
 - a partition's state moves with the partition: when the consumer group assigns it, the new owner
   first brings its replica up to the changelog's end for that partition (`RestoreOnAssign`) and
@@ -16,7 +16,7 @@ transactional broker, so an aborted batch's state never shows). So:
   only the changelog's tail; a replica ahead of the topic (the topic was recreated, e.g. on the
   in-memory Tansu broker) is dropped and read again.
 
-Writes: the owner sends changes with its outputs (`kernel.kafka.StatefulOutput`), in one
+Writes: the owner sends changes with its outputs (`kernel.kafka.BatchCommitter`), in one
 transaction with the input offsets where the broker has transactions, and applies them to its
 replica once the broker confirmed them, with their offsets; a change read back by the tailer is
 applied only when newer than what the replica holds (per key, by offset).
@@ -27,12 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -40,6 +36,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
+
+from kernel.changelog_store import ChangelogTable, Entry
 
 log = logging.getLogger(__name__)
 
@@ -49,151 +47,6 @@ RESTORE_SECONDS = Histogram(
     ["topic"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One changelog record as the replica keeps it."""
-
-    key: str
-    value: bytes | None
-    """None: the key was deleted (a tombstone)."""
-    partition: int
-    offset: int
-
-
-def _statements(name: str) -> dict[str, str]:
-    """The SQL of a table named ``name`` (an identifier, checked by the caller); ``{marks}`` is
-    filled with placeholders."""
-    entry, position = f"{name}_entry", f"{name}_position"
-    return {
-        "get": f"SELECT key, value FROM {entry} WHERE key IN ({{marks}})",  # noqa: S608 - placeholders
-        "all": f"SELECT key, value FROM {entry}",  # noqa: S608 - our table name
-        "in_parts": f"SELECT key, value FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
-        "offset": f"SELECT off FROM {entry} WHERE key = ?",  # noqa: S608
-        "delete": f"DELETE FROM {entry} WHERE key = ?",  # noqa: S608
-        "upsert": f"INSERT INTO {entry} (key, part, off, value) VALUES (?, ?, ?, ?) "  # noqa: S608
-        "ON CONFLICT(key) DO UPDATE SET part = excluded.part, off = excluded.off, value = excluded.value",
-        "advance": f"INSERT INTO {position} (part, next) VALUES (?, ?) "  # noqa: S608
-        "ON CONFLICT(part) DO UPDATE SET next = max(next, excluded.next)",
-        "positions": f"SELECT part, next FROM {position}",  # noqa: S608
-        "keys_in_parts": f"SELECT key FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
-        "drop_parts": f"DELETE FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
-        "drop_positions": f"DELETE FROM {position} WHERE part IN ({{marks}})",  # noqa: S608
-        "count": f"SELECT count(*) FROM {entry}",  # noqa: S608
-    }
-
-
-class ChangelogTable:
-    """The local replica of one changelog topic: key → latest value, and the position reached in
-    each partition. Thread-safe (one connection behind a lock); WAL, synchronous=NORMAL. Several
-    tables may share a file under different ``name``s."""
-
-    def __init__(self, path: Path | str, name: str = "changelog") -> None:
-        if not name.isidentifier():
-            raise ValueError(f"table name {name!r} is not an identifier")
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            f"CREATE TABLE IF NOT EXISTS {name}_entry (key TEXT PRIMARY KEY, part INTEGER NOT NULL, "
-            "off INTEGER NOT NULL, value BLOB NOT NULL)"
-        )
-        self._db.execute(f"CREATE INDEX IF NOT EXISTS {name}_entry_part ON {name}_entry (part)")
-        self._db.execute(
-            f"CREATE TABLE IF NOT EXISTS {name}_position (part INTEGER PRIMARY KEY, next INTEGER NOT NULL)"
-        )
-        self._sql = _statements(name)
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> bytes | None:
-        """The latest value of ``key``, or None."""
-        return self.get_many([key]).get(key)
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """The latest values of those of ``keys`` that have one."""
-        wanted = sorted(set(keys))
-        found: dict[str, bytes] = {}
-        with self._lock:
-            for start in range(0, len(wanted), 500):  # under SQLite's limit on bound parameters
-                part = wanted[start : start + 500]
-                marks = ",".join("?" * len(part))
-                query = self._sql["get"].format(marks=marks)
-                found.update((str(k), bytes(v)) for k, v in self._db.execute(query, part))
-        return found
-
-    def scan(self, partitions: Iterable[int] | None = None) -> list[tuple[str, bytes]]:
-        """Every (key, value), or those of ``partitions``."""
-        with self._lock:
-            if partitions is None:
-                rows = self._db.execute(self._sql["all"]).fetchall()
-            else:
-                parts = sorted(set(partitions))
-                marks = ",".join("?" * len(parts))
-                query = self._sql["in_parts"].format(marks=marks)
-                rows = self._db.execute(query, parts).fetchall()
-        return [(str(k), bytes(v)) for k, v in rows]
-
-    def apply(
-        self, entries: Sequence[Entry], positions: dict[int, int] | None = None, *, own: bool = False
-    ) -> list[str]:
-        """Apply ``entries`` and raise the positions reached; one transaction. Each entry read
-        back from the topic applies only when newer (by offset) than what its key holds; ``own``
-        entries (the owner's writes, just confirmed) always apply. Returns the keys changed."""
-        changed: list[str] = []
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for e in entries:
-                    row = self._db.execute(self._sql["offset"], (e.key,)).fetchone()
-                    if not own and row is not None and int(row[0]) >= e.offset:
-                        continue
-                    if e.value is None:
-                        self._db.execute(self._sql["delete"], (e.key,))
-                    else:
-                        self._db.execute(self._sql["upsert"], (e.key, e.partition, e.offset, e.value))
-                    changed.append(e.key)
-                for part, nxt in (positions or {}).items():
-                    self._db.execute(self._sql["advance"], (part, nxt))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        return changed
-
-    def positions(self) -> dict[int, int]:
-        """The next offset to read, per partition read so far."""
-        with self._lock:
-            return {int(p): int(n) for p, n in self._db.execute(self._sql["positions"])}
-
-    def reset(self, partitions: Iterable[int]) -> list[str]:
-        """Forget ``partitions`` (their entries and position); returns the keys dropped."""
-        parts = sorted(set(partitions))
-        if not parts:
-            return []
-        marks = ",".join("?" * len(parts))
-        with self._lock:
-            keys = [
-                str(k) for (k,) in self._db.execute(self._sql["keys_in_parts"].format(marks=marks), parts)
-            ]
-            self._db.execute("BEGIN")
-            self._db.execute(self._sql["drop_parts"].format(marks=marks), parts)
-            self._db.execute(self._sql["drop_positions"].format(marks=marks), parts)
-            self._db.execute("COMMIT")
-        return keys
-
-    def count(self) -> int:
-        """How many keys have a value."""
-        with self._lock:
-            (n,) = self._db.execute(self._sql["count"]).fetchone()
-        return int(n)
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            self._db.close()
 
 
 Listener = Callable[[list[str]], None]
@@ -213,8 +66,10 @@ class ChangelogTailer:
         read_committed: bool,
         on_change: Listener | None = None,
         client_id: str = "clinstream-changelog",
+        key_of: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.topic = topic
+        self._key_of = key_of or _record_key
         self.table = table
         self._bootstrap = bootstrap
         self._on_change = on_change
@@ -265,10 +120,10 @@ class ChangelogTailer:
             while True:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
                 entries = [
-                    Entry(r.key.decode(), r.value, r.partition, r.offset)
+                    Entry(key, r.value, r.partition, r.offset)
                     for records in batches.values()
                     for r in records
-                    if r.key is not None
+                    if (key := self._key_of(r)) is not None
                 ]
                 positions = {tp.partition: await self._consumer.position(tp) for tp in self._parts}
                 changed = await asyncio.to_thread(self.table.apply, entries, positions)
@@ -314,6 +169,11 @@ class ChangelogTailer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._consumer.stop()
+
+
+def _record_key(record: Any) -> str | None:
+    key = record.key
+    return key.decode() if isinstance(key, bytes) else None
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[int]:

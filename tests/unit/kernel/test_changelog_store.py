@@ -3,7 +3,7 @@ writes always apply, positions only move forward, a partition can be dropped and
 
 import pytest
 
-from kernel.changelog import ChangelogTable, Entry
+from kernel.changelog_store import ChangelogTable, Entry
 
 
 def test_a_record_read_back_applies_only_when_newer_than_what_the_key_holds(tmp_path):
