@@ -5,8 +5,8 @@ Children are spawned without a ``preexec_fn``: forking this process (it holds gR
 pymilvus) to run Python before ``exec`` made gRPC abort the child now and then (SIGABRT,
 "epoll_wait error: Bad file descriptor"); without it, subprocess uses posix_spawn.
 
-Used by the fault and scale-out tests; each test runs its own broker, so the stages use the
-default topic names.
+Used by the fault, outage and scale-out tests; each test runs its own broker (the embedded
+Apache Kafka, or Tansu where a test asks), so the stages use the default topic names.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -32,24 +33,32 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from pymilvus import MilvusClient
 
 from clinstream.demo import demo_messages
-from clinstream.runtime import EmbeddedBroker, free_port, terminate
+from clinstream.models import embedding_dir
+from clinstream.runtime import EmbeddedBroker, EmbeddedKafka, free_port, terminate
 from connectors.mllp_client import MllpClient
 from indexer.chunking import plan_record
+from indexer.ort_session import Embedder
+from inference.cds.note_signals import NoteMatcher
+from inference.cds.rules import process, ruleset_from
+from inference.cds.state import PatientState
 from kernel.errors import Hl7Error
 from kernel.events import SUPPORTED_HL7_EVENTS, TOPICS, FhirRecord
 from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
+from kernel.settings import CdsSettings
 from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
 
 TOKEN = "fault-test-token-" + "x" * 24
 
 
-def base_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
-    """The environment every stage process of a test shares."""
+def base_env(bootstrap: str, tmp: Path, *, tansu: bool = False, **extra: str) -> dict[str, str]:
+    """The environment every stage process of a test shares. On Apache Kafka producers are
+    idempotent and the stateful stages transactional, as in production; Tansu has neither."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
     env.update(
         CLINSTREAM_KAFKA__BOOTSTRAP=bootstrap,
-        CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE="false",  # Tansu rejects InitProducerId
+        CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE="false" if tansu else "true",
+        CLINSTREAM_KAFKA__TRANSACTION_TIMEOUT_MS="5000",  # a killed instance's batch is aborted soon
         CLINSTREAM_KAFKA__REPLICATION_FACTOR="1",
         CLINSTREAM_HTTP__API_TOKEN=TOKEN,
         CLINSTREAM_HTTP__HOST="127.0.0.1",
@@ -219,29 +228,53 @@ class Deployment:
     procs: dict[str, StageProcess]
 
 
+def own_broker(kind: str, tmp: Path, **options: int) -> EmbeddedBroker:
+    """A test's own embedded broker of ``kind`` (``kafka``: its log under ``tmp/kafka``)."""
+    if kind == "kafka":
+        return EmbeddedKafka(tmp / "kafka", log_path=tmp / "broker.log", **options)
+    return EmbeddedBroker(log_path=tmp / "broker.log", **options)
+
+
 @contextlib.asynccontextmanager
 async def deployment(
-    tmp: Path, procs: Mapping[str, Sequence[str]], **extra: str
+    tmp: Path,
+    procs: Mapping[str, Sequence[str]],
+    *,
+    broker: str = "kafka",
+    own_dirs: Sequence[str] = (),
+    **extra: str,
 ) -> AsyncIterator[Deployment]:
-    """Start a broker, a Milvus server and one `clinstream run` process per entry of ``procs``
-    (name → stages), wait until all are ready; stop everything on exit."""
-    async with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
+    """Start a broker (``kafka`` or ``tansu``), a Milvus server and one `clinstream run` process
+    per entry of ``procs`` (name → stages), wait until all are ready; stop everything on exit.
+    The processes named in ``own_dirs`` get their own var dir and instance id (two instances of a
+    stateful stage, as on two machines)."""
+    async with own_broker(broker, tmp) as running_broker:
         milvus = MilvusServer(tmp / "milvus", tmp / "milvus.log")
         await milvus.start()
         env = base_env(
-            broker.bootstrap,
+            running_broker.bootstrap,
             tmp,
+            tansu=broker == "tansu",
             CLINSTREAM_MILVUS__URI=milvus.uri,
             CLINSTREAM_MILVUS__INDEX_TYPE="FLAT",
             CLINSTREAM_INDEXER__FLUSH_AGE_S="0.5",  # the last batch is searchable soon
             **extra,
         )
-        running = {name: StageProcess(stages, env, tmp / f"{name}.log") for name, stages in procs.items()}
+        running = {
+            name: StageProcess(
+                stages,
+                env | {"CLINSTREAM_VAR_DIR": str(tmp / name), "CLINSTREAM_KAFKA__INSTANCE_ID": name}
+                if name in own_dirs
+                else env,
+                tmp / f"{name}.log",
+            )
+            for name, stages in procs.items()
+        }
         try:
             for proc in running.values():
                 proc.start()
             await asyncio.gather(*(p.wait_ready() for p in running.values()))
-            yield Deployment(broker, milvus, env, running)
+            yield Deployment(running_broker, milvus, env, running)
         finally:
             for proc in running.values():
                 proc.stop()
@@ -319,7 +352,9 @@ async def drain(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]
     """Every record on ``topic``, read until the broker has no more. Not bounded by ListOffsets:
     Tansu's "latest" offset lags the records written when several producers share a partition
     (seen here: 57 reported, records up to offset 59 readable)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
@@ -405,3 +440,25 @@ def expected_chunks(records: list[tuple[int, int, FhirRecord]]) -> dict[str, int
     for _, _, record in sorted(records, key=lambda r: (r[0], r[1])):
         keep.update(plan_record(record).keep)
     return {ref: n for ref, n in keep.items() if n}
+
+
+def single_instance_alerts(records: list[tuple[int, int, FhirRecord]]) -> set[str]:
+    """The ids of the alerts one uninterrupted decision-support instance raises on ``records``
+    (the normalized topic, in partition and offset order), with the stage processes' settings:
+    the stage's own pure rules and note matcher, replayed here without Kafka."""
+    settings = CdsSettings(stale_after_h=float(base_env("", Path("."))["CLINSTREAM_CDS__STALE_AFTER_H"]))
+    embedder = Embedder(embedding_dir(), providers=("CPUExecutionProvider",))
+    rules = replace(
+        ruleset_from(settings),
+        note_matcher=NoteMatcher(embedder, min_cosine=settings.note_similarity_min),
+    )
+    states: dict[str, PatientState] = {}
+    raised: set[str] = set()
+    for _, _, record in sorted(records, key=lambda r: (r[0], r[1])):
+        try:
+            outcome = process(states.get(record.patient_id), record, rules, now=datetime.now(UTC))
+        except Exception:  # noqa: S112 - the stage dead-letters such a record
+            continue
+        states[record.patient_id] = outcome.state
+        raised |= {alert.id for alert in outcome.alerts}
+    return raised

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from clinstream.runtime import EmbeddedBroker, ensure_topics, free_port
+from clinstream.runtime import ensure_topics, free_port
 from indexer.chunking import plan_record
 from kernel.events import TOPICS, Envelope
 from tests.integration.processes import (
@@ -25,6 +25,7 @@ from tests.integration.processes import (
     fhir_records,
     lag_of,
     load_messages,
+    own_broker,
     wait_settled,
     with_control_id,
 )
@@ -33,15 +34,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_after(tmp_path):
+@pytest.mark.parametrize("kind", ["kafka", "tansu"])
+async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_after(tmp_path, kind):
     port = free_port()
     seeds = load_messages()
     before = [("B0000", with_control_id(seeds[0], "B0000"))]
     during = [(f"B{n:04d}", with_control_id(seeds[n], f"B{n:04d}")) for n in range(1, 21)]
-    broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
+    broker = own_broker(kind, tmp_path, port=port)
     await broker.__aenter__()
     # Confirmations time out after 3 s, so each attempt during the outage ends quickly.
-    env = base_env(broker.bootstrap, tmp_path, CLINSTREAM_KAFKA__REQUEST_TIMEOUT_MS="3000")
+    env = base_env(
+        broker.bootstrap, tmp_path, tansu=kind == "tansu", CLINSTREAM_KAFKA__REQUEST_TIMEOUT_MS="3000"
+    )
     connectors = StageProcess(["connectors"], env, tmp_path / "connectors.log")
     try:
         connectors.start()
@@ -57,9 +61,9 @@ async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_afte
         assert sender.retries >= 2
         down_retries = sender.retries
 
-        # The broker comes back (empty: the embedded one keeps topics in memory) and the
-        # operators recreate the topics; the sender's retries now go through.
-        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log")
+        # The broker comes back (Apache Kafka with its log; Tansu empty, so the operators
+        # recreate the topics); the sender's retries now go through.
+        broker = own_broker(kind, tmp_path, port=port)
         await broker.__aenter__()
         await ensure_topics(broker.bootstrap, TOPICS.all(), partitions=1, replication_factor=1)
         started = time.monotonic()
@@ -72,8 +76,10 @@ async def test_no_positive_ack_while_the_broker_is_down_and_retries_deliver_afte
     assert all(sender.answers[cid] == "AA" for cid, _ in during)
     ids = {Envelope.from_headers(r.headers).source_message_id for r in stored}
     assert {cid for cid, _ in during} <= ids, "an acknowledged message is not in Kafka"
+    if kind == "kafka":
+        assert "B0000" in ids, "Apache Kafka lost a message acknowledged before it stopped"
     print(
-        f"\nbroker outage: {down_retries} attempts unanswered; "
+        f"\nbroker outage ({kind}): {down_retries} attempts unanswered; "
         f"all 20 delivered {recovered_s:.1f} s after it returned"
     )
 

@@ -42,14 +42,19 @@ async def test_soak(tmp_path):
     seeds = load_messages()
     total = int(SECONDS * RATE)
     feed = ((f"K{n:07d}", with_control_id(seeds[n % len(seeds)], f"K{n:07d}")) for n in range(total))
-    procs = {n: [n] for n in ("normalizer", "indexer", "inference", "connectors")}
+    # Two decision-support / drafting / assistance instances in one consumer group, each with its
+    # own state replica, as two machines would run them.
+    procs = {n: [n] for n in ("normalizer", "indexer", "connectors")} | {
+        "inference1": ["inference"],
+        "inference2": ["inference"],
+    }
     extra = {
         "CLINSTREAM_KAFKA__PARTITIONS": "6",
         "CLINSTREAM_NOTES__GENERATOR": "false",
         "CLINSTREAM_LOG_LEVEL": "WARNING",
         "CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS": "10000",  # the production default under load
     }
-    async with deployment(tmp_path, procs, **extra) as d:
+    async with deployment(tmp_path, procs, own_dirs=("inference1", "inference2"), **extra) as d:
         bootstrap = d.broker.bootstrap
         assert d.milvus.proc is not None
         pids = {name: p.proc.pid for name, p in d.procs.items() if p.proc} | {"milvus": d.milvus.proc.pid}
