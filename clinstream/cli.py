@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import ssl
 import sys
@@ -27,7 +28,16 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for name in ("clinstream", "connectors", "stream", "indexer", "inference", "dashboard"):
+    for name in (
+        "clinstream",
+        "kernel",
+        "connectors",
+        "stream",
+        "indexer",
+        "inference",
+        "dashboard",
+        "agents",
+    ):
         logging.getLogger(name).setLevel(level)
     logging.getLogger("grpc._server").addFilter(_MilvusLiteNoise())
     # FastStream's own lines (partition assignment, task callbacks) only when debugging.
@@ -164,12 +174,18 @@ def _demo(settings: Settings) -> int:
             "cds": settings.cds.model_copy(update={"stale_after_h": DEMO_STALE_AFTER_H}),
         }
     )
-    # Every demo sends the same feed and expects its alerts. Decision support's state from an
-    # earlier demo would hold them as already raised (and the embedded broker, whose topics
-    # live in memory, starts empty anyway), so each demo starts from empty patient state.
-    state = demo_settings.cds_state_path
-    for path in (state, state.with_name(state.name + "-wal"), state.with_name(state.name + "-shm")):
-        path.unlink(missing_ok=True)
+    # Every demo sends the same feed and expects its alerts. The broker's log and the stages'
+    # state from an earlier demo would hold them as already raised, so each demo starts from an
+    # empty broker and empty patient state (its Milvus file is kept: upserts are idempotent).
+    demo_dir = demo_settings.var_dir
+    for state in (
+        demo_dir / "kafka",
+        demo_settings.cds_state_path.parent,
+        demo_settings.notes_store_path.parent,
+        demo_settings.assist_store_path.parent,
+    ):
+        if state.resolve().is_relative_to(demo_dir.resolve()):  # never a configured path elsewhere
+            shutil.rmtree(state, ignore_errors=True)
     return _run(run_demo(demo_settings))
 
 

@@ -83,7 +83,6 @@ class ChangelogTailer:
         self._parts: list[TopicPartition] = []
         self._task: asyncio.Task[None] | None = None
         self._advanced = asyncio.Condition()
-        self._failed: BaseException | None = None
 
     @property
     def partitions(self) -> int:
@@ -116,28 +115,35 @@ class ChangelogTailer:
         self._task = asyncio.create_task(self._run(), name=f"changelog-{self.topic}")
 
     async def _run(self) -> None:
-        try:
-            while True:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
-                entries = [
-                    Entry(key, r.value, r.partition, r.offset)
-                    for records in batches.values()
-                    for r in records
-                    if (key := self._key_of(r)) is not None
-                ]
-                positions = {tp.partition: await self._consumer.position(tp) for tp in self._parts}
-                changed = await asyncio.to_thread(self.table.apply, entries, positions)
-                if changed and self._on_change is not None:
-                    self._on_change(changed)
-                async with self._advanced:
-                    self._advanced.notify_all()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # kept for the waiters, then re-raised
-            self._failed = exc
-            async with self._advanced:
-                self._advanced.notify_all()
-            raise
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The broker or the local file, for a moment: read again from where the table is
+                # (a restore waiting on this replica waits longer, it never goes on without it).
+                log.exception("changelog %s: reading failed; retrying", self.topic)
+                await asyncio.sleep(1.0)
+                held = await asyncio.to_thread(self.table.positions)
+                for tp in self._parts:
+                    if tp.partition in held:
+                        self._consumer.seek(tp, held[tp.partition])
+
+    async def _step(self) -> None:
+        batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
+        entries = [
+            Entry(key, r.value, r.partition, r.offset)
+            for records in batches.values()
+            for r in records
+            if (key := self._key_of(r)) is not None
+        ]
+        positions = {tp.partition: await self._consumer.position(tp) for tp in self._parts}
+        changed = await asyncio.to_thread(self.table.apply, entries, positions)
+        if changed and self._on_change is not None:
+            self._on_change(changed)
+        async with self._advanced:
+            self._advanced.notify_all()
 
     async def caught_up(
         self, partitions: Iterable[int] | None = None, timeout_s: float | None = None
@@ -152,8 +158,6 @@ class ChangelogTailer:
         ends = await self._consumer.end_offsets(tps)  # read_committed: the last stable offsets
 
         def done() -> bool:
-            if self._failed is not None:
-                raise RuntimeError(f"changelog {self.topic} reader failed") from self._failed
             held = self.table.positions()
             return all(held.get(tp.partition, 0) >= end for tp, end in ends.items())
 

@@ -62,7 +62,8 @@ class ChangelogTable:
             raise ValueError(f"table name {name!r} is not an identifier")
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Several tables may share a file, each with its connection: a writer waits for another.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -123,7 +124,7 @@ class ChangelogTable:
         entries (the owner's writes, just confirmed) always apply. Returns the keys changed."""
         changed: list[str] = []
         with self._lock:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock now: waits for another writer
             try:
                 for e in entries:
                     row = self._db.execute(self._sql["offset"], (e.key,)).fetchone()
@@ -162,7 +163,7 @@ class ChangelogTable:
             keys = [
                 str(k) for (k,) in self._db.execute(self._sql["keys_in_parts"].format(marks=marks), parts)
             ]
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock now: waits for another writer
             for key in keys:
                 self._indexed(self._db, key, None)
             self._db.execute(self._sql["drop_parts"].format(marks=marks), parts)
