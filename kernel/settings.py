@@ -345,7 +345,9 @@ class CdsSettings(_Section):
         description="Hours: findings on older results (a backfill, a catch-up) update state, page no one.",
     )
     state_path: Path | None = Field(
-        default=None, description="SQLite file of per-patient state. Unset: `<var_dir>/cds/state.sqlite`."
+        default=None,
+        description="SQLite replica of the per-patient state and shown cards (changelogs cds.state.v1, "
+        "cds.cards.v1). Unset: `<var_dir>/cds/state.sqlite`.",
     )
     jwt_secret: SecretStr | None = Field(
         default=None, description="CDS Hooks: accept HS256 JWTs signed with this (development and tests)."
@@ -424,7 +426,9 @@ class NotesSettings(_Section):
         description="Nice increment of the drafting thread (generation yields the CPU).",
     )
     store_path: Path | None = Field(
-        default=None, description="SQLite file of charts and drafts. Unset: `<var_dir>/notes/notes.sqlite`."
+        default=None,
+        description="SQLite replica of the charts and drafts (notes.charts.v1, notes.drafts.v1). "
+        "Unset: `<var_dir>/notes/notes.sqlite`.",
     )
     writeback_fhir: bool = Field(
         default=True,
@@ -448,7 +452,8 @@ class AssistSettings(_Section):
     )
     store_path: Path | None = Field(
         default=None,
-        description="SQLite file of the stage's charts. Unset: `<var_dir>/assist/charts.sqlite`.",
+        description="SQLite replica of the stage's charts (assist.charts.v1). "
+        "Unset: `<var_dir>/assist/charts.sqlite`.",
     )
     generator: Literal["onnx", "openai"] = Field(
         default="onnx",
