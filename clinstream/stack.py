@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from pymilvus import MilvusClient
 from starlette.applications import Starlette
@@ -73,7 +74,7 @@ from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore, draft_key
 from kernel.cds_hooks import HookService
 from kernel.changelog_kafka import ChangelogTailer, RestoreOnAssign
-from kernel.changelog_store import ChangelogTable
+from kernel.changelog_store import ChangelogTable, Entry
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelNotBuiltError
 from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
@@ -577,6 +578,7 @@ async def _inference(w: Wiring) -> None:
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
     states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)
+    await _migrate_cds_state(w, state_store, states)
     shown = await w.changelog(w.topics.cds_cards, state_store.cards)
     hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
     w.stack.push_async_callback(hooks_http.aclose)
@@ -643,6 +645,34 @@ async def _inference(w: Wiring) -> None:
         w.routes.extend(notes_routes(notes_service, _publish, w.topics))
         w.openapi.update(notes_openapi())
     _warn_undelivered(settings)
+
+
+async def _migrate_cds_state(w: Wiring, store: SqliteStateStore, states: ChangelogTailer) -> None:
+    """Once, on the first start after an upgrade: the patient states an earlier version kept only
+    in its SQLite file go into the (then empty) changelog, keyed and partitioned like the input."""
+    legacy = await asyncio.to_thread(store.legacy_states)
+    if not legacy:
+        return
+    await states.caught_up()
+    positions = await asyncio.to_thread(store.states.positions)
+    if store.states.count() or any(n > 0 for n in positions.values()):
+        log.warning("decision support: earlier SQLite state found beside a changelog in use: not moved")
+        return
+    producer = AIOKafkaProducer(**w.producer)
+    await producer.start()
+    try:
+        sent = [await producer.send(w.topics.cds_state, value, key=key.encode()) for key, value in legacy]
+        done = await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    entries = [
+        Entry(key, value, meta.partition, meta.offset)
+        for (key, value), meta in zip(legacy, done, strict=True)
+    ]
+    await asyncio.to_thread(store.states.apply, entries, own=True)
+    await asyncio.to_thread(store.drop_legacy)
+    log.warning("decision support: %d patients' state moved from the SQLite file into %s", len(legacy),
+                w.topics.cds_state)  # fmt: skip
 
 
 async def _connectors(w: Wiring) -> None:

@@ -22,11 +22,11 @@ os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """With pytest-xdist (`make test` runs two workers), the tests that start stage processes
-    (tests/integration/system/: faults, outages, scale-out, the CLI, the dashboard, schemathesis)
-    run one after the other on one worker: two of them at once overload two cores. Every other
-    test file (unit tests, one-part and whole-stack integration tests) goes to whichever worker
-    is free."""
+    """With pytest-xdist (`make test` runs two workers), the tests that run several stage
+    processes at once, or a browser (tests/integration/system/: faults, outages, scale-out, the
+    dashboard) run one after the other on one worker: two of them at once overload two cores.
+    Every other test file (unit tests, one-part and whole-stack integration tests, and
+    tests/integration/apps/: one `clinstream` process each) goes to whichever worker is free."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ProcessesApart(LoadScopeScheduling):

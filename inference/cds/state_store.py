@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ class SqliteStateStore:
     """Patient states and shown cards in one SQLite file, the states most recently used in memory."""
 
     def __init__(self, path: Path | str, *, cache_size: int = 10_000) -> None:
+        self._path = path
         self.states = ChangelogTable(path, "patient_state")
         self.cards = ChangelogTable(path, "shown_card")
         self._lock = threading.Lock()
@@ -136,6 +138,26 @@ class SqliteStateStore:
     def patients(self) -> int:
         """How many patients have a saved state."""
         return self.states.count()
+
+    def legacy_states(self) -> list[tuple[str, bytes]]:
+        """(patient id, state) rows an earlier version kept in this file's ``patient_state`` table
+        (before the changelog), for a one-time move into it; empty when there are none."""
+        with contextlib.closing(sqlite3.connect(str(self._path))) as db:
+            found = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'patient_state'"
+            ).fetchone()
+            if found is None:
+                return []
+            return [
+                (str(p), str(v).encode())
+                for p, v in db.execute("SELECT patient_id, state FROM patient_state")
+            ]
+
+    def drop_legacy(self) -> None:
+        """Remove the earlier version's table once its rows are in the changelog."""
+        with contextlib.closing(sqlite3.connect(str(self._path))) as db:
+            db.execute("DROP TABLE IF EXISTS patient_state")
+            db.commit()
 
     def close(self) -> None:
         """Close the file."""

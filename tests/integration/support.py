@@ -16,7 +16,11 @@ CDS_SECRET = "integration-cds-secret-integration-cds-secret"
 async def collect(bootstrap, topic, predicate, timeout=30):
     """The records of ``topic`` from its start, read until ``predicate(records)`` holds."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # never an aborted transaction's records
     )
     await consumer.start()
     seen = []
@@ -33,7 +37,11 @@ async def collect(bootstrap, topic, predicate, timeout=30):
 async def drain(bootstrap, topic, *, seconds):
     """Every record of ``topic`` that can be read within ``seconds``."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # never an aborted transaction's records
     )
     await consumer.start()
     seen = []

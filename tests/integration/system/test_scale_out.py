@@ -68,13 +68,14 @@ def planted() -> set[str]:
     return found
 
 
-async def test_two_normalizers_two_indexers_survive_losing_one_each(tmp_path):
+@pytest.mark.parametrize("broker", ["kafka", "tansu"])
+async def test_two_normalizers_two_indexers_survive_losing_one_each(tmp_path, broker):
     feed = _feed()
     layout = {"connectors": ["connectors"]} | {
         f"{s}{i}": [s] for s in ("normalizer", "indexer") for i in (1, 2)
     }
     async with deployment(
-        tmp_path, layout, CLINSTREAM_KAFKA__PARTITIONS="6", CLINSTREAM_LOG_LEVEL="DEBUG"
+        tmp_path, layout, broker=broker, CLINSTREAM_KAFKA__PARTITIONS="6", CLINSTREAM_LOG_LEVEL="DEBUG"
     ) as d:
         procs, bootstrap = d.procs, d.broker.bootstrap
         sender = Sender(procs["connectors"].mllp_port)

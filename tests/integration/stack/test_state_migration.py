@@ -1,0 +1,58 @@
+"""Upgrading from the version that kept decision support's state only in SQLite: the first start
+moves it into the changelog, so an alert raised before the upgrade is still current afterwards
+and served by any instance."""
+
+import sqlite3
+from datetime import UTC, datetime
+
+import httpx
+
+from inference.cds.rules import RuleSet, process
+from kernel.events import Envelope, FhirRecord
+from tests.integration.support import TOKEN, collect
+
+POTASSIUM = {
+    "resourceType": "Observation",
+    "id": "k1",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+    "valueQuantity": {"value": 6.6, "unit": "mmol/L", "code": "mmol/L"},
+}
+
+
+async def test_the_first_start_moves_the_earlier_sqlite_state_into_the_changelog(
+    start_stack, tmp_path, broker, topics
+):
+    now = datetime.now(UTC)
+    envelope = Envelope(
+        source_system="LIS",
+        source_message_id="m1",
+        content_hash="h",
+        received_at=now,
+        trace_id="t",
+        message_type="ORU^R01",
+    )
+    record = FhirRecord(
+        envelope=envelope,
+        patient_id="p-upgrade",
+        resources=[POTASSIUM | {"effectiveDateTime": now.isoformat()}],
+    )
+    outcome = process(None, record, RuleSet(), now=now)
+    [alert] = outcome.alerts
+    legacy = tmp_path / "cds" / "state.sqlite"
+    legacy.parent.mkdir(parents=True)
+    with sqlite3.connect(legacy) as db:  # the earlier version's table, as it wrote it
+        db.execute("CREATE TABLE patient_state (patient_id TEXT PRIMARY KEY, state TEXT NOT NULL)")
+        db.execute("INSERT INTO patient_state VALUES (?, ?)", ("p-upgrade", outcome.state.model_dump_json()))
+
+    async with start_stack() as stack:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{stack.http_port}", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as http:
+            current = (await http.get("/cds/alerts/p-upgrade")).json()["alerts"]
+        [moved] = await collect(broker.bootstrap, topics.cds_state, lambda seen: len(seen) >= 1)
+    assert [a["id"] for a in current] == [alert.id]
+    assert moved.key == b"p-upgrade"
+    with sqlite3.connect(legacy) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "patient_state" not in tables  # moved once
