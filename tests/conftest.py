@@ -24,7 +24,8 @@ os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 def pytest_xdist_make_scheduler(config, log):
     """With pytest-xdist (`make test` runs two workers), the tests that run several stage
     processes at once, or a browser (tests/integration/system/: faults, outages, scale-out, the
-    dashboard) run one after the other on one worker: two of them at once overload two cores.
+    power cut, the dashboard) run one after the other on one worker: two of them at once
+    overload two cores.
     Every other test file (unit tests, one-part and whole-stack integration tests, and
     tests/integration/apps/: one `clinstream` process each) goes to whichever worker is free."""
     from xdist.scheduler import LoadScopeScheduling

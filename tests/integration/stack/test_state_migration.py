@@ -8,36 +8,16 @@ from datetime import UTC, datetime
 import httpx
 
 from inference.cds.rules import RuleSet, process
-from kernel.events import Envelope, FhirRecord
 from tests.integration.support import TOKEN, collect
-
-POTASSIUM = {
-    "resourceType": "Observation",
-    "id": "k1",
-    "status": "final",
-    "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
-    "valueQuantity": {"value": 6.6, "unit": "mmol/L", "code": "mmol/L"},
-}
+from tests.unit.inference.cds.fixtures import obs, record
 
 
 async def test_the_first_start_moves_the_earlier_sqlite_state_into_the_changelog(
     start_stack, tmp_path, broker, topics
 ):
     now = datetime.now(UTC)
-    envelope = Envelope(
-        source_system="LIS",
-        source_message_id="m1",
-        content_hash="h",
-        received_at=now,
-        trace_id="t",
-        message_type="ORU^R01",
-    )
-    record = FhirRecord(
-        envelope=envelope,
-        patient_id="p-upgrade",
-        resources=[POTASSIUM | {"effectiveDateTime": now.isoformat()}],
-    )
-    outcome = process(None, record, RuleSet(), now=now)
+    potassium = record(obs("2823-3", 6.6, "mmol/L", at=now), patient="p-upgrade", at=now)
+    outcome = process(None, potassium, RuleSet(), now=now)
     [alert] = outcome.alerts
     legacy = tmp_path / "cds" / "state.sqlite"
     legacy.parent.mkdir(parents=True)
