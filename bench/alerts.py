@@ -1,7 +1,7 @@
 """Decision support: event → alert latency with all stages running, CDS Hooks latency under
 50 concurrent requests, and the alert burden on the Synthea patients.
 
-1. **Event → alert.** Starts `clinstream up` as its own process (embedded Tansu broker, MLLP
+1. **Event → alert.** Starts `clinstream up` as its own process (embedded Apache Kafka, MLLP
    listener, normalizer, indexer with the ONNX embedder and Milvus Lite, decision support;
    default settings plus an HS256 CDS Hooks secret) on a fresh data directory.
    Basic metabolic panels (potassium, sodium, creatinine, glucose, stamped with the current
