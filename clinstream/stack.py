@@ -73,7 +73,7 @@ from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore, draft_key
 from kernel.cds_hooks import HookService
-from kernel.changelog_kafka import ChangelogTailer, RestoreOnAssign
+from kernel.changelog_kafka import ChangelogTailer, RestoreOnAssign, partitions_of
 from kernel.changelog_store import ChangelogTable, Entry
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelNotBuiltError
@@ -420,6 +420,14 @@ class Wiring:
         self.stack.push_async_callback(committer.stop)
         return committer
 
+    async def copartitioned(self, *topics: str) -> None:
+        """Refuse a stateful stage whose input and changelog topics differ in partition count: a
+        patient's records and state would sit in different partition numbers, and two instances
+        could own the same patient."""
+        counts = {topic: len(await partitions_of(self.bootstrap, topic)) for topic in topics}
+        if len(set(counts.values())) > 1:
+            raise ConfigurationError(f"these topics must have the same partition count: {counts}")
+
     async def changelog(
         self,
         topic: str,
@@ -575,6 +583,9 @@ async def _inference(w: Wiring) -> None:
         )
         rules = replace(rules, note_matcher=matcher)
     await asyncio.to_thread(medsafety.preload)
+    await w.copartitioned(
+        w.topics.fhir, w.topics.feedback, w.topics.cds_state, w.topics.notes_charts, w.topics.assist_charts
+    )
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
     states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)

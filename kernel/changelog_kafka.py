@@ -91,7 +91,7 @@ class ChangelogTailer:
 
     async def start(self) -> None:
         """Assign every partition, drop what the topic no longer has, and start reading."""
-        parts = await _partitions(self._bootstrap, self.topic)
+        parts = await partitions_of(self._bootstrap, self.topic)
         await self._consumer.start()
         self._parts = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(self._parts)
@@ -180,7 +180,7 @@ def _record_key(record: Any) -> str | None:
     return key.decode() if isinstance(key, bytes) else None
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     """The partition numbers of ``topic`` (waiting a little for one just created)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()

@@ -1,12 +1,16 @@
-"""Upgrading from the version that kept decision support's state only in SQLite: the first start
-moves it into the changelog, so an alert raised before the upgrade is still current afterwards
-and served by any instance."""
+"""How the stateful stages start: refused when a patient's records and state could land in
+different partitions; after an upgrade from the version that kept decision support's state only
+in SQLite, that state moved into the changelog, so an alert raised before the upgrade is still
+current afterwards and served by any instance."""
 
 import sqlite3
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
+from clinstream.errors import ConfigurationError
+from clinstream.runtime import ensure_topics
 from inference.cds.rules import RuleSet, process
 from tests.integration.support import TOKEN, collect
 from tests.unit.inference.cds.fixtures import obs, record
@@ -36,3 +40,10 @@ async def test_the_first_start_moves_the_earlier_sqlite_state_into_the_changelog
     with sqlite3.connect(legacy) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "patient_state" not in tables  # moved once
+
+
+async def test_a_stateful_stage_refuses_topics_that_are_not_co_partitioned(start_stack, broker, topics):
+    await ensure_topics(broker.bootstrap, [topics.feedback], partitions=2, replication_factor=1)
+    with pytest.raises(ConfigurationError, match="same partition count"):
+        async with start_stack():
+            pass
