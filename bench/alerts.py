@@ -8,7 +8,8 @@
    time) go over one MLLP connection that waits for each ACK, paced at each of --rates (messages/s).
    Most are normal results of a pool of 200 patients; every fifth is a new patient whose
    potassium is 6.6 mmol/L, which must raise exactly one critical-lab alert. A follower
-   reads `cds.alerts.v1`; an alert's latency runs from the send of its message to the
+   reads `cds.alerts.v1` (read_committed, as every consumer of alerts: an alert of a batch not yet
+   committed does not count); an alert's latency runs from the send of its message to the
    follower's read. Prints p50/p95/p99/max, the rate achieved, alerts missing and surplus,
    and the median of each step (from the records' envelope headers and Kafka timestamps).
 2. **CDS Hooks.** A separate process (so the client does not share this process's event loop)
@@ -168,7 +169,12 @@ class Seen:
 async def follow(up: Up, seen: Seen, stop: asyncio.Event) -> None:
     """Times of every normalized record and alert, by patient (Kafka CreateTime, read time)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=up.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        bootstrap_servers=up.bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        # An alert counts once committed, as the outbound delivery and every stage read it: with
+        # exactly-once decision support, its transaction's commit is part of the latency.
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:
