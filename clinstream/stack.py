@@ -583,9 +583,8 @@ async def _inference(w: Wiring) -> None:
         )
         rules = replace(rules, note_matcher=matcher)
     await asyncio.to_thread(medsafety.preload)
-    await w.copartitioned(
-        w.topics.fhir, w.topics.feedback, w.topics.cds_state, w.topics.notes_charts, w.topics.assist_charts
-    )
+    t = w.topics
+    await w.copartitioned(t.fhir, t.feedback, t.cds_state, t.notes_charts, t.drafts, t.assist_charts)
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
     states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)
