@@ -66,7 +66,7 @@ class KafkaSettings(_Section):
         default=10_000,
         ge=1000,
         description="Consumer group session timeout: how soon a group notices that a stage instance is gone. "
-        "The embedded broker also completes each group join after half of it. Apache Kafka refuses "
+        "Tansu also completes each group join after half of it. Apache Kafka refuses "
         "values below its group.min.session.timeout.ms (6 s by default).",
     )
     ingest_client: Literal["librdkafka", "aiokafka"] = Field(

@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CLINSTREAM_NOTES__GENERATOR", "false")
 # Test stacks run without the dashboard process; its own tests switch it on.
 os.environ.setdefault("CLINSTREAM_DASHBOARD__ENABLED", "false")
-# The embedded broker completes a consumer group join after half the session timeout, and a
-# stack joins a group per stage: 3 s instead of the production 10 s saves seconds on every
-# stack and stage process the tests start, and notices a killed stage sooner.
+# Tansu completes a consumer group join after half the session timeout, and a stack joins a group
+# per stage: 3 s instead of the production 10 s saves seconds on every stack and stage process the
+# tests start on it, and on either broker notices a killed stage sooner (the embedded Apache Kafka
+# allows sessions down to 1 s).
 os.environ.setdefault("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "3000")
 
 
