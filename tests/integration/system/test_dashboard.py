@@ -134,10 +134,11 @@ def _browse(url, sent, before, first, tmp_path):
         assert int(shown["Alerts raised"]) >= 1
         assert int(shown["Dead letters"]) >= 1
         assert int(shown["Normalized"]) >= before["normalizer"] + sent - 1
-        overview = _body(driver)
+        # Streamlit renders the page top down on each rerun: wait for its lower sections, then
+        # check them (the table is a canvas grid, its cells not in the page text; its caption says
+        # issues were counted).
+        overview = _wait_text(driver, lambda text: "Messages that converted despite these problems" in text)
         assert "Data-quality issues by sender" in overview
-        # the table (a canvas grid, its cells not in the page text) and its caption: issues were counted
-        assert "Messages that converted despite these problems" in overview
         time.sleep(3)  # a few more samples for the charts
         shot = tmp_path / "dashboard.png"
         driver.save_screenshot(str(shot))
