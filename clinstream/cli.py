@@ -52,13 +52,19 @@ class _MilvusLiteNoise(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
 
 
-async def _up(settings: Settings) -> int:
-    from clinstream.stack import running_stack
-
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (a foreground process runs until it is set)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _up(settings: Settings) -> int:
+    from clinstream.stack import running_stack
+
+    stop = _stop_on_signals()
     async with running_stack(settings) as stack:
         token_note = "" if settings.http.api_token else f" api_token={stack.api_token}"
         print(
@@ -85,10 +91,7 @@ async def _broker(settings: Settings) -> int:
     if not settings.embedded:
         print("clinstream broker: CLINSTREAM_KAFKA__BOOTSTRAP is set; nothing to start", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     async with embedded_broker(settings.kafka, settings.var_dir) as broker:
         await create_topics(settings, broker.bootstrap, TOPICS)
         what = (
@@ -112,10 +115,7 @@ async def _run_stages(settings: Settings, stages: list[str]) -> int:
     except ConfigurationError as exc:
         print(f"clinstream: {exc}", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     async with running_stages(settings, stages) as process:
         mllp = f" mllp={settings.mllp.host}:{process.mllp_port}" if process.mllp_port is not None else ""
         print(

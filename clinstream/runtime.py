@@ -204,14 +204,12 @@ class EmbeddedKafka(EmbeddedBroker):
         log_path: Path | None = None,
         heap_mb: int = 256,
         max_record_bytes: int = 64 * 1024 * 1024,
-        lib: Path | None = None,
     ) -> None:
         super().__init__(port=port, log_path=log_path)
         self.data_dir = data_dir
         self.controller_port = free_port()
         self._heap_mb = heap_mb
         self._max_record_bytes = max_record_bytes
-        self._lib = lib or kafka_lib()
 
     def properties(self) -> dict[str, str]:
         """The broker's server.properties."""
@@ -264,12 +262,12 @@ class EmbeddedKafka(EmbeddedBroker):
         return [
             "java", f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 64)}m", "-XX:+UseSerialGC",
             "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{self._lib}/*",
+            f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{kafka_lib()}/*",
         ]  # fmt: skip
 
     def start(self) -> None:
         """Write the configuration, format the log folder on first use, spawn the JVM."""
-        reason = missing_reason(self._lib.parent.parent) if self._lib == kafka_lib() else None
+        reason = missing_reason()
         if reason is not None:
             raise BrokerStartError(f"embedded Apache Kafka cannot start: {reason}")
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -83,11 +83,8 @@ class ChangelogTailer:
         self._parts: list[TopicPartition] = []
         self._task: asyncio.Task[None] | None = None
         self._advanced = asyncio.Condition()
-
-    @property
-    def partitions(self) -> int:
-        """How many partitions the changelog has."""
-        return len(self._parts)
+        self._held: dict[int, int] = {}
+        """The positions the table holds (only this reader moves them once it started)."""
 
     async def start(self) -> None:
         """Assign every partition, drop what the topic no longer has, and start reading."""
@@ -107,6 +104,7 @@ class ChangelogTailer:
             if self._on_change is not None:
                 self._on_change(dropped)
             held = await asyncio.to_thread(self.table.positions)
+        self._held = held
         for tp in self._parts:
             if tp.partition in held:
                 self._consumer.seek(tp, held[tp.partition])
@@ -125,10 +123,9 @@ class ChangelogTailer:
                 # (a restore waiting on this replica waits longer, it never goes on without it).
                 log.exception("changelog %s: reading failed; retrying", self.topic)
                 await asyncio.sleep(1.0)
-                held = await asyncio.to_thread(self.table.positions)
                 for tp in self._parts:
-                    if tp.partition in held:
-                        self._consumer.seek(tp, held[tp.partition])
+                    if tp.partition in self._held:
+                        self._consumer.seek(tp, self._held[tp.partition])
 
     async def _step(self) -> None:
         batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
@@ -139,7 +136,10 @@ class ChangelogTailer:
             if (key := self._key_of(r)) is not None
         ]
         positions = {tp.partition: await self._consumer.position(tp) for tp in self._parts}
+        if not entries and positions == self._held:
+            return  # an idle poll: nothing to write, no waiter to wake
         changed = await asyncio.to_thread(self.table.apply, entries, positions)
+        self._held = positions
         if changed and self._on_change is not None:
             self._on_change(changed)
         async with self._advanced:
@@ -158,8 +158,7 @@ class ChangelogTailer:
         ends = await self._consumer.end_offsets(tps)  # read_committed: the last stable offsets
 
         def done() -> bool:
-            held = self.table.positions()
-            return all(held.get(tp.partition, 0) >= end for tp, end in ends.items())
+            return all(self._held.get(tp.partition, 0) >= end for tp, end in ends.items())
 
         async with asyncio.timeout(timeout_s):
             async with self._advanced:
@@ -202,14 +201,8 @@ class RestoreOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
     partitions, each changelog is brought up to its end in those partitions (the state the
     previous owner committed), so no record is processed against older state."""
 
-    def __init__(
-        self,
-        tailers: Sequence[ChangelogTailer],
-        *,
-        on_assigned: Callable[[set[int]], None] | None = None,
-    ) -> None:
+    def __init__(self, tailers: Sequence[ChangelogTailer]) -> None:
         self._tailers = tailers
-        self._on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Nothing to flush: every batch's state was written before its offsets were committed."""
@@ -226,5 +219,3 @@ class RestoreOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
                 "state restored: changelog %s partitions %s in %.3f s (%d keys held)",
                 tailer.topic, sorted(partitions), waited, tailer.table.count(),
             )  # fmt: skip
-        if self._on_assigned is not None:
-            self._on_assigned(partitions)

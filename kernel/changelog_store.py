@@ -36,11 +36,13 @@ def _statements(name: str) -> dict[str, str]:
     return {
         "get": f"SELECT key, value FROM {entry} WHERE key IN ({{marks}})",  # noqa: S608 - placeholders
         "all": f"SELECT key, value FROM {entry}",  # noqa: S608 - our table name
-        "in_parts": f"SELECT key, value FROM {entry} WHERE part IN ({{marks}})",  # noqa: S608
-        "offset": f"SELECT off FROM {entry} WHERE key = ?",  # noqa: S608
         "delete": f"DELETE FROM {entry} WHERE key = ?",  # noqa: S608
+        "delete_older": f"DELETE FROM {entry} WHERE key = ? AND off < ?",  # noqa: S608
         "upsert": f"INSERT INTO {entry} (key, part, off, value) VALUES (?, ?, ?, ?) "  # noqa: S608
         "ON CONFLICT(key) DO UPDATE SET part = excluded.part, off = excluded.off, value = excluded.value",
+        "upsert_newer": f"INSERT INTO {entry} (key, part, off, value) VALUES (?, ?, ?, ?) "  # noqa: S608
+        "ON CONFLICT(key) DO UPDATE SET part = excluded.part, off = excluded.off, value = excluded.value "
+        f"WHERE excluded.off > {entry}.off",
         "advance": f"INSERT INTO {position} (part, next) VALUES (?, ?) "  # noqa: S608
         "ON CONFLICT(part) DO UPDATE SET next = max(next, excluded.next)",
         "positions": f"SELECT part, next FROM {position}",  # noqa: S608
@@ -104,18 +106,6 @@ class ChangelogTable:
                 rows = self._db.execute(self._sql["range"], (prefix, end)).fetchall()
         return [(str(k), bytes(v)) for k, v in rows]
 
-    def scan(self, partitions: Iterable[int] | None = None) -> list[tuple[str, bytes]]:
-        """Every (key, value), or those of ``partitions``."""
-        with self._lock:
-            if partitions is None:
-                rows = self._db.execute(self._sql["all"]).fetchall()
-            else:
-                parts = sorted(set(partitions))
-                marks = ",".join("?" * len(parts))
-                query = self._sql["in_parts"].format(marks=marks)
-                rows = self._db.execute(query, parts).fetchall()
-        return [(str(k), bytes(v)) for k, v in rows]
-
     def apply(
         self, entries: Sequence[Entry], positions: dict[int, int] | None = None, *, own: bool = False
     ) -> list[str]:
@@ -127,15 +117,16 @@ class ChangelogTable:
             self._db.execute("BEGIN IMMEDIATE")  # the write lock now: waits for another writer
             try:
                 for e in entries:
-                    row = self._db.execute(self._sql["offset"], (e.key,)).fetchone()
-                    if not own and row is not None and int(row[0]) >= e.offset:
-                        continue
-                    if e.value is None:
-                        self._db.execute(self._sql["delete"], (e.key,))
+                    if e.value is None and own:
+                        done = self._db.execute(self._sql["delete"], (e.key,))
+                    elif e.value is None:
+                        done = self._db.execute(self._sql["delete_older"], (e.key, e.offset))
                     else:
-                        self._db.execute(self._sql["upsert"], (e.key, e.partition, e.offset, e.value))
-                    self._indexed(self._db, e.key, e.value)
-                    changed.append(e.key)
+                        row = (e.key, e.partition, e.offset, e.value)
+                        done = self._db.execute(self._sql["upsert" if own else "upsert_newer"], row)
+                    if done.rowcount:  # 0: what the key holds is as new or newer
+                        self._indexed(self._db, e.key, e.value)
+                        changed.append(e.key)
                 for part, nxt in (positions or {}).items():
                     self._db.execute(self._sql["advance"], (part, nxt))
             except BaseException:

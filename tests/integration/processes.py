@@ -49,6 +49,8 @@ from stream.normalize import normalize_hl7
 from tests.conftest import hl7_corpus_files
 
 TOKEN = "fault-test-token-" + "x" * 24
+CORPUS_STALE_AFTER_H = 24 * 365 * 50
+"""Decision support's staleness limit in these tests: the corpora are years old."""
 
 
 def base_env(bootstrap: str, tmp: Path, *, tansu: bool = False, **extra: str) -> dict[str, str]:
@@ -65,7 +67,7 @@ def base_env(bootstrap: str, tmp: Path, *, tansu: bool = False, **extra: str) ->
         CLINSTREAM_MLLP__HOST="127.0.0.1",
         CLINSTREAM_VAR_DIR=str(tmp),
         CLINSTREAM_MODELS__INTRA_OP_THREADS="1",
-        CLINSTREAM_CDS__STALE_AFTER_H=str(24 * 365 * 50),  # the corpora are years old
+        CLINSTREAM_CDS__STALE_AFTER_H=str(CORPUS_STALE_AFTER_H),
         CLINSTREAM_LOG_LEVEL="INFO",
         # Faster group joins and failure detection on the embedded broker (tests/conftest.py).
         CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS=os.environ.get("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "10000"),
@@ -446,7 +448,7 @@ def single_instance_alerts(records: list[tuple[int, int, FhirRecord]]) -> set[st
     """The ids of the alerts one uninterrupted decision-support instance raises on ``records``
     (the normalized topic, in partition and offset order), with the stage processes' settings:
     the stage's own pure rules and note matcher, replayed here without Kafka."""
-    settings = CdsSettings(stale_after_h=float(base_env("", Path("."))["CLINSTREAM_CDS__STALE_AFTER_H"]))
+    settings = CdsSettings(stale_after_h=CORPUS_STALE_AFTER_H)
     embedder = Embedder(embedding_dir(), providers=("CPUExecutionProvider",))
     rules = replace(
         ruleset_from(settings),

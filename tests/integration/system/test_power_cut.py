@@ -23,6 +23,7 @@ from pymilvus import MilvusClient
 from clinstream.runtime import free_port
 from kernel.events import TOPICS, Alert, Envelope
 from tests.integration.processes import (
+    CORPUS_STALE_AFTER_H,
     Sender,
     drain,
     expected_chunks,
@@ -37,8 +38,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _up(tmp_path: Path, mllp_port: int, log: Path) -> tuple[subprocess.Popen[str], str]:
-    """`clinstream up` in its own process group; returns it and its Kafka bootstrap."""
+def _up(tmp_path: Path, mllp_port: int, log: Path, start: int) -> tuple[subprocess.Popen[str], str]:
+    """`clinstream up` (its ``start``-th on ``log``) in its own process group; returns it and its
+    Kafka bootstrap."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
     env.update(
         CLINSTREAM_VAR_DIR=str(tmp_path / "var"),
@@ -46,7 +48,7 @@ def _up(tmp_path: Path, mllp_port: int, log: Path) -> tuple[subprocess.Popen[str
         CLINSTREAM_HTTP__PORT="0",
         CLINSTREAM_DASHBOARD__ENABLED="false",
         CLINSTREAM_NOTES__GENERATOR="false",
-        CLINSTREAM_CDS__STALE_AFTER_H=str(24 * 365 * 50),  # the corpora are years old
+        CLINSTREAM_CDS__STALE_AFTER_H=str(CORPUS_STALE_AFTER_H),
         CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS=os.environ.get("CLINSTREAM_KAFKA__SESSION_TIMEOUT_MS", "10000"),
         CLINSTREAM_LOG_LEVEL="INFO",
     )
@@ -64,33 +66,24 @@ def _up(tmp_path: Path, mllp_port: int, log: Path) -> tuple[subprocess.Popen[str
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.findall(r"clinstream ready: .* kafka=(\S+) \(embedded Apache Kafka\)", log.read_text())
-        if len(found) == _starts(log):
+        if len(found) == start:
             return proc, found[-1]
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.2)
     raise AssertionError("clinstream up never became ready:\n" + log.read_text()[-3000:])
 
 
-def _starts(log: Path) -> int:
-    return _STARTS.setdefault(log, 0)
-
-
-_STARTS: dict[Path, int] = {}
-
-
 async def test_power_cut_right_after_the_last_ack_loses_nothing(tmp_path):
     messages = [(f"P{n:05d}", with_control_id(m, f"P{n:05d}")) for n, m in enumerate(load_messages()[:240])]
     mllp_port, log = free_port(), tmp_path / "up.log"
-    _STARTS[log] = 1
-    proc, bootstrap = await asyncio.to_thread(_up, tmp_path, mllp_port, log)
+    proc, bootstrap = await asyncio.to_thread(_up, tmp_path, mllp_port, log, 1)
     sender = Sender(mllp_port)
     await sender.run(messages, rate=60.0)
     os.killpg(proc.pid, signal.SIGKILL)  # the last ACK is in: everything goes, at once
     proc.wait(timeout=10)
     cut_at = time.monotonic()
 
-    _STARTS[log] = 2
-    proc, bootstrap = await asyncio.to_thread(_up, tmp_path, mllp_port, log)
+    proc, bootstrap = await asyncio.to_thread(_up, tmp_path, mllp_port, log, 2)
     back_s = time.monotonic() - cut_at
     try:
         await wait_settled(bootstrap, ("normalizer", "indexer", "cds", "notes", "assist"), timeout_s=300)

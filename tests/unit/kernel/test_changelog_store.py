@@ -42,9 +42,9 @@ def test_reset_drops_a_partition_and_two_tables_share_a_file(tmp_path):
     states.apply([Entry("p1", b"a", 0, 0), Entry("p2", b"b", 1, 0)], {0: 1, 1: 1})
     cards.apply([Entry("c1", b"x", 0, 0)], {0: 1})
     assert sorted(states.reset([1])) == ["p2"]
-    assert states.scan() == [("p1", b"a")]
+    assert states.with_prefix("") == [("p1", b"a")]
     assert states.positions() == {0: 1}
-    assert cards.scan([0]) == [("c1", b"x")]
+    assert cards.with_prefix("c") == [("c1", b"x")]
     states.close()
     reopened = ChangelogTable(path, "state")
     assert (reopened.get("p1"), reopened.positions()) == (b"a", {0: 1})
