@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from clinstream.settings import Settings, settings_table
 
 if TYPE_CHECKING:
-    from clinstream.runtime import EmbeddedBroker
+    pass
 
 
 def _configure_logging(level: str) -> None:
@@ -70,7 +70,7 @@ async def _up(settings: Settings) -> int:
         print(
             f"clinstream ready: mllp={settings.mllp.host}:{stack.mllp_port} "
             f"http=http://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
-            f"{_embedded_note(stack.embedded_broker)}{token_note}",
+            f"{f' ({stack.embedded_broker.label})' if stack.embedded_broker else ''}{token_note}",
             flush=True,
         )
         if stack.dashboard_url:
@@ -141,14 +141,6 @@ def _run_dashboard(settings: Settings) -> int:
         return 2
     command = DashboardProcess(host=dash.host, port=dash.port or 8501, env={}, args=[]).command()
     os.execv(command[0], command)  # noqa: S606 - our interpreter running our entry script
-
-
-def _embedded_note(broker: EmbeddedBroker | None) -> str:
-    if broker is None:
-        return ""
-    return (
-        " (embedded Apache Kafka)" if broker.kind == "kafka" else " (embedded Tansu, in memory: not durable)"
-    )
 
 
 def _login_note(login: tuple[str, str] | None) -> str:

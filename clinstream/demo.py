@@ -18,6 +18,7 @@ from importlib import resources
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import REGISTRY
 
 from clinstream.settings import Settings
 from clinstream.stack import Stack, running_stack
@@ -47,6 +48,8 @@ class Observed:
     alerts: dict[str, Alert] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     resources: Counter[str] = field(default_factory=Counter)
+    polls: int = 0
+    """Polls of the output topics finished: one begun after a commit has read what it committed."""
 
 
 async def _follow(bootstrap: str, topics: Topics, seen: Observed, stop: asyncio.Event) -> None:
@@ -77,6 +80,7 @@ async def _follow(bootstrap: str, topics: Topics, seen: Observed, stop: asyncio.
                         seen.alerts[alert.id] = alert
                     else:
                         seen.dead.append(DeadLetter.model_validate_json(r.value))
+            seen.polls += 1
     finally:
         await consumer.stop()
 
@@ -137,12 +141,25 @@ async def _wait_until_settled(
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         normalizer_dead = sum(1 for d in seen.dead if d.stage == "normalizer")
-        if len(seen.records) + normalizer_dead >= accepted:
+        if len(seen.records) + normalizer_dead >= accepted and _decided(len(seen.records)):
             chunks = _expected_chunks(seen)
-            if await asyncio.to_thread(stack.store.count, expr) >= len(chunks) and seen.alerts:
-                return True
+            if await asyncio.to_thread(stack.store.count, expr) >= len(chunks):
+                # Decision support committed its alerts with its last batch: two more polls of
+                # the follower, the second begun after that commit, have read them all.
+                read = seen.polls + 2
+                for _ in range(200):  # 10 s; the follower ends a poll at least every 200 ms
+                    if seen.polls >= read:
+                        return True
+                    await asyncio.sleep(0.05)
+                return False
         await asyncio.sleep(0.25)
     return False
+
+
+def _decided(normalized: int) -> bool:
+    """Whether decision support (in this process) finished as many records as were normalized."""
+    done = REGISTRY.get_sample_value("clinstream_stage_records_total", {"stage": "cds"})
+    return (done or 0) >= normalized
 
 
 def _readable(payload: bytes) -> bool:
@@ -207,7 +224,7 @@ def _print_summary(
     chunks = _expected_chunks(seen)
     print()
     print("clinstream demo — summary")
-    kind = "embedded Tansu" if stack.embedded_broker else "external"
+    kind = stack.embedded_broker.label if stack.embedded_broker else "external"
     print(f"  broker                 {stack.bootstrap} ({kind})")
     print(f"  milvus                 {stack.settings.milvus.uri or stack.settings.milvus_lite_path}")
     print(

@@ -93,6 +93,8 @@ class EmbeddedBroker:
     """A Tansu broker child process on 127.0.0.1."""
 
     kind: Literal["kafka", "tansu"] = "tansu"
+    label = "embedded Tansu, in memory: not durable"
+    """What it is, for a person (the ready line, the demo's summary)."""
     transactional = False
     """Whether producers may use idempotence and transactions against it."""
 
@@ -194,6 +196,7 @@ class EmbeddedKafka(EmbeddedBroker):
     """
 
     kind: Literal["kafka", "tansu"] = "kafka"
+    label = "embedded Apache Kafka"
     transactional = True
 
     def __init__(

@@ -228,9 +228,12 @@ async def _start_dashboard(
     bootstrap: str,
     http_port: int,
     token: str,
+    *,
+    tansu: bool,
 ) -> tuple[DashboardProcess, tuple[str, str] | None]:
-    """The dashboard process, told where the API and Kafka are; a generated admin login when
-    none is configured (embedded mode only: `running_stack` refuses that otherwise)."""
+    """The dashboard process, told where the API and Kafka are (``tansu``: the embedded Tansu, which
+    has no idempotent producers); a generated admin login when none is configured (embedded mode
+    only: `running_stack` refuses that otherwise)."""
     dash = settings.dashboard
     api_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
     users = [u.get_secret_value() for u in dash.users]
@@ -249,7 +252,7 @@ async def _start_dashboard(
         "CLINSTREAM_HTTP__API_TOKEN": token,
         "CLINSTREAM_KAFKA__BOOTSTRAP": bootstrap,
     }
-    if settings.embedded:
+    if tansu:
         env["CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
     process = DashboardProcess(
         host=dash.host,
@@ -883,7 +886,7 @@ async def running_stack(
         dashboard_url, dashboard_login = None, None
         if settings.dashboard.enabled:
             process, dashboard_login = await _start_dashboard(
-                settings, stack, topics, bootstrap, http_port, api_token
+                settings, stack, topics, bootstrap, http_port, api_token, tansu=tansu
             )
             dashboard_url = process.url
         store, _ = await w.stores()

@@ -48,12 +48,12 @@ class DraftTable(ChangelogTable):
         with self._lock:
             if status:
                 rows = self._db.execute(
-                    "SELECT id FROM draft_index WHERE status = ? ORDER BY created DESC LIMIT ?",
+                    "SELECT id FROM draft_index WHERE status = ? ORDER BY created DESC, id LIMIT ?",
                     (status, limit),
                 ).fetchall()
             else:
                 rows = self._db.execute(
-                    "SELECT id FROM draft_index ORDER BY created DESC LIMIT ?", (limit,)
+                    "SELECT id FROM draft_index ORDER BY created DESC, id LIMIT ?", (limit,)
                 ).fetchall()
         return [str(r[0]) for r in rows]
 

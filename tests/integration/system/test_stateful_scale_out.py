@@ -139,12 +139,18 @@ async def test_two_inference_instances_fail_over_with_their_state(tmp_path):
         alerts = [Alert.model_validate_json(r.value) for r in await drain(bootstrap, TOPICS.alerts)]
         drafts = [DraftNote.model_validate_json(r.value) for r in await drain(bootstrap, TOPICS.drafts)]
         patient = patient_key("MERCY", "700000")
-        answers = {}
-        for name in ("inference1", "inference2"):
-            async with httpx.AsyncClient(base_url=procs[name].url, headers=AUTH, timeout=30) as http:
-                current = (await http.get(f"/cds/alerts/{patient}")).json()["alerts"]
-                listed = (await http.get("/notes/drafts")).json()["drafts"]
-                answers[name] = (sorted(a["id"] for a in current), sorted(n["id"] for n in listed))
+        # Each instance answers from its replica of the changelogs, current within its reader's
+        # lag: asked until both agree (at most 30 s), then compared below.
+        answers: dict[str, tuple[list[str], list[str]]] = {}
+        for _ in range(60):
+            for name in ("inference1", "inference2"):
+                async with httpx.AsyncClient(base_url=procs[name].url, headers=AUTH, timeout=30) as http:
+                    current = (await http.get(f"/cds/alerts/{patient}")).json()["alerts"]
+                    listed = (await http.get("/notes/drafts")).json()["drafts"]
+                    answers[name] = (sorted(a["id"] for a in current), sorted(n["id"] for n in listed))
+            if answers["inference1"] == answers["inference2"]:
+                break
+            await asyncio.sleep(0.5)
 
     assert set(sender.answers.values()) == {"AA"}
     assert all(n > 0 for n in worked), f"both instances decided before the kill: {worked}"
