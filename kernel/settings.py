@@ -370,7 +370,10 @@ class CdsSettings(_Section):
         default=24.0, gt=0, description="CDS Hooks: alerts raised within this many hours are shown as cards."
     )
     batch_max_records: int = Field(
-        default=64, ge=1, description="Normalized records decided per batch (one state write, one commit)."
+        default=256,
+        ge=1,
+        description="Most normalized records decided per batch (one state write, one commit): a backlog"
+        " goes through in batches this large, a live feed in what has arrived.",
     )
     batch_timeout_ms: int = Field(
         default=20, ge=1, description="How long an idle decision-support consumer waits between polls."

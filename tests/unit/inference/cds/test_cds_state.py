@@ -167,3 +167,23 @@ def test_an_abated_condition_is_not_active_as_of_the_record():
     later = condition("http://snomed.info/sct", "65710008") | {"abatementDateTime": "2999-01-01"}
     state = state_of(abated, later)
     assert [c.ref for c in state.active_conditions()] == [f"Condition/{later['id']}"]
+
+
+def test_apply_leaves_the_state_it_was_given_as_it_was():
+    before = state_of(obs("2823-3", 4.1, "mmol/L", oid="k1"), condition("http://snomed.info/sct", "38341003"))
+    snapshot = before.model_dump_json()
+    later = obs("2823-3", 6.4, "mmol/L", at=T0 + hours(2), oid="k2")
+    retired = obs("2823-3", 4.1, "mmol/L", oid="k1", status="entered-in-error")
+    medication = {
+        "resourceType": "MedicationRequest",
+        "id": "m1",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "lisinopril 10 mg"},
+    }
+    after = apply(before, record(later, retired, medication, condition("http://snomed.info/sct", "44054006")))
+    assert before.model_dump_json() == snapshot  # same readings, medications, conditions as before
+    assert [r.ref for r in after.readings["potassium"]] == ["Observation/k2"]
+    assert "MedicationRequest/m1" in after.medications
+    assert not before.medications
+    assert len(after.conditions) == 2
+    assert len(before.conditions) == 1
