@@ -645,9 +645,9 @@ def _kb_add(settings: Settings, paths: list[Path]) -> int:
     from clinstream.stack import milvus_client, milvus_stores, open_embedder
     from indexer.knowledge_files import add_files
 
-    embedder = open_embedder(settings)
     client = milvus_client(settings)
     try:
+        embedder = open_embedder(settings, client)
         _, store = milvus_stores(settings, client, embedder)
         store.ensure_collection()
         added = add_files(paths, store, embedder)

@@ -50,10 +50,11 @@ from indexer.flush import FlushPolicy
 from indexer.http import CollectionStats, query_routes
 from indexer.http import openapi_paths as query_openapi
 from indexer.knowledge_files import load_starter
-from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for
+from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for, recorded_precision
 from indexer.ort_session import Embedder
 from indexer.priority import background_executor
 from indexer.query import ContextualQuery
+from indexer.vector_cache import CachingEmbedder
 from inference.assist import diagnoses as dx_rules
 from inference.assist import treatments as tx_rules
 from inference.assist.answers import ChatModel
@@ -134,8 +135,15 @@ def milvus_client(settings: Settings) -> MilvusClient:
     return connect(settings.milvus.uri, lite_path=settings.milvus_lite_path, token=token)
 
 
-def open_embedder(settings: Settings) -> Embedder:
-    """The ONNX embedding session the settings describe (model variant, threads, batching)."""
+def open_embedder(settings: Settings, client: MilvusClient | None = None) -> Embedder:
+    """The ONNX embedding session the settings describe (model variant, threads, batching). With
+    ``client``, a variant left to ``auto`` is the one the record (else the knowledge) collection
+    was built with."""
+    recorded = None
+    if settings.models.embedding_precision == "auto" and client is not None:
+        recorded = recorded_precision(client, settings.milvus.collection) or recorded_precision(
+            client, settings.milvus.knowledge_collection
+        )
     return Embedder(
         embedding_dir(settings.models.dir),
         providers=settings.models.providers,
@@ -143,6 +151,7 @@ def open_embedder(settings: Settings) -> Embedder:
         batch_size=settings.models.embedding_batch_size,
         batch_tokens=settings.models.embedding_batch_tokens,
         precision=settings.models.embedding_precision,
+        recorded=recorded,
     )
 
 
@@ -380,6 +389,7 @@ class Wiring:
     app: Starlette | None = None
     """The HTTP application, once `_serve` built it."""
     _embedder: Embedder | None = None
+    _client: MilvusClient | None = None
     _stores: tuple[MilvusStore, KnowledgeStore] | None = None
     _sink: RecordSink | None = None
     _generator: LazyGenerator | None = None
@@ -462,10 +472,19 @@ class Wiring:
         return f"{self.group_prefix}{name}"
 
     async def embedder(self) -> Embedder:
-        """The embedding session for queries (normal priority), opened once."""
+        """The embedding session for queries (normal priority), opened once, in the precision of
+        the record collection (`open_embedder`)."""
         if self._embedder is None:
-            self._embedder = await asyncio.to_thread(open_embedder, self.settings)
+            self._embedder = await asyncio.to_thread(open_embedder, self.settings, await self.milvus())
         return self._embedder
+
+    async def milvus(self) -> MilvusClient:
+        """The Milvus client of this process, connected once."""
+        if self._client is None:
+            client = await asyncio.to_thread(milvus_client, self.settings)
+            self.stack.callback(client.close)
+            self._client = client
+        return self._client
 
     def generator(self) -> LazyGenerator:
         """The built-in generator, one per process (notes and answers share it: ~0.6 GB once)."""
@@ -482,9 +501,7 @@ class Wiring:
         """The record and knowledge collections, created and loaded, the starter knowledge in."""
         if self._stores is None:
             embedder = await self.embedder()
-            client = await asyncio.to_thread(milvus_client, self.settings)
-            self.stack.callback(client.close)
-            store, knowledge = milvus_stores(self.settings, client, embedder)
+            store, knowledge = milvus_stores(self.settings, await self.milvus(), embedder)
             await asyncio.to_thread(store.ensure_collection)
             await asyncio.to_thread(knowledge.ensure_collection)
             await asyncio.to_thread(load_starter, knowledge, embedder)
@@ -521,14 +538,15 @@ async def _indexer(w: Wiring) -> None:
     index_embedder = embedder
     if settings.indexer.cpu_nice:  # its own session, opened in the thread so its pool inherits
         loop = asyncio.get_running_loop()
-        index_embedder = await loop.run_in_executor(writer, open_embedder, settings)
+        index_embedder = await loop.run_in_executor(writer, open_embedder, settings, await w.milvus())
     store, knowledge = await w.stores()
+    cached = CachingEmbedder(index_embedder, settings.indexer.embedding_cache)
     flusher = Flusher(store, FlushPolicy(settings.indexer.flush_rows, settings.indexer.flush_age_s))
     register_indexer(
         w.broker("indexer"),
         w.topics,
         settings.indexer,
-        index_embedder,
+        cached,
         store,
         **w.consuming("indexer"),
         flusher=flusher,

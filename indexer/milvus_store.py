@@ -223,6 +223,19 @@ EMBEDDING_PROPERTY = "clinstream.embedding"
 UNMARKED_EMBEDDING = "all-MiniLM-L6-v2/fp32/384"
 
 
+def recorded_precision(client: MilvusClient, collection: str) -> str | None:
+    """The precision of the vectors ``collection`` was built with (``fp32``, ``int8``), or None
+    when it does not exist yet."""
+    try:
+        if not client.has_collection(collection):
+            return None
+        properties = client.describe_collection(collection).get("properties") or {}
+    except MilvusException as exc:
+        raise VectorStoreError(f"cannot read collection {collection}") from exc
+    parts = str(properties.get(EMBEDDING_PROPERTY, UNMARKED_EMBEDDING)).split("/")
+    return parts[1] if len(parts) == 3 else None
+
+
 def _check_embedding(collection: str, described: Mapping[str, Any], embedding: str) -> None:
     properties = described.get("properties") or {}
     found = str(properties.get(EMBEDDING_PROPERTY, UNMARKED_EMBEDDING))

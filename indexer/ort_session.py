@@ -23,7 +23,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from kernel.errors import ModelNotBuiltError
-from kernel.onnx_session import open_session
+from kernel.onnx_session import GPU_PROVIDERS, available_providers, open_session
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,32 @@ def length_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> l
     return batches
 
 
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has VNNI (AVX-512 or AVX), the int8 dot products the quantized model needs
+    to run faster than fp32; False when unknown."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def choose_precision(
+    configured: str, recorded: str | None, *, variants: Sequence[str], gpu: bool, vnni: bool
+) -> str:
+    """The embedding variant to open. An explicit setting wins; ``auto`` keeps the precision a
+    collection was built with (``recorded``, from its identity), so its vectors stay comparable;
+    for a new collection, int8 where the CPU has VNNI and fp32 on a GPU (dynamic int8 runs its
+    quantized operators on the CPU) or an older CPU."""
+    if configured != "auto":
+        return configured
+    if recorded in variants:
+        return str(recorded)
+    if "int8" in variants and vnni and not gpu:
+        return "int8"
+    return "fp32"
+
+
 class Embedder:
     """Text → L2-normalised float32 vectors."""
 
@@ -70,6 +96,7 @@ class Embedder:
         batch_size: int = 64,
         batch_tokens: int = 1024,
         precision: str = "fp32",
+        recorded: str | None = None,
         session: ModelSession | None = None,
     ) -> None:
         manifest_path = model_dir / "manifest.json"
@@ -78,8 +105,15 @@ class Embedder:
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         self.dimension = int(self.manifest["dimension"])
         self.name = str(self.manifest.get("name", model_dir.name))
-        self.precision = precision
         variants: dict[str, Any] = self.manifest.get("variants", {"fp32": {"file": "model.onnx"}})
+        precision = choose_precision(
+            precision,
+            recorded,
+            variants=list(variants),
+            gpu=any(p in GPU_PROVIDERS for p in available_providers(providers)),
+            vnni=cpu_has_vnni(),
+        )
+        self.precision = precision
         if precision not in variants:
             raise ModelNotBuiltError(
                 f"no {precision} variant of the embedding model in {model_dir} (has {sorted(variants)});"

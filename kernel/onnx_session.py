@@ -53,6 +53,11 @@ def chosen_providers(requested: Sequence[str], available: Sequence[str]) -> list
     return [p for p in requested if p in set(available)] or ["CPUExecutionProvider"]
 
 
+def available_providers(requested: Sequence[str]) -> list[str]:
+    """The providers a session asking for ``requested`` would get on this machine (`chosen_providers`)."""
+    return chosen_providers(requested, ort.get_available_providers())
+
+
 class MeteredSession:
     """An ONNX Runtime session whose calls are timed into Prometheus (`RUN_SECONDS`, `RUN_ROWS`)."""
 
@@ -94,7 +99,7 @@ def open_session(
     unavailable providers up front and report the ones the session really uses. ``model``
     names it in the metrics (default: the model's folder).
     """
-    chosen = chosen_providers(providers, ort.get_available_providers())
+    chosen = available_providers(providers)
     if GPU_PROVIDERS.intersection(chosen):
         _preload_gpu_libraries()
     options = ort.SessionOptions()

@@ -232,9 +232,11 @@ class ModelsSettings(_Section):
         ge=1,
         description="Most tokens per embedding call, padding included (texts are grouped by length).",
     )
-    embedding_precision: Literal["fp32", "int8"] = Field(
-        default="fp32",
-        description="Embedding model variant (fp32, int8); a collection keeps the one it was built with.",
+    embedding_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="Embedding model variant (fp32, int8). auto: what the record collection was built"
+        " with, else int8 on a CPU with VNNI (same retrieval quality, twice the speed: bench/retrieval.py,"
+        " bench/embed.py) and fp32 on a GPU or an older CPU. A collection keeps the one it was built with.",
     )
 
 
@@ -283,6 +285,13 @@ class IndexerSettings(_Section):
     )
     flush_age_s: float = Field(
         default=5.0, gt=0, description="Seal Milvus segments once the oldest unsealed write is this old."
+    )
+    embedding_cache: int = Field(
+        default=20_000,
+        ge=0,
+        description="Chunk vectors remembered by a digest of their text (1.5 kB each), so text the"
+        " feed repeats (the patient and visit of every message, unchanged report sections) is not"
+        " embedded again. 0: off.",
     )
     cpu_nice: int = Field(
         default=10,
@@ -421,6 +430,13 @@ class NotesSettings(_Section):
     )
     max_new_tokens: int = Field(
         default=120, ge=8, le=2048, description="Token budget of the summary section."
+    )
+    embedding_cache: int = Field(
+        default=20_000,
+        ge=0,
+        description="Chunk vectors remembered by a digest of their text (1.5 kB each), so text the"
+        " feed repeats (the patient and visit of every message, unchanged report sections) is not"
+        " embedded again. 0: off.",
     )
     cpu_nice: int = Field(
         default=10,

@@ -207,6 +207,27 @@ def test_a_collection_keeps_the_embedding_it_was_built_with(tmp_path, model_dir,
     client.close()
 
 
+def test_auto_precision_keeps_the_collections_and_picks_by_hardware_for_a_new_one(tmp_path):
+    """An upgrade to the auto default must not refuse a collection an fp32 deployment built."""
+    from clinstream.settings import Settings
+    from clinstream.stack import open_embedder
+    from indexer.ort_session import choose_precision, cpu_has_vnni
+
+    settings = Settings(var_dir=tmp_path, models={"providers": ["CPUExecutionProvider"]})
+    assert settings.models.embedding_precision == "auto"
+    client = connect(None, lite_path=tmp_path / "milvus" / "a.db")
+    new = open_embedder(settings, client)
+    assert new.precision == choose_precision(
+        "auto", None, variants=["fp32", "int8"], gpu=False, vnni=cpu_has_vnni()
+    )
+    built = "int8" if new.precision == "fp32" else "fp32"
+    MilvusStore(
+        client, settings.milvus.collection, new.dimension, embedding=f"{new.name}/{built}/{new.dimension}"
+    ).ensure_collection()
+    assert open_embedder(settings, client).precision == built
+    client.close()
+
+
 def test_int8_vectors_stay_close_to_fp32_on_corpus_text(model_dir, embedder):
     texts = [
         c.text

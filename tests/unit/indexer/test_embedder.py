@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from indexer.ort_session import Embedder, length_batches
+from indexer.ort_session import Embedder, choose_precision, cpu_has_vnni, length_batches
 from kernel.errors import ModelNotBuiltError
 
 
@@ -125,3 +125,35 @@ def test_the_precision_picks_the_variant_and_a_missing_one_says_how_to_build_it(
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelNotBuiltError, match=r"no int8 variant.*make models"):
         Embedder(model_dir, precision="int8")
+
+
+@pytest.mark.parametrize(
+    ("configured", "recorded", "gpu", "vnni", "expected"),
+    [
+        ("fp32", "int8", False, True, "fp32"),  # an explicit setting wins
+        ("int8", None, True, False, "int8"),
+        ("auto", "fp32", False, True, "fp32"),  # a collection built with fp32 stays fp32
+        ("auto", "int8", True, False, "int8"),
+        ("auto", None, False, True, "int8"),  # a new collection on a VNNI CPU
+        ("auto", None, False, False, "fp32"),  # an older CPU
+        ("auto", None, True, True, "fp32"),  # a GPU: dynamic int8 would run on the CPU
+        ("auto", "fp16", False, True, "int8"),  # a precision this build has not: hardware decides
+    ],
+)
+def test_auto_precision(configured, recorded, gpu, vnni, expected):
+    assert choose_precision(configured, recorded, variants=["fp32", "int8"], gpu=gpu, vnni=vnni) == expected
+
+
+def test_auto_precision_without_an_int8_build_is_fp32():
+    assert choose_precision("auto", None, variants=["fp32"], gpu=False, vnni=True) == "fp32"
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni(info)
+    info.write_text("flags\t\t: fpu sse2 avx2 avx_vnni\n")
+    assert cpu_has_vnni(info)
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_vnni(info)
+    assert not cpu_has_vnni(tmp_path / "missing")
