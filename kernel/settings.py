@@ -431,13 +431,6 @@ class NotesSettings(_Section):
     max_new_tokens: int = Field(
         default=120, ge=8, le=2048, description="Token budget of the summary section."
     )
-    embedding_cache: int = Field(
-        default=20_000,
-        ge=0,
-        description="Chunk vectors remembered by a digest of their text (1.5 kB each), so text the"
-        " feed repeats (the patient and visit of every message, unchanged report sections) is not"
-        " embedded again. 0: off.",
-    )
     cpu_nice: int = Field(
         default=10,
         ge=0,
