@@ -59,6 +59,13 @@ UTC_ZONE = ZoneInfo("UTC")
 Resource = dict[str, Any]
 
 
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"the peer needs {name} on the PATH")
+    return found
+
+
 def peer_version() -> str:
     text = (PEER / "pom.xml").read_text()
     return re.search(r"<artifactId>hl7v2-fhir-converter</artifactId><version>([^<]+)<", text).group(1)  # type: ignore[union-attr]
@@ -73,7 +80,7 @@ def peer_classpath() -> str:
         staging = Path(tempfile.mkdtemp(dir=home, prefix="peer-"))
         subprocess.run(
             [
-                "mvn",
+                _tool("mvn"),
                 "-q",
                 "-B",
                 "-f",
@@ -90,7 +97,8 @@ def peer_classpath() -> str:
     ):
         classes.mkdir(exist_ok=True)
         subprocess.run(
-            ["javac", "-d", str(classes), "-cp", f"{lib}/*", str(PEER / "PeerConvert.java")], check=True
+            [_tool("javac"), "-d", str(classes), "-cp", f"{lib}/*", str(PEER / "PeerConvert.java")],
+            check=True,
         )
     return f"{lib}/*:{classes}"
 
@@ -145,10 +153,10 @@ def peer(messages: list[str], passes: int) -> tuple[list[list[Resource] | None],
         source.write_text("\x1c".join(messages), encoding="utf-8")
         run = subprocess.run(
             [
-                "taskset",
+                _tool("taskset"),
                 "-c",
                 str(min(os.sched_getaffinity(0))),
-                "java",
+                _tool("java"),
                 "-Xmx1g",
                 "-cp",
                 classpath,
