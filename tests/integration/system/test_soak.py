@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.processes import (
     Sender,
+    committed_offsets,
     deployment,
     lag_of,
     load_messages,
@@ -29,6 +30,20 @@ RATE = float(os.environ.get("CLINSTREAM_SOAK_RATE", "200"))
 WARM_UP_S = min(60.0, SECONDS / 5)
 CONNECTIONS = 4
 DRAIN_S = float(os.environ.get("CLINSTREAM_SOAK_DRAIN_S", "1800"))
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _committed(bootstrap: str) -> dict[str, int]:
+    """Records committed so far, per consumer group."""
+    totals: dict[str, int] = {}
+    for (group, _, _), offset in committed_offsets(bootstrap).items():
+        totals[group] = totals.get(group, 0) + max(offset, 0)
+    return totals
 
 
 def _rss_kib(pid: int) -> int:
@@ -68,6 +83,8 @@ async def test_soak(tmp_path):
         )
         await asyncio.sleep(WARM_UP_S)
         rss_start = {name: _rss_kib(pid) for name, pid in pids.items()}
+        cpu_start = {name: _cpu_s(pid) for name, pid in pids.items()}
+        done_start, window_start = await asyncio.to_thread(_committed, bootstrap), time.monotonic()
         lag_mid = await lag_of(bootstrap, exact=False)
         await load
         sent_s = time.monotonic() - started
@@ -76,11 +93,15 @@ async def test_soak(tmp_path):
         lag_end = await lag_of(bootstrap, exact=False)
         drained_s: float | None = None
         try:
-            await wait_settled(bootstrap, ("normalizer", "indexer", "cds"), timeout_s=DRAIN_S, exact=False)
+            # every consumer group: the stages' and the drafting and assistance consumers'
+            await wait_settled(bootstrap, lag_end.keys(), timeout_s=DRAIN_S, exact=False)
             drained_s = time.monotonic() - ended
         except AssertionError:
             pass  # reported below with the figures
         lag_last = await lag_of(bootstrap, exact=False)
+        window_s = time.monotonic() - window_start
+        cpu_used = {name: _cpu_s(pid) - cpu_start[name] for name, pid in pids.items()}
+        done_end = await asyncio.to_thread(_committed, bootstrap)
         rss_drained = {name: _rss_kib(pid) for name, pid in pids.items()}
 
     answers = {cid: code for s in senders for cid, code in s.answers.items()}
@@ -93,14 +114,18 @@ async def test_soak(tmp_path):
     )
     print(f"lag after the warm-up {lag_mid}; at the end of the load {lag_end}; {settled}")
     print(
-        f"{'process':<12} {'RSS after warm-up':>18} {'RSS end of load':>16} {'RSS drained':>12} {'growth':>7}"
+        f"{'process':<12} {'CPU':>6} {'RSS after warm-up':>18} {'RSS end of load':>16} {'RSS drained':>12}"
+        f" {'growth':>7}   (CPU: % of one core from the warm-up's end until drained, {window_s:.0f} s)"
     )
     for name in pids:
         growth = rss_end[name] / rss_start[name] - 1
         print(
-            f"{name:<12} {rss_start[name] / 1024:>15.0f} MiB {rss_end[name] / 1024:>12.0f} MiB "
-            f"{rss_drained[name] / 1024:>8.0f} MiB {growth:>+7.1%}"
+            f"{name:<12} {100 * cpu_used[name] / window_s:>5.0f}% {rss_start[name] / 1024:>15.0f} MiB"
+            f" {rss_end[name] / 1024:>12.0f} MiB {rss_drained[name] / 1024:>8.0f} MiB {growth:>+7.1%}"
         )
+    print("consumer group   records/s (from the warm-up's end until drained)")
+    for group in sorted(done_end):
+        print(f"{group:<16} {(done_end[group] - done_start.get(group, 0)) / window_s:>9.1f}")
     assert accepted == total
     assert drained_s is not None, f"consumer lag not back to zero {DRAIN_S:.0f} s after the load: {lag_last}"
     for name in d.procs:  # our processes; Milvus' memory grows with the data it holds
