@@ -193,12 +193,17 @@ def _text_schema(schema: Any, dim: int) -> None:
     )
 
 
-def _create(client: MilvusClient, collection: str, schema: Any, index_type: str) -> None:
+def _create(client: MilvusClient, collection: str, schema: Any, index_type: str, embedding: str) -> None:
+    """Create the collection with its indexes and its embedding identity in one call: a second
+    process starting beside this one never sees it without the identity (read as the unmarked
+    fp32 of an older clinstream, and refused)."""
     index = client.prepare_index_params()
     params = HNSW_BUILD if index_type == "HNSW" else {}
     index.add_index("vector", index_type=index_type, metric_type="COSINE", params=params)
     index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-    client.create_collection(collection, schema=schema, index_params=index)
+    client.create_collection(
+        collection, schema=schema, index_params=index, properties={EMBEDDING_PROPERTY: embedding}
+    )
 
 
 def _check_layout(collection: str, described: Mapping[str, Any], fields: Sequence[str], dim: int) -> None:
@@ -279,10 +284,7 @@ class _Collection:
                 schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
                 self._add_fields(schema)
                 _text_schema(schema, self._dim)
-                _create(self._client, self.collection, schema, self._index_type)
-                self._client.alter_collection_properties(
-                    self.collection, properties={EMBEDDING_PROPERTY: self.embedding}
-                )
+                _create(self._client, self.collection, schema, self._index_type, self.embedding)
                 log.info("created Milvus collection %s (%s)", self.collection, self.embedding)
             else:
                 described = self._client.describe_collection(self.collection)

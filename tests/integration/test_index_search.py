@@ -207,6 +207,25 @@ def test_a_collection_keeps_the_embedding_it_was_built_with(tmp_path, model_dir,
     client.close()
 
 
+def test_a_new_collection_carries_its_embedding_from_the_moment_it_exists(tmp_path, model_dir):
+    """Two indexers starting at once: the one that does not create the collection must never find
+    it without its embedding identity (an unmarked collection reads as an older fp32 one, and an
+    int8 indexer would refuse it)."""
+    from pymilvus import MilvusClient
+
+    from indexer.milvus_store import EMBEDDING_PROPERTY, _create, _text_schema
+
+    int8 = Embedder(model_dir, precision="int8")
+    client = connect(None, lite_path=tmp_path / "milvus" / "n.db")
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    MilvusStore(client, "chunks", int8.dimension)._add_fields(schema)
+    _text_schema(schema, int8.dimension)
+    _create(client, "chunks", schema, "FLAT", int8.identity)
+    assert client.describe_collection("chunks")["properties"][EMBEDDING_PROPERTY] == int8.identity
+    MilvusStore(client, "chunks", int8.dimension, embedding=int8.identity).ensure_collection()
+    client.close()
+
+
 def test_auto_precision_keeps_the_collections_and_picks_by_hardware_for_a_new_one(tmp_path):
     """An upgrade to the auto default must not refuse a collection an fp32 deployment built."""
     from clinstream.settings import Settings
