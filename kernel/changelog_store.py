@@ -24,7 +24,8 @@ class Entry:
 
     key: str
     value: bytes | None
-    """None: the key was deleted (a tombstone)."""
+    """None or empty: the key was deleted (a tombstone; read back from the topic, a deletion is
+    an empty value, as FastStream publishes no null value)."""
     partition: int
     offset: int
 
@@ -117,15 +118,15 @@ class ChangelogTable:
             self._db.execute("BEGIN IMMEDIATE")  # the write lock now: waits for another writer
             try:
                 for e in entries:
-                    if e.value is None and own:
+                    if not e.value and own:
                         done = self._db.execute(self._sql["delete"], (e.key,))
-                    elif e.value is None:
+                    elif not e.value:
                         done = self._db.execute(self._sql["delete_older"], (e.key, e.offset))
                     else:
                         row = (e.key, e.partition, e.offset, e.value)
                         done = self._db.execute(self._sql["upsert" if own else "upsert_newer"], row)
                     if done.rowcount:  # 0: what the key holds is as new or newer
-                        self._indexed(self._db, e.key, e.value)
+                        self._indexed(self._db, e.key, e.value or None)
                         changed.append(e.key)
                 for part, nxt in (positions or {}).items():
                     self._db.execute(self._sql["advance"], (part, nxt))

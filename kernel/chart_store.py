@@ -36,7 +36,8 @@ class ChartStore:
     def chart(self, patient_id: str) -> Chart:
         """The patient's current resources (an empty chart for a patient not seen)."""
         rows = self.table.with_prefix(patient_id + SEPARATOR)
-        return Chart(patient_id, {key.split(SEPARATOR, 1)[1]: json.loads(body) for key, body in rows})
+        # An empty body is a deletion an earlier version stored as a value: not a resource.
+        return Chart(patient_id, {key.split(SEPARATOR, 1)[1]: json.loads(body) for key, body in rows if body})
 
     @staticmethod
     def changes(patient_id: str, resources: Iterable[dict[str, Any]], partition: int = 0) -> list[Entry]:

@@ -53,3 +53,17 @@ def test_reset_drops_a_partition_and_two_tables_share_a_file(tmp_path):
 def test_table_names_must_be_identifiers(tmp_path):
     with pytest.raises(ValueError, match="identifier"):
         ChangelogTable(tmp_path / "t.sqlite", "x; DROP TABLE y")
+
+
+def test_a_deletion_read_back_from_the_topic_is_a_deletion_not_an_empty_value(tmp_path):
+    """FastStream publishes a tombstone as an empty value: read back (a restore after a
+    rebalance re-reads the owner's own records), it must delete, never store b"" that a reader
+    then fails to decode."""
+    table = ChangelogTable(tmp_path / "t.sqlite", "chart")
+    table.apply([Entry("p1|Observation/a", b"{}", 0, 3)], own=True)
+    table.apply([Entry("p1|Observation/a", None, 0, 4)], own=True)
+    assert table.apply([Entry("p1|Observation/a", b"", 0, 4)], {0: 5}) == []
+    assert table.with_prefix("p1|") == []
+    table.apply([Entry("p2|Observation/b", b"{}", 0, 6)], {0: 7})
+    table.apply([Entry("p2|Observation/b", b"", 0, 8)], {0: 9})
+    assert table.count() == 0
