@@ -11,7 +11,9 @@
    reads `cds.alerts.v1` (read_committed, as every consumer of alerts: an alert of a batch not yet
    committed does not count); an alert's latency runs from the send of its message to the
    follower's read. Prints p50/p95/p99/max, the rate achieved, alerts missing and surplus,
-   and the median of each step (from the records' envelope headers and Kafka timestamps).
+   the median of each step (from the records' envelope headers and Kafka timestamps), and how
+   long after the last ACK the indexer and decision support had committed every normalized
+   record (#28: ≤ 30 s after 60 s at 100 msg/s: `--rates 100 --seconds 60`).
 2. **CDS Hooks.** A separate process (so the client does not share this process's event loop)
    sends --hook-requests `patient-view` calls, --concurrency at a time, each with its own
    signed JWT made beforehand, for the patients that have an alert; prints p50/p95/p99
@@ -55,6 +57,8 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from bench.synthea_feed import synthea_feed  # noqa: E402
 from bench.synthetic import percentile  # noqa: E402
@@ -164,6 +168,8 @@ class Seen:
     normalized: dict[str, float] = field(default_factory=dict)  # normalizer's record on ehr.fhir.v1
     alerted: dict[str, list[float]] = field(default_factory=dict)  # decision support's alert record
     read: dict[str, list[float]] = field(default_factory=dict)  # the follower read the alert
+    fhir_records: int = 0  # normalized records read (committed ones: read_committed)
+    fhir_next: dict[int, int] = field(default_factory=dict)  # partition → offset after the last one read
 
 
 async def follow(up: Up, seen: Seen, stop: asyncio.Event) -> None:
@@ -188,6 +194,8 @@ async def follow(up: Up, seen: Seen, stop: asyncio.Event) -> None:
                 now = time.time()
                 for r in records:
                     if part.topic == TOPICS.fhir:  # the envelope headers say when the connector had it
+                        seen.fhir_records += 1
+                        seen.fhir_next[part.partition] = r.offset + 1
                         patient = (r.key or b"").decode()
                         received = dict(r.headers).get("received_at", b"").decode()
                         if received:
@@ -199,6 +207,28 @@ async def follow(up: Up, seen: Seen, stop: asyncio.Event) -> None:
                         seen.read.setdefault(patient, []).append(now)
     finally:
         await consumer.stop()
+
+
+def caught_up(up: Up, seen: Seen, records: int, since: float) -> dict[str, float | None]:
+    """Seconds from ``since`` until the indexer's and decision support's consumer groups had
+    committed every one of the ``records`` normalized records (None: not within SETTLE_S)."""
+    admin = AdminClient({"bootstrap.servers": up.bootstrap})
+    done: dict[str, float | None] = dict.fromkeys(("indexer", "cds"))
+    deadline = since + SETTLE_S
+    while time.perf_counter() < deadline and any(v is None for v in done.values()):
+        if seen.fhir_records >= records:
+            ends = dict(seen.fhir_next)
+            for group in [g for g, v in done.items() if v is None]:
+                future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+                try:
+                    parts = future.result(timeout=10).topic_partitions or []
+                except KafkaException:
+                    continue  # its coordinator is still loading
+                at = {tp.partition: tp.offset for tp in parts if tp.topic == TOPICS.fhir}
+                if all(at.get(p, -1) >= end for p, end in ends.items()):
+                    done[group] = time.perf_counter() - since
+        time.sleep(0.1)
+    return done
 
 
 async def event_to_alert(up: Up, rate: float, messages: int) -> list[str]:
@@ -223,6 +253,8 @@ async def event_to_alert(up: Up, rate: float, messages: int) -> list[str]:
             elif alerting is not None:
                 sent_at[alerting] = sent
     send_s = time.perf_counter() - start
+    last_ack = time.perf_counter()
+    done_after = await asyncio.to_thread(caught_up, up, seen, messages - refused, last_ack)
     deadline = time.perf_counter() + SETTLE_S
     while time.perf_counter() < deadline and not set(sent_at) <= set(seen.read):
         await asyncio.sleep(0.2)
@@ -247,6 +279,15 @@ async def event_to_alert(up: Up, rate: float, messages: int) -> list[str]:
         f" {len(sent_at)} alerting): p50 {statistics.median(latencies) * 1000:6.1f} ms"
         f"  p95 {percentile(latencies, 95) * 1000:6.1f} ms  p99 {percentile(latencies, 99) * 1000:6.1f} ms"
         f"  max {max(latencies) * 1000:6.1f} ms; {missing} missing, {surplus} surplus, {refused} refused",
+        flush=True,
+    )
+    print(
+        "  after the last ACK: "
+        + ", ".join(
+            f"{group} done in {after:.1f} s" if after is not None else f"{group} NOT done in {SETTLE_S:.0f} s"
+            for group, after in done_after.items()
+        )
+        + " (its group committed every normalized record)",
         flush=True,
     )
     print(
