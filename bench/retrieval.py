@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,15 +36,18 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.normalize import corpus_messages
-from clinstream.models import embedding_dir
-from indexer.chunking import Chunk, resource_chunks
-from indexer.milvus_store import MilvusStore, connect
-from indexer.ort_session import Embedder
-from indexer.query import ContextualQuery
-from kernel.events import FhirInbound
-from stream.fhir_input import normalize_fhir
-from stream.normalize import normalize_hl7
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.normalize import corpus_messages  # noqa: E402
+from clinstream.models import embedding_dir  # noqa: E402
+from indexer.chunking import Chunk, resource_chunks  # noqa: E402
+from indexer.milvus_store import MilvusStore, connect  # noqa: E402
+from indexer.ort_session import Embedder  # noqa: E402
+from indexer.query import ContextualQuery  # noqa: E402
+from kernel.events import FhirInbound  # noqa: E402
+from stream.fhir_input import normalize_fhir  # noqa: E402
+from stream.normalize import normalize_hl7  # noqa: E402
 
 Resource = dict[str, Any]
 
