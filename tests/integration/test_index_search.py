@@ -176,6 +176,32 @@ def test_a_shorter_note_drops_its_old_chunks_and_a_retracted_one_disappears(stor
     assert store.count(by_resource) == 0
 
 
+def test_retiring_touches_only_the_resources_that_have_chunks_beyond_their_new_count(store):
+    """A batch names every resource it wrote; only those whose chunk numbered ``keep`` exists
+    lose chunks (found by a primary-key probe, in pages of ids), the others keep theirs."""
+    from dataclasses import replace
+
+    from indexer.milvus_store import PROBE_IDS
+
+    def chunks(ref, n):
+        return [replace(_chunk("pa", 1, f"{ref} part {i}"), id=chunk_id(ref, i), resource_id=ref, chunk_no=i)
+                for i in range(n)]  # fmt: skip
+
+    unchanged = [f"Observation/u{i}" for i in range(PROBE_IDS + 200)]
+    written = [c for ref in unchanged for c in chunks(ref, 1)] + chunks("Observation/s", 4)
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(len(written), store._dim)).astype(np.float32)
+    store.upsert(written, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    store.flush()
+    store.retire({ref: 1 for ref in unchanged} | {"Observation/s": 2, "Observation/new": 3})
+    store.flush()
+    assert store.count('resource_id == "Observation/s"') == 2
+    assert store.existing([chunk_id("Observation/s", 1), chunk_id("Observation/s", 2)]) == {
+        chunk_id("Observation/s", 1)
+    }
+    assert store.count() == len(unchanged) + 2
+
+
 def test_a_collection_with_another_layout_is_refused(tmp_path, embedder):
     from pymilvus import DataType, MilvusClient
 
