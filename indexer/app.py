@@ -13,14 +13,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Gauge
 
-from indexer.chunking import BatchPlan, plan_batch
+from indexer.chunking import BatchPlan, Chunk, plan_batch
 from indexer.flush import FlushPolicy
 from indexer.query import TextEmbedder, VectorStore
 from kernel.events import Topics
@@ -37,6 +37,9 @@ from kernel.settings import IndexerSettings
 log = logging.getLogger(__name__)
 
 CHUNKS_UPSERTED = Counter("clinstream_index_chunks_upserted", "Chunks written to the vector store")
+CHUNKS_UNCHANGED = Counter(
+    "clinstream_index_chunks_unchanged", "Chunks a batch carried that the store held as they are"
+)
 CHUNKS_DELETED = Counter(
     "clinstream_index_resources_removed", "Resources taken out of the index (entered-in-error, cancelled)"
 )
@@ -73,13 +76,16 @@ def register_indexer(
         records = batch_records(msg)
         plan = plan_batch(records)
 
+        written = 0
+
         async def write() -> None:
+            nonlocal written
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(executor, write_plan, embedder, store, plan, flusher)
+            written = await loop.run_in_executor(executor, write_plan, embedder, store, plan, flusher)
             await publish_dead_letters(broker, topics, plan.dead_letters)
 
         if await commit_after(msg, write, stage="indexer", backoff_s=RETRY_BACKOFF_S):
-            CHUNKS_UPSERTED.inc(len(plan.upserts))
+            CHUNKS_UPSERTED.inc(written)
             CHUNKS_DELETED.inc(plan.removed)
             LAST_INDEXED.set_to_current_time()
 
@@ -117,18 +123,32 @@ class Flusher:
                 self._policy.flushed()
 
 
+def changed_resources(upserts: Sequence[Chunk], unchanged: set[str]) -> list[Chunk]:
+    """The chunks of every resource with at least one chunk not in ``unchanged``: a resource the
+    store holds exactly as planned (every chunk, text and fields) is not written again, so its
+    chunks keep citing the message that brought this version of it; a resource that changed is
+    written whole and cites the new message throughout."""
+    stale = {c.resource_id for c in upserts if c.id not in unchanged}
+    return [c for c in upserts if c.resource_id in stale]
+
+
 def write_plan(
     embedder: TextEmbedder, store: VectorStore, plan: BatchPlan, flusher: Flusher | None = None
-) -> None:
+) -> int:
     """Embed and write a batch plan (blocking; run in a thread). Returns once Milvus has
-    acknowledged the writes; they are sealed by ``flusher``'s policy, or at once without one."""
-    if plan.upserts:
-        store.upsert(plan.upserts, embedder.embed([c.text for c in plan.upserts]))
+    acknowledged the writes, with the number of chunks written: the chunks of each resource
+    the store does not already hold exactly as planned (`changed_resources`). Writes are sealed
+    by ``flusher``'s policy, or at once without one."""
+    changed = changed_resources(plan.upserts, store.unchanged(plan.upserts) if plan.upserts else set())
+    CHUNKS_UNCHANGED.inc(len(plan.upserts) - len(changed))
+    if changed:
+        store.upsert(changed, embedder.embed([c.text for c in changed]))
     if plan.keep:
         store.retire(plan.keep)  # chunks numbered beyond each resource's new count
-    if not (plan.upserts or plan.keep):
-        return
+    if not (changed or plan.keep):
+        return 0
     if flusher is None:
         store.flush()
     else:
-        flusher.wrote(len(plan.upserts) + len(plan.keep))
+        flusher.wrote(len(changed) + len(plan.keep))
+    return len(changed)

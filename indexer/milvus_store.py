@@ -335,27 +335,22 @@ class MilvusStore(_Collection):
         if not chunks:
             return
         rows = [
-            {
-                "id": c.id,
-                "patient": c.patient_id,
-                "resource_id": c.resource_id,
-                "resource_type": c.resource_type,
-                "effective": c.effective,
-                "effective_text": c.effective_text[:64],
-                "chunk_no": c.chunk_no,
-                "encounter": c.encounter[:128],
-                "codes": c.codes[:CODES_MAX],
-                "version": c.version[:128],
-                "section": c.section[:128],
-                "text": c.text[:TEXT_MAX],
-                "vector": vectors[i].tolist(),
-            }
+            _row(c) | {"version": c.version[:128], "vector": vectors[i].tolist()}
             for i, c in enumerate(chunks)
         ]
         try:
             self._client.upsert(self.collection, rows)
         except MilvusException as exc:
             raise VectorStoreError("Milvus rejected an upsert") from exc
+
+    def unchanged(self, chunks: Sequence[Chunk]) -> set[str]:
+        """Ids of those ``chunks`` the collection already holds as they are: same text, same
+        fields, all but the version (the message that wrote it first keeps its citation). A
+        feed repeats most of its chunks (the patient and visit of every message): they need
+        neither an embedding nor a write."""
+        wanted = {c.id: _row(c) for c in chunks}
+        rows = self._by_ids(list(wanted), COMPARED, strong=True)
+        return {str(r["id"]) for r in rows if all(r.get(f) == wanted[str(r["id"])][f] for f in COMPARED)}
 
     def retire(self, keep: Mapping[str, int]) -> None:
         """For each resource id, remove its chunks numbered ``keep[id]`` and above (0: all):
@@ -449,20 +444,48 @@ class MilvusStore(_Collection):
     def existing(self, ids: Sequence[str], *, strong: bool = False) -> set[str]:
         """Those of the chunk ``ids`` that are in the collection (searchable now); ``strong``:
         including writes a Milvus server may not show a bounded-staleness read yet."""
-        found: set[str] = set()
+        return {str(r["id"]) for r in self._by_ids(ids, ("id",), strong=strong)}
+
+    def _by_ids(self, ids: Sequence[str], fields: Sequence[str], *, strong: bool) -> list[dict[str, Any]]:
+        """The rows of ``ids`` that exist, with ``fields`` (primary-key lookups, in pages)."""
+        found: list[dict[str, Any]] = []
         level = {"consistency_level": "Strong"} if strong else {}
         for start in range(0, len(ids), PROBE_IDS):
             listed = ", ".join(quote(i) for i in ids[start : start + PROBE_IDS])
 
             def probe(expr: str = f"id in [{listed}]") -> list[dict[str, Any]]:
-                return list(self._client.query(self.collection, filter=expr, output_fields=["id"], **level))
+                return list(
+                    self._client.query(self.collection, filter=expr, output_fields=list(fields), **level)
+                )
 
             try:
-                rows = _reloading(self._client, self.collection, probe)
+                found.extend(_reloading(self._client, self.collection, probe))
             except MilvusException as exc:
                 raise VectorStoreError("Milvus query failed") from exc
-            found.update(str(r["id"]) for r in rows)
         return found
+
+
+def _row(c: Chunk) -> dict[str, Any]:
+    """A chunk's fields as the collection stores them (without its version and vector)."""
+    return {
+        "id": c.id,
+        "patient": c.patient_id,
+        "resource_id": c.resource_id,
+        "resource_type": c.resource_type,
+        "effective": c.effective,
+        "effective_text": c.effective_text[:64],
+        "chunk_no": c.chunk_no,
+        "encounter": c.encounter[:128],
+        "codes": c.codes[:CODES_MAX],
+        "section": c.section[:128],
+        "text": c.text[:TEXT_MAX],
+    }
+
+
+COMPARED = ("id", "patient", "resource_id", "resource_type", "effective", "effective_text", "chunk_no",
+            "encounter", "codes", "section", "text")  # fmt: skip
+"""The fields `MilvusStore.unchanged` compares: all but the version and the vectors (the dense
+one follows from the text, the sparse one is the collection's own BM25 of it)."""
 
 
 KNOWLEDGE_FIELDS = ("id", "source", "title", "section", "citation", "chunk_no", "text", "vector", "sparse")

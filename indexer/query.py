@@ -46,6 +46,9 @@ class VectorStore(Protocol):
     def retire(self, keep: Mapping[str, int]) -> None:
         """For each resource id, remove its chunks numbered ``keep[id]`` and above (0: all)."""
 
+    def unchanged(self, chunks: Sequence[Chunk]) -> set[str]:
+        """Ids of those ``chunks`` the store already holds as they are (all but the version)."""
+
     def flush(self) -> None:
         """Seal recent writes so searches over them are fast and durable."""
 

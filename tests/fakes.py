@@ -57,6 +57,9 @@ class MemoryStore:
     def retire(self, keep):
         self.calls.append(("retire", dict(keep)))
 
+    def unchanged(self, chunks):
+        return set()  # holds nothing: every chunk is written
+
     def flush(self):
         self.calls.append(("flush",))
 

@@ -36,6 +36,9 @@ class FlakyStore:
     def retire(self, keep):
         self.inner.retire(keep)
 
+    def unchanged(self, chunks):
+        return self.inner.unchanged(chunks)
+
     def flush(self):
         self.inner.flush()
 

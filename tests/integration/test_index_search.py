@@ -176,6 +176,44 @@ def test_a_shorter_note_drops_its_old_chunks_and_a_retracted_one_disappears(stor
     assert store.count(by_resource) == 0
 
 
+def test_a_repeated_resource_is_not_written_again_and_a_changed_one_is(store, embedder):
+    """The patient and visit of every message come again unchanged: the store is asked which
+    chunks it holds as planned, those resources are not embedded nor written, and keep citing
+    the message that brought them; a resource that changed is written with the new message."""
+    from indexer.app import CHUNKS_UNCHANGED
+
+    patient = {"resourceType": "Patient", "id": "pa", "gender": "female", "birthDate": "1960-01-01"}
+    potassium = {
+        "resourceType": "Observation",
+        "id": "k1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3", "display": "Potassium"}]},
+        "subject": {"reference": "Patient/pa"},
+        "effectiveDateTime": "2025-03-01T08:00:00Z",
+        "valueQuantity": {"value": 4.1, "unit": "mmol/L"},
+    }
+    before = CHUNKS_UNCHANGED._value.get()
+    first = _write(store, embedder, [patient, potassium], "pa", "M1")
+    assert write_plan(embedder, store, first) == 0  # the same batch again: nothing to write
+    again = _write(
+        store,
+        embedder,
+        [patient, {**potassium, "valueQuantity": {"value": 6.2, "unit": "mmol/L"}}],
+        "pa",
+        "M2",
+    )
+    assert (
+        CHUNKS_UNCHANGED._value.get() - before == len(first.upserts) + 1
+    )  # the repeat, then the Patient in M2
+    rows = store._client.query(
+        store.collection, filter='patient == "pa"', output_fields=["resource_id", "version", "text"]
+    )
+    versions = {r["resource_id"]: r["version"] for r in rows}
+    assert versions == {"Patient/pa": "M1", "Observation/k1": "M2"}
+    assert any("6.2" in r["text"] for r in rows)
+    assert len(again.upserts) == 2
+
+
 def test_retiring_touches_only_the_resources_that_have_chunks_beyond_their_new_count(store):
     """A batch names every resource it wrote; only those whose chunk numbered ``keep`` exists
     lose chunks (found by a primary-key probe, in pages of ids), the others keep theirs."""

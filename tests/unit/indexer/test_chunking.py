@@ -74,3 +74,19 @@ def test_write_plan_upserts_deletes_then_flushes():
     empty = MemoryStore()
     write_plan(FakeEmbedder(), empty, plan_batch([]))
     assert empty.calls == []
+
+
+def test_a_resource_held_exactly_as_planned_is_not_written_and_a_changed_one_is_written_whole():
+    from indexer.app import changed_resources
+
+    a0, a1, b0 = _chunk_of("Observation/a", 0), _chunk_of("Observation/a", 1), _chunk_of("Observation/b", 0)
+    assert changed_resources([a0, a1, b0], {a0.id, a1.id}) == [b0]
+    assert changed_resources([a0, a1, b0], {a0.id, b0.id}) == [a0, a1]  # a1 changed: all of a
+    assert changed_resources([a0, a1, b0], set()) == [a0, a1, b0]
+    assert changed_resources([], {a0.id}) == []
+
+
+def _chunk_of(resource_id, n):
+    from indexer.chunking import Chunk
+
+    return Chunk(chunk_id(resource_id, n), "p", resource_id, "Observation", f"text {n}", 0, "", n)
