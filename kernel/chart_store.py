@@ -39,6 +39,13 @@ class ChartStore:
         # An empty body is a deletion an earlier version stored as a value: not a resource.
         return Chart(patient_id, {key.split(SEPARATOR, 1)[1]: json.loads(body) for key, body in rows if body})
 
+    def resources(self, patient_id: str, refs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Those of the patient's resources ``refs`` (``Type/id``) that the chart holds: what a
+        record's checks need, without decoding a chart that may hold thousands."""
+        prefix = patient_id + SEPARATOR
+        rows = self.table.get_many([prefix + ref for ref in refs])
+        return {key[len(prefix) :]: json.loads(body) for key, body in rows.items() if body}
+
     @staticmethod
     def changes(patient_id: str, resources: Iterable[dict[str, Any]], partition: int = 0) -> list[Entry]:
         """The changelog records that merge ``resources`` into the chart: each resource's newest

@@ -54,12 +54,13 @@ from inference.notes.drafting import (
     latest_report,
     plan,
     render_markdown,
+    trigger_refs,
     triggers,
     with_retrieved,
     write_draft,
 )
 from kernel.changelog_store import Entry
-from kernel.chart import Chart, apply
+from kernel.chart import Chart, apply, ref_of, retired
 from kernel.events import (
     ClinicianFeedback,
     DeadLetter,
@@ -182,6 +183,25 @@ class NotesService:
         return out
 
 
+def _with_batch(chart: Chart, changed: dict[str, dict[str, Any] | None]) -> Chart:
+    """``chart`` as stored, with what the batch changed before this record."""
+    merged = dict(chart.resources)
+    for ref, res in changed.items():
+        if res is None:
+            merged.pop(ref, None)
+        else:
+            merged[ref] = res
+    return Chart(chart.patient_id, merged)
+
+
+def batch_changes(resources: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """What merging ``resources`` into a chart does, by reference (None: taken out), as
+    `kernel.chart.apply` merges them."""
+    return {
+        ref_of(r): (None if retired(r) else r) for r in resources if r.get("id") and r.get("resourceType")
+    }
+
+
 def _identifier(chart: Chart) -> ChartIdentifier | None:
     patients = chart.of("Patient")
     return chart_identifier(patients[0]) if patients else None
@@ -216,19 +236,34 @@ def register_notes(
     )
     async def draft_notes(msg: KafkaMessage, parsed: Parsed, letters: list[DeadLetter]) -> None:
         loop = asyncio.get_running_loop()
-        charts: dict[str, Chart] = {}
+        # What this batch changed in each patient's chart so far (None: taken out). A chart is
+        # read whole only when a draft is due: a record's checks need a few of its resources,
+        # and a chart may hold thousands.
+        batch: dict[str, dict[str, dict[str, Any] | None]] = {}
+        whole: dict[str, Chart] = {}  # the charts read whole in this batch, kept current
         changes: list[Entry] = []
         outgoing: list[Outgoing] = []
         drafted: dict[str, tuple[DraftNote, int]] = {}  # id → the draft and where its record is
         try:
             for record, one in parsed:  # offset order: a patient's chart changes in turn
-                chart = charts.get(one.patient_id)
-                if chart is None:
-                    chart = await asyncio.to_thread(service.store.chart, one.patient_id)
-                wanted = [(k, a) for k, a in triggers(chart, one.resources) if k in service.on_events]
+                mine = batch.setdefault(one.patient_id, {})
+                refs = trigger_refs(one.resources)
+                stored = await asyncio.to_thread(
+                    service.store.resources, one.patient_id, sorted(refs - mine.keys())
+                )
+                known = stored | {ref: mine[ref] for ref in refs & mine.keys()}
+                before = Chart(one.patient_id, {ref: res for ref, res in known.items() if res is not None})
+                wanted = [(k, a) for k, a in triggers(before, one.resources) if k in service.on_events]
                 changes += service.store.changes(one.patient_id, one.resources, record.partition)
-                chart = charts[one.patient_id] = apply(chart, one.resources)
+                chart = whole.get(one.patient_id)
+                if chart is None and wanted:
+                    stored_chart = await asyncio.to_thread(service.store.chart, one.patient_id)
+                    chart = _with_batch(stored_chart, mine)
+                if chart is not None:  # read once in the batch, then kept up with its records
+                    chart = whole[one.patient_id] = apply(chart, one.resources)
+                mine.update(batch_changes(one.resources))
                 for kind, anchor in wanted:
+                    assert chart is not None  # noqa: S101 - read above when a draft is due
                     wanted_id = draft_id(one.patient_id, kind, anchor)
                     if (
                         wanted_id in drafted

@@ -384,6 +384,16 @@ def _window(
 DISCHARGE_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "OBSENC", "EMER", "SS", "PRENC"})
 
 
+def trigger_refs(resources: Sequence[dict[str, Any]]) -> set[str]:
+    """The chart resources `triggers` reads for a record: the record's own (their version
+    before it) and the results its DiagnosticReports list."""
+    refs = {ref_of(r) for r in resources if r.get("id") and r.get("resourceType")}
+    for res in resources:
+        if res.get("resourceType") == "DiagnosticReport":
+            refs.update(str(r.get("reference", "")) for r in res.get("result", []) if r.get("reference"))
+    return refs
+
+
 def triggers(chart: Chart, resources: Sequence[dict[str, Any]]) -> list[tuple[DraftKind, str]]:
     """The drafts a record calls for, given the chart before it: a discharge summary when a stay's
     Encounter becomes ``finished`` (ADT^A03, or a FHIR update), a lab interpretation for a new

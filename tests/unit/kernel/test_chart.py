@@ -227,3 +227,19 @@ def test_a_discharge_summary_keeps_the_diagnoses_of_its_own_stay():
     assert [p.ref for p in current_problems(c, NOW, encounter="Encounter/e1")] == ["Condition/c1"]
     # read as of the day before discharge, the stay is still open
     assert classify(c, pneu, datetime(2026, 11, 28, tzinfo=UTC)).status == "current"
+
+
+def test_the_chart_store_reads_the_resources_asked_for_without_the_rest(tmp_path):
+    from kernel.chart_store import ChartStore
+
+    store = ChartStore(tmp_path / "charts.sqlite")
+    k = {"resourceType": "Observation", "id": "k", "status": "final"}
+    e = {"resourceType": "Encounter", "id": "e", "status": "in-progress"}
+    store.apply("p1", [k, e])
+    amended = {**k, "status": "amended"}
+    store.apply("p2", [amended])
+    assert store.resources("p1", ["Observation/k", "Encounter/none"]) == {"Observation/k": k}
+    assert store.resources("p2", ["Observation/k", "Encounter/e"]) == {"Observation/k": amended}
+    store.apply("p1", [{**k, "status": "entered-in-error"}])
+    assert store.resources("p1", ["Observation/k", "Encounter/e"]) == {"Encounter/e": e}
+    store.close()

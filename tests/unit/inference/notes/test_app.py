@@ -71,3 +71,31 @@ async def test_a_result_and_a_discharge_are_drafted_once_and_garbage_dead_letter
     [letter] = [DeadLetter.model_validate_json(d) for d in dead]
     assert (letter.stage, letter.error_type) == ("notes", "ValidationError")
     assert all(service.store.draft(n.id) is not None for n in notes)
+
+
+async def test_a_discharge_in_the_same_batch_as_the_stay_sees_all_of_it(tmp_path):
+    """The batch's records reach the chart store only after the commit: a discharge in the same
+    batch as its admission and results still drafts from all of them, and a record's checks
+    see the batch's earlier changes (the stay in progress, then finished)."""
+    with ThreadPoolExecutor(1) as executor:
+        service = NotesService(
+            store=NotesStore(tmp_path / "notes.db"),
+            generator=None,
+            executor=executor,
+            clock=lambda: datetime(2025, 3, 7, 9, 5, tzinfo=UTC),
+            on_events=frozenset({"discharge-summary"}),
+        )
+        broker = KafkaBroker()
+        register_notes(broker, TOPICS, service)
+        drafts = collected(broker, TOPICS.drafts)
+        async with TestKafkaBroker(broker) as br:
+            await br.publish_batch(*_records(), topic=TOPICS.fhir)
+    [note] = [DraftNote.model_validate_json(d) for d in drafts]
+    assert note.kind == "discharge-summary"
+    from inference.notes.draft_docs import note_text
+
+    text = note_text(note.document)
+    assert "Creatinine" in text
+    assert "2.4" in text
+    assert "Pneumonia" in text
+    assert len(service.store.chart(note.patient_id).resources) >= 4

@@ -221,3 +221,15 @@ def test_documents_are_valid_r4_and_the_mdm_reads_back_as_a_preliminary_document
     cancel = mdm(rejected, "", patient, "p1", "T11", NOW).decode()
     assert "MDM^T11" in cancel
     assert "OBX" not in cancel
+
+
+def test_trigger_refs_name_the_record_and_its_reports_results():
+    from inference.notes.drafting import trigger_refs
+
+    report = {"resourceType": "DiagnosticReport", "id": "r", "result": [{"reference": "Observation/a"}, {}]}
+    encounter = {"resourceType": "Encounter", "id": "e"}
+    assert trigger_refs([report, encounter, {"resourceType": "Patient"}]) == {
+        "DiagnosticReport/r",
+        "Encounter/e",
+        "Observation/a",
+    }
