@@ -47,14 +47,20 @@ def _records():
     return out
 
 
+def _service(tmp_path, executor, **options):
+    """A template-only drafting service on its own store, its clock just after the discharge."""
+    return NotesService(
+        store=NotesStore(tmp_path / "notes.db"),
+        generator=None,
+        executor=executor,
+        clock=lambda: datetime(2025, 3, 7, 9, 5, tzinfo=UTC),
+        **options,
+    )
+
+
 async def test_a_result_and_a_discharge_are_drafted_once_and_garbage_dead_lettered(tmp_path):
     with ThreadPoolExecutor(1) as executor:
-        service = NotesService(
-            store=NotesStore(tmp_path / "notes.db"),
-            generator=None,
-            executor=executor,
-            clock=lambda: datetime(2025, 3, 7, 9, 5, tzinfo=UTC),
-        )
+        service = _service(tmp_path, executor)
         broker = KafkaBroker()
         register_notes(broker, TOPICS, service)
         drafts, dead = collected(broker, TOPICS.drafts), collected(broker, TOPICS.deadletter)
@@ -78,13 +84,7 @@ async def test_a_discharge_in_the_same_batch_as_the_stay_sees_all_of_it(tmp_path
     batch as its admission and results still drafts from all of them, and a record's checks
     see the batch's earlier changes (the stay in progress, then finished)."""
     with ThreadPoolExecutor(1) as executor:
-        service = NotesService(
-            store=NotesStore(tmp_path / "notes.db"),
-            generator=None,
-            executor=executor,
-            clock=lambda: datetime(2025, 3, 7, 9, 5, tzinfo=UTC),
-            on_events=frozenset({"discharge-summary"}),
-        )
+        service = _service(tmp_path, executor, on_events=frozenset({"discharge-summary"}))
         broker = KafkaBroker()
         register_notes(broker, TOPICS, service)
         drafts = collected(broker, TOPICS.drafts)
