@@ -1,7 +1,13 @@
-"""HIPAA Safe Harbor de-identification of FHIR R4 resources and free text (pure).
+"""De-identification of FHIR R4 resources and free text (pure): the 18 identifier types of
+45 CFR 164.514(b)(2) removed or pseudonymised, dates shifted per patient.
+
+This is not HIPAA Safe Harbor, which keeps no date element but the year and no linkable code
+derived from identifiers: shifted dates and keyed pseudonyms make it a limited data set /
+expert-determination style export, to be released under a data use agreement or an expert's
+determination (a strict Safe Harbor mode is issue #29's).
 
 Every dataset leaving clinstream for model builders passes through `Deidentifier`. It
-removes or replaces the 18 identifier types of 45 CFR 164.514(b)(2):
+removes or replaces the 18 identifier types:
 
 - names (of the patient, relatives and staff), telecom (phone, fax, email), photos, contacts,
   addresses below the state, mother's maiden name, URLs and IP addresses: removed from the
@@ -35,9 +41,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 METHOD = (
-    "HIPAA Safe Harbor, 45 CFR 164.514(b)(2): identifiers removed or replaced by keyed pseudonyms, "
-    "dates shifted by a per-patient offset of 1-365 days, birth dates to year, ages over 89 as 90, "
-    "free text scrubbed by the record's own identifiers and pattern rules"
+    "date-shifted pseudonymisation (limited data set / expert-determination style, NOT HIPAA Safe "
+    "Harbor: dates keep day and month, pseudonyms link a patient's records): the 18 identifier types "
+    "of 45 CFR 164.514(b)(2) removed or replaced by keyed pseudonyms, dates shifted by a per-patient "
+    "offset of 1-365 days, birth dates to year, ages over 89 as 90, free text scrubbed by the "
+    "record's own identifiers and pattern rules"
 )
 VERSION = "1.0"
 

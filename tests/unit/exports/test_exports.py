@@ -349,3 +349,16 @@ def test_filters_select_by_type_and_date(sources):
 )
 def test_free_text_rules(text, expected):
     assert Deidentifier(KEY).patient("p", ()).text(text) == expected
+
+
+def test_the_dataset_card_does_not_call_a_date_shifted_export_safe_harbor(sources, tmp_path):
+    """Safe Harbor keeps no date element but the year and no linkable code: an export whose
+    dates keep day and month (shifted) and whose pseudonyms link a patient is not it."""
+    rows = build("pretraining", sources, Deidentifier(KEY))
+    card = write_export(tmp_path, "pretraining", rows, parquet=False, filters={}, source={}, key_id="k")
+    shifted = [r for r in rows if re.search(r"\d{4}-\d{2}-\d{2}", json.dumps(r))]
+    assert shifted  # day and month survive, shifted
+    method = card["deidentification"]["method"]
+    assert "NOT HIPAA Safe Harbor" in method
+    assert "limited data set" in method
+    assert "NOT HIPAA Safe Harbor" in (tmp_path / "DATASET_CARD.md").read_text()
