@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     )
 
     var_dir: Path = Field(default=Path("var"), description="Local state: Milvus Lite data, broker log.")
+    state_on_encrypted_volume: bool = Field(
+        default=False,
+        description="Declares the state folder encrypted at rest where the kernel cannot show it (a "
+        "network or overlay file system, a cloud disk encrypted below the machine); start-up says "
+        "which (`clinstream.at_rest`).",
+    )
     log_level: LogLevel = Field(default="INFO", description="Log level of clinstream's loggers.")
     kafka: KafkaSettings = KafkaSettings()
     milvus: MilvusSettings = MilvusSettings()

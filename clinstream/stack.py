@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute
 from agents.api_client import ApiBackend
 from agents.http import agent_routes
 from agents.tools import openapi as tools_openapi
+from clinstream.at_rest import Verdict, state_volume
 from clinstream.errors import ConfigurationError
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
@@ -176,6 +177,28 @@ async def _flush_when_due(flusher: Flusher, every_s: float = 1.0) -> None:
             await asyncio.to_thread(flusher.flush_if_due)
         except VectorStoreError:
             log.warning("Milvus flush failed; retrying in %.0f s", every_s)
+
+
+def report_state_volume(settings: Settings) -> Verdict:
+    """Say at start-up whether the state folder (PHI) sits on an encrypted volume."""
+    said, volume = state_volume(settings.var_dir, declared=settings.state_on_encrypted_volume)
+    where = str(settings.var_dir)
+    if volume is not None:
+        where += f" ({volume.fs_type} on {volume.mount_point})"
+    if said == "encrypted":
+        how = "declared" if settings.state_on_encrypted_volume else "dm-crypt"
+        log.info("state at rest: %s is on an encrypted volume (%s)", where, how)
+    elif said == "not encrypted":
+        log.warning(
+            "state at rest: %s is NOT on an encrypted volume; it holds patient data: put "
+            "CLINSTREAM_VAR_DIR on one (LUKS/dm-crypt, encrypted cloud disks)", where
+        )  # fmt: skip
+    else:
+        log.warning(
+            "state at rest: cannot tell whether %s is on an encrypted volume; it holds patient data: "
+            "put it on one and set CLINSTREAM_STATE_ON_ENCRYPTED_VOLUME=true", where
+        )  # fmt: skip
+    return said
 
 
 def _warn_undelivered(settings: Settings) -> None:
@@ -869,6 +892,7 @@ async def running_stages(
     Every stage process also serves /health and /metrics on ``CLINSTREAM_HTTP__PORT``.
     """
     token = check_stages(settings, stages)
+    report_state_volume(settings)
     bootstrap = str(settings.kafka.bootstrap)
     await create_topics(settings, bootstrap, topics)
     async with contextlib.AsyncExitStack() as stack:
@@ -886,6 +910,7 @@ async def running_stack(
     """Run every stage in this process (with an embedded broker unless Kafka is configured),
     and the dashboard as its own process, until the context exits."""
     api_token = _check(settings, dashboard=True)
+    report_state_volume(settings)
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None
         if settings.embedded:
