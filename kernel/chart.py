@@ -89,19 +89,32 @@ def ref_of(resource: Mapping[str, Any]) -> str:
     return f"{resource['resourceType']}/{resource['id']}"
 
 
-def apply(chart: Chart, resources: Iterable[dict[str, Any]]) -> Chart:
-    """``chart`` with ``resources`` merged in: a resource replaces its earlier version; one whose
-    status says it was entered in error (or cancelled) leaves the chart."""
+Merges = dict[str, dict[str, Any] | None]
+"""What merging resources into a chart does, by reference: the resource, or None when it leaves."""
+
+
+def merges(resources: Iterable[dict[str, Any]]) -> Merges:
+    """What merging ``resources`` does: a resource replaces its earlier version (the last one
+    given wins); one whose status says it was entered in error (or cancelled) leaves the chart."""
+    return {
+        ref_of(r): (None if retired(r) else r) for r in resources if r.get("id") and r.get("resourceType")
+    }
+
+
+def laid_over(chart: Chart, changed: Merges) -> Chart:
+    """``chart`` with ``changed`` (`merges`) applied."""
     merged = dict(chart.resources)
-    for resource in resources:
-        if not resource.get("id") or not resource.get("resourceType"):
-            continue
-        ref = ref_of(resource)
-        if retired(resource):
+    for ref, resource in changed.items():
+        if resource is None:
             merged.pop(ref, None)
         else:
             merged[ref] = resource
     return Chart(chart.patient_id, merged)
+
+
+def apply(chart: Chart, resources: Iterable[dict[str, Any]]) -> Chart:
+    """``chart`` with ``resources`` merged in (`merges`)."""
+    return laid_over(chart, merges(resources))
 
 
 def retired(resource: Mapping[str, Any]) -> bool:

@@ -60,7 +60,7 @@ from inference.notes.drafting import (
     write_draft,
 )
 from kernel.changelog_store import Entry
-from kernel.chart import Chart, apply, ref_of, retired
+from kernel.chart import Chart, Merges, apply, laid_over, merges
 from kernel.events import (
     ClinicianFeedback,
     DeadLetter,
@@ -183,25 +183,6 @@ class NotesService:
         return out
 
 
-def _with_batch(chart: Chart, changed: dict[str, dict[str, Any] | None]) -> Chart:
-    """``chart`` as stored, with what the batch changed before this record."""
-    merged = dict(chart.resources)
-    for ref, res in changed.items():
-        if res is None:
-            merged.pop(ref, None)
-        else:
-            merged[ref] = res
-    return Chart(chart.patient_id, merged)
-
-
-def batch_changes(resources: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
-    """What merging ``resources`` into a chart does, by reference (None: taken out), as
-    `kernel.chart.apply` merges them."""
-    return {
-        ref_of(r): (None if retired(r) else r) for r in resources if r.get("id") and r.get("resourceType")
-    }
-
-
 def _identifier(chart: Chart) -> ChartIdentifier | None:
     patients = chart.of("Patient")
     return chart_identifier(patients[0]) if patients else None
@@ -239,7 +220,7 @@ def register_notes(
         # What this batch changed in each patient's chart so far (None: taken out). A chart is
         # read whole only when a draft is due: a record's checks need a few of its resources,
         # and a chart may hold thousands.
-        batch: dict[str, dict[str, dict[str, Any] | None]] = {}
+        batch: dict[str, Merges] = {}
         whole: dict[str, Chart] = {}  # the charts read whole in this batch, kept current
         changes: list[Entry] = []
         outgoing: list[Outgoing] = []
@@ -258,10 +239,10 @@ def register_notes(
                 chart = whole.get(one.patient_id)
                 if chart is None and wanted:
                     stored_chart = await asyncio.to_thread(service.store.chart, one.patient_id)
-                    chart = _with_batch(stored_chart, mine)
+                    chart = laid_over(stored_chart, mine)
                 if chart is not None:  # read once in the batch, then kept up with its records
                     chart = whole[one.patient_id] = apply(chart, one.resources)
-                mine.update(batch_changes(one.resources))
+                mine.update(merges(one.resources))
                 for kind, anchor in wanted:
                     assert chart is not None  # noqa: S101 - read above when a draft is due
                     wanted_id = draft_id(one.patient_id, kind, anchor)
