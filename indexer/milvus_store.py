@@ -482,10 +482,10 @@ def _row(c: Chunk) -> dict[str, Any]:
     }
 
 
-COMPARED = ("id", "patient", "resource_id", "resource_type", "effective", "effective_text", "chunk_no",
-            "encounter", "codes", "section", "text")  # fmt: skip
-"""The fields `MilvusStore.unchanged` compares: all but the version and the vectors (the dense
-one follows from the text, the sparse one is the collection's own BM25 of it)."""
+COMPARED = tuple(f for f in FIELDS if f not in ("version", "vector", "sparse"))
+"""The fields `MilvusStore.unchanged` compares (those `_row` writes): all but the version and
+the vectors (the dense one follows from the text, the sparse one is the collection's own BM25
+of it)."""
 
 
 KNOWLEDGE_FIELDS = ("id", "source", "title", "section", "citation", "chunk_no", "text", "vector", "sparse")

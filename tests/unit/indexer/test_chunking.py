@@ -90,3 +90,10 @@ def _chunk_of(resource_id, n):
     from indexer.chunking import Chunk
 
     return Chunk(chunk_id(resource_id, n), "p", resource_id, "Observation", f"text {n}", 0, "", n)
+
+
+def test_the_unchanged_check_compares_every_field_a_chunk_is_written_with_but_its_version():
+    from indexer.milvus_store import COMPARED, FIELDS, _row
+
+    assert set(COMPARED) == set(_row(_chunk_of("Observation/a", 0)))
+    assert set(FIELDS) - set(COMPARED) == {"version", "vector", "sparse"}
