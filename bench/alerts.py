@@ -57,9 +57,9 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
+from bench.backlog import committed_offsets  # noqa: E402
 from bench.synthea_feed import synthea_feed  # noqa: E402
 from bench.synthetic import percentile  # noqa: E402
 from clinstream.runtime import free_port  # noqa: E402
@@ -219,12 +219,7 @@ def caught_up(up: Up, seen: Seen, records: int, since: float) -> dict[str, float
         if seen.fhir_records >= records:
             ends = dict(seen.fhir_next)
             for group in [g for g, v in done.items() if v is None]:
-                future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-                try:
-                    parts = future.result(timeout=10).topic_partitions or []
-                except KafkaException:
-                    continue  # its coordinator is still loading
-                at = {tp.partition: tp.offset for tp in parts if tp.topic == TOPICS.fhir}
+                at = committed_offsets(admin, group, TOPICS.fhir)  # none while its coordinator loads
                 if all(at.get(p, -1) >= end for p, end in ends.items()):
                     done[group] = time.perf_counter() - since
         time.sleep(0.1)

@@ -113,16 +113,20 @@ async def fill(bootstrap: str, pairs: list[tuple[bytes, bytes]]) -> None:
         await producer.stop()
 
 
-def committed(admin: AdminClient, group: str, topic: str) -> int:
-    """Records of ``topic`` the group committed (0 while its coordinator is still loading)."""
+def committed_offsets(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset in each partition of ``topic`` (none while its coordinator
+    is still loading)."""
     future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
     try:
-        future.result(timeout=10)
+        parts = future.result(timeout=10).topic_partitions or []
     except KafkaException:
-        return 0
-    return sum(
-        max(tp.offset, 0) for tp in future.result(timeout=10).topic_partitions or [] if tp.topic == topic
-    )
+        return {}
+    return {tp.partition: tp.offset for tp in parts if tp.topic == topic}
+
+
+def committed(admin: AdminClient, group: str, topic: str) -> int:
+    """Records of ``topic`` the group committed (0 while its coordinator is still loading)."""
+    return sum(max(offset, 0) for offset in committed_offsets(admin, group, topic).values())
 
 
 def cpu_seconds(pid: int) -> float:
