@@ -247,19 +247,29 @@ class EmbeddedKafka(EmbeddedBroker):
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
 
-    def _format(self, config: Path) -> None:
-        """Format the log folder the first time (KRaft needs a cluster id written into it)."""
+    def _format(self, config: Path, attempts: int = 3) -> None:
+        """Format the log folder the first time (KRaft needs a cluster id written into it).
+
+        ``--ignore-formatted`` makes a second try harmless after a first one that wrote part of the
+        folder, and a JVM that could not start (a loaded machine short of memory) is tried again
+        before the start is refused, with the tool's exit code and both of its streams.
+        """
         if (self.data_dir / "log" / "meta.properties").is_file():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        done = subprocess.run(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
-            [*self._java(256), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise BrokerStartError(f"formatting the embedded Kafka log failed: {done.stdout[-2000:]!r}")
+        argv = [*self._java(256), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        reason = ""
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
+                [*argv, "--ignore-formatted"], capture_output=True, check=False, timeout=120
+            )
+            if done.returncode == 0:
+                return
+            out, err = done.stdout[-1000:], done.stderr[:1000]
+            reason = f"exit code {done.returncode}, stdout {out!r}, stderr {err!r}"
+            log.warning("formatting the Kafka log failed (try %d of %d): %s", attempt, attempts, reason)
+            time.sleep(attempt)
+        raise BrokerStartError(f"formatting the embedded Kafka log failed: {reason}")
 
     def _java(self, heap_mb: int) -> list[str]:
         return [

@@ -9,7 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from clinstream.runtime import EmbeddedBroker, EmbeddedKafka, ensure_topics
+from clinstream.errors import BrokerStartError
+from clinstream.runtime import EmbeddedBroker, EmbeddedKafka, ensure_topics, missing_reason
 from kernel.events import topic_config
 from kernel.settings import KafkaSettings, producer_config
 
@@ -129,6 +130,22 @@ async def test_apache_kafka_keeps_what_it_acknowledged_when_killed(tmp_path, top
         finally:
             await consumer.stop()
     assert sorted(got) == sorted(f"r{n}".encode() for n in range(50))
+
+
+def test_a_failed_format_says_why(tmp_path):
+    """CI once saw "formatting the embedded Kafka log failed: b''": the tool writes its reason on
+    stderr, which the error left out. A configuration the tool refuses (no node id) must now name
+    the exit code and the tool's own words."""
+    if missing_reason() is not None:
+        pytest.skip(missing_reason())
+    broker = EmbeddedKafka(tmp_path)
+    config = tmp_path / "server.properties"
+    config.write_text(f"process.roles=broker,controller\nlog.dirs={tmp_path / 'log'}\n")
+    with pytest.raises(BrokerStartError) as raised:
+        broker._format(config, attempts=1)
+    message = str(raised.value)
+    assert "exit code 1" in message
+    assert "stderr b''" not in message
 
 
 def _alive(pid):
