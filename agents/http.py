@@ -17,11 +17,11 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from agents.errors import ToolError
 from agents.tools import TOOLS, audit_event, disclosed_refs, openapi, patient_of, scope_of
-from kernel.http import problem
+from kernel.access import OWN, TOKEN
+from kernel.http import Guarded, problem
 
 log = logging.getLogger(__name__)
 Audit = Callable[[dict[str, Any], str], Awaitable[None]]  # (AuditEvent, patient key or "")
@@ -36,8 +36,9 @@ class ToolBackend(Protocol):
 
 def agent_routes(
     backend: ToolBackend, audit: Audit, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-) -> list[Route]:
-    """The routes, mounted behind the API server's bearer authentication."""
+) -> list[Guarded]:
+    """The routes, mounted behind the API server's bearer authentication; a tool call checks
+    the token's patient scope itself and writes its own AuditEvent."""
 
     async def listing(_: Request) -> JSONResponse:
         return JSONResponse(
@@ -83,6 +84,7 @@ def agent_routes(
                 disclosed=refs,
                 at=clock(),
                 trace_id=trace_id,
+                address=request.client.host if request.client else None,
             )
             try:
                 await audit(event, patient or "")
@@ -105,7 +107,7 @@ def agent_routes(
         return JSONResponse(result)
 
     return [
-        Route("/agent/tools", listing, methods=["GET"]),
-        Route("/agent/openapi.json", spec, methods=["GET"]),
-        Route("/agent/tools/{name}", call, methods=["POST"]),
+        Guarded("/agent/tools", listing, methods=["GET"], need=TOKEN),
+        Guarded("/agent/openapi.json", spec, methods=["GET"], need=TOKEN),
+        Guarded("/agent/tools/{name}", call, methods=["POST"], need=OWN),
     ]

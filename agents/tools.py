@@ -10,8 +10,6 @@ agent token. Every call, allowed or refused, becomes a FHIR AuditEvent.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from kernel.events import deterministic_id
+from kernel.audit import Action, Outcome
+from kernel.audit import audit_event as kernel_audit_event
 from kernel.identity import resolve_patient
 
 PatientId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -224,9 +223,8 @@ def patient_of(args: _Args) -> str | None:
     return resolve_patient(raw) if isinstance(raw, str) else None
 
 
-# FHIR AuditEvent codes (DICOM and FHIR code systems), per the access a tool needs.
-_ACTION = {"read": "E", "none": "E", "write": "C"}
-_SUBTYPE = {"read": "search-type", "none": "search-type", "write": "create"}
+_ACTION: dict[Access, Action] = {"read": "E", "none": "E", "write": "C"}
+_OUTCOME: dict[str, Outcome] = {"allowed": "0", "refused": "4", "failed": "8"}
 
 
 def audit_event(
@@ -241,53 +239,23 @@ def audit_event(
     disclosed: Iterable[str],
     at: datetime,
     trace_id: str,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """The FHIR R4 AuditEvent of one tool call: who, which patient, what was disclosed."""
-    code = {"allowed": "0", "refused": "4", "failed": "8"}[outcome]
-    entities: list[dict[str, Any]] = []
-    if patient:
-        entities.append(
-            {
-                "what": {"reference": f"Patient/{patient}"},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-            }
-        )
-    entities.append(
-        {
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
-            "name": tool,
-            "query": base64.b64encode(json.dumps(arguments, sort_keys=True, default=str).encode()).decode(),
-        }
+    return kernel_audit_event(
+        principal=principal,
+        action=_ACTION[access],
+        what=tool,
+        patient=patient,
+        resources=disclosed,
+        outcome=_OUTCOME[outcome],
+        detail=detail,
+        at=at,
+        trace_id=trace_id,
+        observer="clinstream agent tools",
+        address=address,
+        query=arguments,
     )
-    entities += [{"what": {"reference": ref}} for ref in sorted(set(disclosed))]
-    return {
-        "resourceType": "AuditEvent",
-        "id": deterministic_id("AuditEvent", trace_id, tool),
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": _SUBTYPE[access]}],
-        "action": _ACTION[access],
-        "recorded": at.isoformat(),
-        "outcome": code,
-        "outcomeDesc": detail[:500],
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
-                            "code": "datacollector",
-                        }
-                    ]
-                },
-                "who": {"identifier": {"system": "urn:clinstream:principal", "value": principal}},
-                "requestor": True,
-            }
-        ],
-        "source": {"observer": {"display": "clinstream agent tools"}},
-        "entity": entities,
-    }
 
 
 def disclosed_refs(result: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,8 @@
-"""The HTTP API server: one Starlette app, bearer-token auth, routes contributed by stages."""
+"""The HTTP API server: one Starlette app, bearer-token auth, routes contributed by stages.
+
+Authentication happens here, for every path; what a caller may do is each route's `Need`
+(`kernel.http.Guarded`), and `build_app` refuses a route that does not state one.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.fhir_ingress import Issue
 from connectors.fhir_server import outcome_response
 from connectors.security import Authenticator
+from kernel.access import PUBLIC, TOKEN, access_of
+from kernel.audit_kafka import AuditLog
+from kernel.http import CHALLENGE, Guarded
 from kernel.openapi import document, operation
 from kernel.settings import HttpSettings
 
@@ -28,7 +35,6 @@ PUBLIC_PATHS = frozenset({"/health", "/fhir/metadata"})
 PATIENT_SCOPED_PREFIX = "/agent/"
 """A token that names patients (an agent's, `clinstream agent-token`) is good only here, where
 each call is checked against its patients: elsewhere it could read any patient."""
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 
 
 class BearerAuth:
@@ -40,9 +46,12 @@ class BearerAuth:
     BaseHTTPMiddleware ran every request through an extra task group.
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, own_auth: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, audit: AuditLog, own_auth: tuple[str, ...] = ()
+    ) -> None:
         self._app = app
         self._auth = authenticator
+        self._audit = audit
         self._own = own_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,6 +59,8 @@ class BearerAuth:
             await self._app(scope, receive, send)
             return
         path: str = scope["path"]
+        state = scope.setdefault("state", {})
+        state["audit_log"] = self._audit
         if path in PUBLIC_PATHS or any(path == p or path.startswith(p + "/") for p in self._own):
             await self._app(scope, receive, send)
             return
@@ -75,8 +86,8 @@ class BearerAuth:
             )
             await forbidden(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
         state["principal"], state["claims"] = principal, claims
+        state["access"] = access_of(principal, claims)
         await self._app(scope, receive, send)
 
 
@@ -84,15 +95,20 @@ def build_app(
     authenticator: Authenticator | str,
     routes: Sequence[BaseRoute],
     *,
+    audit: AuditLog,
     own_auth: tuple[str, ...] = (),
     openapi: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Starlette:
     """The API application with health, metrics and the stages' routes.
 
     ``authenticator`` may be a bare token (tests, simple deployments); routes under the
-    ``own_auth`` path prefixes check their callers themselves. ``openapi``: the stages'
-    operations by path, published (with health and metrics) at ``/openapi.json``.
+    ``own_auth`` path prefixes check their callers themselves. ``audit``: where the routes'
+    AuditEvents go. ``openapi``: the stages' operations by path, published (with health and
+    metrics) at ``/openapi.json``. Every route must be a `Guarded` (TypeError otherwise).
     """
+    unguarded = [getattr(r, "path", repr(r)) for r in routes if not isinstance(r, Guarded)]
+    if unguarded:
+        raise TypeError(f"routes without a stated access need: {', '.join(unguarded)}")
     auth = (
         authenticator
         if isinstance(authenticator, Authenticator)
@@ -117,12 +133,12 @@ def build_app(
 
     return Starlette(
         routes=[
-            Route("/health", health),
-            Route("/metrics", metrics),
-            Route("/openapi.json", openapi_json),
+            Guarded("/health", health, methods=["GET"], need=PUBLIC),
+            Guarded("/metrics", metrics, methods=["GET"], need=TOKEN),
+            Guarded("/openapi.json", openapi_json, methods=["GET"], need=TOKEN),
             *routes,
         ],
-        middleware=[Middleware(BearerAuth, authenticator=auth, own_auth=own_auth)],
+        middleware=[Middleware(BearerAuth, authenticator=auth, audit=audit, own_auth=own_auth)],
     )
 
 

@@ -31,6 +31,8 @@ from agents.api_client import ApiBackend
 from agents.http import agent_routes
 from agents.tools import openapi as tools_openapi
 from clinstream.at_rest import Verdict, state_volume
+from clinstream.audit import audit_routes
+from clinstream.audit import openapi_paths as audit_openapi
 from clinstream.errors import ConfigurationError
 from clinstream.http import build_app, make_server
 from clinstream.models import embedding_dir, generator_dir
@@ -74,6 +76,7 @@ from inference.cds.state_store import SharedCards, SqliteStateStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore, draft_key
+from kernel.audit_kafka import KafkaAuditLog
 from kernel.cds_hooks import HookService
 from kernel.changelog_kafka import ChangelogTailer, RestoreOnAssign, partitions_of
 from kernel.changelog_store import ChangelogTable, Entry
@@ -415,6 +418,7 @@ class Wiring:
     _client: MilvusClient | None = None
     _stores: tuple[MilvusStore, KnowledgeStore] | None = None
     _sink: RecordSink | None = None
+    _audit: KafkaAuditLog | None = None
     _generator: LazyGenerator | None = None
 
     @property
@@ -531,6 +535,17 @@ class Wiring:
             self._stores = store, knowledge
         return self._stores
 
+    async def audit_log(self) -> KafkaAuditLog:
+        """The audit log's chained writer (its own idempotent producer, started once)."""
+        if self._audit is None:
+            audit = KafkaAuditLog(
+                self.producer, self.topics.audit, timeout_s=self.settings.kafka.request_timeout_ms / 1000 + 1
+            )
+            await audit.start()
+            self.stack.push_async_callback(audit.stop)
+            self._audit = audit
+        return self._audit
+
     async def sink(self) -> RecordSink:
         """The producer that confirms each write before an edge answers (started once)."""
         if self._sink is None:
@@ -597,16 +612,10 @@ async def _indexer(w: Wiring) -> None:
         if settings.agents.inference_url:
             inference = httpx.AsyncClient(headers=auth, timeout=120.0, base_url=settings.agents.inference_url)
             w.stack.push_async_callback(inference.aclose)
-        sink = await w.sink()
-        audit_topic = w.topics.audit
+        audit_log = await w.audit_log()
 
         async def audit(event: dict[str, Any], patient: str) -> None:
-            await sink.send(
-                audit_topic,
-                json.dumps(event, separators=(",", ":")).encode(),
-                key=patient.encode() or None,
-                headers=[("resource_type", b"AuditEvent")],
-            )
+            await audit_log.write(event, patient or None)
 
         w.routes.extend(agent_routes(ApiBackend(loopback, inference), audit))
         w.openapi.update(tools_openapi()["paths"])
@@ -781,8 +790,13 @@ async def _serve(w: Wiring) -> int:
         await w.mllp.start()
         w.stack.push_async_callback(w.mllp.stop)
     settings = w.settings
+    w.routes.extend(audit_routes(w.bootstrap, w.topics.audit))
     app = w.app = build_app(
-        Authenticator(w.api_token, settings.http), w.routes, own_auth=tuple(w.own_auth), openapi=w.openapi
+        Authenticator(w.api_token, settings.http),
+        w.routes,
+        audit=await w.audit_log(),
+        own_auth=tuple(w.own_auth),
+        openapi={**w.openapi, **audit_openapi()},
     )
     server = make_server(app, settings.http.host, settings.http.port)
     serve_task = asyncio.create_task(server.serve())

@@ -15,7 +15,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from connectors import dicom_files
 from connectors.errors import BrokerUnavailableError, FhirInputError, RecordTooLargeError
@@ -33,6 +32,7 @@ from connectors.fhir_ingress import (
     validate_resource,
 )
 from connectors.kafka_sink import RecordSink, send_dead_letter
+from kernel.access import PUBLIC, write
 from kernel.events import (
     DeadLetter,
     FhirInbound,
@@ -41,6 +41,7 @@ from kernel.events import (
     content_hash,
     envelope_headers,
 )
+from kernel.http import Guarded, caller, disclose
 from kernel.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
 from kernel.settings import HttpSettings
 
@@ -70,16 +71,45 @@ class FhirIngress:
         self._topics = topics
         self._settings = settings
 
-    def routes(self) -> list[Route]:
-        """Starlette routes under /fhir."""
+    def routes(self) -> list[Guarded]:
+        """Starlette routes under /fhir and /dicom. Writing needs a write scope for each type
+        written (``system/Observation.cu``, ``system/*.cruds``); a Bundle with one type the token
+        may not write is refused whole (403) before anything is published."""
+        any_write = write()
         return [
-            Route("/fhir/metadata", self.metadata, methods=["GET"]),
-            Route("/fhir/subscription-notification", self._guard(self.notification), methods=["POST"]),
-            Route("/fhir", self._guard(self.bundle), methods=["POST"]),
-            Route("/fhir/{type}", self._guard(self.create), methods=["POST"]),
-            Route("/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"]),
-            Route("/dicom/studies", self._guard(self.stow, DICOM_TYPES), methods=["POST"]),
+            Guarded("/fhir/metadata", self.metadata, methods=["GET"], need=PUBLIC),
+            Guarded(
+                "/fhir/subscription-notification",
+                self._guard(self.notification),
+                methods=["POST"],
+                need=any_write,
+            ),
+            Guarded("/fhir", self._guard(self.bundle), methods=["POST"], need=any_write),
+            Guarded("/fhir/{type}", self._guard(self.create), methods=["POST"], need=any_write),
+            Guarded("/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"], need=any_write),
+            Guarded(
+                "/dicom/studies",
+                self._guard(self.stow, DICOM_TYPES),
+                methods=["POST"],
+                need=write("Patient", "ImagingStudy"),
+            ),
         ]
+
+    @staticmethod
+    def _may_write(request: Request, resources: list[dict[str, Any]]) -> None:
+        """Raise `FhirInputError` 403 unless the caller may write every resource's type."""
+        access = caller(request)
+        denied = sorted(
+            {
+                str(r.get("resourceType"))
+                for r in resources
+                if access is None or not access.writes(str(r.get("resourceType")))
+            }
+        )
+        if denied:
+            raise FhirInputError(
+                403, [Issue("security", f"this token's scope does not grant write of {', '.join(denied)}")]
+            )
 
     async def stow(self, request: Request, body: bytes) -> Response:
         """POST /dicom/studies (STOW-RS style): DICOM headers → Patient + ImagingStudy per study."""
@@ -87,7 +117,8 @@ class FhirIngress:
         files = dicom_files.parts(body, content_type)
         headers = [dicom_files.header(data, n) for n, data in enumerate(files)]
         studies, digest = [], content_hash(body)
-        for resources in dicom_files.transactions(headers, request.query_params.get("issuer")):
+        transactions = list(dicom_files.transactions(headers, request.query_params.get("issuer")))
+        for resources in transactions:
             study = resources[-1]
             await self._publish(request, digest, "transaction", resources, f"dicom:{study['id']}")
             studies.append(
@@ -123,6 +154,8 @@ class FhirIngress:
             try:
                 return await handler(request, body)
             except FhirInputError as exc:
+                if exc.status == 403:  # not bad input: a token without the scope (no dead letter)
+                    return outcome_response(403, exc.issues)
                 return await self._refuse(request, body, exc)
             except RecordTooLargeError as exc:  # the dead letter cannot hold it either: it says its size
                 return await self._refuse(request, b"", FhirInputError(413, [Issue("too-costly", str(exc))]))
@@ -163,6 +196,8 @@ class FhirIngress:
         full_urls: list[str | None] | None = None,
     ) -> None:
         patient = next((p for p in (patient_ref(r) for r in resources) if p), None)
+        named = patient.rsplit("/", 1)[-1] if patient and "Patient/" in patient else None
+        disclose(request, named, (f"{r['resourceType']}/{r['id']}" for r in resources if r.get("id")))
         source = f"fhir:{getattr(request.state, 'principal', 'unknown')}"
         headers = envelope_headers(  # the Envelope contract, built without model validation
             source_system=source,
@@ -195,6 +230,7 @@ class FhirIngress:
         """POST /fhir/{type}."""
         resource = validate_resource(parse_json(body), expected_type=request.path_params["type"])
         resource = assign_id(resource, body)
+        self._may_write(request, [resource])
         await self._publish(request, content_hash(body), "create", [resource], self._version_id(resource))
         location = f"{str(request.base_url).rstrip('/')}/fhir/{resource['resourceType']}/{resource['id']}"
         return fhir_response(resource, 201, {"Location": location})
@@ -204,6 +240,7 @@ class FhirIngress:
         resource = validate_resource(
             parse_json(body), expected_type=request.path_params["type"], expected_id=request.path_params["id"]
         )
+        self._may_write(request, [resource])
         await self._publish(request, content_hash(body), "update", [resource], self._version_id(resource))
         return fhir_response(resource, 200)
 
@@ -218,6 +255,7 @@ class FhirIngress:
             r if r.get("id") else assign_id(r, body + str(n).encode())
             for n, r in zip(result.accepted, result.resources, strict=True)
         ]
+        self._may_write(request, resources)
         locations = {
             n: f"{r['resourceType']}/{r['id']}" for n, r in zip(result.accepted, resources, strict=True)
         }
@@ -242,6 +280,7 @@ class FhirIngress:
     async def notification(self, request: Request, body: bytes) -> Response:
         """POST /fhir/subscription-notification (topic-based Subscriptions, R4B and the R4 backport)."""
         note = read_notification(parse_json(body))
+        self._may_write(request, note.resources)
         if note.type == "event-notification" and (note.resources or note.references):
             digest = content_hash(body)
             await self._publish(

@@ -1,7 +1,9 @@
 """Who is calling: static bearer tokens and JWTs (HS256 secret or RS256/ES256 public key).
 
 `Authenticator.identify` returns the caller's name (the JWT subject, or ``api-token``)
-or None; the HTTP middleware turns None into 401. Token values never reach logs.
+or None; the HTTP middleware turns None into 401. Token values never reach logs. The static
+token's claims are its configured scopes (`CLINSTREAM_HTTP__API_TOKEN_SCOPES`); a JWT's are
+its own, and a JWT without a ``scope`` claim reads and writes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Authenticator:
             self._keys.append((settings.jwt_hs256_secret.get_secret_value(), ["HS256"]))
         if settings.jwt_public_key_file is not None:
             self._keys.append((Path(settings.jwt_public_key_file).read_bytes(), ["RS256", "ES256"]))
+        self._static_claims = {"scope": settings.api_token_scopes}
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
 
@@ -43,7 +46,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not presented:
             return None
         if hmac.compare_digest(presented.encode(), self._token):
-            return "api-token", {}
+            return "api-token", dict(self._static_claims)
         for key, algorithms in self._keys:
             try:
                 claims = jwt.decode(

@@ -12,15 +12,17 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from indexer.errors import VectorStoreError
 from indexer.query import DEFAULT_MODE, ContextualQuery, Hit, KnowledgeHit, SearchMode
-from kernel.http import problem
-from kernel.identity import resolve_patient
+from kernel.access import TOKEN, read
+from kernel.http import Guarded, disclose, patient_of, problem, search_types
 from kernel.openapi import operation, path_param, query_param
+from kernel.rendering import INDEXED_TYPES
 
 Body = TypeVar("Body", bound=BaseModel)
+INDEXED_READ = read(*INDEXED_TYPES)
+"""The record routes: a caller who may read some indexed type; they search only those."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +53,6 @@ class QueryRequest(BaseModel):
     mode: SearchMode = Field(
         default=DEFAULT_MODE, description="dense (the default), bm25, or hybrid (dense + BM25, rank-fused)."
     )
-
-    def resolved_patient(self) -> str:
-        """The patient key the index is partitioned by."""
-        return resolve_patient(self.patient_id)
 
 
 class KnowledgeRequest(BaseModel):
@@ -110,16 +108,35 @@ class TimelineParams(BaseModel):
     limit: int = Field(default=200, ge=1, le=1000)
 
 
-def _record_hits(query: ContextualQuery, body: QueryRequest) -> list[Hit]:
+def _record_hits(
+    query: ContextualQuery, body: QueryRequest, patient: str, types: list[str] | None
+) -> list[Hit]:
+    """The search, with the caller's readable types as its filter (None: nothing to search)."""
+    if types is None:
+        return []
     return query.search(
-        body.resolved_patient(),
+        patient,
         body.question,
         k=body.k,
-        types=body.types,
+        types=types,
         since=body.since,
         until=body.until,
         mode=body.mode,
     )
+
+
+def _searched(request: Request, query: ContextualQuery, body: QueryRequest) -> Callable[[], list[Hit]]:
+    """The record search this caller may run (its patient and types), ready for a thread; the
+    hits it returns are named for the AuditEvent."""
+    patient = patient_of(request, body.patient_id)
+    types = search_types(request, body.types, INDEXED_TYPES)
+
+    def run() -> list[Hit]:
+        hits = _record_hits(query, body, patient, types)
+        disclose(request, patient, (h.resource_id for h in hits))
+        return hits
+
+    return run
 
 
 def _unavailable() -> JSONResponse:
@@ -139,7 +156,7 @@ async def _body(request: Request, model: type[Body]) -> Body | JSONResponse:
 
 def query_routes(
     query: ContextualQuery, stats: Callable[[], Sequence[CollectionStats]] | None = None
-) -> list[Route]:
+) -> list[Guarded]:
     """Routes served for the indexer; ``stats`` (row counts, run in a thread) serves
     `GET /index/stats`, the ops dashboard's Index page."""
 
@@ -156,8 +173,9 @@ def query_routes(
         body = await _body(request, QueryRequest)
         if isinstance(body, JSONResponse):
             return body
+        search = _searched(request, query, body)
         try:
-            hits = await asyncio.to_thread(_record_hits, query, body)
+            hits = await asyncio.to_thread(search)
         except VectorStoreError:
             return _unavailable()
         return JSONResponse({"results": [_hit(h) for h in hits]})
@@ -176,8 +194,9 @@ def query_routes(
         body = await _body(request, ContextRequest)
         if isinstance(body, JSONResponse):
             return body
+        search = _searched(request, query, body)
         try:
-            hits = await asyncio.to_thread(_record_hits, query, body)
+            hits = await asyncio.to_thread(search)
             passages = (
                 await asyncio.to_thread(query.knowledge, body.question, k=body.knowledge_k, mode=body.mode)
                 if body.knowledge_k
@@ -200,17 +219,24 @@ def query_routes(
             )
         except ValidationError as exc:
             return _invalid(exc)
+        patient = patient_of(request, raw)
+        types = search_types(request, params.types, INDEXED_TYPES)
         try:
-            entries = await asyncio.to_thread(
-                query.timeline,
-                resolve_patient(raw),
-                types=params.types,
-                since=params.since,
-                until=params.until,
-                limit=params.limit,
+            entries = (
+                []
+                if types is None
+                else await asyncio.to_thread(
+                    query.timeline,
+                    patient,
+                    types=types,
+                    since=params.since,
+                    until=params.until,
+                    limit=params.limit,
+                )
             )
         except VectorStoreError:
             return _unavailable()
+        disclose(request, patient, (e.resource_id for e in entries))
         return JSONResponse(
             {
                 "entries": [
@@ -226,11 +252,11 @@ def query_routes(
         )
 
     return [
-        Route("/query", post_query, methods=["POST"]),
-        Route("/knowledge/query", post_knowledge, methods=["POST"]),
-        Route("/context", post_context, methods=["POST"]),
-        Route("/patients/{patient:path}/timeline", get_timeline, methods=["GET"]),
-        Route("/index/stats", get_stats, methods=["GET"]),
+        Guarded("/query", post_query, methods=["POST"], need=INDEXED_READ),
+        Guarded("/knowledge/query", post_knowledge, methods=["POST"], need=TOKEN),
+        Guarded("/context", post_context, methods=["POST"], need=INDEXED_READ),
+        Guarded("/patients/{patient:path}/timeline", get_timeline, methods=["GET"], need=INDEXED_READ),
+        Guarded("/index/stats", get_stats, methods=["GET"], need=TOKEN),
     ]
 
 

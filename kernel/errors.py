@@ -11,6 +11,8 @@ HTTP 4xx, a dead-letter record. Each stage's ``errors.py`` holds the ones only i
     │   ├── MappingError                     readable, but not valid FHIR R4
     │   └── UnsupportedMessageError          a type or event we do not handle
     ├── ModelRunError (RuntimeError)         a model failed to run: retry, never dead-letter
+    ├── AuditUnavailableError (ConnectionError)  the audit log did not confirm a write
+    ├── PatientRefusedError (PermissionError)  a patient outside a token's facilities
     ├── ModelNotBuiltError (FileNotFoundError)  `make models` has not run
     ├── ReplayError (ValueError)             a dead letter that cannot be replayed
     ├── FramingError (ValueError)            connectors.errors: not an MLLP frame
@@ -106,3 +108,19 @@ class ModelNotBuiltError(ClinstreamError, FileNotFoundError):
 
 class ReplayError(ClinstreamError, ValueError):
     """A replay that cannot be made (an edited message that does not parse, say)."""
+
+
+class AuditUnavailableError(ClinstreamError, ConnectionError):
+    """The audit log did not confirm a write: the access it records must not happen."""
+
+
+class PatientRefusedError(ClinstreamError, PermissionError):
+    """A token may not see the patient a request names (its facility claim): a 403.
+
+    Attributes:
+        detail: why, without the patient's identifiers.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

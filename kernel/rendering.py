@@ -463,6 +463,9 @@ SECTIONED: dict[str, Callable[[Resource], list[Section]]] = {
     "DocumentReference": _document_reference,
 }
 
+INDEXED_TYPES: tuple[str, ...] = (*RENDERERS, *SECTIONED)
+"""Every resource type the index holds (what a search over ``*`` can return)."""
+
 
 def render(resource: Resource) -> list[Section]:
     """The resource's text as (heading, text) sections; ``[]`` for a type not indexed."""

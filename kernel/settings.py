@@ -168,6 +168,11 @@ class HttpSettings(_Section):
         description="Bearer token every API call must present. Unset in embedded mode: a random one "
         "is generated and printed at start.",
     )
+    api_token_scopes: str = Field(
+        default="system/*.cruds system/AuditEvent.rs",
+        description="SMART v2 scopes the static API token carries (space separated); JWTs carry "
+        "their own in their `scope` claim.",
+    )
     jwt_hs256_secret: SecretStr | None = Field(
         default=None, description="Also accept JWTs signed with this HS256 secret."
     )

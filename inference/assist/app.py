@@ -39,7 +39,6 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from inference.assist import cards
 from inference.assist.answers import ChatModel, answer
@@ -47,13 +46,13 @@ from inference.assist.diagnoses import suggest_diagnoses
 from inference.assist.facts import Facts, facts
 from inference.assist.suggestions import DiagnosisSuggestion, TreatmentSuggestion
 from inference.assist.treatments import review_order, suggest_treatments
+from kernel.access import read, refs_in
 from kernel.cds_hooks import draft_orders
 from kernel.chart import Chart
 from kernel.chart_store import ChartStore
 from kernel.events import ClinicianFeedback, DeadLetter, Topics
 from kernel.grounding import Evidence
-from kernel.http import problem
-from kernel.identity import resolve_patient
+from kernel.http import Guarded, disclose, patient_of, problem, readable
 from kernel.kafka import (
     STAGE_CONSUMER,
     BatchCommitter,
@@ -163,7 +162,35 @@ def _public_treatment(s: TreatmentSuggestion) -> dict[str, Any]:
     return s.model_dump(mode="json", by_alias=True)
 
 
-def assist_routes(service: AssistService) -> list[Route]:
+ASSIST_READ = read("Condition", "Observation", "MedicationRequest", "AllergyIntolerance", "DiagnosticReport")
+"""Assistance reasons over problems, results, medications and allergies: a caller needs read of
+one of them, and sees only the suggestions and sentences whose every resource it may read."""
+
+
+def _visible(request: Request, items: Sequence[Any], chart: Chart) -> list[Any]:
+    """The items (JSON) of an answer whose cited record resources the caller may all read; what
+    they cite is named for the AuditEvent."""
+    kept = [item for item in items if readable(request, refs_in(item, chart.resources))]
+    disclose(request, chart.patient_id, {ref for item in kept for ref in refs_in(item, chart.resources)})
+    return kept
+
+
+def _visible_answer(request: Request, result: dict[str, Any], chart: Chart) -> dict[str, Any]:
+    """An `/assist/ask` answer less the sentences that cite what the caller may not read."""
+    sentences = _visible(request, result["sentences"], chart)
+    if len(sentences) == len(result["sentences"]):
+        return result
+    cited = {c for s in sentences for c in s["citations"]}
+    return {
+        **result,
+        "answer": " ".join(s["text"] for s in sentences),
+        "sentences": sentences,
+        "sources": [src for src in result["sources"] if src["id"] in cited],
+        "withheld": len(result["sentences"]) - len(sentences),
+    }
+
+
+def assist_routes(service: AssistService) -> list[Guarded]:
     """`POST /assist/diagnoses`, `/assist/treatments`, `/assist/ask` (the API's bearer auth)."""
 
     async def admit(
@@ -176,7 +203,7 @@ def assist_routes(service: AssistService) -> list[Route]:
             return problem(
                 400 if kind == "json_invalid" else 422, f"invalid request: {exc.error_count()} error(s)"
             )
-        chart = await service.chart(resolve_patient(body.patient_id))
+        chart = await service.chart(patient_of(request, body.patient_id))
         if not chart.resources:
             return problem(404, "no record of this patient in the assistance stage")
         return body, chart
@@ -191,7 +218,8 @@ def assist_routes(service: AssistService) -> list[Route]:
         for s in found:
             SUGGESTIONS.labels("diagnosis", s.rule.id).inc()
         ASSIST_SECONDS.labels("diagnoses").observe(time.perf_counter() - started)
-        return JSONResponse({"suggestions": [s.model_dump(mode="json") for s in found]})
+        shown = _visible(request, [s.model_dump(mode="json") for s in found], chart)
+        return JSONResponse({"suggestions": shown})
 
     async def treatments(request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -204,7 +232,7 @@ def assist_routes(service: AssistService) -> list[Route]:
         for s in found:
             SUGGESTIONS.labels("treatment", s.rule.id).inc()
         ASSIST_SECONDS.labels("treatments").observe(time.perf_counter() - started)
-        return JSONResponse({"suggestions": [_public_treatment(s) for s in found]})
+        return JSONResponse({"suggestions": _visible(request, [_public_treatment(s) for s in found], chart)})
 
     async def ask(request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -226,12 +254,12 @@ def assist_routes(service: AssistService) -> list[Route]:
             log.warning("assist: no answer (%s)", type(exc).__name__)
             return problem(503, "the generator is unavailable; retry", {"Retry-After": RETRY_AFTER_S})
         ASSIST_SECONDS.labels("ask").observe(time.perf_counter() - started)
-        return JSONResponse(result)
+        return JSONResponse(_visible_answer(request, result, chart))
 
     return [
-        Route("/assist/diagnoses", diagnoses, methods=["POST"]),
-        Route("/assist/treatments", treatments, methods=["POST"]),
-        Route("/assist/ask", ask, methods=["POST"]),
+        Guarded("/assist/diagnoses", diagnoses, methods=["POST"], need=ASSIST_READ),
+        Guarded("/assist/treatments", treatments, methods=["POST"], need=ASSIST_READ),
+        Guarded("/assist/ask", ask, methods=["POST"], need=ASSIST_READ),
     ]
 
 

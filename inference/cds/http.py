@@ -26,7 +26,6 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from inference.cds.cards import (
     DISCHARGE,
@@ -45,9 +44,10 @@ from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.medsafety import MEDICATION_ORDERS, check_orders
 from inference.cds.state import PatientState
 from inference.cds.state_store import SharedCards, SqliteStateStore
+from kernel.access import OWN, PUBLIC, read, refs_in
 from kernel.cds_hooks import HookService, draft_orders
 from kernel.events import ClinicianFeedback, deterministic_id
-from kernel.http import problem
+from kernel.http import Guarded, attribute, disclose, patient_of, problem, readable
 from kernel.identity import hl7_key
 from kernel.openapi import operation, path_param
 
@@ -89,27 +89,33 @@ class CdsHooksService:
         self._jwks = jwks
         self._extra = {s.id: s for s in extra}  # services other stages contribute
 
-    def routes(self) -> list[Route]:
-        """Discovery, the services and their feedback endpoints."""
+    def routes(self) -> list[Guarded]:
+        """Discovery, the services and their feedback endpoints (the EHR's JWT, checked here;
+        each call's AuditEvent names the EHR client and the patient)."""
         return [
-            Route(CDS_HOOKS_PATH, self._discovery, methods=["GET"]),
-            Route(CDS_HOOKS_PATH + "/{service}", self._call, methods=["POST"]),
-            Route(CDS_HOOKS_PATH + "/{service}/feedback", self._feedback, methods=["POST"]),
+            Guarded(CDS_HOOKS_PATH, self._discovery, methods=["GET"], need=PUBLIC),
+            Guarded(CDS_HOOKS_PATH + "/{service}", self._call, methods=["POST"], need=OWN),
+            Guarded(CDS_HOOKS_PATH + "/{service}/feedback", self._feedback, methods=["POST"], need=OWN),
         ]
 
-    def alert_routes(self) -> list[Route]:
+    def alert_routes(self) -> list[Guarded]:
         """`GET /cds/alerts/{patient}`: a patient's current alerts (the API's bearer auth, not
-        the CDS Hooks JWT: the agent tools and the dashboard read it)."""
+        the CDS Hooks JWT: the agent tools and the dashboard read it). An alert is shown only
+        to a caller who may read DetectedIssue and every resource the alert rests on."""
 
         async def current(request: Request) -> JSONResponse:
-            key = str(request.path_params["patient"])
-            if not 1 <= len(key) <= 256:
+            named = str(request.path_params["patient"])
+            if not 1 <= len(named) <= 256:
                 return problem(422, "invalid patient")
+            key = patient_of(request, named)
             state = self._store.cached(key) or await asyncio.to_thread(self._store.load, key)
             alerts = current_alerts(state, now=self._clock(), window=self._window) if state else []
-            return JSONResponse({"alerts": [a.model_dump(mode="json") for a in alerts]})
+            shown = [a.model_dump(mode="json") for a in alerts]
+            shown = [a for a in shown if readable(request, refs_in(a))]
+            disclose(request, key, {ref for a in shown for ref in refs_in(a)})
+            return JSONResponse({"alerts": shown})
 
-        return [Route("/cds/alerts/{patient:path}", current, methods=["GET"])]
+        return [Guarded("/cds/alerts/{patient:path}", current, methods=["GET"], need=read("DetectedIssue"))]
 
     async def _discovery(self, _: Request) -> JSONResponse:
         found = discovery()
@@ -138,6 +144,7 @@ class CdsHooksService:
                     principal = self._authenticated(request)
         if principal is None:
             return problem(401, "missing or invalid CDS Hooks JWT", CHALLENGE)
+        attribute(request, principal)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return problem(413, "request body too large")
@@ -161,6 +168,7 @@ class CdsHooksService:
         key = await self._patient_key(hook, patient)
         if isinstance(key, JSONResponse):
             return key
+        disclose(request, key, ())
         if service in self._extra:  # another stage's cards: decision support's state is not needed
             try:
                 cards = await self._extra[service].cards(key, patient, hook.context)
@@ -249,6 +257,7 @@ class CdsHooksService:
                 unknown.append(item.card)
                 continue
             patient_id, rule_id = owner
+            disclose(request, patient_id, ())
             reason = item.overrideReason.reason if item.overrideReason else None
             events.append(
                 ClinicianFeedback(

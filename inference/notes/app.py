@@ -34,7 +34,6 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from inference.notes.draft_docs import (
     MdmEvent,
@@ -59,6 +58,7 @@ from inference.notes.drafting import (
     with_retrieved,
     write_draft,
 )
+from kernel.access import read, write
 from kernel.changelog_store import Entry
 from kernel.chart import Chart, Merges, apply, laid_over, merges
 from kernel.events import (
@@ -70,8 +70,7 @@ from kernel.events import (
     deterministic_id,
 )
 from kernel.grounding import Evidence, GuardMode
-from kernel.http import problem
-from kernel.identity import resolve_patient
+from kernel.http import Guarded, caller, disclose, patient_of, problem, readable
 from kernel.kafka import (
     STAGE_CONSUMER,
     BatchCommitter,
@@ -336,19 +335,34 @@ def _public(note: DraftNote) -> dict[str, Any]:
     }
 
 
+def _shown(request: Request, note: DraftNote) -> bool:
+    """Whether the caller may read this draft: the note and everything it cites; the draft is
+    named for the AuditEvent either way (it was looked up)."""
+    refs = [f"DocumentReference/{note.id}", *note.citations]
+    disclose(request, note.patient_id, [f"DocumentReference/{note.id}"])
+    access = caller(request)
+    # A facility-limited token cannot be shown a draft found by its id: the key does not say
+    # which site registered the patient.
+    return readable(request, refs) and access is not None and access.facilities is None
+
+
+WITHHELD = "the draft cites resources this token's scope does not read"
+
+
 def notes_routes(
     service: NotesService,
     publish: Callable[[Sequence[Outgoing]], Awaitable[list[Written]]],
     topics: Topics,
-) -> list[Route]:
-    """The draft API. ``publish`` sends records (acks=all) before the API answers."""
+) -> list[Guarded]:
+    """The draft API. ``publish`` sends records (acks=all) before the API answers. A caller sees
+    a draft only when its scope reads the note and every resource the note cites."""
 
     async def create(request: Request) -> JSONResponse:
         try:
             body = DraftRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return problem(422 if exc.errors()[0]["type"] != "json_invalid" else 400, _first_error(exc))
-        patient_id = resolve_patient(body.patient_id)
+        patient_id = patient_of(request, body.patient_id)
         chart = await asyncio.to_thread(service.store.chart, patient_id)
         if not chart.resources:
             return problem(404, "no record of this patient in the notes stage")
@@ -367,23 +381,30 @@ def notes_routes(
         written = await publish(service.outgoing(topics, note, "T02", chart))
         await asyncio.to_thread(service.store.save_draft, note, written[0])
         DRAFTS.labels(kind, "request").inc()
-        return JSONResponse(_public(note), status_code=201, headers={"Location": f"/notes/drafts/{note.id}"})
+        location = {"Location": f"/notes/drafts/{note.id}"}
+        if not _shown(request, note):
+            return JSONResponse({"id": note.id, "status": note.status, "withheld": WITHHELD}, 201, location)
+        return JSONResponse(_public(note), status_code=201, headers=location)
 
     async def listing(request: Request) -> JSONResponse:
         status = request.query_params.get("status")
         if status not in (None, "preliminary", "final", "entered-in-error"):
             return problem(400, "status must be preliminary, final or entered-in-error")
         notes = await asyncio.to_thread(service.store.drafts, status=status)
-        return JSONResponse({"drafts": [_public(n) for n in notes]})
+        return JSONResponse({"drafts": [_public(n) for n in notes if _shown(request, n)]})
 
     async def one(request: Request) -> JSONResponse:
         note = await asyncio.to_thread(service.store.draft, str(request.path_params["draft_id"]))
-        return JSONResponse(_public(note)) if note else problem(404, "no such draft")
+        if note is None:
+            return problem(404, "no such draft")
+        return JSONResponse(_public(note)) if _shown(request, note) else problem(403, WITHHELD)
 
     async def review(request: Request) -> JSONResponse:
         note = await asyncio.to_thread(service.store.draft, str(request.path_params["draft_id"]))
         if note is None:
             return problem(404, "no such draft")
+        if not _shown(request, note):
+            return problem(403, WITHHELD)
         try:
             body = ReviewRequest.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -430,10 +451,10 @@ def notes_routes(
         return JSONResponse(_public(reviewed))
 
     return [
-        Route("/notes/drafts", create, methods=["POST"]),
-        Route("/notes/drafts", listing, methods=["GET"]),
-        Route("/notes/drafts/{draft_id}", one, methods=["GET"]),
-        Route("/notes/drafts/{draft_id}/review", review, methods=["POST"]),
+        Guarded("/notes/drafts", create, methods=["POST"], need=write("DocumentReference")),
+        Guarded("/notes/drafts", listing, methods=["GET"], need=read("DocumentReference")),
+        Guarded("/notes/drafts/{draft_id}", one, methods=["GET"], need=read("DocumentReference")),
+        Guarded("/notes/drafts/{draft_id}/review", review, methods=["POST"], need=write("DocumentReference")),
     ]
 
 

@@ -43,6 +43,7 @@ from connectors.security import Authenticator
 from inference.cds.http import CdsHooksService
 from inference.cds.jwks_client import CdsJwtVerifier
 from inference.cds.state_store import SqliteStateStore
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.errors import Hl7Error
 from kernel.events import TOPICS
 from kernel.hl7v2.parser import decode_payload, parse_message, split_batch
@@ -177,7 +178,9 @@ class _Sink:
 
 def _fhir_app():
     http = HttpSettings(max_body_bytes=200_000)
-    return build_app(Authenticator(TOKEN, http), FhirIngress(_Sink(), TOPICS, http).routes())
+    return build_app(
+        Authenticator(TOKEN, http), FhirIngress(_Sink(), TOPICS, http).routes(), audit=MemoryAuditLog()
+    )
 
 
 def _cds_app():
@@ -194,7 +197,7 @@ def _cds_app():
         authorities={},
         cards_window=timedelta(hours=24),
     )
-    return build_app(TOKEN, service.routes(), own_auth=("/cds-services",))
+    return build_app(TOKEN, service.routes(), own_auth=("/cds-services",), audit=MemoryAuditLog())
 
 
 FHIR_APP, CDS_APP = _fhir_app(), _cds_app()

@@ -14,6 +14,7 @@ from agents.mcp_server import build_server
 from agents.tools import TOOLS, openapi, scope_of
 from clinstream.http import build_app
 from connectors.security import Authenticator
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.events import patient_key
 from kernel.fhir_models import model_class
 from kernel.settings import HttpSettings
@@ -51,7 +52,9 @@ def world():
         audits.append((event, patient))
 
     app = build_app(
-        Authenticator("service-token", HttpSettings(jwt_hs256_secret=SECRET)), agent_routes(backend, audit)
+        Authenticator("service-token", HttpSettings(jwt_hs256_secret=SECRET)),
+        agent_routes(backend, audit),
+        audit=MemoryAuditLog(),
     )
     return app, backend, audits
 
@@ -146,7 +149,11 @@ async def test_no_audit_no_data():
     async def broken(event, patient):
         raise OSError("broker down")
 
-    app = build_app(Authenticator("s", HttpSettings(jwt_hs256_secret=SECRET)), agent_routes(backend, broken))
+    app = build_app(
+        Authenticator("s", HttpSettings(jwt_hs256_secret=SECRET)),
+        agent_routes(backend, broken),
+        audit=MemoryAuditLog(),
+    )
     r = await post(app, "patient_timeline", {"patient_id": ALICE}, token([ALICE]))
     assert r.status_code == 503
     assert "results" not in r.json()

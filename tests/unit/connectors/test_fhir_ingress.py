@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from clinstream.http import build_app
 from connectors.fhir_server import FhirIngress
 from connectors.security import Authenticator
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.events import DeadLetter, Envelope, FhirInbound, Topics
 from kernel.settings import HttpSettings
 from tests.conftest import corpora_dir
@@ -41,7 +42,9 @@ OBS = {
 def env():
     sink = MemorySink()
     settings = HttpSettings(jwt_hs256_secret=SECRET, jwt_audience="clinstream", max_body_bytes=200_000)
-    app = build_app(Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes())
+    app = build_app(
+        Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes(), audit=MemoryAuditLog()
+    )
     return TestClient(app), sink
 
 
@@ -272,7 +275,11 @@ def test_input_larger_than_the_broker_takes_gets_413_and_a_dead_letter_not_500()
     sink = MemorySink(max_bytes=50_000)
     settings = HttpSettings(jwt_hs256_secret=SECRET, jwt_audience="clinstream", max_body_bytes=2_000_000)
     client = TestClient(
-        build_app(Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes())
+        build_app(
+            Authenticator(TOKEN, settings),
+            FhirIngress(sink, TOPICS, settings).routes(),
+            audit=MemoryAuditLog(),
+        )
     )
     big = {**PATIENT, "text": {"status": "generated", "div": f"<div>{'x' * 60_000}</div>"}}
     response = client.put("/fhir/Patient/p1", json=big, headers=AUTH)
@@ -294,7 +301,8 @@ def _jwt(**claims):
 def test_jwt_authentication(env):
     client, sink = env
     headers = {"Content-Type": "application/fhir+json"}
-    ok = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | {"Authorization": f"Bearer {_jwt()}"})
+    token = _jwt(scope="system/Patient.cu")
+    ok = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | {"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200
     assert Envelope.from_headers(sink.records[-1][3]).source_system == "fhir:jwt:ehr-interface"
     for bad in (
@@ -310,6 +318,26 @@ def test_jwt_authentication(env):
             "/fhir/Patient/p1", json=PATIENT, headers=headers | {"Authorization": f"Bearer {bad}"}
         )
         assert response.status_code == 401
+
+
+def test_a_write_needs_a_write_scope_for_the_type_written(env):
+    """No scope: 403 at the route. A scope for another type: 403 OperationOutcome, nothing
+    published and no dead letter (a refusal, not bad input)."""
+    client, sink = env
+    headers = {"Content-Type": "application/fhir+json"}
+    before = len(sink.records)
+    for scope, status in (
+        (None, 403),
+        ("user/*.rs", 403),
+        ("system/Observation.cu", 403),
+        ("system/Patient.c", 200),
+        ("system/*.cruds", 200),
+    ):
+        token = _jwt(**({"scope": scope} if scope else {}))
+        r = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | {"Authorization": f"Bearer {token}"})
+        assert r.status_code == status, scope
+    assert len(sink.records) == before + 2
+    assert all(topic != TOPICS.deadletter for topic, *_ in sink.records[before:])
 
 
 # The corpus's deliberately invalid inputs (see corpora/SOURCES.md) that must be refused.
@@ -353,7 +381,9 @@ def _route(data):
 def test_fhir_corpus_is_accepted_or_refused_with_an_outcome(env):
     _, sink = env
     big = HttpSettings(max_body_bytes=8 * 1024 * 1024)
-    app = build_app(Authenticator(TOKEN, big), FhirIngress(sink, TOPICS, big).routes())
+    app = build_app(
+        Authenticator(TOKEN, big), FhirIngress(sink, TOPICS, big).routes(), audit=MemoryAuditLog()
+    )
     client = TestClient(app)
     files = sorted(p for p in (corpora_dir() / "fhir").rglob("*.json") if "smart-synthea" not in str(p))
     files += sorted((corpora_dir() / "fhir" / "smart-synthea-r4").glob("*.json"))[:6]

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from clinstream.http import build_app
 from connectors.fhir_server import FhirIngress
 from connectors.security import Authenticator
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.events import DeadLetter, FhirInbound, Topics, patient_key
 from kernel.rendering import render
 from kernel.settings import HttpSettings
@@ -30,7 +31,9 @@ UTC = ZoneInfo("UTC")
 def env():
     sink = MemorySink()
     settings = HttpSettings()
-    app = build_app(Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes())
+    app = build_app(
+        Authenticator(TOKEN, settings), FhirIngress(sink, TOPICS, settings).routes(), audit=MemoryAuditLog()
+    )
     return TestClient(app), sink
 
 

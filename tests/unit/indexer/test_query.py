@@ -8,6 +8,7 @@ from clinstream.http import build_app
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
 from indexer.query import ContextualQuery, Hit, KnowledgeHit, TimelineEntry, build_filter
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.events import patient_key
 from tests.fakes import FakeEmbedder
 
@@ -55,7 +56,9 @@ TOKEN = "s3cret-token"
 
 
 def _client(store):
-    return TestClient(build_app(TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store))))
+    return TestClient(
+        build_app(TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store)), audit=MemoryAuditLog())
+    )
 
 
 def _auth(token=TOKEN):
@@ -177,7 +180,11 @@ class FakeKnowledge:
 
 
 def _kb_client(store, knowledge):
-    return TestClient(build_app(TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store, knowledge))))
+    return TestClient(
+        build_app(
+            TOKEN, query_routes(ContextualQuery(FakeEmbedder(), store, knowledge)), audit=MemoryAuditLog()
+        )
+    )
 
 
 def test_knowledge_query_returns_cited_passages():

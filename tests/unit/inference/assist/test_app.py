@@ -18,6 +18,7 @@ from inference.assist.openai_client import OpenAIChat
 from inference.cds.http import CdsHooksService
 from inference.cds.jwks_client import CdsJwtVerifier
 from inference.cds.state_store import SqliteStateStore
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.chart_store import ChartStore
 from kernel.errors import ModelRunError
 from kernel.events import ClinicianFeedback
@@ -71,7 +72,7 @@ def client_of(app):
 
 
 def api(service):
-    return client_of(build_app(TOKEN, assist_routes(service)))
+    return client_of(build_app(TOKEN, assist_routes(service), audit=MemoryAuditLog()))
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -208,7 +209,9 @@ def hooks(service):
         public_base_url=BASE,
         extra=[AssistHooks(service, s) for s in cards.HOOKS],
     )
-    return client_of(build_app(TOKEN, cds.routes(), own_auth=("/cds-services",))), published
+    return client_of(
+        build_app(TOKEN, cds.routes(), own_auth=("/cds-services",), audit=MemoryAuditLog())
+    ), published
 
 
 def _call(hook, service_id, **context):

@@ -16,6 +16,7 @@ from inference.cds.http import CdsHooksService
 from inference.cds.jwks_client import CdsJwtVerifier
 from inference.cds.rules import RuleSet, process
 from inference.cds.state_store import SqliteStateStore
+from kernel.audit_kafka import MemoryAuditLog
 from kernel.events import ClinicianFeedback, patient_key
 from tests.unit.inference.cds.fixtures import T0, hours, obs, record, vitals
 
@@ -66,7 +67,7 @@ def env():
             cards_window=timedelta(hours=24),
             clock=lambda: T0 + hours(2),
         )
-        app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+        app = build_app("api-token", service.routes(), own_auth=("/cds-services",), audit=MemoryAuditLog())
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
 
     return store, published, build
@@ -221,7 +222,7 @@ async def test_keys_from_a_jwks_url_follow_a_rotation(env):
             jwks=source,
             clock=lambda: T0 + hours(2),
         )
-        app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+        app = build_app("api-token", service.routes(), own_auth=("/cds-services",), audit=MemoryAuditLog())
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
 
             async def call(tok):
@@ -359,7 +360,7 @@ async def test_feedback_that_the_broker_does_not_confirm_gets_503(env):
         clock=lambda: T0 + hours(2),
     )
     store.remember_cards("p1", [("card-1", "news2")])
-    app = build_app("api-token", service.routes(), own_auth=("/cds-services",))
+    app = build_app("api-token", service.routes(), own_auth=("/cds-services",), audit=MemoryAuditLog())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
         item = {"card": "card-1", "outcome": "accepted", "outcomeTimestamp": T0.isoformat()}
         response = await client.post(

@@ -1,0 +1,180 @@
+"""The audit log on Kafka (`audit.events.v1`): a chained writer and the readers behind
+`GET /audit/events` and `clinstream audit`.
+
+The writer keys each event by its patient and picks the partition itself (Kafka's murmur2, as
+every other producer does), so that it can chain the events of each partition: one send at a
+time per partition, ``acks=all``, the chain advanced only once the broker confirmed. A send that
+fails raises `AuditUnavailableError`; the caller then answers 503 and discloses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from datetime import datetime
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from kernel.audit import genesis, record_hash, seal
+from kernel.errors import AuditUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog(Protocol):
+    """Where AuditEvents go: returns once the event is durably written, else raises."""
+
+    async def write(self, event: dict[str, Any], patient: str | None) -> None:
+        """Write one AuditEvent about ``patient`` (None: no patient)."""
+
+
+class MemoryAuditLog:
+    """An in-process audit log (unit tests and tools that read back what they wrote)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict[str, Any], str | None]] = []
+
+    async def write(self, event: dict[str, Any], patient: str | None) -> None:
+        """Keep the event."""
+        self.events.append((event, patient))
+
+
+def writer_id() -> str:
+    """A name for this process's chains: host, pid and a random part (a restarted process
+    starts new chains)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class KafkaAuditLog:
+    """`AuditLog` over its own idempotent producer (``producer_kwargs``: `producer_config`)."""
+
+    def __init__(self, producer_kwargs: dict[str, Any], topic: str, *, timeout_s: float = 10.0) -> None:
+        self._kwargs = producer_kwargs
+        self._topic = topic
+        self._timeout = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._writer = writer_id()
+        self._chains: dict[int, tuple[int, str]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        """Connect the producer."""
+        producer = AIOKafkaProducer(**self._kwargs)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise AuditUnavailableError("the audit log's producer could not connect") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and close."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def write(self, event: dict[str, Any], patient: str | None) -> None:
+        """Seal ``event`` into its partition's chain and write it (acks=all)."""
+        if self._producer is None:
+            raise AuditUnavailableError("the audit log is not started")
+        key = patient.encode() if patient else None
+        try:
+            async with asyncio.timeout(self._timeout):
+                partitions = sorted(await self._producer.partitions_for(self._topic))
+                partition = int(self._partitioner(key, partitions, partitions)) if key else partitions[0]
+                async with self._locks.setdefault(partition, asyncio.Lock()):
+                    seq, previous = self._chains.get(partition, (-1, genesis(self._writer)))
+                    value = seal(event, writer=self._writer, seq=seq + 1, previous=previous)
+                    await self._producer.send_and_wait(
+                        self._topic,
+                        value,
+                        key=key,
+                        partition=partition,
+                        headers=[("resource_type", b"AuditEvent")],
+                    )
+                    self._chains[partition] = (seq + 1, record_hash(value))
+        except (KafkaError, TimeoutError) as exc:
+            raise AuditUnavailableError("the audit log did not confirm the write") from exc
+
+
+async def read_partitions(
+    bootstrap: str,
+    topic: str,
+    *,
+    key: bytes | None = None,
+    since: datetime | None = None,
+    consumer_kwargs: dict[str, Any] | None = None,
+    timeout_s: float = 60.0,
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of ``topic`` up to its end now, as (partition, offset, key, value), in
+    offset order per partition. ``key``: only the partition that key goes to, and only its
+    records; ``since``: from the first offset at or after that time."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(consumer_kwargs or {})
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+            return await _read(consumer, topic, key, since)
+    except (KafkaError, TimeoutError) as exc:
+        raise AuditUnavailableError("the audit log could not be read") from exc
+    finally:
+        await consumer.stop()
+
+
+async def _read(
+    consumer: AIOKafkaConsumer, topic: str, key: bytes | None, since: datetime | None
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    partitions = sorted(await consumer.partitions_for_topic(topic) or set())
+    if not partitions:
+        return []
+    if key is not None:
+        partitions = [int(DefaultPartitioner()(key, partitions, partitions))]
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.beginning_offsets(tps)
+    if since is not None:
+        at = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        starts = {tp: (found.offset if (found := at.get(tp)) is not None else ends[tp]) for tp in tps}
+    pending = {tp for tp in tps if starts[tp] < ends[tp]}
+    for tp in tps:
+        if tp in pending:
+            consumer.seek(tp, starts[tp])
+        else:
+            consumer.pause(tp)
+    out: list[tuple[int, int, bytes | None, bytes]] = []
+    while pending:
+        batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
+        for tp, records in batches.items():
+            out += [
+                (tp.partition, r.offset, r.key, r.value)
+                for r in records
+                if r.offset < ends[tp] and r.value is not None and (key is None or r.key == key)
+            ]
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
+                consumer.pause(tp)
+    return out
+
+
+def events_of(records: list[tuple[int, int, bytes | None, bytes]]) -> list[dict[str, Any]]:
+    """The AuditEvents of records (an unreadable record is skipped: `verify` reports it)."""
+    events = []
+    for _, _, _, value in records:
+        try:
+            event = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
