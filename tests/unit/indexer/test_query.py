@@ -1,15 +1,21 @@
 import json
+import time
 from datetime import UTC, datetime
 
+import jwt
 import pytest
 from starlette.testclient import TestClient
 
 from clinstream.http import build_app
+from connectors.security import Authenticator
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
 from indexer.query import ContextualQuery, Hit, KnowledgeHit, TimelineEntry, build_filter
+from kernel.audit import summary
 from kernel.audit_kafka import MemoryAuditLog
+from kernel.errors import AuditUnavailableError
 from kernel.events import patient_key
+from kernel.settings import HttpSettings
 from tests.fakes import FakeEmbedder
 
 
@@ -214,3 +220,87 @@ def test_context_combines_the_patients_record_with_knowledge():
 def test_without_a_knowledge_base_there_are_no_passages():
     response = _client(FakeStore()).post("/knowledge/query", json={"question": "x"}, headers=_auth())
     assert response.json() == {"results": []}
+
+
+class _DownAudit:
+    async def write(self, event, patient):
+        raise AuditUnavailableError("down")
+
+
+def _scoped_client(store, audit):
+    secret = "scoped-query-secret-of-32-characters!"
+    app = build_app(
+        Authenticator(TOKEN, HttpSettings(jwt_hs256_secret=secret)),
+        query_routes(ContextualQuery(FakeEmbedder(), store)),
+        audit=audit,
+    )
+
+    def token(scope=None, **claims):
+        body = {"sub": "dr-who", "exp": int(time.time()) + 60, **claims}
+        if scope is not None:
+            body["scope"] = scope
+        return {"Authorization": "Bearer " + jwt.encode(body, secret, algorithm="HS256")}
+
+    return TestClient(app), token
+
+
+def test_a_search_is_filtered_inside_milvus_to_the_types_the_token_reads():
+    store, audit = FakeStore(), MemoryAuditLog()
+    client, token = _scoped_client(store, audit)
+    body = {"patient_id": "MERCY|100001", "question": "potassium"}
+
+    assert client.post("/query", json=body, headers=token()).status_code == 403  # no scope claim
+    assert client.post("/query", json=body, headers=token("system/AuditEvent.rs")).status_code == 403
+    assert store.calls == []
+
+    labs = client.post("/query", json=body, headers=token("user/Observation.rs"))
+    assert labs.status_code == 200
+    assert 'resource_type in ["Observation"]' in store.calls[-1][0]
+    everything = client.post("/query", json=body, headers=token("user/*.rs"))
+    assert everything.status_code == 200
+    assert "resource_type" not in store.calls[-1][0]
+    before = len(store.calls)
+    asked = client.post("/query", json=body | {"types": ["Condition"]}, headers=token("user/Observation.rs"))
+    assert asked.json() == {"results": []}
+    assert len(store.calls) == before  # nothing readable asked: nothing searched
+
+    timeline = client.get("/patients/MERCY|100001/timeline", headers=token("user/Encounter.rs"))
+    assert timeline.status_code == 200
+    assert 'resource_type in ["Encounter"]' in store.calls[-1][0]
+
+
+def test_each_search_writes_one_audit_event_naming_who_and_what_before_it_answers():
+    store, audit = FakeStore(), MemoryAuditLog()
+    client, token = _scoped_client(store, audit)
+    key = patient_key("MERCY", "100001")
+    client.post("/query", json={"patient_id": "MERCY|100001", "question": "k"}, headers=token("user/*.rs"))
+    client.post("/knowledge/query", json={"question": "k"}, headers=token("user/*.rs"))  # no patient data
+    client.post("/query", json={"patient_id": "p2", "question": "k"}, headers=token("user/Condition.rs"))
+    client.post("/query", json={"patient_id": "p2", "question": "k"}, headers=token())  # refused
+    found = [(summary(e), p) for e, p in audit.events]
+    assert [(s["action"], s["principal"], s["patient"], s["outcome"], p) for s, p in found] == [
+        ("POST /query", "jwt:dr-who", key, "success", key),
+        ("POST /query", "jwt:dr-who", "p2", "success", "p2"),
+        ("POST /query", "jwt:dr-who", None, "refused", None),
+    ]
+    assert found[0][0]["resources"] == ["Observation/k1"]
+
+
+def test_no_audit_log_no_answer():
+    client, token = _scoped_client(FakeStore(), _DownAudit())
+    r = client.post("/query", json={"patient_id": "p1", "question": "k"}, headers=token("user/*.rs"))
+    assert r.status_code == 503
+    assert "Potassium" not in r.text
+
+
+def test_a_facility_limited_token_sees_only_its_sites_patients():
+    store = FakeStore()
+    client, token = _scoped_client(store, MemoryAuditLog())
+    mercy = token("user/*.rs", facilities=["MERCY"])
+    ok = client.post("/query", json={"patient_id": "MERCY|1", "question": "k"}, headers=mercy)
+    assert ok.status_code == 200
+    calls = len(store.calls)
+    for named in ("GENERAL|1", patient_key("MERCY", "1")):
+        r = client.post("/query", json={"patient_id": named, "question": "k"}, headers=mercy)
+        assert r.status_code == 403
+    assert len(store.calls) == calls
