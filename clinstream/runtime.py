@@ -247,17 +247,21 @@ class EmbeddedKafka(EmbeddedBroker):
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
 
-    def _format(self, config: Path, attempts: int = 3) -> None:
+    def _format(self, config: Path, attempts: int = 3, cluster_id: str | None = None) -> None:
         """Format the log folder the first time (KRaft needs a cluster id written into it).
 
         ``--ignore-formatted`` makes a second try harmless after a first one that wrote part of the
         folder, and a JVM that could not start (a loaded machine short of memory) is tried again
         before the start is refused, with the tool's exit code and both of its streams.
+
+        The cluster id is passed as ``--cluster-id=ID``: a random id starts with ``-`` one time in
+        32, and the tool's argument parser then took it for an option (CI's failure).
         """
         if (self.data_dir / "log" / "meta.properties").is_file():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        argv = [*self._java(256), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        argv = [*self._java(256), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}"]
+        argv += ["--config", str(config)]
         reason = ""
         for attempt in range(1, attempts + 1):
             done = subprocess.run(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
