@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from kernel.audit import genesis, record_hash, seal
+from kernel.changelog_kafka import partitions_of
 from kernel.errors import AuditUnavailableError
 
 log = logging.getLogger(__name__)
@@ -122,20 +123,18 @@ async def read_partitions(
     )
     try:
         async with asyncio.timeout(timeout_s):
+            partitions = await partitions_of(bootstrap, topic)
             await consumer.start()
-            return await _read(consumer, topic, key, since)
-    except (KafkaError, TimeoutError) as exc:
+            return await _read(consumer, topic, partitions, key, since)
+    except (KafkaError, TimeoutError, RuntimeError) as exc:
         raise AuditUnavailableError("the audit log could not be read") from exc
     finally:
         await consumer.stop()
 
 
 async def _read(
-    consumer: AIOKafkaConsumer, topic: str, key: bytes | None, since: datetime | None
+    consumer: AIOKafkaConsumer, topic: str, partitions: list[int], key: bytes | None, since: datetime | None
 ) -> list[tuple[int, int, bytes | None, bytes]]:
-    partitions = sorted(await consumer.partitions_for_topic(topic) or set())
-    if not partitions:
-        return []
     if key is not None:
         partitions = [int(DefaultPartitioner()(key, partitions, partitions))]
     tps = [TopicPartition(topic, p) for p in partitions]
