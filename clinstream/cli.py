@@ -363,6 +363,50 @@ def _replay(args: argparse.Namespace) -> int:
     return result
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """Print a patient's audit trail (one JSON line per event) and/or verify the chains; exit 1
+    when a chain is broken."""
+    from clinstream.audit import dumps, patient_events
+    from kernel.audit import verify
+    from kernel.audit_kafka import read_partitions
+    from kernel.errors import AuditUnavailableError
+    from kernel.events import TOPICS
+    from kernel.identity import resolve_patient
+
+    settings = Settings()
+    bootstrap = settings.kafka.bootstrap
+    if not bootstrap:
+        print(
+            "clinstream audit: set CLINSTREAM_KAFKA__BOOTSTRAP to the running broker "
+            "(`clinstream up` prints it as kafka=...)",
+            file=sys.stderr,
+        )
+        return 2
+    topic = TOPICS.with_prefix(args.topic_prefix).audit
+
+    async def run() -> int:
+        if args.patient:
+            print(dumps(await patient_events(bootstrap, topic, resolve_patient(args.patient), args.since)))
+        if not args.verify:
+            return 0
+        records = await read_partitions(bootstrap, topic)
+        found = verify((p, o, v) for p, o, _, v in records)
+        for broken in found.breaks:
+            print(f"BROKEN partition {broken.partition} offset {broken.offset}: {broken.reason}")
+        print(
+            f"{found.events} events in {found.chains} chains: "
+            f"{'intact' if not found.breaks else f'{len(found.breaks)} breaks'}",
+            file=sys.stderr,
+        )
+        return 1 if found.breaks else 0
+
+    try:
+        return asyncio.run(run())
+    except AuditUnavailableError as exc:
+        print(f"clinstream audit: {exc}", file=sys.stderr)
+        return 2
+
+
 def _export(args: argparse.Namespace) -> int:
     """Read the snapshot from the running deployment's topics and write one dataset."""
     from aiokafka.errors import KafkaError
@@ -548,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument(
         "--include-overridden", action="store_true", help="instructions: keep alerts clinicians overrode"
     )
+    audit = sub.add_parser("audit", help="who accessed a patient's data; --verify checks the hash chains")
+    audit.add_argument("--patient", help="Patient id, stream key or authority|MRN")
+    audit.add_argument("--since", type=_iso, help="only events at or after (ISO 8601)")
+    audit.add_argument("--verify", action="store_true", help="walk every partition's hash chains")
+    audit.add_argument("--topic-prefix", default="", help="read topics under this prefix (test deployments)")
     token = sub.add_parser("agent-token", help="print a patient-scoped token for an agent (HS256 JWT)")
     token.add_argument(
         "--patient", action="append", required=True, help="Patient id or authority|MRN (repeatable)"
@@ -580,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "audit":
+        if not args.patient and not args.verify:
+            parser.error("clinstream audit: --patient ID, --verify, or both")
+        return _audit(args)
     if args.command == "agent-token":
         args.scope = args.scope or ["patient/*.read"]
         return _agent_token(args)

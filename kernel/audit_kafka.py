@@ -142,7 +142,8 @@ async def _read(
     ends = await consumer.end_offsets(tps)
     starts = await consumer.beginning_offsets(tps)
     if since is not None:
-        at = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        ms = max(0, int(since.timestamp() * 1000))  # before 1970: from the start
+        at = await consumer.offsets_for_times({tp: ms for tp in tps})
         starts = {tp: (found.offset if (found := at.get(tp)) is not None else ends[tp]) for tp in tps}
     pending = {tp for tp in tps if starts[tp] < ends[tp]}
     for tp in tps:

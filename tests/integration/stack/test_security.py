@@ -3,7 +3,9 @@ live application (so a route added later is swept too), and each one is called w
 credentials and with wrong ones. A patient-scoped agent token is refused outside the agent
 tools, and inside them outside its patients."""
 
+import asyncio
 import base64
+import json
 import re
 import time
 
@@ -11,11 +13,12 @@ import httpx
 import jwt
 import pytest
 
+from clinstream.cli import main
 from clinstream.http import PUBLIC_PATHS
 from inference.cds.http import CDS_HOOKS_PATH
 from kernel.audit import summary, verify
 from kernel.audit_kafka import events_of, read_partitions
-from kernel.events import patient_key
+from kernel.events import TOPICS, patient_key
 
 pytestmark = pytest.mark.integration
 SECRET = "security-sweep-secret-of-32-chars!!"
@@ -215,7 +218,9 @@ PATIENT_BODIES = {
 }
 
 
-async def test_each_phi_route_called_once_gives_exactly_one_audit_event_naming_the_caller(stack):
+async def test_each_phi_route_called_once_gives_exactly_one_audit_event_naming_the_caller(
+    stack, monkeypatch, capsys
+):
     """Every route that reads or writes patient data, called once by its own principal: the
     audit topic then holds exactly one AuditEvent by that principal, naming the patient the
     call named; the hash chains of the whole topic hold."""
@@ -253,3 +258,16 @@ async def test_each_phi_route_called_once_gives_exactly_one_audit_event_naming_t
     found = verify((p, o, v) for p, o, _, v in records)
     assert found.events == len(records) >= len(principals)
     assert found.breaks == []
+
+    # `clinstream audit` prints the same trail and finds the chains intact.
+    monkeypatch.setenv("CLINSTREAM_KAFKA__BOOTSTRAP", stack.bootstrap)
+    prefix = stack.topics.audit.removesuffix(TOPICS.audit)
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["audit", "--patient", JANE, "--verify", "--topic-prefix", prefix])
+    out, err = capsys.readouterr()
+    assert code == 0
+    printed = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert {e["principal"] for e in printed} >= {
+        p for p, (method, path) in principals.items() if (method, path) in PATIENT_BODIES
+    }
+    assert "intact" in err

@@ -333,8 +333,8 @@ def test_a_write_needs_a_write_scope_for_the_type_written(env):
         ("system/Patient.c", 200),
         ("system/*.cruds", 200),
     ):
-        token = _jwt(**({"scope": scope} if scope else {}))
-        r = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | {"Authorization": f"Bearer {token}"})
+        token = {"Authorization": "Bearer " + _jwt(**({"scope": scope} if scope else {}))}
+        r = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | token)
         assert r.status_code == status, scope
     assert len(sink.records) == before + 2
     assert all(topic != TOPICS.deadletter for topic, *_ in sink.records[before:])
