@@ -11,6 +11,7 @@ patient's audit trail is itself audited.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -40,17 +41,15 @@ async def patient_events(
     topic: str,
     patient: str,
     since: datetime | None = None,
-    consumer_kwargs: dict[str, Any] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The summaries of every AuditEvent about ``patient`` (a stream key), oldest first."""
-    records = await read_partitions(
-        bootstrap, topic, key=patient.encode(), since=since, consumer_kwargs=consumer_kwargs
-    )
+    records = await read_partitions(bootstrap, topic, key=patient.encode(), since=since, security=security)
     found = [summary(e) for e in events_of(records)]
     return [e for e in found if e["patient"] == patient]
 
 
-def audit_routes(bootstrap: str, topic: str, consumer_kwargs: dict[str, Any] | None = None) -> list[Guarded]:
+def audit_routes(bootstrap: str, topic: str, security: Mapping[str, Any] | None = None) -> list[Guarded]:
     """`GET /audit/events`."""
 
     async def events(request: Request) -> JSONResponse:
@@ -63,7 +62,7 @@ def audit_routes(bootstrap: str, topic: str, consumer_kwargs: dict[str, Any] | N
             return problem(422, "invalid fields: patient")
         key = patient_of(request, query.patient)
         try:
-            found = await patient_events(bootstrap, topic, key, query.since, consumer_kwargs)
+            found = await patient_events(bootstrap, topic, key, query.since, security)
         except AuditUnavailableError:
             return problem(503, "the audit log is unavailable; retry later", {"Retry-After": "5"})
         disclose(request, key, ())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clinstream.settings import Settings, settings_table
+from kernel.settings import kafka_security
 
 if TYPE_CHECKING:
     pass
@@ -334,7 +335,9 @@ def _replay(args: argparse.Namespace) -> int:
     selection = Selection(frozenset(args.id), args.since, args.until, args.stage)
 
     async def run() -> int:
-        letters = await read_dead_letters(settings.kafka.bootstrap or "", TOPICS)
+        letters = await read_dead_letters(
+            settings.kafka.bootstrap or "", TOPICS, kafka_security(settings.kafka)
+        )
         todo, refused = plan(letters, selection)
         for letter in todo:
             print(
@@ -386,10 +389,13 @@ def _audit(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         if args.patient:
-            print(dumps(await patient_events(bootstrap, topic, resolve_patient(args.patient), args.since)))
+            key = resolve_patient(args.patient)
+            print(
+                dumps(await patient_events(bootstrap, topic, key, args.since, kafka_security(settings.kafka)))
+            )
         if not args.verify:
             return 0
-        records = await read_partitions(bootstrap, topic)
+        records = await read_partitions(bootstrap, topic, security=kafka_security(settings.kafka))
         found = verify((p, o, v) for p, o, _, v in records)
         for broken in found.breaks:
             print(f"BROKEN partition {broken.partition} offset {broken.offset}: {broken.reason}")
@@ -444,7 +450,9 @@ def _export(args: argparse.Namespace) -> int:
 
         try:
             sources, source = _run_any(
-                read_sources(bootstrap, TOPICS.with_prefix(args.topic_prefix), progress)
+                read_sources(
+                    bootstrap, TOPICS.with_prefix(args.topic_prefix), progress, kafka_security(settings.kafka)
+                )
             )
         except (KafkaError, OSError) as exc:
             print(

@@ -19,7 +19,7 @@ from dashboard.app import Config, main
 from dashboard.auth import parse_logins
 from dashboard.live_source import Endpoints, LiveBackend, Sampler
 from kernel.events import TOPICS, Topics
-from kernel.settings import producer_config
+from kernel.settings import kafka_security, librdkafka_security, producer_config
 
 
 @st.cache_resource
@@ -38,6 +38,8 @@ def _runtime(topics_json: str) -> tuple[LiveBackend, Sampler, Config]:
             topics=topics,
             metrics_urls=tuple(dash.metrics_urls),
             producer=producer_config(settings.kafka, bootstrap, tansu=False),
+            security=kafka_security(settings.kafka),
+            librdkafka=librdkafka_security(settings.kafka),
         )
     )
     keep = int(dash.history_min * 60 / dash.sample_s) + 1

@@ -26,10 +26,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -185,6 +186,17 @@ class EmbeddedBroker:
         self.stop()
 
 
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A second client listener that needs TLS and a SASL login (PLAIN, SCRAM-SHA-256/512), for
+    deployments and tests of a secured backbone. ``keystore``: one PEM file with the private key
+    (PKCS#8, unencrypted) and its certificate chain; ``users``: name → password."""
+
+    keystore: Path
+    users: Mapping[str, str]
+    port: int = 0
+
+
 class EmbeddedKafka(EmbeddedBroker):
     """A single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
 
@@ -207,10 +219,14 @@ class EmbeddedKafka(EmbeddedBroker):
         log_path: Path | None = None,
         heap_mb: int = 256,
         max_record_bytes: int = 64 * 1024 * 1024,
+        sasl_ssl: SaslSslListener | None = None,
     ) -> None:
         super().__init__(port=port, log_path=log_path)
         self.data_dir = data_dir
         self.controller_port = free_port()
+        self.sasl_ssl = sasl_ssl
+        self.secure_port = (sasl_ssl.port or free_port()) if sasl_ssl else None
+        """The SASL_SSL listener's port (None without one)."""
         self._heap_mb = heap_mb
         self._max_record_bytes = max_record_bytes
 
@@ -219,7 +235,7 @@ class EmbeddedKafka(EmbeddedBroker):
         broker = f"127.0.0.1:{self.port}"
         controller = f"127.0.0.1:{self.controller_port}"
         message_max = self._max_record_bytes + 1024 * 1024  # the record batch around the largest record
-        return {
+        found = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{controller}",
@@ -246,6 +262,31 @@ class EmbeddedKafka(EmbeddedBroker):
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        if self.sasl_ssl is not None:
+            found |= self._secured(broker, controller, self.sasl_ssl)
+        return found
+
+    def _secured(self, broker: str, controller: str, secured: SaslSslListener) -> dict[str, str]:
+        """The SASL_SSL listener: TLS from the PEM keystore; PLAIN users in the JAAS line, SCRAM
+        users written into the log folder when it is formatted."""
+        secure = f"127.0.0.1:{self.secure_port}"
+        plain = " ".join(f'user_{name}="{password}"' for name, password in secured.users.items())
+        prefix = "listener.name.sasl_ssl."
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller},SASL_SSL://{secure}",
+            "advertised.listeners": f"PLAINTEXT://{broker},SASL_SSL://{secure}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            prefix + "plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};"
+            ),
+            prefix + "scram-sha-256.sasl.jaas.config": scram,
+            prefix + "scram-sha-512.sasl.jaas.config": scram,
+            prefix + "ssl.keystore.type": "PEM",
+            prefix + "ssl.keystore.location": str(secured.keystore),
+        }
 
     def _format(self, config: Path, attempts: int = 3, cluster_id: str | None = None) -> None:
         """Format the log folder the first time (KRaft needs a cluster id written into it).
@@ -262,6 +303,9 @@ class EmbeddedKafka(EmbeddedBroker):
         cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         argv = [*self._java(256), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}"]
         argv += ["--config", str(config)]
+        for name, password in self.sasl_ssl.users.items() if self.sasl_ssl else ():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                argv += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         reason = ""
         for attempt in range(1, attempts + 1):
             done = subprocess.run(  # noqa: S603 - fixed argv: the JVM and the jars we fetched
@@ -319,10 +363,11 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     configs: Callable[[str], dict[str, str]] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the topics that do not exist yet, each with ``configs(name)`` (retention,
     compaction, min.insync.replicas). Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **(security or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pymilvus import MilvusClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -86,7 +88,7 @@ from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
 from kernel.kafka import BatchCommitter, Outgoing, StageConsumer, Written, publish_in_order, stage_consumer
-from kernel.settings import producer_config, transactional
+from kernel.settings import kafka_security, librdkafka_security, producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
 
@@ -119,10 +121,28 @@ class Stack:
         return self.mllp.port
 
 
+def faststream_security(connection: Mapping[str, Any]) -> BaseSecurity | None:
+    """FastStream's form of `kernel.settings.kafka_security` (TLS context, SASL login)."""
+    protocol = connection.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    context = connection.get("ssl_context")
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    login = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    return login[connection["sasl_mechanism"]](
+        connection["sasl_plain_username"],
+        connection["sasl_plain_password"],
+        ssl_context=context,
+        use_ssl=protocol == "SASL_SSL",
+    )
+
+
 def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
     """A FastStream Kafka broker for one stage, producing with our delivery settings."""
     return KafkaBroker(
         producer["bootstrap_servers"],
+        security=faststream_security(producer),
         acks=producer["acks"],
         enable_idempotence=producer["enable_idempotence"],
         request_timeout_ms=producer["request_timeout_ms"],
@@ -426,6 +446,11 @@ class Wiring:
         """Producer settings of every stage (acks=all; idempotence where the broker has it)."""
         return producer_config(self.settings.kafka, self.bootstrap, tansu=self.tansu)
 
+    @functools.cached_property
+    def security(self) -> dict[str, Any]:
+        """What every consumer and admin client adds to reach the broker (TLS, SASL)."""
+        return kafka_security(self.settings.kafka)
+
     def broker(self, stage: str) -> KafkaBroker:
         """The stage's FastStream broker (one per stage, started together by `_serve`)."""
         if stage not in self.brokers:
@@ -464,7 +489,7 @@ class Wiring:
         """Refuse a stateful stage whose input and changelog topics differ in partition count: a
         patient's records and state would sit in different partition numbers, and two instances
         could own the same patient."""
-        counts = {topic: len(await partitions_of(self.bootstrap, topic)) for topic in topics}
+        counts = {topic: len(await partitions_of(self.bootstrap, topic, self.security)) for topic in topics}
         if len(set(counts.values())) > 1:
             raise ConfigurationError(f"these topics must have the same partition count: {counts}")
 
@@ -484,6 +509,7 @@ class Wiring:
             on_change=on_change,
             client_id=f"clinstream-changelog-{topic}",
             key_of=key_of,
+            security=self.security,
         )
         await tailer.start()
         self.stack.push_async_callback(tailer.stop)
@@ -553,6 +579,7 @@ class Wiring:
                 self.settings.kafka.ingest_client,
                 self.producer,
                 confirm_timeout_s=self.settings.kafka.request_timeout_ms / 1000 + 1,
+                librdkafka_security=librdkafka_security(self.settings.kafka),
             )
             await sink.start()
             self.stack.push_async_callback(sink.stop)
@@ -790,7 +817,7 @@ async def _serve(w: Wiring) -> int:
         await w.mllp.start()
         w.stack.push_async_callback(w.mllp.stop)
     settings = w.settings
-    w.routes.extend(audit_routes(w.bootstrap, w.topics.audit))
+    w.routes.extend(audit_routes(w.bootstrap, w.topics.audit, w.security))
     app = w.app = build_app(
         Authenticator(w.api_token, settings.http),
         w.routes,
@@ -881,6 +908,7 @@ async def create_topics(settings: Settings, bootstrap: str, topics: Topics) -> N
         partitions=settings.kafka.partitions,
         replication_factor=replication,
         configs=lambda name: topic_config(topics, name, replication_factor=replication),
+        security=kafka_security(settings.kafka),
     )
 
 

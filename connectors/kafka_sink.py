@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -118,8 +119,15 @@ class LibrdkafkaSink:
     Java client and aiokafka, so every producer agrees on a patient's partition.
     """
 
-    def __init__(self, producer_kwargs: dict[str, Any], *, confirm_timeout_s: float) -> None:
+    def __init__(
+        self,
+        producer_kwargs: dict[str, Any],
+        *,
+        confirm_timeout_s: float,
+        security: Mapping[str, Any] | None = None,
+    ) -> None:
         self._config = {
+            **(security or {}),  # `kernel.settings.librdkafka_security`
             "bootstrap.servers": producer_kwargs["bootstrap_servers"],
             "acks": "all" if producer_kwargs["acks"] == "all" else str(producer_kwargs["acks"]),
             "enable.idempotence": bool(producer_kwargs["enable_idempotence"]),
@@ -228,9 +236,14 @@ def _settle(future: asyncio.Future[None], err: Any) -> None:
 
 
 def make_sink(
-    client: str, producer_kwargs: dict[str, Any], *, confirm_timeout_s: float
+    client: str,
+    producer_kwargs: dict[str, Any],
+    *,
+    confirm_timeout_s: float,
+    librdkafka_security: Mapping[str, Any] | None = None,
 ) -> KafkaSink | LibrdkafkaSink:
-    """The ingress sink named by ``CLINSTREAM_KAFKA__INGEST_CLIENT``."""
+    """The ingress sink named by ``CLINSTREAM_KAFKA__INGEST_CLIENT``. The aiokafka producer's
+    security is in ``producer_kwargs``; librdkafka takes it as its own settings."""
     if client == "aiokafka":
         return KafkaSink(producer_kwargs, confirm_timeout_s=confirm_timeout_s)
-    return LibrdkafkaSink(producer_kwargs, confirm_timeout_s=confirm_timeout_s)
+    return LibrdkafkaSink(producer_kwargs, confirm_timeout_s=confirm_timeout_s, security=librdkafka_security)

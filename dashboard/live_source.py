@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -93,6 +93,10 @@ class Endpoints:
     topics: Topics
     metrics_urls: tuple[str, ...] = ()
     producer: dict[str, Any] | None = None
+    security: dict[str, Any] = field(default_factory=dict)
+    """aiokafka's connection security (`kernel.settings.kafka_security`)."""
+    librdkafka: dict[str, Any] = field(default_factory=dict)
+    """The same for librdkafka (`kernel.settings.librdkafka_security`)."""
 
 
 class LiveBackend:
@@ -105,7 +109,9 @@ class LiveBackend:
             headers={"Authorization": f"Bearer {endpoints.api_token}"},
             timeout=TIMEOUT_S,
         )
-        self._admin = AdminClient({"bootstrap.servers": endpoints.bootstrap, "socket.timeout.ms": 5000})
+        self._admin = AdminClient(
+            {"bootstrap.servers": endpoints.bootstrap, "socket.timeout.ms": 5000, **endpoints.librdkafka}
+        )
         self._metrics = endpoints.metrics_urls or (f"{endpoints.api_url.rstrip('/')}/metrics",)
 
     # --- HTTP: metrics and the query API
@@ -215,15 +221,21 @@ class LiveBackend:
             raise
 
     def dead_letters(self) -> list[DeadLetter]:
-        letters: list[DeadLetter] = self._run(read_dead_letters(self._ep.bootstrap, self._ep.topics))
+        letters: list[DeadLetter] = self._run(
+            read_dead_letters(self._ep.bootstrap, self._ep.topics, self._ep.security)
+        )
         return letters
 
     def alerts(self, last: int) -> list[Alert]:
-        records = self._run(read_topic(self._ep.bootstrap, self._ep.topics.alerts, last=last))
+        records = self._run(
+            read_topic(self._ep.bootstrap, self._ep.topics.alerts, last=last, security=self._ep.security)
+        )
         return [Alert.model_validate_json(r.value) for r in records]
 
     def feedback(self, last: int) -> list[ClinicianFeedback]:
-        records = self._run(read_topic(self._ep.bootstrap, self._ep.topics.feedback, last=last))
+        records = self._run(
+            read_topic(self._ep.bootstrap, self._ep.topics.feedback, last=last, security=self._ep.security)
+        )
         return [ClinicianFeedback.model_validate_json(r.value) for r in records]
 
     def replay(self, replays: Sequence[Replay]) -> list[ReplayReceipt]:

@@ -7,7 +7,7 @@ export is a consistent snapshot; the offsets go into the dataset card.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,13 +22,14 @@ Model = TypeVar("Model", bound=BaseModel)
 
 async def _read(
     bootstrap: str,
+    security: Mapping[str, Any] | None,
     topic: str,
     model: type[Model],
     source: dict[str, Any],
     skipped: dict[str, int],
     progress: Callable[[str, int], None],
 ) -> list[Model]:
-    records = await read_topic(bootstrap, topic)
+    records = await read_topic(bootstrap, topic, security=security)
     ends: dict[str, int] = {}
     out = []
     for record in records:
@@ -45,15 +46,18 @@ async def _read(
 
 
 async def read_sources(
-    bootstrap: str, topics: Topics, progress: Callable[[str, int], None] = lambda _t, _n: None
+    bootstrap: str,
+    topics: Topics,
+    progress: Callable[[str, int], None] = lambda _t, _n: None,
+    security: Mapping[str, Any] | None = None,
 ) -> tuple[Sources, dict[str, Any]]:
     """The snapshot, and where it ends on each topic (with counts of records that did not parse)."""
     source: dict[str, Any] = {}
     skipped: dict[str, int] = {}
-    records = await _read(bootstrap, topics.fhir, FhirRecord, source, skipped, progress)
-    drafts = await _read(bootstrap, topics.drafts, DraftNote, source, skipped, progress)
-    feedback = await _read(bootstrap, topics.feedback, ClinicianFeedback, source, skipped, progress)
-    alerts = await _read(bootstrap, topics.alerts, Alert, source, skipped, progress)
+    records = await _read(bootstrap, security, topics.fhir, FhirRecord, source, skipped, progress)
+    drafts = await _read(bootstrap, security, topics.drafts, DraftNote, source, skipped, progress)
+    feedback = await _read(bootstrap, security, topics.feedback, ClinicianFeedback, source, skipped, progress)
+    alerts = await _read(bootstrap, security, topics.alerts, Alert, source, skipped, progress)
     if skipped:
         source["skipped"] = dict(sorted(skipped.items()))
     return Sources(records, drafts, feedback, alerts), source

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -112,18 +113,17 @@ async def read_partitions(
     *,
     key: bytes | None = None,
     since: datetime | None = None,
-    consumer_kwargs: dict[str, Any] | None = None,
+    security: Mapping[str, Any] | None = None,
     timeout_s: float = 60.0,
 ) -> list[tuple[int, int, bytes | None, bytes]]:
     """Every record of ``topic`` up to its end now, as (partition, offset, key, value), in
     offset order per partition. ``key``: only the partition that key goes to, and only its
-    records; ``since``: from the first offset at or after that time."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, **(consumer_kwargs or {})
-    )
+    records; ``since``: from the first offset at or after that time; ``security``:
+    `kernel.settings.kafka_security`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **(security or {}))
     try:
         async with asyncio.timeout(timeout_s):
-            partitions = await partitions_of(bootstrap, topic)
+            partitions = await partitions_of(bootstrap, topic, security)
             await consumer.start()
             return await _read(consumer, topic, partitions, key, since)
     except (KafkaError, TimeoutError, RuntimeError) as exc:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -67,14 +67,17 @@ class ChangelogTailer:
         on_change: Listener | None = None,
         client_id: str = "clinstream-changelog",
         key_of: Callable[[Any], str | None] | None = None,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self._key_of = key_of or _record_key
         self.table = table
         self._bootstrap = bootstrap
+        self._security = dict(security or {})
         self._on_change = on_change
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
+            **self._security,
             enable_auto_commit=False,
             isolation_level="read_committed" if read_committed else "read_uncommitted",
             client_id=client_id,
@@ -88,7 +91,7 @@ class ChangelogTailer:
 
     async def start(self) -> None:
         """Assign every partition, drop what the topic no longer has, and start reading."""
-        parts = await partitions_of(self._bootstrap, self.topic)
+        parts = await partitions_of(self._bootstrap, self.topic, self._security)
         await self._consumer.start()
         self._parts = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self._consumer.assign(self._parts)
@@ -179,9 +182,10 @@ def _record_key(record: Any) -> str | None:
     return key.decode() if isinstance(key, bytes) else None
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of ``topic`` (waiting a little for one just created)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def partitions_of(bootstrap: str, topic: str, security: Mapping[str, Any] | None = None) -> list[int]:
+    """The partition numbers of ``topic`` (waiting a little for one just created); ``security``:
+    `kernel.settings.kafka_security`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **(security or {}))
     await admin.start()
     try:
         for _ in range(50):

@@ -7,7 +7,7 @@ consumer group, so reading moves no stage's offsets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,11 +20,15 @@ log = logging.getLogger(__name__)
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, last: int | None = None
+    bootstrap: str, topic: str, *, last: int | None = None, security: Mapping[str, Any] | None = None
 ) -> list[ConsumerRecord[Any, Any]]:
-    """The records now on ``topic`` (the ``last`` of each partition, or all), without a group."""
+    """The records now on ``topic`` (the ``last`` of each partition, or all), without a group;
+    ``security``: `kernel.settings.kafka_security`."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **(security or {}),
     )
     try:
         await consumer.start()
@@ -49,9 +53,12 @@ async def read_topic(
         await consumer.stop()
 
 
-async def read_dead_letters(bootstrap: str, topics: Topics) -> list[DeadLetter]:
+async def read_dead_letters(
+    bootstrap: str, topics: Topics, security: Mapping[str, Any] | None = None
+) -> list[DeadLetter]:
     """Every dead letter currently on the topic (read to the end, no consumer group)."""
-    return [DeadLetter.model_validate_json(r.value) for r in await read_topic(bootstrap, topics.deadletter)]
+    records = await read_topic(bootstrap, topics.deadletter, security=security)
+    return [DeadLetter.model_validate_json(r.value) for r in records]
 
 
 async def _behind(consumer: AIOKafkaConsumer, ends: dict[Any, int]) -> bool:

@@ -82,6 +82,95 @@ class KafkaSettings(_Section):
         "(and replica.fetch.max.bytes) at least this large (docs/deploy.md); a larger input is refused "
         "(413 / AR), never half-stored.",
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every producer, consumer and admin client reaches Kafka: PLAINTEXT, SSL (TLS), "
+        "SASL_PLAINTEXT or SASL_SSL (a login over TLS).",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (with a SASL_* protocol)."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (never logged).")
+    ssl_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the broker's certificate must chain to. Unset: the system's."
+    )
+    ssl_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate, for brokers that require mutual TLS."
+    )
+    ssl_key_file: Path | None = Field(default=None, description="PEM private key of the client certificate.")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted client key (never logged)."
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names the host connected to."
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections are TLS."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether connections log in with SASL."""
+        return self.security_protocol.startswith("SASL_")
+
+
+def kafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """The connection arguments every aiokafka client gets (producers, consumers, admin): none
+    for PLAINTEXT; a TLS context and the SASL login otherwise. Raises ValueError for a SASL
+    protocol without a user name and password."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return {}
+    found: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.uses_tls:
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(
+            cafile=str(kafka.ssl_ca_file) if kafka.ssl_ca_file else None,
+            certfile=str(kafka.ssl_cert_file) if kafka.ssl_cert_file else None,
+            keyfile=str(kafka.ssl_key_file) if kafka.ssl_key_file else None,
+            password=kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
+        )
+        context.check_hostname = kafka.ssl_check_hostname
+        found["ssl_context"] = context
+    if kafka.uses_sasl:
+        if not kafka.sasl_username or kafka.sasl_password is None:
+            raise ValueError("CLINSTREAM_KAFKA__SASL_USERNAME and _SASL_PASSWORD are needed with SASL")
+        found |= {
+            "sasl_mechanism": kafka.sasl_mechanism,
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": kafka.sasl_password.get_secret_value(),
+        }
+    return found
+
+
+def librdkafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """The same connection settings for librdkafka clients (confluent-kafka)."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return {}
+    found: dict[str, Any] = {"security.protocol": kafka.security_protocol.lower()}
+    if kafka.uses_tls:
+        found["ssl.endpoint.identification.algorithm"] = "https" if kafka.ssl_check_hostname else "none"
+        for key, path in (
+            ("ssl.ca.location", kafka.ssl_ca_file),
+            ("ssl.certificate.location", kafka.ssl_cert_file),
+            ("ssl.key.location", kafka.ssl_key_file),
+        ):
+            if path is not None:
+                found[key] = str(path)
+        if kafka.ssl_key_password is not None:
+            found["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
+    if kafka.uses_sasl:
+        if not kafka.sasl_username or kafka.sasl_password is None:
+            raise ValueError("CLINSTREAM_KAFKA__SASL_USERNAME and _SASL_PASSWORD are needed with SASL")
+        found |= {
+            "sasl.mechanisms": kafka.sasl_mechanism,
+            "sasl.username": kafka.sasl_username,
+            "sasl.password": kafka.sasl_password.get_secret_value(),
+        }
+    return found
 
 
 def producer_config(kafka: KafkaSettings, bootstrap: str, *, tansu: bool) -> dict[str, Any]:
@@ -98,6 +187,7 @@ def producer_config(kafka: KafkaSettings, bootstrap: str, *, tansu: bool) -> dic
         "request_timeout_ms": kafka.request_timeout_ms,
         "linger_ms": 0,
         "max_request_size": kafka.max_record_bytes,
+        **kafka_security(kafka),
     }
 
 
@@ -105,7 +195,7 @@ def transactional(kafka: KafkaSettings, *, tansu: bool) -> bool:
     """Whether the stateful stages run their batches as Kafka transactions (exactly-once)."""
     if kafka.transactions is not None:
         return kafka.transactions
-    return bool(producer_config(kafka, "", tansu=tansu)["enable_idempotence"])
+    return kafka.enable_idempotence if kafka.enable_idempotence is not None else not tansu
 
 
 class MilvusSettings(_Section):

@@ -2,14 +2,9 @@
 
 import asyncio
 import base64
-import datetime as dt
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +14,7 @@ from connectors.mllp_server import MllpServer
 from kernel.events import DeadLetter, Envelope, Topics, deterministic_id
 from kernel.hl7v2.parser import parse_message, split_batch
 from kernel.settings import MllpSettings
+from tests.certs import self_signed
 from tests.conftest import hl7_corpus_files
 from tests.fakes import MemorySink
 from tests.unit.connectors.fixtures import ORU
@@ -120,33 +116,8 @@ async def test_message_without_pid_is_accepted_and_keyed_by_sender():
     assert sink.records[0][2] == deterministic_id("Sender", "MDM^HOSP").encode()
 
 
-def _self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_mllp_over_tls(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     srv, sink = await _server(tls_cert=cert, tls_key=key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     client_ctx.check_hostname = False
@@ -160,7 +131,7 @@ async def test_mllp_over_tls(tmp_path):
 
 
 async def test_mutual_tls_requires_a_client_certificate(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     srv, sink = await _server(tls_cert=cert, tls_key=key, tls_client_ca=cert)
     client_ctx = ssl.create_default_context(cafile=str(cert))
     client_ctx.check_hostname = False
