@@ -83,7 +83,7 @@ async def _up(settings: Settings) -> int:
         token_note = "" if settings.http.api_token else f" api_token={stack.api_token}"
         print(
             f"clinstream ready: mllp={settings.mllp.host}:{stack.mllp_port} "
-            f"http=http://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
+            f"http={settings.http.scheme}://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
             f"{f' ({stack.embedded_broker.label})' if stack.embedded_broker else ''}{token_note}",
             flush=True,
         )
@@ -135,7 +135,8 @@ async def _run_stages(settings: Settings, stages: list[str]) -> int:
         mllp = f" mllp={settings.mllp.host}:{process.mllp_port}" if process.mllp_port is not None else ""
         print(
             f"clinstream ready: stages={','.join(stages)}{mllp} "
-            f"http=http://{settings.http.host}:{process.http_port} kafka={settings.kafka.bootstrap}",
+            f"http={settings.http.scheme}://{settings.http.host}:{process.http_port} "
+            f"kafka={settings.kafka.bootstrap}",
             flush=True,
         )
         await stop.wait()

@@ -14,6 +14,7 @@ import sys
 
 import streamlit as st
 
+from clinstream.http import own_client_verify
 from clinstream.settings import Settings
 from dashboard.app import Config, main
 from dashboard.auth import parse_logins
@@ -29,7 +30,7 @@ def _runtime(topics_json: str) -> tuple[LiveBackend, Sampler, Config]:
     token = settings.http.api_token.get_secret_value() if settings.http.api_token else ""
     bootstrap = settings.kafka.bootstrap or ""
     topics = Topics(**json.loads(topics_json)) if topics_json else TOPICS
-    api_url = dash.api_url or f"http://{settings.http.host}:{settings.http.port}"
+    api_url = dash.api_url or f"{settings.http.scheme}://{settings.http.host}:{settings.http.port}"
     backend = LiveBackend(
         Endpoints(
             api_url=api_url,
@@ -40,6 +41,7 @@ def _runtime(topics_json: str) -> tuple[LiveBackend, Sampler, Config]:
             producer=producer_config(settings.kafka, bootstrap, tansu=False),
             security=kafka_security(settings.kafka),
             librdkafka=librdkafka_security(settings.kafka),
+            verify=own_client_verify(settings.http),
         )
     )
     keep = int(dash.history_min * 60 / dash.sample_s) + 1

@@ -7,6 +7,7 @@ Authentication happens here, for every path; what a caller may do is each route'
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -149,7 +150,25 @@ class ApiServer(uvicorn.Server):
         return nullcontext()
 
 
-def make_server(app: Starlette, host: str, port: int) -> ApiServer:
-    """A server ready to `serve()` in the current loop."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+def make_server(app: Starlette, host: str, port: int, tls: HttpSettings | None = None) -> ApiServer:
+    """A server ready to `serve()` in the current loop; over TLS when ``tls`` names a certificate."""
+    certs: dict[str, Any] = {}
+    if tls is not None and tls.tls_cert is not None:
+        if tls.tls_key is None:
+            raise ValueError("CLINSTREAM_HTTP__TLS_KEY is needed with CLINSTREAM_HTTP__TLS_CERT")
+        certs = {"ssl_certfile": str(tls.tls_cert), "ssl_keyfile": str(tls.tls_key)}
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", **certs
+    )
     return ApiServer(config)
+
+
+def own_client_verify(http: HttpSettings) -> ssl.SSLContext | bool:
+    """How this deployment's own clients of its API (agent tools, dashboard) check its
+    certificate: the configured CA (or the certificate itself), not the host name, since they
+    call 127.0.0.1 while the certificate names the public host."""
+    if http.tls_cert is None:
+        return True
+    context = ssl.create_default_context(cafile=str(http.tls_ca_file or http.tls_cert))
+    context.check_hostname = False
+    return context

@@ -25,6 +25,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import BaseModel, SecretStr
 from pymilvus import MilvusClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -36,7 +37,7 @@ from clinstream.at_rest import Verdict, state_volume
 from clinstream.audit import audit_routes
 from clinstream.audit import openapi_paths as audit_openapi
 from clinstream.errors import ConfigurationError
-from clinstream.http import build_app, make_server
+from clinstream.http import build_app, make_server, own_client_verify
 from clinstream.models import embedding_dir, generator_dir
 from clinstream.runtime import DashboardProcess, EmbeddedBroker, embedded_broker, ensure_topics
 from clinstream.settings import Settings
@@ -300,7 +301,7 @@ async def _start_dashboard(
     # section as one JSON value (its own CLINSTREAM_DASHBOARD__* variables are dropped).
     section = dash.model_dump(mode="json") | {
         "users": users,
-        "api_url": dash.api_url or f"http://{api_host}:{http_port}",
+        "api_url": dash.api_url or f"{settings.http.scheme}://{api_host}:{http_port}",
     }
     env = {
         "CLINSTREAM_DASHBOARD": json.dumps(section),
@@ -309,6 +310,8 @@ async def _start_dashboard(
     }
     if tansu:
         env["CLINSTREAM_KAFKA__ENABLE_IDEMPOTENCE"] = "false"  # Tansu rejects InitProducerId
+    env |= _child_env("KAFKA", settings.kafka, KAFKA_SECURITY_FIELDS)
+    env |= _child_env("HTTP", settings.http, ("tls_cert", "tls_ca_file"))
     process = DashboardProcess(
         host=dash.host,
         port=dash.port,
@@ -320,6 +323,35 @@ async def _start_dashboard(
     stack.callback(process.stop)
     await process.wait_ready()
     return process, login
+
+
+KAFKA_SECURITY_FIELDS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_key_password",
+    "ssl_check_hostname",
+)
+
+
+def _child_env(section: str, values: BaseModel, names: Sequence[str]) -> dict[str, str]:
+    """``CLINSTREAM_<SECTION>__<NAME>`` for the fields a child process must share (secrets
+    included: the environment is how the child gets its settings)."""
+    out = {}
+    for name in names:
+        value = getattr(values, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        out[f"CLINSTREAM_{section}__{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return out
 
 
 def _notes_service(w: Wiring, embedder: Embedder, store: MilvusStore) -> NotesService:
@@ -632,12 +664,17 @@ async def _indexer(w: Wiring) -> None:
         # The tools' backend: this process's own query API; alerts and drafts from the
         # inference stage, here or at CLINSTREAM_AGENTS__INFERENCE_URL.
         auth = {"Authorization": f"Bearer {w.api_token}"}
-        loopback = httpx.AsyncClient(headers=auth, timeout=120.0)
+        loopback = httpx.AsyncClient(headers=auth, timeout=120.0, verify=own_client_verify(settings.http))
         w.stack.push_async_callback(loopback.aclose)
         w.loopbacks.append(loopback)
         inference = None
         if settings.agents.inference_url:
-            inference = httpx.AsyncClient(headers=auth, timeout=120.0, base_url=settings.agents.inference_url)
+            inference = httpx.AsyncClient(
+                headers=auth,
+                timeout=120.0,
+                base_url=settings.agents.inference_url,
+                verify=own_client_verify(settings.http),
+            )
             w.stack.push_async_callback(inference.aclose)
         audit_log = await w.audit_log()
 
@@ -825,7 +862,7 @@ async def _serve(w: Wiring) -> int:
         own_auth=tuple(w.own_auth),
         openapi={**w.openapi, **audit_openapi()},
     )
-    server = make_server(app, settings.http.host, settings.http.port)
+    server = make_server(app, settings.http.host, settings.http.port, settings.http)
     serve_task = asyncio.create_task(server.serve())
 
     async def _stop_http() -> None:
@@ -841,7 +878,7 @@ async def _serve(w: Wiring) -> int:
     http_port = int(server.servers[0].sockets[0].getsockname()[1])
     loop_host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host  # noqa: S104
     for client in w.loopbacks:
-        client.base_url = httpx.URL(f"http://{loop_host}:{http_port}")
+        client.base_url = httpx.URL(f"{settings.http.scheme}://{loop_host}:{http_port}")
     return http_port
 
 

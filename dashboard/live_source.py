@@ -97,6 +97,8 @@ class Endpoints:
     """aiokafka's connection security (`kernel.settings.kafka_security`)."""
     librdkafka: dict[str, Any] = field(default_factory=dict)
     """The same for librdkafka (`kernel.settings.librdkafka_security`)."""
+    verify: Any = True
+    """How the API's certificate is checked (an SSL context when it serves TLS)."""
 
 
 class LiveBackend:
@@ -108,6 +110,7 @@ class LiveBackend:
             base_url=endpoints.api_url,
             headers={"Authorization": f"Bearer {endpoints.api_token}"},
             timeout=TIMEOUT_S,
+            verify=endpoints.verify,
         )
         self._admin = AdminClient(
             {"bootstrap.servers": endpoints.bootstrap, "socket.timeout.ms": 5000, **endpoints.librdkafka}

@@ -274,6 +274,20 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger gets 413."
     )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve the HTTP API over TLS (https)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of the TLS certificate.")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle this deployment's own clients (agent tools, dashboard) trust the API's "
+        "certificate with. Unset: the certificate itself (self-signed).",
+    )
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the API serves TLS, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
 
 
 class DashboardSettings(_Section):

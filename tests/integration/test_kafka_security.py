@@ -1,17 +1,20 @@
 """A secured backbone: the embedded Apache Kafka with a SASL_SSL listener (TLS from a PEM
 keystore; PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 users), reached only through
-`CLINSTREAM_KAFKA__SECURITY_PROTOCOL` and friends.
+`CLINSTREAM_KAFKA__SECURITY_PROTOCOL` and friends, and the HTTP API over TLS.
 
 Each mechanism carries records both ways through aiokafka and librdkafka; a wrong password, a
 plaintext client and an untrusted certificate are refused. Then the whole stack runs against the
 secured listener alone, so every producer, consumer and admin client it opens must log in: HL7
-in over MLLP, acknowledged, searchable, its alert's audit trail readable.
+in over MLLP, acknowledged, searchable over HTTPS, its audit trail readable; plain HTTP gets no
+answer, and the agent tools' backend (the deployment's own API) is reached over TLS too.
 """
 
 import asyncio
+import ssl
 import time
 
 import httpx
+import jwt
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -30,6 +33,7 @@ from tests.certs import self_signed
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "clinstream", "backbone-secret-7f3a"
+JWT_SECRET = "secured-backbone-jwt-secret-of-32-chars"
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +133,7 @@ def test_sasl_without_a_login_is_a_configuration_error():
 
 async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_path):
     broker, ca = secured
+    cert, key = self_signed(tmp_path / "https")
     settings = Settings(
         var_dir=tmp_path,
         kafka={
@@ -140,7 +145,13 @@ async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_p
             "ssl_ca_file": ca,
         },
         mllp={"port": 0},
-        http={"port": 0, "api_token": "secured-backbone-token"},
+        http={
+            "port": 0,
+            "api_token": "secured-backbone-token",
+            "tls_cert": cert,
+            "tls_key": key,
+            "jwt_hs256_secret": JWT_SECRET,
+        },
         notes={"enabled": False},
         assist={"enabled": False},
         dashboard={"enabled": False},
@@ -151,7 +162,9 @@ async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_p
         async with MllpClient("127.0.0.1", stack.mllp_port) as client:
             codes = [(await client.send(m)).code for m in demo_messages()]
         assert codes.count("AA") >= 30
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}", timeout=60) as http:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        base = f"https://127.0.0.1:{stack.http_port}"
+        async with httpx.AsyncClient(base_url=base, verify=trusted, timeout=60) as http:
             deadline, hits = time.monotonic() + 90, []
             while not hits and time.monotonic() < deadline:
                 r = await http.post(
@@ -162,5 +175,16 @@ async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_p
                 await asyncio.sleep(1)
             assert hits
             trail = await http.get(f"/audit/events?patient={jane}", headers=auth)
+            claims = {"sub": "agent", "exp": int(time.time()) + 60, "scope": "patient/*.rs", "patient": jane}
+            agent = {"Authorization": "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256")}
+            tool = await http.post("/agent/tools/patient_timeline", json={"patient_id": jane}, headers=agent)
         assert trail.status_code == 200
         assert any(e["action"] == "POST /query" for e in trail.json()["events"])
+        assert tool.status_code == 200, tool.text  # its backend is this API, over TLS
+        assert tool.json()["results"]
+        async with httpx.AsyncClient(base_url=base, timeout=10) as untrusting:
+            with pytest.raises(httpx.ConnectError):  # the system store does not know the certificate
+                await untrusting.get("/health")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}", timeout=10) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get("/health")
