@@ -157,7 +157,13 @@ def stage_broker(stage: str, producer: dict[str, Any]) -> KafkaBroker:
 def milvus_client(settings: Settings) -> MilvusClient:
     """The configured Milvus server, else the Milvus Lite file under ``var_dir``."""
     token = settings.milvus.token.get_secret_value() if settings.milvus.token else None
-    return connect(settings.milvus.uri, lite_path=settings.milvus_lite_path, token=token)
+    return connect(
+        settings.milvus.uri,
+        lite_path=settings.milvus_lite_path,
+        token=token,
+        tls_ca_file=settings.milvus.tls_ca_file,
+        tls_server_name=settings.milvus.tls_server_name,
+    )
 
 
 def open_embedder(settings: Settings, client: MilvusClient | None = None) -> Embedder:

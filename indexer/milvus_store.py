@@ -53,10 +53,31 @@ def index_for(uri: str | None, configured: str | None = None) -> str:
     return "HNSW" if uri else "FLAT"
 
 
-def connect(uri: str | None, *, lite_path: Path, token: str | None = None) -> MilvusClient:
-    """A Milvus client: the server at ``uri``, else Milvus Lite at ``lite_path``."""
+def server_arguments(
+    uri: str, token: str | None = None, tls_ca_file: Path | None = None, tls_server_name: str | None = None
+) -> dict[str, Any]:
+    """MilvusClient's arguments for a server: its token (``user:password``) and, with a CA file,
+    TLS (the server's certificate checked against it, under ``tls_server_name`` when the
+    certificate names another host than the URI)."""
+    found: dict[str, Any] = {"uri": uri, "token": token or ""}
+    if tls_ca_file is not None:
+        found |= {"secure": True, "server_pem_path": str(tls_ca_file)}
+        if tls_server_name:
+            found["server_name"] = tls_server_name
+    return found
+
+
+def connect(
+    uri: str | None,
+    *,
+    lite_path: Path,
+    token: str | None = None,
+    tls_ca_file: Path | None = None,
+    tls_server_name: str | None = None,
+) -> MilvusClient:
+    """A Milvus client: the server at ``uri`` (`server_arguments`), else Milvus Lite at ``lite_path``."""
     if uri:
-        return MilvusClient(uri=uri, token=token or "")
+        return MilvusClient(**server_arguments(uri, token, tls_ca_file, tls_server_name))
     lite_path.parent.mkdir(parents=True, exist_ok=True)
     return MilvusClient(str(lite_path))
 

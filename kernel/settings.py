@@ -204,7 +204,19 @@ class MilvusSettings(_Section):
     uri: str | None = Field(
         default=None, description="Milvus server URI. Unset: Milvus Lite in `<var_dir>/milvus/`."
     )
-    token: SecretStr | None = Field(default=None, description="Milvus server token (user:password).")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Milvus server token (`user:password`, never logged); the server needs "
+        "common.security.authorizationEnabled.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA (or server certificate) to reach a Milvus server over TLS (tlsMode 1); the URI "
+        "then starts with https://.",
+    )
+    tls_server_name: str | None = Field(
+        default=None, description="Host name the Milvus server's certificate names, when not the URI's."
+    )
     collection: str = Field(
         default="clinical_chunks_v2",
         description="Collection of patient record chunks (v2 layout: with chunk number, encounter, codes).",

@@ -10,6 +10,7 @@ from clinstream.http import build_app
 from connectors.security import Authenticator
 from indexer.errors import VectorStoreError
 from indexer.http import query_routes
+from indexer.milvus_store import server_arguments
 from indexer.query import ContextualQuery, Hit, KnowledgeHit, TimelineEntry, build_filter
 from kernel.audit import summary
 from kernel.audit_kafka import MemoryAuditLog
@@ -304,3 +305,17 @@ def test_a_facility_limited_token_sees_only_its_sites_patients():
         r = client.post("/query", json={"patient_id": named, "question": "k"}, headers=mercy)
         assert r.status_code == 403
     assert len(store.calls) == calls
+
+
+def test_a_milvus_server_is_reached_with_its_token_and_over_tls_when_a_ca_is_set(tmp_path):
+    plain = server_arguments("http://milvus:19530", "root:secret")
+    assert plain == {"uri": "http://milvus:19530", "token": "root:secret"}
+    ca = tmp_path / "ca.pem"
+    secured = server_arguments("https://milvus:19530", "root:secret", ca, "milvus")
+    assert secured == {
+        "uri": "https://milvus:19530",
+        "token": "root:secret",
+        "secure": True,
+        "server_pem_path": str(ca),
+        "server_name": "milvus",
+    }
