@@ -427,10 +427,12 @@ def _export(args: argparse.Namespace) -> int:
     from kernel.events import TOPICS
 
     settings = Settings()
+    mode = args.deid or settings.exports.deid_mode
     key = settings.exports.deid_key.get_secret_value().encode() if settings.exports.deid_key else b""
-    if len(key) < 16:
+    if mode == "shifted" and len(key) < 16:
         print(
-            "clinstream export: set CLINSTREAM_EXPORTS__DEID_KEY (16+ characters, kept secret)",
+            "clinstream export: set CLINSTREAM_EXPORTS__DEID_KEY (16+ characters, kept secret), "
+            "or export with --deid safe-harbor",
             file=sys.stderr,
         )
         return 2
@@ -461,7 +463,7 @@ def _export(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    deid = Deidentifier(key)
+    deid = Deidentifier(key or None, mode)
     with tqdm(total=1, desc=f"building {args.kind}", disable=None, file=sys.stderr) as bar:
         rows = build(args.kind, sources, deid, filters)
         bar.update(1)
@@ -472,7 +474,8 @@ def _export(args: argparse.Namespace) -> int:
         parquet=settings.exports.parquet,
         filters=filters.described(),
         source=source,
-        key_id=key_id(key),
+        key_id=key_id(key) if mode == "shifted" else None,
+        mode=mode,
     )
     print(f"{args.kind}: {body['rows']} rows from {body['patients']} patients -> {args.out}")
     print(f"content sha256 {body['content_sha256']}")
@@ -597,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--until", type=_day, help="only resources dated on or before (YYYY-MM-DD)")
     export.add_argument("--type", action="append", default=[], help="only this resource type (repeatable)")
+    export.add_argument(
+        "--deid",
+        choices=("shifted", "safe-harbor"),
+        help="de-identification mode (default CLINSTREAM_EXPORTS__DEID_MODE): shifted dates and keyed "
+        "pseudonyms, or HIPAA Safe Harbor (years only, random codes)",
+    )
     export.add_argument("--topic-prefix", default="", help="read topics under this prefix (test deployments)")
     export.add_argument(
         "--include-overridden", action="store_true", help="instructions: keep alerts clinicians overrode"

@@ -15,7 +15,11 @@ from typing import Any
 from exports import deid
 from exports.datasets import Row, date_range
 
-CARD_VERSION = 1
+CARD_VERSION = 2
+_DATE_NOTES: dict[deid.Mode, str] = {
+    "shifted": "dates are shifted per patient",
+    "safe-harbor": "years only",
+}
 
 
 def card(
@@ -25,12 +29,14 @@ def card(
     *,
     filters: Mapping[str, Any],
     source: Mapping[str, Any],
-    key_id: str,
+    key_id: str | None,
+    mode: deid.Mode = "shifted",
 ) -> dict[str, Any]:
     """The card of one export: counts, date range, filters, method, hashes and source offsets.
 
     ``files`` maps each data file's name to its SHA-256; ``key_id`` names the
-    de-identification key (a hash of it, never the key)."""
+    de-identification key (a hash of it, never the key; None for Safe Harbor, which has none);
+    ``mode`` the de-identification mode that made it."""
     first, last = date_range(rows)
     tasks = Counter(str(r["task"]) for r in rows if "task" in r)
     patients = {str(r["patient"]) for r in rows if "patient" in r} or {str(r["id"]) for r in rows}
@@ -40,9 +46,14 @@ def card(
         "rows": len(rows),
         "patients": len(patients) if rows else 0,
         "tasks": dict(sorted(tasks.items())),
-        "date_range": {"first": first, "last": last, "note": "dates are shifted per patient"},
+        "date_range": {"first": first, "last": last, "note": _DATE_NOTES[mode]},
         "filters": dict(filters),
-        "deidentification": {"method": deid.METHOD, "version": deid.VERSION, "key_id": key_id},
+        "deidentification": {
+            "mode": mode,
+            "method": deid.METHODS[mode],
+            "version": deid.VERSION,
+            "key_id": key_id,
+        },
         "source": dict(source),
         "files": dict(sorted(files.items())),
     }
@@ -59,13 +70,14 @@ def card_json(body: Mapping[str, Any]) -> str:
 
 def card_markdown(body: Mapping[str, Any]) -> str:
     """The card for people: the same facts as a short Markdown page."""
+    dates, how = body["date_range"], body["deidentification"]
     lines = [
         f"# clinstream dataset: {body['dataset']}",
         "",
         f"- rows: {body['rows']} from {body['patients']} patients",
-        f"- dates (shifted per patient): {body['date_range']['first']} to {body['date_range']['last']}",
-        f"- de-identification: {body['deidentification']['method']} "
-        f"(version {body['deidentification']['version']}, key {body['deidentification']['key_id']})",
+        f"- dates ({dates['note']}): {dates['first']} to {dates['last']}",
+        f"- de-identification, mode {how['mode']}: {how['method']} "
+        f"(version {how['version']}, key {how['key_id'] or 'none'})",
         f"- filters: {json.dumps(body['filters'], sort_keys=True)}",
         f"- content SHA-256: `{body['content_sha256']}`",
     ]

@@ -264,7 +264,7 @@ def _flag(observation: Mapping[str, Any]) -> bool:
 def _alert_pair(alert: Alert, chart: Chart | None, s: PatientScrubber) -> Row:
     lines = []
     for item in alert.inputs:
-        at = f" at {s.shift_datetime(item.at).isoformat(timespec='minutes')}" if item.at else ""
+        at = f" at {s.when(item.at)}" if item.at else ""
         lines.append(f"{item.label}: {s.text(item.value)}{at}")
     if chart is not None:
         for ref in alert.evidence:

@@ -1,10 +1,14 @@
 """De-identification of FHIR R4 resources and free text (pure): the 18 identifier types of
-45 CFR 164.514(b)(2) removed or pseudonymised, dates shifted per patient.
+45 CFR 164.514(b)(2) removed or pseudonymised, in one of two modes.
 
-This is not HIPAA Safe Harbor, which keeps no date element but the year and no linkable code
-derived from identifiers: shifted dates and keyed pseudonyms make it a limited data set /
-expert-determination style export, to be released under a data use agreement or an expert's
-determination (a strict Safe Harbor mode is issue #29's).
+- ``shifted`` (the default): dates shifted per patient, keyed pseudonyms. This is not HIPAA
+  Safe Harbor, which keeps no date element but the year and no linkable code derived from
+  identifiers: shifted dates and keyed pseudonyms make it a limited data set /
+  expert-determination style export, to be released under a data use agreement or an expert's
+  determination.
+- ``safe-harbor``: every date reduced to its year (free text too), a patient older than 89 gets
+  no birth date at all (the year would show the age), and codes that are random per export,
+  derived from nothing about the patient and linking nothing across exports.
 
 Every dataset leaving clinstream for model builders passes through `Deidentifier`. It
 removes or replaces the 18 identifier types:
@@ -35,11 +39,14 @@ import binascii
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+Mode = Literal["shifted", "safe-harbor"]
+MODES: tuple[Mode, ...] = ("shifted", "safe-harbor")
 METHOD = (
     "date-shifted pseudonymisation (limited data set / expert-determination style, NOT HIPAA Safe "
     "Harbor: dates keep day and month, pseudonyms link a patient's records): the 18 identifier types "
@@ -47,7 +54,14 @@ METHOD = (
     "offset of 1-365 days, birth dates to year, ages over 89 as 90, free text scrubbed by the "
     "record's own identifiers and pattern rules"
 )
-VERSION = "1.0"
+SAFE_HARBOR_METHOD = (
+    "HIPAA Safe Harbor (45 CFR 164.514(b)(2)): the 18 identifier types removed; every date, in data "
+    "and free text, reduced to its year; no birth year for patients over 89 and ages over 89 as 90+; "
+    "record codes random per export (not derived from identifiers, not linkable across exports); free "
+    "text scrubbed by the record's own identifiers and pattern rules"
+)
+METHODS: dict[Mode, str] = {"shifted": METHOD, "safe-harbor": SAFE_HARBOR_METHOD}
+VERSION = "1.1"
 
 Resource = dict[str, Any]
 
@@ -270,19 +284,32 @@ def _as_date(value: str) -> date | None:
 
 
 class Deidentifier:
-    """Pseudonyms and date offsets under one secret key; de-identifies one patient at a time."""
+    """Pseudonyms and date offsets under one secret key (``shifted``), or random codes and
+    years (``safe-harbor``, no key); de-identifies one patient at a time."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
+    def __init__(self, key: bytes | None, mode: Mode = "shifted") -> None:
+        if mode == "shifted" and (key is None or len(key) < 16):
             raise ValueError("the de-identification key needs at least 16 bytes")
-        self._key = key
+        self.mode: Mode = mode
+        self._key = key or b""
+        self._codes: dict[str, str] = {}
+
+    @property
+    def method(self) -> str:
+        """What this mode does, as the dataset card says it."""
+        return METHODS[self.mode]
 
     def pseudonym(self, kind: str, value: str) -> str:
-        """A stable 24-hex pseudonym of ``value`` (per kind), not computable without the key."""
+        """A 24-hex code for ``value`` (per kind): keyed and stable (``shifted``), or drawn at
+        random the first time this export meets the value (``safe-harbor``)."""
+        if self.mode == "safe-harbor":
+            return self._codes.setdefault(f"{kind}\x1f{value}", secrets.token_hex(12))
         return hmac.new(self._key, f"{kind}\x1f{value}".encode(), hashlib.sha256).hexdigest()[:24]
 
     def offset_days(self, patient_id: str) -> int:
-        """How many days this patient's dates move back (1 to 365)."""
+        """How many days this patient's dates move back (1 to 365; none in ``safe-harbor``)."""
+        if self.mode == "safe-harbor":
+            return 0
         digest = hmac.new(self._key, f"offset\x1f{patient_id}".encode(), hashlib.sha256).digest()
         return 1 + int.from_bytes(digest[:4], "big") % 365
 
@@ -302,6 +329,7 @@ class PatientScrubber:
         self.patient_id = patient_id
         self.pseudonym = deid.pseudonym("Patient", patient_id)
         self._shift = timedelta(days=-deid.offset_days(patient_id))
+        self._year_only = deid.mode == "safe-harbor"
         self._found = found
         self._patterns = found.patterns()
         self._over_89 = (
@@ -317,6 +345,8 @@ class PatientScrubber:
         m = _DATE.match(value)
         if m is None:
             return value
+        if self._year_only:
+            return str(m[1])
         year, month, day, time = int(m[1]), int(m[2]), m[3], m[4]
         try:
             moved = date(year, month, int(day or 15)) + self._shift
@@ -329,6 +359,12 @@ class PatientScrubber:
     def shift_datetime(self, value: datetime) -> datetime:
         """A datetime moved by the patient's offset."""
         return value + self._shift
+
+    def when(self, value: datetime) -> str:
+        """A datetime as an export shows it: shifted, to the minute; or its year alone."""
+        if self._year_only:
+            return str(value.year)
+        return self.shift_datetime(value).isoformat(timespec="minutes")
 
     def reference(self, value: str) -> str:
         """``Type/id`` with the id replaced by its pseudonym; other references dropped to ''."""
@@ -368,6 +404,8 @@ class PatientScrubber:
         return _LONG_NUMBER.sub("[ID]", out)
 
     def _iso_in_text(self, m: re.Match[str]) -> str:
+        if self._year_only:
+            return str(m[1])
         try:
             moved = date(int(m[1]), int(m[2]), int(m[3])) + self._shift
         except ValueError:
@@ -376,6 +414,8 @@ class PatientScrubber:
 
     def _us_in_text(self, m: re.Match[str]) -> str:
         year = int(m[3]) if len(m[3]) == 4 else 2000 + int(m[3])
+        if self._year_only:
+            return str(year)
         try:
             moved = date(year, int(m[1]), int(m[2])) + self._shift
         except ValueError:
@@ -383,6 +423,8 @@ class PatientScrubber:
         return f"{moved.month}/{moved.day}/{moved.year}"
 
     def _words(self, month: int, day: int, year: int, *, show_day: bool = True) -> str:
+        if self._year_only:
+            return str(year)
         try:
             moved = date(year, month, day) + self._shift
         except ValueError:
@@ -409,7 +451,9 @@ class PatientScrubber:
     def _patient(self, out: Resource, original: Mapping[str, Any]) -> None:
         birth = original.get("birthDate")
         if isinstance(birth, str) and _DATE.match(birth):
-            if self._over_89 and self._found.latest is not None:
+            if self._over_89 and self._year_only:
+                out.pop("birthDate", None)  # any birth year would show an age over 89
+            elif self._over_89 and self._found.latest is not None:
                 out["birthDate"] = str((self._found.latest + self._shift).year - 90)
             else:
                 out["birthDate"] = self.shift_date(birth)[:4]

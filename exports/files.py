@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from exports.card import card, card_json, card_markdown
 from exports.datasets import Row
+from exports.deid import Mode
 
 
 def _sha256(path: Path) -> str:
@@ -42,7 +43,8 @@ def write_export(
     parquet: bool,
     filters: Mapping[str, Any],
     source: Mapping[str, Any],
-    key_id: str,
+    key_id: str | None,
+    mode: Mode = "shifted",
 ) -> dict[str, Any]:
     """Write ``rows`` and the card under ``out``; the card (as a dict) is returned."""
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ def write_export(
     for name, writer in files.items():
         writer(out / name, rows)
         hashes[name] = _sha256(out / name)
-    body = card(kind, rows, hashes, filters=filters, source=source, key_id=key_id)
+    body = card(kind, rows, hashes, filters=filters, source=source, key_id=key_id, mode=mode)
     (out / "dataset_card.json").write_text(card_json(body), encoding="utf-8")
     (out / "DATASET_CARD.md").write_text(card_markdown(body), encoding="utf-8")
     return body

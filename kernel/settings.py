@@ -623,6 +623,12 @@ class ExportsSettings(_Section):
         "dataset; keep it secret, as it links pseudonyms across exports. Required by `clinstream export`.",
     )
     parquet: bool = Field(default=True, description="Write Parquet beside JSON lines.")
+    deid_mode: Literal["shifted", "safe-harbor"] = Field(
+        default="shifted",
+        description="`shifted`: dates shifted per patient and keyed pseudonyms (a limited data set / "
+        "expert-determination style export, needs the key); `safe-harbor`: HIPAA Safe Harbor, years only, "
+        "random codes per export, no key.",
+    )
 
 
 class AgentsSettings(_Section):

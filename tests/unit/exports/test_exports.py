@@ -205,11 +205,14 @@ def test_the_planted_identifiers_are_in_the_input(sources):
     assert missing == []
 
 
+@pytest.mark.parametrize("mode", ["shifted", "safe-harbor"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_no_planted_identifier_survives_any_export(sources, kind, tmp_path):
-    rows = build(kind, sources, Deidentifier(KEY))
+def test_no_planted_identifier_survives_any_export(sources, kind, mode, tmp_path):
+    rows = build(kind, sources, Deidentifier(KEY if mode == "shifted" else None, mode))
     assert rows, f"{kind} is empty: nothing was tested"
-    body = write_export(tmp_path, kind, rows, parquet=True, filters={}, source={}, key_id=key_id(KEY))
+    body = write_export(
+        tmp_path, kind, rows, parquet=True, filters={}, source={}, key_id=key_id(KEY), mode=mode
+    )
     written = "".join(p.read_text() for p in tmp_path.iterdir() if p.suffix in (".jsonl", ".json", ".md"))
     import pyarrow.parquet as pq
 
@@ -362,3 +365,48 @@ def test_the_dataset_card_does_not_call_a_date_shifted_export_safe_harbor(source
     assert "NOT HIPAA Safe Harbor" in method
     assert "limited data set" in method
     assert "NOT HIPAA Safe Harbor" in (tmp_path / "DATASET_CARD.md").read_text()
+
+
+_FINER_THAN_A_YEAR = re.compile(
+    r"\b\d{4}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{1,2}\b",
+    re.IGNORECASE,
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_safe_harbor_export_keeps_years_only_and_links_nothing_across_exports(sources, kind, tmp_path):
+    first = build(kind, sources, Deidentifier(None, "safe-harbor"))
+    second = build(kind, sources, Deidentifier(None, "safe-harbor"))
+    assert first
+    text = json.dumps(first)
+    assert _FINER_THAN_A_YEAR.findall(text) == []
+    assert _leaks(text) == []
+    patients = {str(r.get("patient") or r["id"]) for r in first}
+    assert patients.isdisjoint({str(r.get("patient") or r["id"]) for r in second})  # random per export
+    shifted = json.dumps(build(kind, sources, Deidentifier(KEY)))
+    assert _FINER_THAN_A_YEAR.findall(shifted)  # the check finds dates where they are
+    card = write_export(
+        tmp_path, kind, first, parquet=False, filters={}, source={}, key_id=None, mode="safe-harbor"
+    )
+    assert card["deidentification"]["mode"] == "safe-harbor"
+    assert card["deidentification"]["key_id"] is None
+    assert card["deidentification"]["method"].startswith("HIPAA Safe Harbor")
+    assert "mode safe-harbor" in (tmp_path / "DATASET_CARD.md").read_text()
+
+
+def test_safe_harbor_gives_a_patient_over_89_no_birth_year():
+    old = {"resourceType": "Patient", "id": "p", "birthDate": "1930-02-14"}
+    visit = {"resourceType": "Encounter", "id": "e", "period": {"start": "2024-03-01T10:00:00Z"}}
+    strict = Deidentifier(None, "safe-harbor").patient("p", [old, visit])
+    assert "birthDate" not in strict.resource(old)
+    assert strict.resource(visit)["period"]["start"] == "2024"
+    assert (
+        strict.text("seen on March 3, 2021 and 2021-03-04, aged 94 years")
+        == "seen on 2021 and 2021, aged 90+ years"
+    )
+    young = {"resourceType": "Patient", "id": "q", "birthDate": "1980-06-01"}
+    assert (
+        Deidentifier(None, "safe-harbor").patient("q", [young, visit]).resource(young)["birthDate"] == "1980"
+    )
+    with pytest.raises(ValueError, match="key"):
+        Deidentifier(None)  # the shifted mode needs its key
