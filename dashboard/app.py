@@ -2,7 +2,9 @@
 
 `main` draws one page for a logged-in user. The entry script (`clinstream/dashboard_main.py`,
 run by `streamlit run`) builds the live backend from settings; tests pass an in-memory
-one. Pages: Overview, Dead letters, Index, Models, Alerts, Drafts.
+one. Pages: Overview, Dead letters, Index, Models, Alerts, Drafts, Audit (admins: who accessed
+a patient's data). Showing a dead letter's identifiers and replaying one are written to the audit
+log first, under the dashboard user's name; if the audit log cannot take it, nothing is shown.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from kernel.events import Topics
 from kernel.replay import as_replay, corrected
 
 SEVERITY_MARK = {"critical": ":red[●]", "warning": ":orange[●]", "info": ":blue[●]"}
-PAGES = ("Overview", "Dead letters", "Index", "Models", "Alerts", "Drafts")
+PAGES = ("Overview", "Dead letters", "Index", "Models", "Alerts", "Drafts", "Audit")
 T = TypeVar("T")
 
 
@@ -272,15 +274,18 @@ def _replay_controls(backend: Backend, chosen: list[q.LetterRow], by_id: dict[st
     if right.button(f"Replay all {len(replayable)} shown", disabled=not replayable):
         todo = replayable
     if todo:
-        _do_replay(backend, [as_replay(by_id[i]) for i in todo])
+        _do_replay(backend, [as_replay(by_id[i]) for i in todo], user)
     if len(chosen) > len(replayable):
         st.caption(
             "Refused at the edge (the sender got AE/AR and resends): open one to correct and replay it."
         )
 
 
-def _do_replay(backend: Backend, replays: list[Any]) -> None:
+def _do_replay(backend: Backend, replays: list[Any], user: User) -> None:
     try:
+        for replay in replays:
+            key = replay.key.decode(errors="replace") if replay.key else None
+            backend.audit(user.name, "replay", key, [f"dead-letter/{replay.letter_id}"])
         receipts = backend.replay(replays)
     except SourceUnavailableError as exc:
         st.error(f"Replay failed: {exc}")
@@ -299,6 +304,12 @@ def _open_letter(
     row = q.letter_row(letter)
     st.write(f"**{row.error_type}** at `{row.location or '-'}` ({row.stage}): {row.reason}")
     reveal = st.checkbox("Show identifiers", value=False, disabled=user.masked, key=f"reveal:{letter_id}")
+    if (
+        reveal
+        and not user.masked
+        and not _audited(backend, user, "unmask dead letter", _key(letter), letter_id)
+    ):
+        reveal = False
     st.caption(
         f"failed {row.failed_at:%Y-%m-%d %H:%M:%S %Z} · sender {row.sender or '-'}"
         f" · type {row.message_type or '-'} · control id {row.control_id or '-'}"
@@ -323,7 +334,42 @@ def _open_letter(
         except ReplayError as exc:
             st.error(str(exc))
             return
-        _do_replay(backend, [replay])
+        _do_replay(backend, [replay], user)
+
+
+def _audited(backend: Backend, user: User, action: str, patient: str, letter_id: str) -> bool:
+    """Write the AuditEvent of showing a dead letter's identifiers (once per session and letter);
+    False, with the reason shown, when the audit log cannot take it."""
+    done = st.session_state.setdefault("audited", set())
+    if (action, letter_id) in done:
+        return True
+    try:
+        backend.audit(user.name, action, patient or None, [f"dead-letter/{letter_id}"])
+    except SourceUnavailableError as exc:
+        st.error(f"Identifiers not shown: the audit log is unavailable ({exc})")
+        return False
+    done.add((action, letter_id))
+    return True
+
+
+def audit(backend: Backend, user: User) -> None:
+    """Who accessed one patient's data: the audit log's events, oldest first (admins)."""
+    st.header("Audit")
+    if not user.may("audit"):
+        st.info("The audit log is for administrators.")
+        return
+    patient = st.text_input("Patient (id, key or authority|MRN)")
+    days = st.number_input("Last days", min_value=1, max_value=3650, value=30)
+    if not patient or not st.button("Show accesses"):
+        return
+    since = datetime.now(UTC) - timedelta(days=int(days))
+    events = backend.audit_events(patient.strip(), since)
+    st.caption(f"{len(events)} accesses since {since:%Y-%m-%d}")
+    if events:
+        st.dataframe(
+            [{**e, "resources": ", ".join(e.get("resources") or [])} for e in events],
+            hide_index=True,
+        )
 
 
 def _key(letter: Any) -> str:
@@ -607,6 +653,8 @@ def main(backend: Backend, sampler: Sampler, config: Config) -> None:
             models(sampler)
         elif page == "Alerts":
             alerts(backend, user, config)
+        elif page == "Audit":
+            audit(backend, user)
         else:
             drafts(backend, user, config)
     except SourceUnavailableError as exc:

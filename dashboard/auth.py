@@ -20,13 +20,13 @@ from typing import Literal
 
 from dashboard.errors import LoginConfigError
 
-Permission = Literal["identifiers", "replay", "edit", "review"]
+Permission = Literal["identifiers", "replay", "edit", "review", "audit"]
 ROLES: Mapping[str, frozenset[Permission]] = {
     "viewer": frozenset(),  # numbers, masked lists
     "operator": frozenset({"replay"}),  # replay dead letters as they are
     "integration": frozenset({"replay", "edit", "identifiers"}),  # open, fix and replay messages
     "clinician": frozenset({"identifiers", "review"}),  # read and review drafts
-    "admin": frozenset({"identifiers", "replay", "edit", "review"}),
+    "admin": frozenset({"identifiers", "replay", "edit", "review", "audit"}),  # + who accessed what
 }
 ITERATIONS = 240_000
 _SCHEME = "pbkdf2_sha256"

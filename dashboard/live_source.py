@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from dashboard.queries import (
     parse_metrics,
     with_samples,
 )
+from kernel.audit import audit_event
+from kernel.audit_kafka import KafkaAuditLog
 from kernel.errors import ClinstreamError
 from kernel.events import Alert, ClinicianFeedback, DeadLetter, Topics
 from kernel.replay import Replay
@@ -81,6 +84,13 @@ class Backend(Protocol):
 
     def review(self, draft_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """`POST /notes/drafts/{id}/review`; the reviewed draft."""
+
+    def audit(self, user: str, action: str, patient: str | None, resources: Sequence[str]) -> None:
+        """Write the AuditEvent of a dashboard user's access to patient data (unmasking, replay)
+        before it happens; raises `SourceUnavailableError` when the audit log cannot take it."""
+
+    def audit_events(self, patient: str, since: datetime | None) -> list[dict[str, Any]]:
+        """`GET /audit/events`: who accessed this patient's data."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +250,36 @@ class LiveBackend:
             read_topic(self._ep.bootstrap, self._ep.topics.feedback, last=last, security=self._ep.security)
         )
         return [ClinicianFeedback.model_validate_json(r.value) for r in records]
+
+    def audit(self, user: str, action: str, patient: str | None, resources: Sequence[str]) -> None:
+        event = audit_event(
+            principal=f"dashboard:{user}",
+            action="R" if action.startswith("unmask") else "E",
+            what=f"dashboard {action}",
+            patient=patient,
+            resources=resources,
+            outcome="0",
+            detail="ok",
+            at=datetime.now(UTC),
+            trace_id=secrets.token_hex(16),
+            observer="clinstream dashboard",
+        )
+        producer = self._ep.producer or {"bootstrap_servers": self._ep.bootstrap, "acks": "all"}
+
+        async def write() -> None:
+            log_ = KafkaAuditLog(producer, self._ep.topics.audit, timeout_s=TIMEOUT_S * 2)
+            await log_.start()
+            try:
+                await log_.write(event, patient)
+            finally:
+                await log_.stop()
+
+        self._run(write())
+
+    def audit_events(self, patient: str, since: datetime | None) -> list[dict[str, Any]]:
+        params = {"patient": patient, **({"since": since.isoformat()} if since else {})}
+        found = self._json(self._get("/audit/events", **params))
+        return list(found["events"])
 
     def replay(self, replays: Sequence[Replay]) -> list[ReplayReceipt]:
         producer = self._ep.producer or {"bootstrap_servers": self._ep.bootstrap, "acks": "all"}

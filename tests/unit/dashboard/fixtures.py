@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from dashboard.app import Config
 from dashboard.auth import hash_password, parse_logins
+from dashboard.errors import SourceUnavailableError
 from dashboard.live_source import Sampler
 from dashboard.queries import LagRow, ReplayReceipt, Snapshot, lag_samples, parse_metrics, with_samples
 from kernel.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, content_hash
@@ -135,6 +136,9 @@ class FakeBackend:
         self.replayed: list[Replay] = []
         self.reviews: list[tuple[str, dict[str, Any]]] = []
         self.searches: list[dict[str, Any]] = []
+        self.audited: list[tuple[str, str, str | None, list[str]]] = []
+        self.audit_reads: list[tuple[str, datetime | None]] = []
+        self.audit_down = False
         self.snapshots = [
             parse_metrics([_exposition(1.0)], 1000.0),
             parse_metrics([_exposition(2.0)], 1010.0),
@@ -229,6 +233,24 @@ class FakeBackend:
     def review(self, draft_id: str, body: dict[str, Any]) -> dict[str, Any]:
         self.reviews.append((draft_id, body))
         return {**self.draft_list[0], "status": "final"}
+
+    def audit(self, user: str, action: str, patient: str | None, resources: Sequence[str]) -> None:
+        if self.audit_down:
+            raise SourceUnavailableError("Kafka: KafkaConnectionError")
+        self.audited.append((user, action, patient, list(resources)))
+
+    def audit_events(self, patient: str, since: datetime | None) -> list[dict[str, Any]]:
+        self.audit_reads.append((patient, since))
+        return [
+            {
+                "time": NOW.isoformat(),
+                "principal": "jwt:dr-who",
+                "action": "POST /query",
+                "patient": patient,
+                "resources": ["Observation/k2"],
+                "outcome": "success",
+            }
+        ]
 
 
 def build() -> tuple[FakeBackend, Sampler, Config]:

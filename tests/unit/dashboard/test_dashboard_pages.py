@@ -101,8 +101,35 @@ def test_dead_letter_filters_narrow_the_list(fake):
 def test_an_operator_without_identifiers_cannot_open_edit(fake):
     at = _logged_in("ada", "Dead letters")
     assert "EVERYMAN" not in _text(at)  # masked by default, even for an admin
+    assert fake.audited == []
     at.checkbox[0].check().run()
     assert "EVERYMAN" in _text(at)
+    [(user, action, _, resources)] = fake.audited  # written before the identifiers were shown
+    assert (user, action) == ("ada", "unmask dead letter")
+    assert resources[0].startswith("dead-letter/")
+    at.run()
+    assert len(fake.audited) == 1  # once per session and letter, not per rerun
+
+
+def test_no_audit_log_no_identifiers(fake):
+    fake.audit_down = True
+    at = _logged_in("ada", "Dead letters")
+    at.checkbox[0].check().run()
+    assert "EVERYMAN" not in _text(at)
+    assert "audit log is unavailable" in _text(at)
+
+
+def test_the_audit_page_shows_who_accessed_a_patient_to_admins_only(fake):
+    at = _logged_in("ada", "Audit")
+    at.text_input[0].input("MERCY|100001").run()
+    next(b for b in at.button if b.label == "Show accesses").click().run()
+    assert fake.audit_reads[0][0] == "MERCY|100001"
+    frame = _frames(at)[0]
+    assert list(frame["principal"]) == ["jwt:dr-who"]
+    assert list(frame["resources"]) == ["Observation/k2"]
+    viewer = _logged_in("vic", "Audit")
+    assert "for administrators" in _text(viewer)
+    assert not [b for b in viewer.button if b.label == "Show accesses"]
 
 
 def test_replay_selected_goes_back_to_its_topic_and_shows_the_outcome(fake):
@@ -112,6 +139,7 @@ def test_replay_selected_goes_back_to_its_topic_and_shows_the_outcome(fake):
     next(b for b in at.button if b.label == "Replay selected").click().run()
     assert not at.exception
     [replay] = fake.replayed
+    assert [(u, a) for u, a, _, _ in fake.audited] == [("ian", "replay")]
     assert replay.topic == letter.source_topic
     assert replay.payload == letter.payload
     assert not replay.edited
