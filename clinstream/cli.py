@@ -424,6 +424,7 @@ def _export(args: argparse.Namespace) -> int:
     from exports.deid import Deidentifier
     from exports.files import write_export
     from exports.kafka_source import read_sources
+    from kernel.errors import AuditUnavailableError
     from kernel.events import TOPICS
 
     settings = Settings()
@@ -467,6 +468,14 @@ def _export(args: argparse.Namespace) -> int:
     with tqdm(total=1, desc=f"building {args.kind}", disable=None, file=sys.stderr) as bar:
         rows = build(args.kind, sources, deid, filters)
         bar.update(1)
+    patients = sorted({r.patient_id for r in sources.records})
+    try:  # every patient whose record was read, before the dataset is written
+        _run_any(
+            _audit_export(settings, TOPICS.with_prefix(args.topic_prefix).audit, args.kind, mode, patients)
+        )
+    except AuditUnavailableError as exc:
+        print(f"clinstream export: nothing written, the audit log is unavailable ({exc})", file=sys.stderr)
+        return 2
     body = write_export(
         args.out,
         args.kind,
@@ -480,6 +489,45 @@ def _export(args: argparse.Namespace) -> int:
     print(f"{args.kind}: {body['rows']} rows from {body['patients']} patients -> {args.out}")
     print(f"content sha256 {body['content_sha256']}")
     return 0
+
+
+async def _audit_export(settings: Settings, topic: str, kind: str, mode: str, patients: list[str]) -> None:
+    """One AuditEvent per patient an export read, under the operating-system user running it."""
+    import getpass
+    import secrets
+    from datetime import UTC, datetime
+
+    from kernel.audit import audit_event
+    from kernel.audit_kafka import KafkaAuditLog
+    from kernel.settings import producer_config
+
+    principal = f"cli:{getpass.getuser()}"
+    trace, now = secrets.token_hex(16), datetime.now(UTC)
+    events = [
+        (
+            audit_event(
+                principal=principal,
+                action="E",
+                what=f"clinstream export {kind} ({mode})",
+                patient=patient,
+                resources=(),
+                outcome="0",
+                detail="ok",
+                at=now,
+                trace_id=f"{trace}:{patient}",
+                observer="clinstream export",
+            ),
+            patient,
+        )
+        for patient in patients
+    ]
+    bootstrap = settings.kafka.bootstrap or ""
+    writer = KafkaAuditLog(producer_config(settings.kafka, bootstrap, tansu=False), topic)
+    await writer.start()
+    try:
+        await writer.write_many(events)
+    finally:
+        await writer.stop()
 
 
 def _agent_token(args: argparse.Namespace) -> int:

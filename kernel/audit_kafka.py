@@ -10,12 +10,13 @@ fails raises `AuditUnavailableError`; the caller then answers 503 and discloses 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -104,7 +105,53 @@ class KafkaAuditLog:
                     )
                     self._chains[partition] = (seq + 1, record_hash(value))
         except (KafkaError, TimeoutError) as exc:
+            self._restart_chains()
             raise AuditUnavailableError("the audit log did not confirm the write") from exc
+
+    async def write_many(self, items: Sequence[tuple[dict[str, Any], str | None]]) -> None:
+        """Write many events at once (an export's, one per patient), each partition's in order
+        and chained; returns when the broker confirmed them all. The chains advance only then."""
+        if self._producer is None:
+            raise AuditUnavailableError("the audit log is not started")
+        producer = self._producer
+        try:
+            async with asyncio.timeout(self._timeout + len(items) / 100):
+                partitions = sorted(await producer.partitions_for(self._topic))
+                placed = [
+                    (event, patient, int(self._partitioner(patient.encode(), partitions, partitions)))
+                    if patient
+                    else (event, patient, partitions[0])
+                    for event, patient in items
+                ]
+                async with contextlib.AsyncExitStack() as held:
+                    for partition in sorted({p for _, _, p in placed}):  # one order: no deadlock
+                        await held.enter_async_context(self._locks.setdefault(partition, asyncio.Lock()))
+                    chains = dict(self._chains)
+                    sent = []
+                    for event, patient, partition in placed:
+                        seq, previous = chains.get(partition, (-1, genesis(self._writer)))
+                        value = seal(event, writer=self._writer, seq=seq + 1, previous=previous)
+                        sent.append(
+                            await producer.send(
+                                self._topic,
+                                value,
+                                key=patient.encode() if patient else None,
+                                partition=partition,
+                                headers=[("resource_type", b"AuditEvent")],
+                            )
+                        )
+                        chains[partition] = (seq + 1, record_hash(value))
+                    await asyncio.gather(*sent)
+                    self._chains = chains
+        except (KafkaError, TimeoutError) as exc:
+            self._restart_chains()
+            raise AuditUnavailableError("the audit log did not confirm the writes") from exc
+
+    def _restart_chains(self) -> None:
+        """After a write the broker did not confirm (it may still have stored it): continue
+        under a new writer name, so the old chains end where they end and verify intact."""
+        self._writer = writer_id()
+        self._chains = {}
 
 
 async def read_partitions(

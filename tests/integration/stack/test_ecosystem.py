@@ -3,6 +3,7 @@ and over MCP (stdio, `clinstream mcp` as its own process) with their AuditEvents
 and `clinstream export` run twice as a process: same bytes, no identifier of the feed in them."""
 
 import asyncio
+import getpass
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from mcp import Client, StdioServerParameters
 
 from clinstream.demo import demo_messages
 from connectors.mllp_client import MllpClient
+from kernel.audit import summary, verify
+from kernel.audit_kafka import events_of, read_partitions
 from kernel.events import patient_key
 from kernel.fhir_models import model_class
 from kernel.replay_kafka import read_topic
@@ -157,17 +160,26 @@ async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, 
     await collect(stack.bootstrap, topics.alerts, lambda seen: len(seen) >= 1, timeout=60)
     await asyncio.to_thread(_exports, stack.bootstrap, prefix, tmp_path)
 
+    # Each export read every patient: one AuditEvent per patient and export, before it was
+    # written, under the user who ran it; the whole audit topic's chains hold.
+    records = await read_partitions(stack.bootstrap, topics.audit)
+    exported = [s for s in map(summary, events_of(records)) if s["action"].startswith("clinstream export")]
+    assert {s["patient"] for s in exported if "pretraining (shifted)" in s["action"]} >= {JANE, RICHARD}
+    assert {s["principal"] for s in exported} == {f"cli:{getpass.getuser()}"}
+    assert any("(safe-harbor)" in s["action"] for s in exported)
+    assert verify((p, o, v) for p, o, _, v in records).breaks == []
 
-def _export(kind, out, bootstrap, prefix):
+
+def _export(kind, out, bootstrap, prefix, *extra, key=KEY):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")},
         "CLINSTREAM_KAFKA__BOOTSTRAP": bootstrap,
-        "CLINSTREAM_EXPORTS__DEID_KEY": KEY,
+        **({"CLINSTREAM_EXPORTS__DEID_KEY": key} if key else {}),
     }
     import subprocess
 
     done = subprocess.run(
-        [CLINSTREAM, "export", kind, "--out", str(out), "--topic-prefix", prefix],
+        [CLINSTREAM, "export", kind, "--out", str(out), "--topic-prefix", prefix, *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -201,3 +213,10 @@ def _exports(bootstrap, prefix, tmp_path):
     assert leaked == []
     for key in (JANE, RICHARD):  # the stream's patient keys are computable from an MRN
         assert key not in written
+
+    strict = _export("pretraining", tmp_path / "s", bootstrap, prefix, "--deid", "safe-harbor", key=None)
+    assert strict["deidentification"]["mode"] == "safe-harbor"
+    assert strict["deidentification"]["key_id"] is None
+    assert strict["rows"] == first["rows"]
+    text = (tmp_path / "s" / "pretraining.jsonl").read_text()
+    assert not re.search(r"\b\d{4}-\d{2}-\d{2}", text)  # years only
