@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clinstream.settings import Settings, settings_table
+from kernel.kafka import guard_payload_logs
 from kernel.settings import kafka_security
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def _configure_logging(level: str) -> None:
     ):
         logging.getLogger(name).setLevel(level)
     logging.getLogger("grpc._server").addFilter(_MilvusLiteNoise())
+    guard_payload_logs()
     # FastStream's own lines (partition assignment, task callbacks) only when debugging.
     logging.getLogger("clinstream.kafka").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
 

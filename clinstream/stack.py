@@ -88,7 +88,15 @@ from kernel.errors import ModelNotBuiltError
 from kernel.events import TOPICS, ClinicianFeedback, Topics, topic_config
 from kernel.generator_session import LazyGenerator
 from kernel.grounding import Evidence
-from kernel.kafka import BatchCommitter, Outgoing, StageConsumer, Written, publish_in_order, stage_consumer
+from kernel.kafka import (
+    BatchCommitter,
+    Outgoing,
+    StageConsumer,
+    Written,
+    guard_payload_logs,
+    publish_in_order,
+    stage_consumer,
+)
 from kernel.settings import kafka_security, librdkafka_security, producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -978,6 +986,7 @@ async def running_stages(
     """
     token = check_stages(settings, stages)
     report_state_volume(settings)
+    guard_payload_logs()
     bootstrap = str(settings.kafka.bootstrap)
     await create_topics(settings, bootstrap, topics)
     async with contextlib.AsyncExitStack() as stack:
@@ -996,6 +1005,7 @@ async def running_stack(
     and the dashboard as its own process, until the context exits."""
     api_token = _check(settings, dashboard=True)
     report_state_volume(settings)
+    guard_payload_logs()
     async with contextlib.AsyncExitStack() as stack:
         embedded: EmbeddedBroker | None = None
         if settings.embedded:

@@ -470,3 +470,31 @@ async def dead_letter_and_commit(
     return await commit_after(
         msg, lambda: publish_dead_letters(broker, topics, [letter]), stage=letter.stage, backoff_s=backoff_s
     )
+
+
+class PayloadRedaction(logging.Filter):
+    """aiokafka's producer logs every record's key and value at DEBUG ("Sending (key=%s
+    value=%s) to %s"): patient data in a log whenever someone turns DEBUG on for everything.
+    The record keeps its place and the partition, with the key and value replaced by sizes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            isinstance(record.args, tuple)
+            and len(record.args) == 3
+            and str(record.msg).startswith("Sending (")
+        ):
+            key, value, partition = record.args
+            record.msg = "Sending a record (key %s bytes, value %s bytes) to %s"
+            record.args = (_size(key), _size(value), partition)
+        return True
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, bytes | bytearray | str) else 0
+
+
+def guard_payload_logs() -> None:
+    """Install `PayloadRedaction` on the loggers that would write record contents (once)."""
+    logger = logging.getLogger("aiokafka.producer.producer")
+    if not any(isinstance(f, PayloadRedaction) for f in logger.filters):
+        logger.addFilter(PayloadRedaction())

@@ -10,6 +10,8 @@ answer, and the agent tools' backend (the deployment's own API) is reached over 
 """
 
 import asyncio
+import logging
+import re
 import ssl
 import time
 
@@ -30,6 +32,7 @@ from kernel.events import patient_key
 from kernel.replay_kafka import read_topic
 from kernel.settings import KafkaSettings, kafka_security, librdkafka_security, producer_config
 from tests.certs import self_signed
+from tests.integration.stack.test_ecosystem import feed_identifiers
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "clinstream", "backbone-secret-7f3a"
@@ -131,7 +134,10 @@ def test_sasl_without_a_login_is_a_configuration_error():
         kafka_security(KafkaSettings(security_protocol="SASL_SSL"))
 
 
-async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_path):
+async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_path, caplog):
+    """… and at DEBUG, with every library's loggers on, no secret and no identifier of the
+    feed's patients is written to a log."""
+    caplog.set_level(logging.DEBUG)
     broker, ca = secured
     cert, key = self_signed(tmp_path / "https")
     settings = Settings(
@@ -188,3 +194,12 @@ async def test_the_whole_stack_runs_on_the_secured_listener_alone(secured, tmp_p
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}", timeout=10) as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get("/health")
+    logged = caplog.text + "".join(
+        p.read_text(errors="replace") for p in tmp_path.rglob("*.log") if p.is_file()
+    )
+    assert len(caplog.records) > 1000  # DEBUG was on: the check read something
+    secrets_ = [PASSWORD, JWT_SECRET, "secured-backbone-token", agent["Authorization"].split()[1]]
+    assert [s for s in secrets_ if s in logged] == []
+    named = [v for v in feed_identifiers() if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w])", logged)]
+    leaking = {r.name for r in caplog.records for v in named[:3] if v in r.getMessage()}
+    assert named == [], leaking

@@ -162,3 +162,23 @@ def test_two_writers_interleaved_in_one_partition_each_keep_their_chain():
     assert (found.chains, found.breaks) == (2, [])
     assert verify(interleaved[:1] + interleaved[2:]).breaks  # a writer's first event gone
     assert verify(interleaved[:2] + interleaved[3:]).breaks  # one in the middle
+
+
+def test_aiokafka_debug_lines_keep_sizes_not_record_contents():
+    import logging
+
+    from kernel.kafka import guard_payload_logs
+
+    guard_payload_logs()
+    guard_payload_logs()  # once only
+    logger = logging.getLogger("aiokafka.producer.producer")
+    assert sum(type(f).__name__ == "PayloadRedaction" for f in logger.filters) == 1
+    record = logger.makeRecord(
+        logger.name, logging.DEBUG, "producer.py", 500, "Sending (key=%s value=%s) to %s",
+        (b"MERCY-100001", b"PID|||100001^^^MERCY||EVERYMAN^ADAM", "topic-0"), None,
+    )  # fmt: skip
+    assert logger.filter(record)
+    text = record.getMessage()
+    assert "EVERYMAN" not in text
+    assert "100001" not in text
+    assert "value 35 bytes" in text
