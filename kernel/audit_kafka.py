@@ -85,18 +85,24 @@ class KafkaAuditLog:
             self._producer = None
 
     async def write(self, event: dict[str, Any], patient: str | None) -> None:
-        """Seal ``event`` into its partition's chain and write it (acks=all)."""
+        """Seal ``event`` into its partition's chain and write it (acks=all).
+
+        The chain link is made and the record queued under the partition's lock, so records
+        enter the partition in chain order (the producer is idempotent: it keeps that order); the
+        broker's confirmation is awaited outside it, so concurrent callers share produce
+        requests instead of queueing one round trip each."""
         if self._producer is None:
             raise AuditUnavailableError("the audit log is not started")
+        producer = self._producer
         key = patient.encode() if patient else None
         try:
             async with asyncio.timeout(self._timeout):
-                partitions = sorted(await self._producer.partitions_for(self._topic))
+                partitions = sorted(await producer.partitions_for(self._topic))
                 partition = int(self._partitioner(key, partitions, partitions)) if key else partitions[0]
                 async with self._locks.setdefault(partition, asyncio.Lock()):
                     seq, previous = self._chains.get(partition, (-1, genesis(self._writer)))
                     value = seal(event, writer=self._writer, seq=seq + 1, previous=previous)
-                    await self._producer.send_and_wait(
+                    sent = await producer.send(
                         self._topic,
                         value,
                         key=key,
@@ -104,6 +110,7 @@ class KafkaAuditLog:
                         headers=[("resource_type", b"AuditEvent")],
                     )
                     self._chains[partition] = (seq + 1, record_hash(value))
+                await sent
         except (KafkaError, TimeoutError) as exc:
             self._restart_chains()
             raise AuditUnavailableError("the audit log did not confirm the write") from exc
