@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,27 +71,39 @@ class FhirIngress:
         self._topics = topics
         self._settings = settings
 
+    @staticmethod
+    def _refuse_outcome(status: int, detail: str, headers: Mapping[str, str] | None) -> Response:
+        """The shared guard's refusals as FHIR clients expect them: OperationOutcomes."""
+        code: Any = {401: "login", 403: "security"}.get(status, "transient")
+        return outcome_response(status, [Issue(code, detail)], dict(headers) if headers else None)
+
     def routes(self) -> list[Guarded]:
         """Starlette routes under /fhir and /dicom. Writing needs a write scope for each type
         written (``system/Observation.cu``, ``system/*.cruds``); a Bundle with one type the token
         may not write is refused whole (403) before anything is published."""
-        any_write = write()
+        any_write, outcome = write(), self._refuse_outcome
         return [
-            Guarded("/fhir/metadata", self.metadata, methods=["GET"], need=PUBLIC),
+            Guarded("/fhir/metadata", self.metadata, methods=["GET"], need=PUBLIC, refuse=outcome),
             Guarded(
                 "/fhir/subscription-notification",
                 self._guard(self.notification),
                 methods=["POST"],
                 need=any_write,
+                refuse=outcome,
             ),
-            Guarded("/fhir", self._guard(self.bundle), methods=["POST"], need=any_write),
-            Guarded("/fhir/{type}", self._guard(self.create), methods=["POST"], need=any_write),
-            Guarded("/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"], need=any_write),
+            Guarded("/fhir", self._guard(self.bundle), methods=["POST"], need=any_write, refuse=outcome),
+            Guarded(
+                "/fhir/{type}", self._guard(self.create), methods=["POST"], need=any_write, refuse=outcome
+            ),
+            Guarded(
+                "/fhir/{type}/{id}", self._guard(self.update), methods=["PUT"], need=any_write, refuse=outcome
+            ),
             Guarded(
                 "/dicom/studies",
                 self._guard(self.stow, DICOM_TYPES),
                 methods=["POST"],
                 need=write("Patient", "ImagingStudy"),
+                refuse=outcome,
             ),
         ]
 

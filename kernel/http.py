@@ -89,41 +89,46 @@ def _audit_notes(request: Request) -> dict[str | None, set[str]]:
     return notes
 
 
+Refuse = Callable[[int, str, Mapping[str, str] | None], Response]
+
+
 class Guarded(Route):
-    """A route with its `Need`; the API server refuses to serve a route without one."""
+    """A route with its `Need`; the API server refuses to serve a route without one.
+    ``refuse`` shapes its 401/403/503 answers (FHIR routes answer OperationOutcomes)."""
 
-    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], need: Need) -> None:
+    def __init__(
+        self, path: str, endpoint: Endpoint, *, methods: list[str], need: Need, refuse: Refuse = problem
+    ) -> None:
         self.need = need
-        super().__init__(path, _guard(endpoint, need, f"{methods[0]} {path}"), methods=methods)
+        super().__init__(path, _guard(endpoint, need, f"{methods[0]} {path}", refuse), methods=methods)
 
 
-def _guard(endpoint: Endpoint, need: Need, what: str) -> Endpoint:
+def _guard(endpoint: Endpoint, need: Need, what: str, refuse: Refuse) -> Endpoint:
     audited = need.kind in ("read", "write", "audit", "own")
+
+    def audit_down() -> Response:
+        return refuse(503, "the audit log is unavailable; retry later", {"Retry-After": "5"})
 
     async def guarded(request: Request) -> Response:
         access = caller(request)
         refusal = need.refusal(access)
         if refusal is not None:
             if access is None:
-                return problem(401, refusal, CHALLENGE)
+                return refuse(401, refusal, CHALLENGE)
             if not await _record(request, need, what, 403, refusal):
-                return _audit_down()
-            return problem(403, refusal)
+                return audit_down()
+            return refuse(403, refusal, None)
         try:
             response = await endpoint(request)
         except PatientRefusedError as exc:
-            response = problem(403, exc.detail)
+            response = refuse(403, exc.detail, None)
         if not audited or (need.kind == "own" and not getattr(request.state, "audit_notes", None)):
             return response
         if not await _record(request, need, what, response.status_code, "ok"):
-            return _audit_down()
+            return audit_down()
         return response
 
     return guarded
-
-
-def _audit_down() -> JSONResponse:
-    return problem(503, "the audit log is unavailable; retry later", {"Retry-After": "5"})
 
 
 async def _record(request: Request, need: Need, what: str, status: int, detail: str) -> bool:

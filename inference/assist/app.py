@@ -52,7 +52,7 @@ from kernel.chart import Chart
 from kernel.chart_store import ChartStore
 from kernel.events import ClinicianFeedback, DeadLetter, Topics
 from kernel.grounding import Evidence
-from kernel.http import Guarded, disclose, patient_of, problem, readable
+from kernel.http import Guarded, caller, disclose, patient_of, problem, readable
 from kernel.kafka import (
     STAGE_CONSUMER,
     BatchCommitter,
@@ -206,7 +206,14 @@ def assist_routes(service: AssistService) -> list[Guarded]:
         chart = await service.chart(patient_of(request, body.patient_id))
         if not chart.resources:
             return problem(404, "no record of this patient in the assistance stage")
-        return body, chart
+        # The rules and the generator see only what the caller may read (the answers are
+        # filtered again by what they cite).
+        access = caller(request)
+        readable_chart = Chart(
+            chart.patient_id,
+            {ref: r for ref, r in chart.resources.items() if access and access.reads(ref.split("/", 1)[0])},
+        )
+        return body, readable_chart
 
     async def diagnoses(request: Request) -> JSONResponse:
         started = time.perf_counter()

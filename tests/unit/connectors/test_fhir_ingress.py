@@ -336,6 +336,8 @@ def test_a_write_needs_a_write_scope_for_the_type_written(env):
         token = {"Authorization": "Bearer " + _jwt(**({"scope": scope} if scope else {}))}
         r = client.put("/fhir/Patient/p1", json=PATIENT, headers=headers | token)
         assert r.status_code == status, scope
+        if status == 403:  # FHIR clients get an OperationOutcome, whichever check refused
+            assert r.json()["resourceType"] == "OperationOutcome"
     assert len(sink.records) == before + 2
     assert all(topic != TOPICS.deadletter for topic, *_ in sink.records[before:])
 

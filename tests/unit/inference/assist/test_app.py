@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from clinstream.http import build_app
+from connectors.security import Authenticator
 from inference.assist import cards
 from inference.assist.app import AssistHooks, AssistService, accepted_conditions, assist_routes
 from inference.assist.openai_client import OpenAIChat
@@ -23,6 +24,7 @@ from kernel.chart_store import ChartStore
 from kernel.errors import ModelRunError
 from kernel.events import ClinicianFeedback
 from kernel.generation import Generation, GenerationConfig
+from kernel.settings import HttpSettings
 from tests.unit.inference.assist.fixtures import NOW, bp, condition, med, obs, patient
 
 SECRET = "assist-test-secret-at-least-32-bytes-long"
@@ -103,6 +105,44 @@ async def test_diagnoses_and_treatments(service):
     assert ("38341003", "lisinopril") in by_problem  # suggested hypertension, with diabetes
     assert ("44054006", "metformin") in by_problem
     assert all(s["personalisation"] is not None and s["citations"] for s in tx["suggestions"])
+
+
+async def test_suggestions_rest_only_on_what_the_token_may_read(service):
+    """The hypertension suggestion rests on blood pressure Observations: a token that reads
+    Conditions only gets no suggestion built from them, and one that reads both gets it; the
+    AuditEvent names what was shown."""
+    audit = MemoryAuditLog()
+    app = build_app(
+        Authenticator(TOKEN, HttpSettings(jwt_hs256_secret=SECRET)), assist_routes(service), audit=audit
+    )
+
+    def bearer(scope):
+        claims = {"sub": "dr", "exp": int(time.time()) + 60, "scope": scope}
+        return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+
+    async with client_of(app) as client:
+        none = await client.post(
+            "/assist/diagnoses", json={"patient_id": "p1"}, headers=bearer("user/Observation.s")
+        )
+        conditions = await client.post(
+            "/assist/diagnoses", json={"patient_id": "p1"}, headers=bearer("user/Condition.rs")
+        )
+        both = await client.post(
+            "/assist/diagnoses",
+            json={"patient_id": "p1"},
+            headers=bearer("user/Condition.rs user/Observation.rs user/Patient.rs"),
+        )
+        refused = await client.post(
+            "/assist/diagnoses", json={"patient_id": "p1"}, headers=bearer("user/Encounter.rs")
+        )
+    assert conditions.status_code == 200
+    assert conditions.json()["suggestions"] == []
+    assert [s["code"]["coding"][0]["code"] for s in both.json()["suggestions"]] == ["38341003"]
+    assert none.status_code == 200
+    assert refused.status_code == 403  # reads nothing assistance reasons over
+    shown = [e for e, _ in audit.events if e["entity"][-1:] and e["outcome"] == "0"]
+    cited = {ent["what"]["reference"] for e in shown for ent in e["entity"] if "what" in ent}
+    assert any(ref.startswith("Observation/") for ref in cited)
 
 
 @pytest.mark.parametrize(
