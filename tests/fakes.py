@@ -73,3 +73,24 @@ def collected(broker, topic):
         seen.append(msg.raw_message.value)
 
     return seen
+
+
+def query_audit_event(n, patient="p1", principal="jwt:dr", at=None, address=None):
+    """An AuditEvent of the ``n``th `POST /query` by ``principal`` about ``patient``."""
+    from datetime import UTC, datetime
+
+    from kernel.audit import audit_event
+
+    return audit_event(
+        principal=principal,
+        action="E",
+        what="POST /query",
+        patient=patient,
+        resources=[f"Observation/o{n}"],
+        outcome="0",
+        detail="ok",
+        at=at or datetime.now(UTC),
+        trace_id=f"t{n}",
+        observer="test",
+        address=address,
+    )

@@ -3,33 +3,18 @@ dashboard's writer, reading one patient's partition, and the chains verified aft
 a broker that cannot be reached gives AuditUnavailableError, never silence."""
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 
 from clinstream.runtime import ensure_topics
 from dashboard.live_source import Endpoints, LiveBackend
-from kernel.audit import audit_event, summary, verify
+from kernel.audit import summary, verify
 from kernel.audit_kafka import KafkaAuditLog, events_of, read_partitions
 from kernel.errors import AuditUnavailableError
 from kernel.settings import KafkaSettings, producer_config
+from tests.fakes import query_audit_event
 
 pytestmark = pytest.mark.integration
-
-
-def _event(n, patient):
-    return audit_event(
-        principal="jwt:dr",
-        action="E",
-        what="POST /query",
-        patient=patient,
-        resources=[f"Observation/o{n}"],
-        outcome="0",
-        detail="ok",
-        at=datetime.now(UTC),
-        trace_id=f"t{n}",
-        observer="test",
-    )
 
 
 def _producer(broker):
@@ -47,9 +32,9 @@ async def test_writers_chain_what_they_write_and_a_patient_reads_back_their_own(
     await second.start()
     try:
         patients = [f"p{n}" for n in range(6)]
-        await asyncio.gather(*(first.write(_event(n, p), p) for n, p in enumerate(patients)))
-        await second.write_many([(_event(10 + n, p), p) for n, p in enumerate(patients)])
-        await first.write(_event(20, None), None)
+        await asyncio.gather(*(first.write(query_audit_event(n, p), p) for n, p in enumerate(patients)))
+        await second.write_many([(query_audit_event(10 + n, p), p) for n, p in enumerate(patients)])
+        await first.write(query_audit_event(20, None), None)
     finally:
         await first.stop()
         await second.stop()
@@ -79,4 +64,4 @@ async def test_an_unreachable_audit_log_is_an_error():
     with pytest.raises(AuditUnavailableError):
         await writer.start()
     with pytest.raises(AuditUnavailableError):
-        await writer.write(_event(1, "p1"), "p1")
+        await writer.write(query_audit_event(1, "p1"), "p1")

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from kernel.access import AUDIT, Access, access_of, parse_scopes, read, refs_in, write
-from kernel.audit import audit_event, genesis, record_hash, seal, summary, verify
+from kernel.audit import genesis, record_hash, seal, summary, verify
+from tests.fakes import query_audit_event
 
 AT = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -94,19 +95,7 @@ def test_refs_in_finds_the_references_an_answer_rests_on():
 
 
 def _event(n, patient="p1", principal="jwt:dr"):
-    return audit_event(
-        principal=principal,
-        action="E",
-        what="POST /query",
-        patient=patient,
-        resources=[f"Observation/o{n}"],
-        outcome="0",
-        detail="ok",
-        at=AT,
-        trace_id=f"t{n}",
-        observer="test",
-        address="10.0.0.7",
-    )
+    return query_audit_event(n, patient, principal, at=AT, address="10.0.0.7")
 
 
 def _chain(events, writer="w1", partition=0, start=0):
