@@ -1,7 +1,9 @@
 """Every HTTP endpoint of the running deployment authenticates: the routes are read from the
 live application (so a route added later is swept too), and each one is called without
 credentials and with wrong ones. A patient-scoped agent token is refused outside the agent
-tools, and inside them outside its patients."""
+tools, and inside them outside its patients. Every route answers each SMART scope as the rules
+stated here say, and each route that touches patient data, called once, leaves exactly one
+AuditEvent naming its caller, the audit topic's chains intact. One stack serves all four."""
 
 import asyncio
 import base64
@@ -72,7 +74,7 @@ def _wrong_credentials():
     }
 
 
-async def test_every_endpoint_refuses_missing_and_wrong_credentials(stack):
+async def _every_endpoint_refuses_missing_and_wrong_credentials(stack):
     endpoints = _endpoints(stack.app)
     paths = {path for _, path in endpoints}
     for expected in ("/fhir", "/dicom/studies", "/query", "/patients/x1/timeline", "/agent/tools/x1"):
@@ -103,7 +105,7 @@ async def test_every_endpoint_refuses_missing_and_wrong_credentials(stack):
     assert swept >= 8 * 20
 
 
-async def test_patient_scoped_tokens_stay_in_their_scope(stack):
+async def _patient_scoped_tokens_stay_in_their_scope(stack):
     jane = {"Authorization": "Bearer " + _jwt(patients=[JANE], scope="patient/*.read")}
     base = f"http://127.0.0.1:{stack.http_port}"
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
@@ -183,7 +185,17 @@ def _allowed(need, scope):
     return bool(granted) and types <= granted
 
 
-async def test_every_route_answers_every_scope_as_the_rules_say(stack):
+async def test_the_live_api_authenticates_scopes_and_audits_every_route(stack, monkeypatch, capsys):
+    """One stack for the four checks (starting a stack is the slow part)."""
+    await _every_endpoint_refuses_missing_and_wrong_credentials(stack)
+    await _patient_scoped_tokens_stay_in_their_scope(stack)
+    await _every_route_answers_every_scope_as_the_rules_say(stack)
+    await _each_phi_route_called_once_gives_exactly_one_audit_event_naming_the_caller(
+        stack, monkeypatch, capsys
+    )
+
+
+async def _every_route_answers_every_scope_as_the_rules_say(stack):
     endpoints = _endpoints(stack.app)
     checked = 0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.http_port}", timeout=60) as http:
@@ -218,7 +230,7 @@ PATIENT_BODIES = {
 }
 
 
-async def test_each_phi_route_called_once_gives_exactly_one_audit_event_naming_the_caller(
+async def _each_phi_route_called_once_gives_exactly_one_audit_event_naming_the_caller(
     stack, monkeypatch, capsys
 ):
     """Every route that reads or writes patient data, called once by its own principal: the
