@@ -369,6 +369,53 @@ def _replay(args: argparse.Namespace) -> int:
     return result
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    """Read the history, then send what the checkpoint does not hold, paced, with a progress bar."""
+    from tqdm import tqdm
+
+    from connectors.backfill import load_checkpoint, read
+    from connectors.backfill_send import Target, send_plan
+
+    plan = read(list(args.paths))
+    for refusal in plan.refused:
+        print(f"not readable: {refusal.source}: {refusal.reason}", file=sys.stderr)
+    if not args.resume and args.checkpoint.exists():
+        args.checkpoint.unlink()  # a fresh run: everything is sent again (and changes nothing)
+    done = load_checkpoint(args.checkpoint) if args.resume else set()
+    todo = plan.remaining(done)
+    patients = len({u.patient for u in plan.units})
+    sent_before = len(plan.units) - len(todo)
+    print(
+        f"{len(plan.units)} units for {patients} patients ({sent_before} already sent), "
+        f"{len(plan.refused)} not readable",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        for unit in todo:
+            print(f"{unit.kind}\t{unit.patient}\t{unit.when}\t{unit.source}")
+        return 0
+    configured = Settings().http.api_token
+    token = args.token or (configured.get_secret_value() if configured else "")
+    mllp = None
+    if args.mllp:
+        host, _, port = str(args.mllp).rpartition(":")
+        if not host or not port.isdigit():
+            print("--mllp must be HOST:PORT", file=sys.stderr)
+            return 2
+        mllp = (host, int(port))
+    tls = ssl.create_default_context(cafile=str(args.tls_ca)) if args.tls_ca else None
+    target = Target(str(args.to).rstrip("/"), token, mllp, tls)
+    with tqdm(total=len(todo), unit="unit", desc="backfill", disable=None, file=sys.stderr) as bar:
+        report = _run_any(send_plan(todo, target, args.checkpoint, rate=args.rate, progress=bar.update))
+    print(", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())) or "nothing sent")
+    for source, outcome in report.refused[:50]:
+        print(f"  {outcome}: {source}")
+    if report.stopped:
+        print(f"clinstream backfill: stopped: {report.stopped}; run again with --resume", file=sys.stderr)
+        return 1
+    return 1 if plan.refused or report.refused else 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     """Print a patient's audit trail (one JSON line per event) and/or verify the chains; exit 1
     when a chain is broken."""
@@ -660,6 +707,23 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument(
         "--include-overridden", action="store_true", help="instructions: keep alerts clinicians overrode"
     )
+    backfill = sub.add_parser(
+        "backfill", help="load history (FHIR Bulk NDJSON, Bundles, HL7 v2 archives) into a running deployment"
+    )
+    backfill.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    backfill.add_argument("--to", required=True, help="the deployment's API base URL (http[s]://host:port)")
+    backfill.add_argument("--token", help="its API token (default CLINSTREAM_HTTP__API_TOKEN)")
+    backfill.add_argument("--mllp", help="HOST:PORT of its MLLP listener, for HL7 v2 archives")
+    backfill.add_argument("--tls-ca", type=Path, help="CA bundle to trust the deployment's certificates with")
+    backfill.add_argument("--rate", type=float, default=20.0, help="units a second at most (0: no limit)")
+    backfill.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path(".clinstream-backfill.jsonl"),
+        help="where sent units are kept",
+    )
+    backfill.add_argument("--resume", action="store_true", help="skip the units the checkpoint holds")
+    backfill.add_argument("--dry-run", action="store_true", help="print the plan, send nothing")
     audit = sub.add_parser("audit", help="who accessed a patient's data; --verify checks the hash chains")
     audit.add_argument("--patient", help="Patient id, stream key or authority|MRN")
     audit.add_argument("--since", type=_iso, help="only events at or after (ISO 8601)")
@@ -697,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "backfill":
+        return _backfill(args)
     if args.command == "audit":
         if not args.patient and not args.verify:
             parser.error("clinstream audit: --patient ID, --verify, or both")

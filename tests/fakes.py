@@ -94,3 +94,25 @@ def query_audit_event(n, patient="p1", principal="jwt:dr", at=None, address=None
         observer="test",
         address=address,
     )
+
+
+def bulk_export(bundles, folder):
+    """One NDJSON file per resource type, as a FHIR Bulk Data `$export` writes them."""
+    import json
+    from collections import defaultdict
+
+    by_type = defaultdict(list)
+    for path in bundles:
+        entries = json.loads(path.read_text())["entry"]
+        # Synthea links by urn:uuid; an export has Type/id references
+        named = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries}
+        for entry in entries:
+            text = json.dumps(entry["resource"])
+            for urn, ref in named.items():
+                text = text.replace(f'"{urn}"', f'"{ref}"')
+            resource = json.loads(text)
+            by_type[resource["resourceType"]].append(resource)
+    folder.mkdir()
+    for kind, resources in by_type.items():
+        (folder / f"{kind}.ndjson").write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return folder

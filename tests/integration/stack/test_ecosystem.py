@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from mcp import Client, StdioServerParameters
 
+import clinstream
 from clinstream.demo import demo_messages
 from connectors.mllp_client import MllpClient
 from kernel.audit import summary, verify
@@ -25,6 +26,8 @@ from kernel.audit_kafka import events_of, read_partitions
 from kernel.events import patient_key
 from kernel.fhir_models import model_class
 from kernel.replay_kafka import read_topic
+from tests.conftest import corpora_dir
+from tests.fakes import bulk_export
 from tests.integration.support import collect
 
 pytestmark = pytest.mark.integration
@@ -168,6 +171,59 @@ async def test_agent_tools_and_exports_on_the_live_stack(stack, topics, prefix, 
     assert {s["principal"] for s in exported} == {f"cli:{getpass.getuser()}"}
     assert any("(safe-harbor)" in s["action"] for s in exported)
     assert verify((p, o, v) for p, o, _, v in records).breaks == []
+
+    await _backfill(stack, tmp_path)
+
+
+def _cli(*args):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINSTREAM_")}
+    return subprocess.run([CLINSTREAM, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+async def _backfill(stack, tmp_path):
+    """History through `clinstream backfill`: a Bulk Data export (one NDJSON file per type,
+    made from a Synthea bundle) and a Synthea bundle over HTTP, the demo archive over MLLP;
+    resumed, nothing is sent again; run again whole, the patient's record is the same."""
+    synthea = sorted(p for p in (corpora_dir() / "fhir" / "smart-synthea-r4").glob("*.json") if "_" in p.name)
+    export = bulk_export(synthea[:1], tmp_path / "export")
+    patient = next(json.loads(line)["id"] for line in (export / "Patient.ndjson").read_text().splitlines())
+    base = f"http://127.0.0.1:{stack.http_port}"
+    args = [
+        "backfill", str(export), str(synthea[1]), str(Path(clinstream.__file__).with_name("demo_feed.hl7")),
+        "--to", base, "--token", "ecosystem-token", "--mllp", f"127.0.0.1:{stack.mllp_port}",
+        "--rate", "0", "--checkpoint", str(tmp_path / "backfill.jsonl"),
+    ]  # fmt: skip
+    first = await asyncio.to_thread(_cli, *args)
+    # the demo archive's message 10 has no patient identifier: named, and the exit status says so
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "demo_feed.hl7#10: HL7 error 102" in first.stderr
+    assert first.stderr.count("not readable:") == 1
+    assert "stored" in first.stdout
+    assert "refused" not in first.stdout  # the deployment took every unit it was sent
+    service = {"Authorization": "Bearer ecosystem-token"}
+
+    async def entries():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            found = await http.get(f"/patients/{patient}/timeline?limit=1000", headers=service)
+        return {e["resource_id"] for e in found.json()["entries"]}
+
+    deadline, seen = time.monotonic() + 90, set()
+    while time.monotonic() < deadline:
+        now = await entries()
+        if now and now == seen:
+            break  # indexed, and no longer growing
+        seen = now
+        await asyncio.sleep(3)
+    assert len(seen) > 20
+
+    resumed = await asyncio.to_thread(_cli, *args, "--resume")
+    assert resumed.stdout.strip() == "nothing sent", resumed.stderr[-2000:]
+    again = await asyncio.to_thread(_cli, *args)
+    assert "stored" in again.stdout, again.stderr[-2000:]
+    await asyncio.sleep(5)
+    assert await entries() == seen  # the same ids: nothing new, nothing lost
 
 
 def _export(kind, out, bootstrap, prefix, *extra, key=KEY):
