@@ -374,7 +374,7 @@ def _backfill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from connectors.backfill import load_checkpoint, read
-    from connectors.backfill_send import Target, send_plan
+    from connectors.backfill_client import Target, send_plan
 
     plan = read(list(args.paths))
     for refusal in plan.refused:

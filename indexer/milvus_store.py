@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -274,6 +275,9 @@ def _check_embedding(collection: str, described: Mapping[str, Any], embedding: s
         )
 
 
+_PREPARE_ATTEMPTS = 5
+
+
 class _Collection:
     """One Milvus collection of ours: created with its layout if missing, refused if another
     layout (an older clinstream, another embedding dimension) or another embedding (model,
@@ -302,20 +306,30 @@ class _Collection:
         Raises:
             VectorStoreError: Milvus is unreachable, or the collection has another layout.
         """
-        try:
-            if not self._client.has_collection(self.collection):
-                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-                self._add_fields(schema)
-                _text_schema(schema, self._dim)
-                _create(self._client, self.collection, schema, self._index_type, self.embedding)
-                log.info("created Milvus collection %s (%s)", self.collection, self.embedding)
-            else:
-                described = self._client.describe_collection(self.collection)
-                _check_layout(self.collection, described, self.fields, self._dim)
-                _check_embedding(self.collection, described, self.embedding)
-            self._client.load_collection(self.collection)
-        except MilvusException as exc:
-            raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
+        for attempt in range(_PREPARE_ATTEMPTS):
+            try:
+                self._prepare()
+                return
+            except MilvusException as exc:
+                # Another indexer may be creating the same collection this very moment (two
+                # instances starting together): look again, with its work done, before giving up.
+                if attempt == _PREPARE_ATTEMPTS - 1:
+                    raise VectorStoreError(f"cannot prepare collection {self.collection}") from exc
+                log.warning("preparing Milvus collection %s failed (%s); looking again", self.collection, exc)
+                time.sleep(0.5 * (attempt + 1))
+
+    def _prepare(self) -> None:
+        if not self._client.has_collection(self.collection):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            self._add_fields(schema)
+            _text_schema(schema, self._dim)
+            _create(self._client, self.collection, schema, self._index_type, self.embedding)
+            log.info("created Milvus collection %s (%s)", self.collection, self.embedding)
+        else:
+            described = self._client.describe_collection(self.collection)
+            _check_layout(self.collection, described, self.fields, self._dim)
+            _check_embedding(self.collection, described, self.embedding)
+        self._client.load_collection(self.collection)
 
     def count(self, expr: str = "") -> int:
         """Number of rows (chunks, passages) matching ``expr`` (all when empty)."""

@@ -2,20 +2,24 @@
 idempotent upserts, shrinking and retracted resources, refusing an old collection layout or
 another embedding; int8 vectors close to fp32."""
 
+import asyncio
 import re
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from pymilvus import MilvusClient
 
 from indexer.app import write_plan
 from indexer.chunking import Chunk, chunk_id, plan_batch, resource_chunks
-from indexer.milvus_store import MilvusStore, connect
+from indexer.milvus_store import EMBEDDING_PROPERTY, MilvusStore, connect
 from indexer.ort_session import Embedder
 from indexer.query import ContextualQuery, build_filter
 from kernel.hl7v2.parser import decode_payload
 from stream.convert import convert_text
 from tests.conftest import hl7_corpus_files
+from tests.integration.processes import MilvusServer
 
 
 def _chunk(patient, n, text):
@@ -425,3 +429,31 @@ def test_any_patient_text_is_a_literal_in_the_filter(store, embedder, patient):
         hits = query.search(patient, "potassium", k=5, mode=mode)
         assert [h.resource_id for h in hits] == [f"Observation/{patient}-1"], mode
     assert store.count(build_filter(patient)) == 1
+
+
+async def test_two_indexers_preparing_one_collection_at_once_both_start(tmp_path):
+    """Two indexer instances starting together against one Milvus server (CI saw the second
+    refuse to start: "cannot prepare collection"): each prepares the same new collection at
+    the same moment, five times over, and both succeed with the same layout."""
+    milvus = MilvusServer(tmp_path / "milvus", tmp_path / "milvus.log")
+    await milvus.start()
+    try:
+        for n in range(5):
+            barrier = threading.Barrier(2)
+
+            def prepare(name=f"race{n}", barrier=barrier):
+                client = MilvusClient(uri=milvus.uri)
+                try:
+                    store = MilvusStore(client, name, 8, embedding="test-model/fp32/8")
+                    barrier.wait(timeout=30)
+                    store.ensure_collection()
+                    return client.describe_collection(name)["properties"][EMBEDDING_PROPERTY]
+                finally:
+                    client.close()
+
+            found = await asyncio.gather(
+                *(asyncio.to_thread(prepare) for _ in range(2)), return_exceptions=True
+            )
+            assert found == ["test-model/fp32/8"] * 2, found
+    finally:
+        milvus.stop()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from connectors.backfill import Unit, checkpoint_line, load_checkpoint, read
-from connectors.backfill_send import Pace
+from connectors.backfill_client import Pace
 from tests.conftest import corpora_dir
 from tests.fakes import bulk_export
 
