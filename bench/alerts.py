@@ -226,8 +226,9 @@ def caught_up(up: Up, seen: Seen, records: int, since: float) -> dict[str, float
     return done
 
 
-async def event_to_alert(up: Up, rate: float, messages: int) -> list[str]:
-    """Part 1; returns the patient keys that must have alerted."""
+async def event_to_alert(up: Up, rate: float, messages: int, tag: str = "A") -> list[str]:
+    """Part 1; returns the patient keys that must have alerted. ``tag`` names this run's
+    patients and control ids (a second run on one deployment needs its own)."""
     seen = Seen()
     stop = asyncio.Event()
     follower = asyncio.create_task(follow(up, seen, stop))
@@ -240,7 +241,7 @@ async def event_to_alert(up: Up, rate: float, messages: int) -> list[str]:
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            payload, alerting = panel(n, "A")
+            payload, alerting = panel(n, tag)
             sent = time.time()
             result = await client.send(payload)
             if result.code != "AA":
