@@ -487,9 +487,10 @@ class Wiring:
     _audit: KafkaAuditLog | None = None
     _generator: LazyGenerator | None = None
 
-    @property
+    @functools.cached_property
     def producer(self) -> dict[str, Any]:
-        """Producer settings of every stage (acks=all; idempotence where the broker has it)."""
+        """Producer settings of every stage (acks=all; idempotence where the broker has it),
+        made once (their TLS context loads the CA file)."""
         return producer_config(self.settings.kafka, self.bootstrap, tansu=self.tansu)
 
     @functools.cached_property

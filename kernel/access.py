@@ -99,10 +99,6 @@ class Access:
         """Whether the token may write ``kind`` on the routes."""
         return self.broad.writes(kind)
 
-    def readable(self, kinds: Iterable[str]) -> list[str]:
-        """The types of ``kinds`` this token may read, in order."""
-        return [k for k in kinds if self.reads(k)]
-
     def search_types(self, requested: Sequence[str], served: Sequence[str]) -> list[str] | None:
         """The type filter for a search: ``[]`` for no restriction, a list to search only those,
         None when the token may read none of what was asked (answer empty, search nothing).

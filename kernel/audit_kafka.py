@@ -37,6 +37,9 @@ class AuditLog(Protocol):
     async def write(self, event: dict[str, Any], patient: str | None) -> None:
         """Write one AuditEvent about ``patient`` (None: no patient)."""
 
+    async def write_many(self, items: Sequence[tuple[dict[str, Any], str | None]]) -> None:
+        """Write several AuditEvents (each with its patient) at once."""
+
 
 class MemoryAuditLog:
     """An in-process audit log (unit tests and tools that read back what they wrote)."""
@@ -47,6 +50,10 @@ class MemoryAuditLog:
     async def write(self, event: dict[str, Any], patient: str | None) -> None:
         """Keep the event."""
         self.events.append((event, patient))
+
+    async def write_many(self, items: Sequence[tuple[dict[str, Any], str | None]]) -> None:
+        """Keep the events."""
+        self.events.extend(items)
 
 
 def writer_id() -> str:
@@ -85,39 +92,17 @@ class KafkaAuditLog:
             self._producer = None
 
     async def write(self, event: dict[str, Any], patient: str | None) -> None:
-        """Seal ``event`` into its partition's chain and write it (acks=all).
-
-        The chain link is made and the record queued under the partition's lock, so records
-        enter the partition in chain order (the producer is idempotent: it keeps that order); the
-        broker's confirmation is awaited outside it, so concurrent callers share produce
-        requests instead of queueing one round trip each."""
-        if self._producer is None:
-            raise AuditUnavailableError("the audit log is not started")
-        producer = self._producer
-        key = patient.encode() if patient else None
-        try:
-            async with asyncio.timeout(self._timeout):
-                partitions = sorted(await producer.partitions_for(self._topic))
-                partition = int(self._partitioner(key, partitions, partitions)) if key else partitions[0]
-                async with self._locks.setdefault(partition, asyncio.Lock()):
-                    seq, previous = self._chains.get(partition, (-1, genesis(self._writer)))
-                    value = seal(event, writer=self._writer, seq=seq + 1, previous=previous)
-                    sent = await producer.send(
-                        self._topic,
-                        value,
-                        key=key,
-                        partition=partition,
-                        headers=[("resource_type", b"AuditEvent")],
-                    )
-                    self._chains[partition] = (seq + 1, record_hash(value))
-                await sent
-        except (KafkaError, TimeoutError) as exc:
-            self._restart_chains()
-            raise AuditUnavailableError("the audit log did not confirm the write") from exc
+        """Seal ``event`` into its partition's chain and write it (acks=all)."""
+        await self.write_many([(event, patient)])
 
     async def write_many(self, items: Sequence[tuple[dict[str, Any], str | None]]) -> None:
-        """Write many events at once (an export's, one per patient), each partition's in order
-        and chained; returns when the broker confirmed them all. The chains advance only then."""
+        """Seal each event into its partition's chain and write them all (acks=all); returns
+        when the broker confirmed every one.
+
+        Chain links are made and records queued under their partitions' locks (taken in one
+        order: no deadlock), so records enter each partition in chain order (the producer is
+        idempotent: it keeps that order); the broker's confirmation is awaited outside them, so
+        concurrent callers share produce requests instead of queueing one round trip each."""
         if self._producer is None:
             raise AuditUnavailableError("the audit log is not started")
         producer = self._producer
@@ -125,34 +110,38 @@ class KafkaAuditLog:
             async with asyncio.timeout(self._timeout + len(items) / 100):
                 partitions = sorted(await producer.partitions_for(self._topic))
                 placed = [
-                    (event, patient, int(self._partitioner(patient.encode(), partitions, partitions)))
-                    if patient
-                    else (event, patient, partitions[0])
-                    for event, patient in items
+                    (
+                        event,
+                        key,
+                        int(self._partitioner(key, partitions, partitions)) if key else partitions[0],
+                    )
+                    for event, key in ((e, p.encode() if p else None) for e, p in items)
                 ]
                 async with contextlib.AsyncExitStack() as held:
-                    for partition in sorted({p for _, _, p in placed}):  # one order: no deadlock
+                    for partition in sorted({p for _, _, p in placed}):
                         await held.enter_async_context(self._locks.setdefault(partition, asyncio.Lock()))
-                    chains = dict(self._chains)
                     sent = []
-                    for event, patient, partition in placed:
-                        seq, previous = chains.get(partition, (-1, genesis(self._writer)))
+                    for event, key, partition in placed:
+                        seq, previous = self._chains.get(partition, (-1, genesis(self._writer)))
                         value = seal(event, writer=self._writer, seq=seq + 1, previous=previous)
                         sent.append(
                             await producer.send(
                                 self._topic,
                                 value,
-                                key=patient.encode() if patient else None,
+                                key=key,
                                 partition=partition,
                                 headers=[("resource_type", b"AuditEvent")],
                             )
                         )
-                        chains[partition] = (seq + 1, record_hash(value))
-                    await asyncio.gather(*sent)
-                    self._chains = chains
+                        self._chains[partition] = (seq + 1, record_hash(value))
+                await asyncio.gather(*sent)
         except (KafkaError, TimeoutError) as exc:
             self._restart_chains()
-            raise AuditUnavailableError("the audit log did not confirm the writes") from exc
+            raise AuditUnavailableError("the audit log did not confirm the write") from exc
+
+    def _partition(self, key: bytes | None, partitions: list[int]) -> int:
+        """Where Kafka's own partitioner puts ``key`` (unkeyed events: the first partition)."""
+        return int(self._partitioner(key, partitions, partitions)) if key else partitions[0]
 
     def _restart_chains(self) -> None:
         """After a write the broker did not confirm (it may still have stored it): continue

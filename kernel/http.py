@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Endpoint = Callable[[Request], Awaitable[Response]]
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clinstream"'}
 OBSERVER = "clinstream API"
-_ACTIONS: Mapping[str, Action] = {"POST": "E", "GET": "R", "PUT": "U", "DELETE": "D"}
+_ACTIONS: Mapping[str, Action] = {"GET": "R", "PUT": "U", "DELETE": "D"}
 
 
 def problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -148,12 +148,14 @@ async def _record(request: Request, need: Need, what: str, status: int, detail: 
         for refs in notes.values():
             refs.update(unnamed)
     trace = secrets.token_hex(16)
-    action: Action = "C" if need.kind == "write" and request.method == "POST" else _ACTIONS[request.method]
-    if need.kind != "write" and request.method == "POST":
-        action = "E"  # a search or a computation over the record, not a create
-    try:
-        for patient, refs in notes.items():
-            event = audit_event(
+    if request.method == "POST":  # a create, or a search or computation over the record
+        action: Action = "C" if need.kind == "write" else "E"
+    else:
+        action = _ACTIONS[request.method]
+    now, address = datetime.now(UTC), request.client.host if request.client else None
+    events = [
+        (
+            audit_event(
                 principal=principal,
                 action=action,
                 what=what,
@@ -161,12 +163,17 @@ async def _record(request: Request, need: Need, what: str, status: int, detail: 
                 resources=refs,
                 outcome=outcome_of(status),
                 detail=detail if status >= 400 else "ok",
-                at=datetime.now(UTC),
+                at=now,
                 trace_id=f"{trace}:{patient}",
                 observer=OBSERVER,
-                address=request.client.host if request.client else None,
-            )
-            await sink.write(event, patient)
+                address=address,
+            ),
+            patient,
+        )
+        for patient, refs in notes.items()
+    ]
+    try:
+        await sink.write_many(events)  # one round trip for a listing of many patients
     except AuditUnavailableError:
         log.error("the AuditEvent of %s could not be written: answering 503", what)
         return False

@@ -34,6 +34,12 @@ async def test_writers_chain_what_they_write_and_a_patient_reads_back_their_own(
         patients = [f"p{n}" for n in range(6)]
         await asyncio.gather(*(first.write(query_audit_event(n, p), p) for n, p in enumerate(patients)))
         await second.write_many([(query_audit_event(10 + n, p), p) for n, p in enumerate(patients)])
+        # one writer, a bulk write and single writes to other partitions at the same time: each
+        # partition's chain advances once per event, none is written over
+        await asyncio.gather(
+            second.write_many([(query_audit_event(30 + n, p), p) for n, p in enumerate(patients[:3])]),
+            *(second.write(query_audit_event(40 + n, p), p) for n, p in enumerate(patients[3:])),
+        )
         await first.write(query_audit_event(20, None), None)
     finally:
         await first.stop()
@@ -51,11 +57,11 @@ async def test_writers_chain_what_they_write_and_a_patient_reads_back_their_own(
 
     records = await read_partitions(broker.bootstrap, topics.audit)
     found = verify((p, o, v) for p, o, _, v in records)
-    assert found.events == 14
+    assert found.events == 20
     assert found.breaks == []
     mine = await read_partitions(broker.bootstrap, topics.audit, key=b"p3")
     seen = [summary(e) for e in events_of(mine)]
-    assert [s["principal"] for s in seen] == ["jwt:dr", "jwt:dr", "dashboard:ada"]
+    assert [s["principal"] for s in seen] == ["jwt:dr", "jwt:dr", "jwt:dr", "dashboard:ada"]
     assert {s["patient"] for s in seen} == {"p3"}
 
 

@@ -227,6 +227,9 @@ class _DownAudit:
     async def write(self, event, patient):
         raise AuditUnavailableError("down")
 
+    async def write_many(self, items):
+        raise AuditUnavailableError("down")
+
 
 def _scoped_client(store, audit):
     secret = "scoped-query-secret-of-32-characters!"
