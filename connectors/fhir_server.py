@@ -109,19 +109,12 @@ class FhirIngress:
 
     @staticmethod
     def _may_write(request: Request, resources: list[dict[str, Any]]) -> None:
-        """Raise `FhirInputError` 403 unless the caller may write every resource's type."""
-        access = caller(request)
-        denied = sorted(
-            {
-                str(r.get("resourceType"))
-                for r in resources
-                if access is None or not access.writes(str(r.get("resourceType")))
-            }
-        )
-        if denied:
-            raise FhirInputError(
-                403, [Issue("security", f"this token's scope does not grant write of {', '.join(denied)}")]
-            )
+        """Raise `FhirInputError` 403 unless the caller may write every resource's type (the
+        routes' own `Need`, for the types this request writes)."""
+        kinds = sorted({str(r.get("resourceType")) for r in resources})
+        refusal = write(*kinds).refusal(caller(request)) if kinds else None
+        if refusal is not None:
+            raise FhirInputError(403, [Issue("security", refusal)])
 
     async def stow(self, request: Request, body: bytes) -> Response:
         """POST /dicom/studies (STOW-RS style): DICOM headers → Patient + ImagingStudy per study."""
