@@ -41,7 +41,7 @@ def _feed() -> list[tuple[str, bytes]]:
     for n in range(PER_PATIENT):
         for p in range(PATIENTS):
             hhmm = f"{n // 60:02d}{n % 60:02d}"
-            text = ORU.format(p=p, n=n, mrn=f"7{p:05d}", ssn=f"987-65-{p:04d}", hhmm=hhmm)
+            text = ORU.format(p=p, n=n, mrn=mrn(p), ssn=f"987-65-{p:04d}", hhmm=hhmm)
             out.append((f"S{p:02d}-{n:03d}", text.encode()))
     return out
 
@@ -52,19 +52,25 @@ def _refused() -> list[tuple[str, bytes]]:
     used before partial conversion, now converts with a data-quality issue.)"""
     out = []
     for p in range(3):
-        text = ORU.format(p=p, n=99, mrn=f"7{p:05d}", ssn=f"987-65-{p:04d}", hhmm="2359")
+        text = ORU.format(p=p, n=99, mrn=mrn(p), ssn=f"987-65-{p:04d}", hhmm="2359")
         text = text.replace("ORU^R01^ORU_R01", "DFT^P03").replace(
-            "||4.99|mmol/L", f"||ZYZZYVA QUENTIN 7{p:05d}|mmol/L"
+            "||4.99|mmol/L", f"||ZYZZYVA QUENTIN {mrn(p)}|mmol/L"
         )
         out.append((f"S{p:02d}-099", text.encode()))
     return out
+
+
+def mrn(p: int) -> str:
+    """Patient ``p``'s MRN. It holds a letter that is no hex digit: a number alone turned up
+    inside a random hex trace id in a log line (a false leak, once in a clean-clone run)."""
+    return f"Q7{p:05d}"
 
 
 def planted() -> set[str]:
     """Every identifier the feed carries, as it could show up in a log or a reason."""
     found = {"ZYZZYVA", "Quillfeather", "19580312", "1958-03-12"}
     for p in range(PATIENTS):
-        found |= {f"QUENTIN{p}", f"7{p:05d}", f"987-65-{p:04d}", f"555-{p:04d}"}
+        found |= {f"QUENTIN{p}", mrn(p), f"987-65-{p:04d}", f"555-{p:04d}"}
     return found
 
 
