@@ -25,7 +25,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+js
 PATIENT = {
     "resourceType": "Patient",
     "id": "p1",
-    "identifier": [{"system": "urn:mrn", "value": "123"}],
+    "identifier": [{"system": "urn:mrn", "value": "MRN-QZ7123"}],
     "gender": "female",
     "birthDate": "1980-02-03",
 }
@@ -89,7 +89,7 @@ def test_put_keeps_the_ehr_id_and_publishes_after_the_write(env):
     )
     envelope = Envelope.from_headers(headers)
     assert envelope.source_system == "fhir:api-token"
-    assert b"123" not in b"".join(headers.values())
+    assert b"QZ7123" not in b"".join(headers.values())  # no MRN in headers (no hex digit string)
 
 
 def test_post_assigns_a_deterministic_id(env):
