@@ -231,6 +231,7 @@ async def event_to_alert(up: Up, rate: float, messages: int, tag: str = "A") -> 
     patients and control ids (a second run on one deployment needs its own)."""
     seen = Seen()
     stop = asyncio.Event()
+    began = time.time()  # alerts before it are an earlier run's (the follower reads from the start)
     follower = asyncio.create_task(follow(up, seen, stop))
     await asyncio.sleep(2)  # the follower is assigned before the first alert
     sent_at: dict[str, float] = {}
@@ -261,7 +262,7 @@ async def event_to_alert(up: Up, rate: float, messages: int, tag: str = "A") -> 
     done = [p for p in sent_at if p in seen.read]
     latencies = [seen.read[p][0] - sent_at[p] for p in done]
     missing = len(sent_at) - len(latencies)
-    surplus = sum(len(times) for times in seen.read.values()) - len(latencies)
+    surplus = sum(t >= began for times in seen.alerted.values() for t in times) - len(latencies)
     steps = {
         "send → connector": [seen.received[p] - sent_at[p] for p in done if p in seen.received],
         "connector → normalized": [
