@@ -85,6 +85,7 @@ async def _up(settings: Settings) -> int:
         token_note = "" if settings.http.api_token else f" api_token={stack.api_token}"
         print(
             f"clinstream ready: mllp={settings.mllp.host}:{stack.mllp_port} "
+            f"{_backfill_note(settings.mllp.host, stack.mllp_backfill_port)}"
             f"http={settings.http.scheme}://{settings.http.host}:{stack.http_port} kafka={stack.bootstrap}"
             f"{f' ({stack.embedded_broker.label})' if stack.embedded_broker else ''}{token_note}",
             flush=True,
@@ -135,6 +136,7 @@ async def _run_stages(settings: Settings, stages: list[str]) -> int:
     async with running_stages(settings, stages) as process:
         freeze_start_up_heap()
         mllp = f" mllp={settings.mllp.host}:{process.mllp_port}" if process.mllp_port is not None else ""
+        mllp += f" {_backfill_note(settings.mllp.host, process.mllp_backfill_port)}".rstrip()
         print(
             f"clinstream ready: stages={','.join(stages)}{mllp} "
             f"http={settings.http.scheme}://{settings.http.host}:{process.http_port} "
@@ -367,6 +369,11 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"clinstream replay: cannot reach the broker ({type(exc).__name__})", file=sys.stderr)
         return 2
     return result
+
+
+def _backfill_note(host: str, port: int | None) -> str:
+    """``mllp_backfill=HOST:PORT `` for the ready line, when the history listener runs."""
+    return f"mllp_backfill={host}:{port} " if port is not None else ""
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -713,7 +720,10 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("paths", nargs="+", type=Path, help="files or folders")
     backfill.add_argument("--to", required=True, help="the deployment's API base URL (http[s]://host:port)")
     backfill.add_argument("--token", help="its API token (default CLINSTREAM_HTTP__API_TOKEN)")
-    backfill.add_argument("--mllp", help="HOST:PORT of its MLLP listener, for HL7 v2 archives")
+    backfill.add_argument(
+        "--mllp",
+        help="HOST:PORT of its backfill MLLP listener (CLINSTREAM_MLLP__BACKFILL_PORT), for HL7 v2 archives",
+    )
     backfill.add_argument("--tls-ca", type=Path, help="CA bundle to trust the deployment's certificates with")
     backfill.add_argument("--rate", type=float, default=20.0, help="units a second at most (0: no limit)")
     backfill.add_argument(

@@ -58,7 +58,6 @@ from indexer.http import openapi_paths as query_openapi
 from indexer.knowledge_files import load_starter
 from indexer.milvus_store import KnowledgeStore, MilvusStore, connect, index_for, recorded_precision
 from indexer.ort_session import Embedder
-from indexer.priority import background_executor
 from indexer.query import ContextualQuery
 from indexer.vector_cache import CachingEmbedder
 from inference.assist import diagnoses as dx_rules
@@ -76,6 +75,11 @@ from inference.cds.jwks_client import CdsJwtVerifier, JwksSource
 from inference.cds.risk_session import OnnxRiskModel
 from inference.cds.rules import ruleset_from
 from inference.cds.state_store import SharedCards, SqliteStateStore
+from inference.cds.terminology import CodeMapping
+from inference.cds.terminology_http import Terminology
+from inference.cds.terminology_http import openapi_paths as terminology_openapi
+from inference.cds.terminology_kafka import rerun
+from inference.cds.terminology_store import TerminologyStore
 from inference.notes.app import NotesService, notes_routes, register_notes
 from inference.notes.app import openapi_paths as notes_openapi
 from inference.notes.draft_store import NotesStore, draft_key
@@ -97,6 +101,7 @@ from kernel.kafka import (
     publish_in_order,
     stage_consumer,
 )
+from kernel.priority import background_executor
 from kernel.settings import kafka_security, librdkafka_security, producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -123,11 +128,18 @@ class Stack:
     """The generated ``admin`` login (embedded mode without configured logins)."""
     app: Starlette | None = None
     """The HTTP application (its routes: every endpoint this deployment serves)."""
+    mllp_backfill: MllpServer | None = None
+    """The MLLP listener for history (`CLINSTREAM_MLLP__BACKFILL_PORT`), when configured."""
 
     @property
     def mllp_port(self) -> int:
         """Bound MLLP port."""
         return self.mllp.port
+
+    @property
+    def mllp_backfill_port(self) -> int | None:
+        """Bound port of the backfill MLLP listener, when there is one."""
+        return self.mllp_backfill.port if self.mllp_backfill is not None else None
 
 
 def faststream_security(connection: Mapping[str, Any]) -> BaseSecurity | None:
@@ -477,6 +489,7 @@ class Wiring:
     loopbacks: list[httpx.AsyncClient] = field(default_factory=list)
     """Clients of this process's own HTTP API (their address is known once it listens)."""
     mllp: MllpServer | None = None
+    mllp_backfill: MllpServer | None = None
     query: ContextualQuery | None = None
     app: Starlette | None = None
     """The HTTP application, once `_serve` built it."""
@@ -716,10 +729,16 @@ async def _inference(w: Wiring) -> None:
         rules = replace(rules, note_matcher=matcher)
     await asyncio.to_thread(medsafety.preload)
     t = w.topics
-    await w.copartitioned(t.fhir, t.feedback, t.cds_state, t.notes_charts, t.drafts, t.assist_charts)
+    await w.copartitioned(
+        t.fhir, t.feedback, t.cds_state, t.notes_charts, t.drafts, t.assist_charts, t.unmapped_codes
+    )
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
     states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)
+    terminology = TerminologyStore(settings.cds_state_path, settings.cds.local_codes)
+    w.stack.callback(terminology.close)
+    unmapped = await w.changelog(t.unmapped_codes, terminology.unmapped)
+    mapped = await w.changelog(t.code_mappings, terminology.mappings, terminology.refresh)
     await _migrate_cds_state(w, state_store, states)
     shown = await w.changelog(w.topics.cds_cards, state_store.cards)
     hooks_http = httpx.AsyncClient(timeout=5.0)  # reads the Patient from a CDS client's FHIR server
@@ -761,10 +780,31 @@ async def _inference(w: Wiring) -> None:
         max_records=settings.cds.batch_max_records,
         batch_timeout_ms=settings.cds.batch_timeout_ms,
         committer=await w.committer(cds_broker, "cds"),
-        listener=RestoreOnAssign([states]),
+        listener=RestoreOnAssign([states, unmapped]),
+        terminology=terminology,
     )
     w.routes.extend([*hooks.routes(), *hooks.alert_routes()])
     w.openapi.update(hooks_openapi())
+
+    async def _rerun(mapping: CodeMapping, progress: Callable[[int, int], None]) -> int:
+        return await rerun(
+            w.bootstrap,
+            w.topics,
+            mapping,
+            lambda records: publish_in_order(cds_broker, records),
+            security=w.security,
+            progress=progress,
+        )
+
+    codes = Terminology(
+        terminology,
+        w.topics.code_mappings,
+        publish=lambda records: publish_in_order(cds_broker, records),
+        caught_up=lambda: mapped.caught_up(timeout_s=10),
+        rerun=_rerun,
+    )
+    w.routes.extend(codes.routes())
+    w.openapi.update(terminology_openapi())
     w.own_auth.append(CDS_HOOKS_PATH)
     if settings.notes.enabled:
         store, _ = await w.stores()
@@ -821,6 +861,9 @@ async def _connectors(w: Wiring) -> None:
     """The edges: MLLP and FHIR REST/DICOM ingress (they listen once the consumers run)."""
     sink = await w.sink()
     w.mllp = MllpServer(sink, w.topics, w.settings.mllp)
+    if w.settings.mllp.backfill_port is not None:
+        history = w.settings.mllp.model_copy(update={"port": w.settings.mllp.backfill_port})
+        w.mllp_backfill = MllpServer(sink, w.topics, history, lane="backfill")
     w.routes.extend(FhirIngress(sink, w.topics, w.settings.http).routes())
     w.openapi.update(fhir_openapi())
 
@@ -865,9 +908,10 @@ async def _serve(w: Wiring) -> int:
         w.stack.push_async_callback(broker.stop)
     # Each consumer group join takes seconds; join them concurrently.
     await asyncio.gather(*(broker.start() for broker in w.brokers.values()))
-    if w.mllp is not None:
-        await w.mllp.start()
-        w.stack.push_async_callback(w.mllp.stop)
+    for listener in (w.mllp, w.mllp_backfill):
+        if listener is not None:
+            await listener.start()
+            w.stack.push_async_callback(listener.stop)
     settings = w.settings
     w.routes.extend(audit_routes(w.bootstrap, w.topics.audit, w.security))
     app = w.app = build_app(
@@ -976,6 +1020,11 @@ class StageProcess:
         """Bound MLLP port, when this process runs the connectors."""
         return self.wiring.mllp.port if self.wiring.mllp is not None else None
 
+    @property
+    def mllp_backfill_port(self) -> int | None:
+        """Bound port of the backfill MLLP listener, when this process runs it."""
+        return self.wiring.mllp_backfill.port if self.wiring.mllp_backfill is not None else None
+
 
 @contextlib.asynccontextmanager
 async def running_stages(
@@ -1045,4 +1094,5 @@ async def running_stack(
             dashboard_url=dashboard_url,
             dashboard_login=dashboard_login,
             app=w.app,
+            mllp_backfill=w.mllp_backfill,
         )

@@ -1,8 +1,10 @@
 """Sending a backfill plan to a running deployment (the adapter behind `clinstream backfill`).
 
-FHIR units go to ``POST {to}/fhir`` with the deployment's bearer token; HL7 v2 units over
-MLLP. A unit is done when the deployment answered for it: stored (200, AA/CA) or refused (4xx,
-AE/AR: the deployment dead-lettered it and says why; sending it again would be refused again).
+FHIR units go to ``POST {to}/fhir`` with the deployment's bearer token, marked as the
+``backfill`` lane (``X-Clinstream-Lane``); HL7 v2 units over MLLP, to the deployment's backfill
+listener (``CLINSTREAM_MLLP__BACKFILL_PORT``) so that they are marked too. A unit is done when
+the deployment answered for it: stored (200, AA/CA) or refused (4xx, AE/AR: the deployment
+dead-lettered it and says why; sending it again would be refused again).
 Either way it is appended to the checkpoint, so ``--resume`` goes on after it. A deployment
 that does not answer, or answers 5xx, is tried again with growing pauses; after ``attempts``
 the run stops, its checkpoint intact. Sending is paced to ``rate`` units a second, so live
@@ -23,6 +25,7 @@ from typing import IO
 import httpx
 
 from connectors.backfill import Unit, checkpoint_line
+from connectors.fhir_ingress import LANE_HEADER
 from connectors.mllp_client import MllpClient
 
 
@@ -76,7 +79,11 @@ async def send_plan(
     """Send ``units`` in order, appending each one the deployment answered to ``checkpoint``."""
     report = Report()
     pace = Pace(rate)
-    headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/fhir+json"}
+    headers = {
+        "Authorization": f"Bearer {target.token}",
+        "Content-Type": "application/fhir+json",
+        LANE_HEADER: "backfill",  # the deployment serves live records first
+    }
     verify: ssl.SSLContext | bool = target.tls or True
     mllp: MllpClient | None = None
     async with httpx.AsyncClient(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from connectors.errors import FhirInputError
-from kernel.events import deterministic_id
+from kernel.events import Lane, deterministic_id
 from kernel.fhir_models import model_class
 
 IssueCode = Literal[
@@ -156,6 +156,25 @@ def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
             for i in issues
         ],
     }
+
+
+LANE_HEADER = "X-Clinstream-Lane"
+"""Request header naming the lane of what a request writes: ``backfill`` for history
+(`clinstream backfill` sends it), ``live`` or absent for everything else."""
+
+
+def lane_of(value: str | None) -> Lane:
+    """The lane a ``LANE_HEADER`` value names.
+
+    Raises:
+        FhirInputError: 400 for any other value.
+    """
+    name = (value or "live").strip().lower()
+    if name == "live":
+        return "live"
+    if name == "backfill":
+        return "backfill"
+    raise FhirInputError(400, [Issue("value", f"{LANE_HEADER} must be live or backfill")])
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

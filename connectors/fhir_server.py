@@ -19,10 +19,12 @@ from starlette.responses import JSONResponse, Response
 from connectors import dicom_files
 from connectors.errors import BrokerUnavailableError, FhirInputError, RecordTooLargeError
 from connectors.fhir_ingress import (
+    LANE_HEADER,
     Issue,
     assign_id,
     bundle_response,
     capability_statement,
+    lane_of,
     operation_outcome,
     parse_json,
     patient_ref,
@@ -43,6 +45,7 @@ from kernel.events import (
 )
 from kernel.http import Guarded, caller, disclose
 from kernel.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
+from kernel.priority import in_lane
 from kernel.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -211,6 +214,7 @@ class FhirIngress:
             received_at=datetime.now(UTC),
             trace_id=secrets.token_hex(16),
             message_type=f"FHIR {interaction}",
+            lane=lane_of(request.headers.get(LANE_HEADER)),
         )
         record = FhirInbound(
             interaction=interaction,
@@ -251,8 +255,9 @@ class FhirIngress:
 
     async def bundle(self, request: Request, body: bytes) -> Response:
         """POST /fhir with a batch or transaction Bundle."""
+        lane = lane_of(request.headers.get(LANE_HEADER))  # a backfilled patient's history: off the loop
         data = parse_json(body)
-        result = validate_bundle(data)
+        result = await in_lane(lane, lambda: validate_bundle(data))
         digest = content_hash(body)
         bundle_id = str(data.get("id") or digest[:32])
         # Only entries without an id need one derived from the body (and their position).

@@ -49,6 +49,7 @@ from kernel.errors import Hl7Error, Hl7ParseError, UnsupportedMessageError
 from kernel.events import (
     SUPPORTED_HL7_EVENTS,
     DeadLetter,
+    Lane,
     Topics,
     content_hash,
     deterministic_id,
@@ -157,8 +158,10 @@ class MllpServer:
         settings: MllpSettings,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lane: Lane = "live",
     ) -> None:
         self._sink = sink
+        self._lane: Lane = lane
         self._topics = topics
         self._settings = settings
         self._clock = clock
@@ -184,7 +187,13 @@ class MllpServer:
         self._server = await asyncio.start_server(
             self._on_connection, self._settings.host, self._settings.port, ssl=context
         )
-        log.info("MLLP listening on %s:%d%s", self._settings.host, self.port, " (TLS)" if context else "")
+        log.info(
+            "MLLP%s listening on %s:%d%s",
+            " (backfill)" if self._lane == "backfill" else "",
+            self._settings.host,
+            self.port,
+            " (TLS)" if context else "",
+        )
 
     async def stop(self) -> None:
         """Stop accepting, close open connections."""
@@ -322,6 +331,7 @@ class MllpServer:
             received_at=self._clock(),
             trace_id=trace_id,
             message_type=msg.message_type,
+            lane=self._lane,
         )
         try:
             await self._sink.send(self._topics.inbound_hl7v2, payload, key=key.encode(), headers=headers)

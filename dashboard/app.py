@@ -26,7 +26,7 @@ from kernel.events import Topics
 from kernel.replay import as_replay, corrected
 
 SEVERITY_MARK = {"critical": ":red[●]", "warning": ":orange[●]", "info": ":blue[●]"}
-PAGES = ("Overview", "Dead letters", "Index", "Models", "Alerts", "Drafts", "Audit")
+PAGES = ("Overview", "Dead letters", "Index", "Models", "Alerts", "Drafts", "Terminology", "Audit")
 T = TypeVar("T")
 
 
@@ -627,6 +627,84 @@ def drafts(backend: Backend, user: User, config: Config) -> None:
         st.success(f"Draft {reviewed.get('status')}: published as clinician feedback.")
 
 
+def terminology(backend: Backend, user: User, config: Config) -> None:
+    """Local codes decision support does not know, what they probably are, and confirming one."""
+    st.header("Terminology")
+    codes = _cached("unmapped", config.cache_s, backend.unmapped_codes)
+    st.caption(
+        "Observation codes no rule reads (no LOINC coding, not mapped), per sending system, most "
+        "seen first. A suggestion is for a person to confirm."
+    )
+    st.dataframe(
+        [
+            {
+                "sender": c["sender"],
+                "code": c["code"],
+                "display": c.get("display"),
+                "seen": c["count"],
+                "units": ", ".join(f"{u or '-'} ×{n}" for u, n in c.get("units", {}).items()),
+                "range": f"{c['low']}–{c['high']} {c.get('unit_of_range', '')}" if c.get("low") else "",
+                "suggestion": _suggestion_label(c["suggestions"][0]) if c["suggestions"] else "",
+            }
+            for c in codes
+        ],
+        hide_index=True,
+    )
+    mappings = _cached("mappings", config.cache_s, backend.code_mappings)
+    st.subheader("Confirmed mappings")
+    st.dataframe(
+        [
+            {
+                "sender": m["sender"],
+                "code": m["code"],
+                "loinc": m["current"]["loinc"],
+                "analyte": m["current"]["analyte"] or "(no rule reads it)",
+                "version": m["current"]["version"],
+                "by": m["current"].get("on_behalf_of") or m["current"]["by"],
+                "at": m["current"]["at"],
+                "re-run": (m.get("rerun") or {}).get("state", ""),
+            }
+            for m in mappings
+        ],
+        hide_index=True,
+    )
+    if not codes or not user.may("map"):
+        return
+    st.subheader("Confirm a mapping")
+    labels = {f"{c['sender']} · {c['code']} {c.get('display') or ''}".strip(): c for c in codes}
+    chosen = labels[st.selectbox("Code", list(labels))]
+    offered = {_suggestion_label(s): s["loinc"] for s in chosen["suggestions"]}
+    with st.form(f"map:{chosen['sender']}:{chosen['system']}:{chosen['code']}"):
+        picked = st.radio("Suggested", [*offered, "other"], horizontal=False)
+        typed = st.text_input("LOINC (for other)")
+        rerun = st.checkbox("Re-run decision support over this code's history", value=True)
+        send = st.form_submit_button("Confirm")
+    if send:
+        loinc = typed.strip() if picked == "other" else offered[picked]
+        body = {
+            "sender": chosen["sender"],
+            "system": chosen["system"],
+            "code": chosen["code"],
+            "display": chosen.get("display") or "",
+            "loinc": loinc,
+            "rerun": rerun,
+            "on_behalf_of": user.name,
+        }
+        try:
+            done = backend.confirm_mapping(body)
+        except SourceUnavailableError as exc:
+            st.error(str(exc))
+            return
+        for key in ("cache:unmapped", "cache:mappings"):
+            st.session_state.pop(key, None)
+        st.success(f"Mapped to LOINC {loinc}, version {done['mapping']['current']['version']}.")
+
+
+def _suggestion_label(suggestion: dict[str, Any]) -> str:
+    rule = suggestion["analyte"] or "no rule reads it"
+    return f"{suggestion['loinc']} {suggestion['label']} ({rule}; score {suggestion['score']})"
+
+
 def main(backend: Backend, sampler: Sampler, config: Config) -> None:
     """Draw the dashboard for this browser session."""
     st.set_page_config(page_title="clinstream ops", layout="wide")
@@ -655,6 +733,8 @@ def main(backend: Backend, sampler: Sampler, config: Config) -> None:
             alerts(backend, user, config)
         elif page == "Audit":
             audit(backend, user)
+        elif page == "Terminology":
+            terminology(backend, user, config)
         else:
             drafts(backend, user, config)
     except SourceUnavailableError as exc:

@@ -20,13 +20,13 @@ from typing import Literal
 
 from dashboard.errors import LoginConfigError
 
-Permission = Literal["identifiers", "replay", "edit", "review", "audit"]
+Permission = Literal["identifiers", "replay", "edit", "review", "audit", "map"]
 ROLES: Mapping[str, frozenset[Permission]] = {
     "viewer": frozenset(),  # numbers, masked lists
     "operator": frozenset({"replay"}),  # replay dead letters as they are
-    "integration": frozenset({"replay", "edit", "identifiers"}),  # open, fix and replay messages
+    "integration": frozenset({"replay", "edit", "identifiers", "map"}),  # fix messages, map local codes
     "clinician": frozenset({"identifiers", "review"}),  # read and review drafts
-    "admin": frozenset({"identifiers", "replay", "edit", "review", "audit"}),  # + who accessed what
+    "admin": frozenset({"identifiers", "replay", "edit", "review", "audit", "map"}),  # + who accessed what
 }
 ITERATIONS = 240_000
 _SCHEME = "pbkdf2_sha256"

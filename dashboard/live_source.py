@@ -85,6 +85,15 @@ class Backend(Protocol):
     def review(self, draft_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """`POST /notes/drafts/{id}/review`; the reviewed draft."""
 
+    def unmapped_codes(self) -> list[dict[str, Any]]:
+        """`GET /terminology/unmapped`: codes decision support does not know, with suggestions."""
+
+    def code_mappings(self) -> list[dict[str, Any]]:
+        """`GET /terminology/mappings`: confirmed mappings with their versions and re-runs."""
+
+    def confirm_mapping(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /terminology/mappings`: confirm one (and re-run its history when asked)."""
+
     def audit(self, user: str, action: str, patient: str | None, resources: Sequence[str]) -> None:
         """Write the AuditEvent of a dashboard user's access to patient data (unmasking, replay)
         before it happens; raises `SourceUnavailableError` when the audit log cannot take it."""
@@ -176,6 +185,22 @@ class LiveBackend:
         if response.status_code == 404:
             return []  # the notes stage is off in this deployment
         result: list[dict[str, Any]] = self._json(response)["drafts"]
+        return result
+
+    def unmapped_codes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json(self._get("/terminology/unmapped"))["codes"]
+        return result
+
+    def code_mappings(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json(self._get("/terminology/mappings"))["mappings"]
+        return result
+
+    def confirm_mapping(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post("/terminology/mappings", json=body)
+        except httpx.HTTPError as exc:
+            raise SourceUnavailableError(f"cannot reach the terminology API ({type(exc).__name__})") from exc
+        result: dict[str, Any] = self._json(response)
         return result
 
     def review(self, draft_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def register_indexer(
     consumer: StageConsumer = STAGE_CONSUMER,
 ) -> None:
     """Subscribe the indexer to the normalized FHIR topic on ``broker``. Batches are embedded
-    and written in ``executor`` (`indexer.priority.background_executor` in a deployment; the
+    and written in ``executor`` (`kernel.priority.background_executor` in a deployment; the
     event loop's default executor without one)."""
 
     @batch_subscriber(

@@ -20,6 +20,10 @@ from kernel.quality import DataQualityIssue
 
 SCHEMA_VERSION = 1
 
+Lane = Literal["live", "backfill"]
+"""Which traffic a record belongs to. ``backfill``: history loaded by `clinstream backfill`;
+stages do its heavy work at a lower CPU priority so live records keep their latency."""
+
 # HL7 v2 message types (MSH-9.1^MSH-9.2) the normalizer maps today; others are dead-lettered
 # by the normalizer with UnsupportedMessageError (the MLLP connector accepts every type).
 SUPPORTED_HL7_EVENTS: frozenset[tuple[str, str]] = frozenset(
@@ -90,6 +94,12 @@ class Topics:
     """Changelog of the notes stage's patient charts (compacted; key: patient and resource)."""
     assist_charts: str = "assist.charts.v1"
     """Changelog of the assistance stage's patient charts (compacted; key: patient and resource)."""
+    unmapped_codes: str = "terminology.unmapped.v1"
+    """Changelog of the observation codes decision support does not know, counted per sender
+    (compacted; co-partitioned with `ehr.fhir.v1`, key: input partition, sender, system, code)."""
+    code_mappings: str = "terminology.mappings.v1"
+    """Changelog of confirmed local code mappings, each with its versions (compacted; key:
+    sender, system, code)."""
 
     def all(self) -> tuple[str, ...]:
         """Every topic name, in declaration order."""
@@ -105,7 +115,7 @@ TOPICS = Topics()
 _DAY_MS = 24 * 3600 * 1000
 _TRANSIENT = ("inbound_hl7v2", "inbound_fhir", "outbound_hl7v2", "outbound_fhir", "writeback")
 """Topics kept a week: the raw input (replay after a mapping fix) and deliveries in flight."""
-_CHANGELOGS = ("cds_state", "cds_cards", "notes_charts", "assist_charts")
+_CHANGELOGS = ("cds_state", "cds_cards", "notes_charts", "assist_charts", "unmapped_codes", "code_mappings")
 """Compacted topics: the latest value per key is the state a stage restores."""
 
 
@@ -158,9 +168,11 @@ def envelope_headers(
     trace_id: str,
     message_type: str,
     schema_version: int = SCHEMA_VERSION,
+    lane: Lane = "live",
 ) -> list[tuple[str, bytes]]:
-    """The envelope as Kafka headers, built directly (the MLLP hot path skips the model)."""
-    return [
+    """The envelope as Kafka headers, built directly (the MLLP hot path skips the model). The
+    ``lane`` header is written only for backfill records (live is what a record without it is)."""
+    headers = [
         ("source_system", source_system.encode()),
         ("source_message_id", source_message_id.encode()),
         ("content_hash", content_hash.encode()),
@@ -169,6 +181,9 @@ def envelope_headers(
         ("message_type", message_type.encode()),
         ("schema_version", str(schema_version).encode()),
     ]
+    if lane != "live":
+        headers.append(("lane", lane.encode()))
+    return headers
 
 
 class Envelope(BaseModel):
@@ -183,6 +198,7 @@ class Envelope(BaseModel):
     trace_id: str
     message_type: str = Field(default="", description="e.g. ADT^A01")
     schema_version: int = SCHEMA_VERSION
+    lane: Lane = Field(default="live", description="backfill: history from `clinstream backfill`.")
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers (aiokafka form)."""
@@ -194,6 +210,7 @@ class Envelope(BaseModel):
             trace_id=self.trace_id,
             message_type=self.message_type,
             schema_version=self.schema_version,
+            lane=self.lane,
         )
 
     @classmethod

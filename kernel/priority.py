@@ -1,4 +1,4 @@
-"""The indexer's background thread: embedding and Milvus writes at a lower CPU priority.
+"""Work that can wait, at a lower CPU priority: embedding, drafting, and backfilled history.
 
 Embedding is the heaviest work in the pipeline and the least urgent: a resource that becomes
 searchable a second later harms nobody, an alert or an MLLP ACK that waits behind a backlog of
@@ -7,17 +7,34 @@ and threads it starts inherit it, so the indexer's writes run in one dedicated t
 raised nice value, and the ONNX Runtime session the indexer uses is opened in that thread so
 that the session's own pool threads inherit it too. The query API keeps a session of its own
 at normal priority, so a search is not slowed by the indexer's backlog.
+
+History loaded by `clinstream backfill` travels in the ``backfill`` lane (`kernel.events.Lane`).
+`in_lane` runs a backfill record's CPU-heavy step (validating a patient's whole transaction,
+normalizing it, running decision support over it) in one low-priority thread of the process,
+off the event loop, so the live records that the loop is serving in the meantime go first.
+A live record's step runs as before, on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import TypeVar
+
+from kernel.events import Lane
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BACKFILL_NICE = 10
+"""How much lower than the process the backfill thread runs (the indexer's default too)."""
 
 
 def lower_thread_priority(increment: int) -> bool:
@@ -26,14 +43,14 @@ def lower_thread_priority(increment: int) -> bool:
     if increment <= 0:
         return False
     if not sys.platform.startswith("linux"):
-        log.info("indexer thread priority left alone: per-thread nice values are Linux-only")
+        log.info("thread priority left alone: per-thread nice values are Linux-only")
         return False
     tid = threading.get_native_id()
     try:
         current = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
     except OSError as exc:
-        log.warning("could not lower the indexer thread's priority: %s", exc)
+        log.warning("could not lower a background thread's priority: %s", exc)
         return False
     return True
 
@@ -46,3 +63,17 @@ def background_executor(nice: int, name: str = "clinstream-indexer") -> ThreadPo
         initializer=lower_thread_priority,
         initargs=(nice,),
     )
+
+
+@cache
+def backfill_executor() -> ThreadPoolExecutor:
+    """The process's one thread for backfill work, at ``BACKFILL_NICE`` (made on first use)."""
+    return background_executor(BACKFILL_NICE, "clinstream-backfill")
+
+
+async def in_lane(lane: Lane, work: Callable[[], T]) -> T:
+    """``work()``: on the loop for a live record, in the low-priority backfill thread for a
+    backfill one (the loop serves live records while it runs)."""
+    if lane == "live":
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(backfill_executor(), work)

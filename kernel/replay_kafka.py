@@ -7,7 +7,7 @@ consumer group, so reading moves no stage's offsets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,6 +24,14 @@ async def read_topic(
 ) -> list[ConsumerRecord[Any, Any]]:
     """The records now on ``topic`` (the ``last`` of each partition, or all), without a group;
     ``security``: `kernel.settings.kafka_security`."""
+    return [r async for batch in scan_topic(bootstrap, topic, last=last, security=security) for r in batch]
+
+
+async def scan_topic(
+    bootstrap: str, topic: str, *, last: int | None = None, security: Mapping[str, Any] | None = None
+) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+    """The records now on ``topic`` in batches as they are fetched (``read_topic`` without
+    holding them all: a topic of the record's whole history), without a group."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -38,17 +46,15 @@ async def read_topic(
             partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not assigned:
-            return []
+            return
         consumer.assign(assigned)
         ends: dict[Any, int] = await consumer.end_offsets(assigned)
         starts: dict[Any, int] = await consumer.beginning_offsets(assigned)
         for tp in assigned:
             consumer.seek(tp, starts[tp] if last is None else max(starts[tp], ends[tp] - last))
-        records: list[ConsumerRecord[Any, Any]] = []
         while await _behind(consumer, ends):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        return records
+            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                yield [r for r in batch if r.offset < ends[tp]]
     finally:
         await consumer.stop()
 

@@ -235,6 +235,13 @@ class MllpSettings(_Section):
 
     host: str = Field(default="127.0.0.1", description="MLLP listen address.")
     port: int = Field(default=2575, ge=0, le=65535, description="MLLP listen port (0: a free port).")
+    backfill_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="A second MLLP listener for history (`clinstream backfill --mllp`): what it takes "
+        "travels in the backfill lane, served after live messages. Unset: none (0: a free port).",
+    )
     max_message_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest accepted message; larger frames get AR."
     )

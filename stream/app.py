@@ -31,6 +31,7 @@ from kernel.kafka import (
     publish_in_order,
     single_record,
 )
+from kernel.priority import in_lane
 from kernel.settings import NormalizerSettings
 from stream.fhir_input import normalize_fhir
 from stream.normalize import Normalized, normalize_hl7
@@ -74,17 +75,23 @@ def register_normalizer(
         outgoing: list[Outgoing] = []
         letters: list[DeadLetter] = []
         results: list[Normalized] = []
-        for record in batch_records(msg):
-            envelope = envelope_of(record)
-            try:
-                result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
-                if envelope is None:
-                    raise ValueError("record has no valid envelope headers")
-                outgoing += _outgoing(topics, envelope, result)
-            except Exception as exc:  # every failure of the pure core becomes a dead letter
-                letters.append(dead_letter_for(exc, record, stage="normalizer", envelope=envelope))
-                continue
-            results.append(result)
+        records = batch_records(msg)
+        envelopes = [envelope_of(record) for record in records]
+
+        def normalize_all() -> None:
+            for record, envelope in zip(records, envelopes, strict=True):
+                try:
+                    result = normalize_hl7(decode_payload(record.value or b""), tz=tz)
+                    if envelope is None:
+                        raise ValueError("record has no valid envelope headers")
+                    outgoing.extend(_outgoing(topics, envelope, result))
+                except Exception as exc:  # every failure of the pure core becomes a dead letter
+                    letters.append(dead_letter_for(exc, record, stage="normalizer", envelope=envelope))
+                    continue
+                results.append(result)
+
+        history = all(e is not None and e.lane == "backfill" for e in envelopes)
+        await in_lane("backfill" if history else "live", normalize_all)  # a batch of history: low priority
 
         async def publish() -> None:
             await publish_in_order(broker, outgoing)
@@ -149,11 +156,17 @@ def register_fhir_normalizer(
         try:
             if envelope is None:
                 raise ValueError("record has no valid envelope headers")
-            inbound = FhirInbound.model_validate_json(record.value or b"")
-            groups = normalize_fhir(inbound, authorities=authorities)
-            outputs = [
-                FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources) for g in groups
-            ]
+            lane = envelope.lane
+
+            def normalized() -> list[FhirRecord]:
+                inbound = FhirInbound.model_validate_json(record.value or b"")
+                groups = normalize_fhir(inbound, authorities=authorities)
+                return [
+                    FhirRecord(envelope=envelope, patient_id=g.patient_id, resources=g.resources)
+                    for g in groups
+                ]
+
+            outputs = await in_lane(lane, normalized)  # a backfilled history: low priority, off the loop
         except Exception as exc:  # every failure of the pure core becomes a dead letter
             letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
             await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)

@@ -37,6 +37,8 @@ from inference.cds.cards import snoozed_by
 from inference.cds.rules import Outcome, RuleSet, carries_notes, process
 from inference.cds.state import PatientState
 from inference.cds.state_store import SqliteStateStore
+from inference.cds.terminology import Sighting, sightings_in
+from inference.cds.terminology_store import TerminologyStore
 from inference.cds.writeback import outbound
 from kernel.errors import ModelRunError
 from kernel.events import Alert, ClinicianFeedback, FhirRecord, Topics
@@ -54,6 +56,7 @@ from kernel.kafka import (
     fhir_records,
     retry_later,
 )
+from kernel.priority import in_lane
 from kernel.settings import CdsSettings
 from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig
 
@@ -82,13 +85,16 @@ def register_cds(
     consumer: StageConsumer = STAGE_CONSUMER,
     committer: BatchCommitter | None = None,
     listener: ConsumerRebalanceListener | None = None,
+    terminology: TerminologyStore | None = None,
 ) -> BatchSubscriber:
     """Subscribe decision support to the normalized FHIR topic and clinician feedback.
 
     Records are taken in batches of at most ``max_records`` (whatever has arrived;
     ``batch_timeout_ms`` is how long an idle consumer waits between polls). ``committer`` finishes
     each batch (default: outputs confirmed, then offsets); ``listener`` restores the state of
-    assigned partitions before their records are processed."""
+    assigned partitions before their records are processed. ``terminology``: the confirmed local
+    code mappings each sender's records are read with, and where the codes no rule knows are
+    counted (`inference.cds.terminology_store`)."""
     done = committer or BatchCommitter(broker, group_id=group_id)
     subscriber = broker.subscriber(
         topics.fhir,
@@ -123,11 +129,17 @@ def register_cds(
             return
         decided: list[tuple[FhirRecord, Outcome]] = []
         changed: dict[str, PatientState] = {}
+        sightings: dict[int, list[Sighting]] = {}
 
         def decide_all() -> None:
             for record, one in parsed:  # in offset order: a patient's records change its state in turn
+                mine = rules
+                if terminology is not None:
+                    mine = terminology.rules_for(rules, one.envelope.source_system)
+                    if unknown := sightings_in(one, mine.local_codes):
+                        sightings.setdefault(record.partition, []).extend(unknown)
                 try:
-                    outcome = process(states.get(one.patient_id), one, rules, now=clock())
+                    outcome = process(states.get(one.patient_id), one, mine, now=clock())
                 except ModelRunError:
                     raise  # not the record's fault: the whole batch is retried
                 except Exception as exc:  # the content breaks the record contract (RuleInputError)
@@ -141,9 +153,14 @@ def register_cds(
                 if snoozed is not None:
                     states[answer.patient_id] = changed[answer.patient_id] = snoozed
 
+        lanes = {one.envelope.lane for _, one in parsed}
         try:
-            if rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed):
-                await asyncio.to_thread(decide_all)  # the embedding model runs on the notes' sentences
+            if lanes == {"backfill"}:
+                await in_lane("backfill", decide_all)  # history: low priority, the loop serves live records
+            elif "backfill" in lanes or (
+                rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed)
+            ):
+                await asyncio.to_thread(decide_all)  # a patient's history, or the notes' embedding model
             else:
                 decide_all()
         except ModelRunError:
@@ -151,6 +168,7 @@ def register_cds(
             return
         saved = list(changed.values())
         entries = store.changes(saved, partition)
+        counted = terminology.changes(sightings) if terminology is not None and sightings else []
         outgoing = [
             *(
                 out
@@ -159,12 +177,16 @@ def register_cds(
                 for out in _outgoing(topics, alert, outcome.state.identifier, writeback)
             ),
             *(dead_letter_record(topics, letter) for letter in letters),
-            *changelog_records(topics.cds_state, entries),
+            *changelog_records(topics.unmapped_codes, counted),
+            *changelog_records(topics.cds_state, entries),  # last: `confirmed` reads the tail
         ]
         offsets = await done.commit(msg, outgoing, stage="cds", backoff_s=RETRY_BACKOFF_S)
         if offsets is None:
             return
         await asyncio.to_thread(store.save_many, saved, confirmed(entries, offsets))
+        if counted and terminology is not None:
+            placed = confirmed(counted, offsets[: len(offsets) - len(entries)])
+            await asyncio.to_thread(terminology.unmapped.apply, placed, own=True)
         counted_dead_letters(letters)
         for one, outcome in decided:
             _count(outcome, one.envelope.trace_id)

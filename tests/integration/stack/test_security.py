@@ -147,6 +147,8 @@ EXPECTED = [
     ("PUT", r"/fhir/x1/x1", ("write", set())),
     ("POST", r"/dicom/studies", ("write", {"Patient", "ImagingStudy"})),
     ("GET", r"/audit/events", "audit"),
+    ("GET", r"/terminology/(unmapped|mappings)", ("read", {"ConceptMap"})),
+    ("POST", r"/terminology/mappings", ("write", {"ConceptMap"})),
     ("POST", r"/agent/tools/x1", "agent"),
     ("POST", rf"{CDS_HOOKS_PATH}/{SERVICE_ID}(/feedback)?", "cds"),
 ]

@@ -447,3 +447,23 @@ def test_arbitrary_json_gets_4xx_or_2xx_never_5xx(env, body, path):
     assert response.status_code < 500
     if response.status_code >= 400:
         _outcome(response)
+
+
+def test_a_backfill_transaction_is_marked_as_such_and_a_live_one_is_not(env):
+    client, sink = env
+    bundle = _bundle("transaction", [_entry(PATIENT, "PUT"), _entry(OBS)])
+    assert client.post("/fhir", json=bundle, headers=AUTH).status_code == 200
+    history = client.post("/fhir", json=bundle, headers={**AUTH, "X-Clinstream-Lane": "Backfill"})
+    assert history.status_code == 200
+    lanes = [Envelope.from_headers(headers).lane for _, _, _, headers in sink.on(TOPICS.inbound_fhir)]
+    assert lanes == ["live", "backfill"]
+
+
+def test_an_unknown_lane_is_refused_with_an_outcome_and_stores_nothing(env):
+    client, sink = env
+    bundle = _bundle("transaction", [_entry(PATIENT, "PUT"), _entry(OBS)])
+    response = client.post("/fhir", json=bundle, headers={**AUTH, "X-Clinstream-Lane": "urgent"})
+    assert response.status_code == 400
+    assert "X-Clinstream-Lane" in _outcome(response)[0]["diagnostics"]
+    assert sink.on(TOPICS.inbound_fhir) == []
+    assert len(sink.on(TOPICS.deadletter)) == 1

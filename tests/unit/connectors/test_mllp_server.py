@@ -203,3 +203,21 @@ async def test_reused_control_id_with_other_content_is_not_dropped(server):
     assert other.raw != first.raw
     assert again.raw == other.raw
     assert len([r for r in sink.records if r[0] == TOPICS.inbound_hl7v2]) == 2
+
+
+async def test_the_backfill_listener_marks_what_it_takes_as_backfill_and_the_live_one_does_not():
+    sink = MemorySink()
+    live = MllpServer(sink, TOPICS, MllpSettings(port=0))
+    history = MllpServer(sink, TOPICS, MllpSettings(port=0), lane="backfill")
+    await live.start()
+    await history.start()
+    try:
+        for srv, n in ((live, 1), (history, 2)):
+            async with MllpClient("127.0.0.1", srv.port) as client:
+                assert (await client.send(ORU % n)).code == "AA"
+    finally:
+        await live.stop()
+        await history.stop()
+    lanes = [Envelope.from_headers(headers).lane for _, _, _, headers in sink.records]
+    assert lanes == ["live", "backfill"]
+    assert "lane" not in dict(sink.records[0][3])  # a live record is as it always was

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -19,6 +20,7 @@ from dashboard.auth import hash_password, parse_logins
 from dashboard.errors import SourceUnavailableError
 from dashboard.live_source import Sampler
 from dashboard.queries import LagRow, ReplayReceipt, Snapshot, lag_samples, parse_metrics, with_samples
+from inference.cds.terminology import Sighting, suggest
 from kernel.events import TOPICS, Alert, ClinicianFeedback, DeadLetter, content_hash
 from kernel.hl7v2.parser import parse_message
 from kernel.replay import Replay
@@ -139,6 +141,8 @@ class FakeBackend:
         self.audited: list[tuple[str, str, str | None, list[str]]] = []
         self.audit_reads: list[tuple[str, datetime | None]] = []
         self.audit_down = False
+        self.confirmed: list[dict[str, Any]] = []
+        self.mappings: list[dict[str, Any]] = []
         self.snapshots = [
             parse_metrics([_exposition(1.0)], 1000.0),
             parse_metrics([_exposition(2.0)], 1010.0),
@@ -233,6 +237,32 @@ class FakeBackend:
     def review(self, draft_id: str, body: dict[str, Any]) -> dict[str, Any]:
         self.reviews.append((draft_id, body))
         return {**self.draft_list[0], "status": "final"}
+
+    def unmapped_codes(self) -> list[dict[str, Any]]:
+        seen = Sighting(
+            sender="LIS^MERCY_LAB",
+            system="urn:clinstream:codesystem:L",
+            code="K",
+            display="Potassium",
+            count=12,
+            units={"mmol/L": 12},
+            low=Decimal("3.1"),
+            high=Decimal("6.9"),
+            unit_of_range="mmol/L",
+        )
+        return [
+            {
+                **seen.model_dump(mode="json"),
+                "suggestions": [s.model_dump(mode="json") for s in suggest(seen)],
+            }
+        ]
+
+    def code_mappings(self) -> list[dict[str, Any]]:
+        return list(self.mappings)
+
+    def confirm_mapping(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.confirmed.append(body)
+        return {"mapping": {"current": {"version": 1, "loinc": body["loinc"]}}}
 
     def audit(self, user: str, action: str, patient: str | None, resources: Sequence[str]) -> None:
         if self.audit_down:

@@ -233,3 +233,22 @@ def test_a_viewer_sees_the_queue_but_not_the_note(fake):
     assert len(_frames(at)[0]) == 1
     assert "Potassium" not in _text(at)
     assert not [b for b in at.button if b.label == "Submit review"]
+
+
+def test_the_terminology_page_lists_unknown_codes_and_an_integrator_confirms_one(fake):
+    at = _logged_in("ian", "Terminology")
+    [codes, _mappings] = _frames(at)
+    assert list(codes["code"]) == ["K"]
+    assert list(codes["seen"]) == [12]
+    assert str(codes["suggestion"][0]).startswith("2823-3 Potassium (potassium")
+    next(b for b in at.button if b.label == "Confirm").click().run()
+    assert not at.exception, at.exception
+    [body] = fake.confirmed
+    assert (body["code"], body["loinc"], body["rerun"], body["on_behalf_of"]) == ("K", "2823-3", True, "ian")
+    assert "version 1" in at.success[0].value
+
+
+def test_a_viewer_sees_the_unknown_codes_but_cannot_map_them(fake):
+    at = _logged_in("vic", "Terminology")
+    assert len(_frames(at)[0]) == 1
+    assert not [b for b in at.button if b.label == "Confirm"]

@@ -1,4 +1,4 @@
-"""The indexer's low-priority thread (`indexer.priority`): its nice value, and that threads it
+"""The indexer's low-priority thread (`kernel.priority`): its nice value, and that threads it
 starts, ONNX Runtime's pool among them, inherit it while the rest of the process keeps its own."""
 
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.priority import background_executor, lower_thread_priority
 from kernel.onnx_session import open_session
+from kernel.priority import BACKFILL_NICE, background_executor, in_lane, lower_thread_priority
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 
@@ -73,3 +73,19 @@ def test_an_onnx_session_opened_in_the_background_thread_runs_its_pool_there(ide
     assert set(pool.values()) == {worker_nice}
     assert nice_of(threading.get_native_id()) == main_nice
     assert session.run(None, {"x": np.array([1.0], dtype=np.float32)})[0].tolist() == [1.0]
+
+
+async def test_live_work_runs_on_the_loop_and_backfill_work_in_the_low_priority_thread():
+    loop_thread = threading.get_native_id()
+
+    def where() -> tuple[int, str, int]:
+        tid = threading.get_native_id()
+        return tid, threading.current_thread().name, nice_of(tid)
+
+    live = await in_lane("live", where)
+    history = await in_lane("backfill", where)
+    assert live[0] == loop_thread
+    assert history[0] != loop_thread
+    assert history[1].startswith("clinstream-backfill")
+    assert history[2] == min(19, nice_of(loop_thread) + BACKFILL_NICE)
+    assert (await in_lane("backfill", where))[0] == history[0]  # one thread for the process

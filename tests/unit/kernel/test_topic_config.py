@@ -21,7 +21,14 @@ def test_retention_by_role_on_prefixed_topics_too():
     assert config[topics.outbound_fhir]["retention.ms"] == week
     for kept in (topics.fhir, topics.alerts, topics.feedback, topics.audit, topics.deadletter):
         assert config[kept] == {"min.insync.replicas": "2", "cleanup.policy": "delete", "retention.ms": "-1"}
-    changelogs = (topics.cds_state, topics.cds_cards, topics.notes_charts, topics.assist_charts)
+    changelogs = (
+        topics.cds_state,
+        topics.cds_cards,
+        topics.notes_charts,
+        topics.assist_charts,
+        topics.unmapped_codes,
+        topics.code_mappings,
+    )
     for changelog in changelogs:
         assert config[changelog]["cleanup.policy"] == "compact"
     assert sum(c["cleanup.policy"] == "compact" for c in config.values()) == len(changelogs)

@@ -102,3 +102,28 @@ async def test_fhir_input_is_normalized_per_patient_and_bad_input_dead_lettered(
     letters = [DeadLetter.model_validate_json(b) for b in dead]
     assert [d.error_type for d in letters] == ["ValidationError", "ValueError"]
     assert {d.stage for d in letters} == {"normalizer"}
+
+
+async def test_a_backfill_record_keeps_its_lane_through_both_normalizers():
+    """History stays marked on `ehr.fhir.v1`, so decision support serves live records first."""
+    broker = KafkaBroker()
+    register_normalizer(broker, TOPICS, NormalizerSettings())
+    register_fhir_normalizer(broker, TOPICS, NormalizerSettings())
+    fhir = collected(broker, TOPICS.fhir)
+    history = ENVELOPE.model_copy(update={"lane": "backfill"})
+    headers = {k: v.decode() for k, v in history.to_headers()}
+    patient = {
+        "resourceType": "Patient",
+        "id": "pat-2",
+        "identifier": [{"system": "urn:mrn:x", "value": "9"}],
+    }
+    inbound = FhirInbound(interaction="transaction", resources=[patient], full_urls=[None])
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(ORU, topic=TOPICS.inbound_hl7v2, headers=headers)
+        await br.publish(inbound.model_dump_json().encode(), topic=TOPICS.inbound_fhir, headers=headers)
+        await br.publish(ORU.replace(b"|L1|", b"|L2|"), topic=TOPICS.inbound_hl7v2, headers=ENVELOPE_HEADERS)
+    lanes = [FhirRecord.model_validate_json(b).envelope.lane for b in fhir]
+    assert sorted(lanes) == ["backfill", "backfill", "live"]
+
+
+ENVELOPE_HEADERS = {k: v.decode() for k, v in ENVELOPE.to_headers()}
