@@ -10,7 +10,9 @@ Starts `clinstream up` as its own process on a fresh data directory (`bench/aler
    no pace limit: units/s, resources/s, and how long after the last unit the index had every
    patient's record.
 3. **Both at once.** The same export again under other patient ids, at --rate units/s, while
-   the live panels run again: live p99 with a backfill going on, and the backfill's rate.
+   the live panels run again: live p99 with a backfill going on, the backfill's rate, and how
+   often the deployment told it to wait (429: a live record reached decision support later
+   than `CLINSTREAM_CDS__LIVE_FIRST_MS`).
 
 Usage: python bench/backfill.py [--rate 2] [--live-rate 25] [--seconds 30]
 """
@@ -82,13 +84,16 @@ async def indexed(base: str, token: str, patients: list[str], timeout_s: float =
     return time.perf_counter() - start if not left else float("nan")
 
 
-async def backfill(folder: Path, base: str, token: str, rate: float, checkpoint: Path) -> tuple[int, float]:
+async def backfill(
+    folder: Path, base: str, token: str, rate: float, checkpoint: Path
+) -> tuple[int, float, int]:
+    """(units, seconds, how often the deployment said to wait: its live records were late)."""
     plan = read([folder])
     start = time.perf_counter()
     report = await send_plan(plan.units, Target(base, token), checkpoint, rate=rate)
     if report.stopped or report.refused:
         raise RuntimeError(f"backfill: {report.stopped or report.refused[:3]}")
-    return len(plan.units), time.perf_counter() - start
+    return len(plan.units), time.perf_counter() - start, report.throttled
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -104,7 +109,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"-- {len(synthea)} Synthea patients, {resources} resources per export", flush=True)
             print("live alone:", end=" ", flush=True)
             await event_to_alert(up, args.live_rate, round(args.live_rate * args.seconds))
-            units, took = await backfill(first, base, token, 0.0, work / "a.jsonl")
+            units, took, _ = await backfill(first, base, token, 0.0, work / "a.jsonl")
             after = await indexed(base, token, patients)
             print(
                 f"backfill alone: {units} units in {took:.1f} s = {units / took:.1f} units/s, "
@@ -115,8 +120,12 @@ async def main(args: argparse.Namespace) -> None:
             print(f"live with a backfill at {args.rate:.0f} units/s:", end=" ", flush=True)
             task = asyncio.create_task(backfill(second, base, token, args.rate, work / "b.jsonl"))
             await event_to_alert(up, args.live_rate, round(args.live_rate * args.seconds), tag="B")
-            units, took = await task
-            print(f"  the backfill beside it: {units} units in {took:.1f} s", flush=True)
+            units, took, waited = await task
+            print(
+                f"  the backfill beside it: {units} units in {took:.1f} s ({units / took:.1f} units/s), "
+                f"told to wait {waited} times (live records late)",
+                flush=True,
+            )
             await indexed(base, token, patients_b)
 
 

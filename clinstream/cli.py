@@ -415,6 +415,8 @@ def _backfill(args: argparse.Namespace) -> int:
     with tqdm(total=len(todo), unit="unit", desc="backfill", disable=None, file=sys.stderr) as bar:
         report = _run_any(send_plan(todo, target, args.checkpoint, rate=args.rate, progress=bar.update))
     print(", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items())) or "nothing sent")
+    if report.throttled:
+        print(f"waited {report.throttled} times for the deployment's live records (429)")
     for source, outcome in report.refused[:50]:
         print(f"  {outcome}: {source}")
     if report.stopped:

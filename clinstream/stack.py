@@ -101,7 +101,7 @@ from kernel.kafka import (
     publish_in_order,
     stage_consumer,
 )
-from kernel.priority import background_executor
+from kernel.priority import LivePressure, background_executor
 from kernel.settings import kafka_security, librdkafka_security, producer_config, transactional
 from kernel.writeback import writeback_from
 from stream.app import register_fhir_normalizer, register_normalizer
@@ -490,6 +490,8 @@ class Wiring:
     """Clients of this process's own HTTP API (their address is known once it listens)."""
     mllp: MllpServer | None = None
     mllp_backfill: MllpServer | None = None
+    pressure: LivePressure = field(default_factory=LivePressure)
+    """How late live records reach decision support here; the edges hold history back on it."""
     query: ContextualQuery | None = None
     app: Starlette | None = None
     """The HTTP application, once `_serve` built it."""
@@ -732,6 +734,7 @@ async def _inference(w: Wiring) -> None:
     await w.copartitioned(
         t.fhir, t.feedback, t.cds_state, t.notes_charts, t.drafts, t.assist_charts, t.unmapped_codes
     )
+    w.pressure.limit_s = settings.cds.live_first_ms / 1000
     state_store = SqliteStateStore(settings.cds_state_path)
     w.stack.callback(state_store.close)
     states = await w.changelog(w.topics.cds_state, state_store.states, state_store.forget)
@@ -782,6 +785,7 @@ async def _inference(w: Wiring) -> None:
         committer=await w.committer(cds_broker, "cds"),
         listener=RestoreOnAssign([states, unmapped]),
         terminology=terminology,
+        pressure=w.pressure,
     )
     w.routes.extend([*hooks.routes(), *hooks.alert_routes()])
     w.openapi.update(hooks_openapi())
@@ -863,8 +867,8 @@ async def _connectors(w: Wiring) -> None:
     w.mllp = MllpServer(sink, w.topics, w.settings.mllp)
     if w.settings.mllp.backfill_port is not None:
         history = w.settings.mllp.model_copy(update={"port": w.settings.mllp.backfill_port})
-        w.mllp_backfill = MllpServer(sink, w.topics, history, lane="backfill")
-    w.routes.extend(FhirIngress(sink, w.topics, w.settings.http).routes())
+        w.mllp_backfill = MllpServer(sink, w.topics, history, lane="backfill", pressure=w.pressure)
+    w.routes.extend(FhirIngress(sink, w.topics, w.settings.http, w.pressure).routes())
     w.openapi.update(fhir_openapi())
 
 

@@ -8,7 +8,8 @@ dead-lettered it and says why; sending it again would be refused again).
 Either way it is appended to the checkpoint, so ``--resume`` goes on after it. A deployment
 that does not answer, or answers 5xx, is tried again with growing pauses; after ``attempts``
 the run stops, its checkpoint intact. Sending is paced to ``rate`` units a second, so live
-traffic keeps the cores it needs.
+traffic keeps the cores it needs, and waits whenever the deployment says so (429 with
+Retry-After while its live records are late; the backfill MLLP listener holds its ACK).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Report:
     refused: list[tuple[str, str]] = field(default_factory=list)
     stopped: str | None = None
     """Why the run stopped before the end (the deployment did not answer), or None."""
+    throttled: int = 0
+    """How often the deployment said to wait (429: its live records were late)."""
 
 
 class Pace:
@@ -99,7 +102,7 @@ async def send_plan(
                             return report
                         mllp = MllpClient(*target.mllp, ssl=target.tls)
                         await mllp.__aenter__()
-                    outcome = await _deliver(unit, http, mllp, target.attempts)
+                    outcome = await _deliver(unit, http, mllp, target.attempts, report)
                     if outcome is None:
                         report.stopped = (
                             f"the deployment did not take {unit.source} after {target.attempts} tries"
@@ -121,7 +124,15 @@ def _record(done: IO[str], unit: Unit, outcome: str, report: Report) -> None:
         report.refused.append((unit.source, outcome))
 
 
-async def _deliver(unit: Unit, http: httpx.AsyncClient, mllp: MllpClient | None, attempts: int) -> str | None:
+def _retry_after(response: httpx.Response) -> float:
+    """The pause a 429 asks for (seconds; 1 when it does not say, at most 30)."""
+    value = response.headers.get("retry-after", "1")
+    return min(30.0, float(value)) if value.replace(".", "", 1).isdigit() else 1.0
+
+
+async def _deliver(
+    unit: Unit, http: httpx.AsyncClient, mllp: MllpClient | None, attempts: int, report: Report
+) -> str | None:
     """``stored`` or ``refused: why``; None when the deployment never answered."""
     for attempt in range(attempts):
         if attempt:
@@ -129,9 +140,13 @@ async def _deliver(unit: Unit, http: httpx.AsyncClient, mllp: MllpClient | None,
         try:
             if unit.kind == "fhir":
                 response = await http.post("/fhir", content=unit.payload)
+                while response.status_code == 429:  # live records first: not a failed try
+                    report.throttled += 1
+                    await asyncio.sleep(_retry_after(response))
+                    response = await http.post("/fhir", content=unit.payload)
                 if response.status_code < 300:
                     return "stored"
-                if response.status_code < 500 and response.status_code != 429:
+                if response.status_code < 500:
                     return f"refused: HTTP {response.status_code}"
                 continue
             assert mllp is not None  # noqa: S101 - send_plan opened it for HL7 units

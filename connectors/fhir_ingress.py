@@ -29,6 +29,7 @@ IssueCode = Literal[
     "security",
     "login",
     "too-costly",
+    "throttled",
     "transient",
     "processing",
     "informational",

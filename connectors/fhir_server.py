@@ -45,7 +45,7 @@ from kernel.events import (
 )
 from kernel.http import Guarded, caller, disclose
 from kernel.openapi import FHIR_RESOURCE, OUTCOME, operation, path_param, query_param
-from kernel.priority import in_lane
+from kernel.priority import LivePressure, in_lane
 from kernel.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,10 @@ def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] |
 class FhirIngress:
     """The routes and the publishing behind them."""
 
-    def __init__(self, sink: RecordSink, topics: Topics, settings: HttpSettings) -> None:
+    def __init__(
+        self, sink: RecordSink, topics: Topics, settings: HttpSettings, pressure: LivePressure | None = None
+    ) -> None:
+        self._pressure = pressure
         self._sink = sink
         self._topics = topics
         self._settings = settings
@@ -156,6 +159,12 @@ class FhirIngress:
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self._settings.max_body_bytes:
                 return outcome_response(413, [Issue("too-costly", "request body too large")])
+            if self._holds_history(request):
+                return outcome_response(
+                    429,
+                    [Issue("throttled", "live records first: send history again in 1 s")],
+                    {"Retry-After": "1"},
+                )
             body = await request.body()
             if len(body) > self._settings.max_body_bytes:
                 return outcome_response(413, [Issue("too-costly", "request body too large")])
@@ -174,6 +183,12 @@ class FhirIngress:
                 )
 
         return guarded
+
+    def _holds_history(self, request: Request) -> bool:
+        """A backfill request while live records are late (`kernel.priority.LivePressure`)."""
+        if self._pressure is None or not self._pressure.busy():
+            return False
+        return request.headers.get(LANE_HEADER, "").strip().lower() == "backfill"
 
     async def _refuse(self, request: Request, body: bytes, exc: FhirInputError) -> Response:
         letter = DeadLetter.from_error(exc, stage="connectors.fhir", payload=body)

@@ -64,6 +64,7 @@ from kernel.hl7v2.parser import (
     patient_identifier,
     split_batch,
 )
+from kernel.priority import LivePressure
 from kernel.settings import MllpSettings
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,11 @@ def record_key(msg: Message) -> str:
     return patient_key(*patient_identifier(msg))
 
 
+HOLD_HISTORY_S = 20.0
+"""Longest a backfill message's ACK is held while live records are late (then it goes in anyway,
+as a sender's ACK timeout is often 30 s)."""
+
+
 class MllpServer:
     """The inbound HL7 v2 listener."""
 
@@ -159,8 +165,10 @@ class MllpServer:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lane: Lane = "live",
+        pressure: LivePressure | None = None,
     ) -> None:
         self._sink = sink
+        self._pressure = pressure
         self._lane: Lane = lane
         self._topics = topics
         self._settings = settings
@@ -280,6 +288,8 @@ class MllpServer:
         )
 
     async def _handle_message(self, text: str, payload: bytes) -> Outcome:
+        if self._lane == "backfill" and self._pressure is not None:
+            await self._pressure.quiet(max_wait_s=HOLD_HISTORY_S)  # live records first; the ACK waits
         started = time.perf_counter()
         msg: Message | None = None
         try:

@@ -13,6 +13,13 @@ History loaded by `clinstream backfill` travels in the ``backfill`` lane (`kerne
 normalizing it, running decision support over it) in one low-priority thread of the process,
 off the event loop, so the live records that the loop is serving in the meantime go first.
 A live record's step runs as before, on the loop.
+
+A nice value cannot share out Python's own lock, though: in one process every stage's Python
+code takes turns on one interpreter. So history is also admitted only while live records are
+served on time: decision support notes how late each live record reached it (`LivePressure`),
+and while one was later than the limit within the last two seconds, the edges answer backfill
+requests with 429 and Retry-After (FHIR) or hold their ACK (the backfill MLLP listener).
+History then takes what the live traffic leaves.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -77,3 +85,33 @@ async def in_lane(lane: Lane, work: Callable[[], T]) -> T:
     if lane == "live":
         return work()
     return await asyncio.get_running_loop().run_in_executor(backfill_executor(), work)
+
+
+class LivePressure:
+    """How late live records reach decision support in this process, and whether history waits."""
+
+    def __init__(
+        self, limit_s: float = 0.25, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit_s = limit_s
+        self._window_s = window_s
+        self._clock = clock
+        self._late_at = float("-inf")
+
+    def note(self, delay_s: float) -> None:
+        """A live record was served ``delay_s`` after the edge took it."""
+        if delay_s > self.limit_s:
+            self._late_at = self._clock()
+
+    def busy(self) -> bool:
+        """Whether a live record was late within the window: history should wait."""
+        return self._clock() - self._late_at < self._window_s
+
+    async def quiet(self, max_wait_s: float, step_s: float = 0.05) -> bool:
+        """Wait until not `busy` (True), or ``max_wait_s`` (False: go on anyway, slowly)."""
+        deadline = self._clock() + max_wait_s
+        while self.busy():
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(step_s)
+        return True

@@ -481,6 +481,12 @@ class CdsSettings(_Section):
         gt=0,
         description="Hours: findings on older results (a backfill, a catch-up) update state, page no one.",
     )
+    live_first_ms: int = Field(
+        default=250,
+        ge=1,
+        description="While a live record reaches decision support later than this (in the last 2 s), "
+        "the edges of the same process hold backfilled history back (FHIR 429, MLLP ACK held).",
+    )
     state_path: Path | None = Field(
         default=None,
         description="SQLite replica of the per-patient state and shown cards (changelogs cds.state.v1, "

@@ -56,7 +56,7 @@ from kernel.kafka import (
     fhir_records,
     retry_later,
 )
-from kernel.priority import in_lane
+from kernel.priority import LivePressure, in_lane
 from kernel.settings import CdsSettings
 from kernel.writeback import NO_WRITEBACK, ChartIdentifier, WritebackConfig
 
@@ -86,6 +86,7 @@ def register_cds(
     committer: BatchCommitter | None = None,
     listener: ConsumerRebalanceListener | None = None,
     terminology: TerminologyStore | None = None,
+    pressure: LivePressure | None = None,
 ) -> BatchSubscriber:
     """Subscribe decision support to the normalized FHIR topic and clinician feedback.
 
@@ -94,7 +95,8 @@ def register_cds(
     each batch (default: outputs confirmed, then offsets); ``listener`` restores the state of
     assigned partitions before their records are processed. ``terminology``: the confirmed local
     code mappings each sender's records are read with, and where the codes no rule knows are
-    counted (`inference.cds.terminology_store`)."""
+    counted (`inference.cds.terminology_store`). ``pressure`` is told how late each live record
+    reached it (history waits while they are late)."""
     done = committer or BatchCommitter(broker, group_id=group_id)
     subscriber = broker.subscriber(
         topics.fhir,
@@ -188,8 +190,11 @@ def register_cds(
             placed = confirmed(counted, offsets[: len(offsets) - len(entries)])
             await asyncio.to_thread(terminology.unmapped.apply, placed, own=True)
         counted_dead_letters(letters)
+        served = datetime.now(UTC)
         for one, outcome in decided:
             _count(outcome, one.envelope.trace_id)
+            if pressure is not None and one.envelope.lane == "live":
+                pressure.note((served - one.envelope.received_at).total_seconds())
         for _, answer in feedback:
             FEEDBACK.labels(answer.rule_id or "-", answer.outcome, answer.reason_code or "-").inc()
 

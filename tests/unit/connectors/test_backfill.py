@@ -99,3 +99,45 @@ async def test_pace_spaces_units_by_the_rate():
     finally:
         asyncio.sleep = real
     assert slept == pytest.approx([0.25, 0.25, 0.25, 0.25])
+
+
+async def test_a_deployment_that_says_wait_is_waited_for_without_using_up_the_tries(tmp_path):
+    """A real HTTP server that answers 429 (its live records are late) twice, then takes the
+    unit; another unit it answers 503 every time: the run stops there, checkpoint intact."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from clinstream.http import make_server
+    from connectors.backfill_client import Target, send_plan
+
+    seen = []
+
+    async def fhir(request):
+        body = await request.body()
+        seen.append((body, request.headers.get("x-clinstream-lane")))
+        if body == b"down":
+            return JSONResponse({}, status_code=503)
+        if len(seen) <= 2:
+            return JSONResponse({}, status_code=429, headers={"Retry-After": "0"})
+        return JSONResponse({"resourceType": "Bundle"})
+
+    server = make_server(Starlette(routes=[Route("/fhir", fhir, methods=["POST"])]), "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    units = [Unit("fhir", "p1", "2020", b"up", "a.json"), Unit("fhir", "p2", "2021", b"down", "b.json")]
+    try:
+        report = await send_plan(units, Target(base, "t", attempts=2), tmp_path / "c.jsonl")
+    finally:
+        server.should_exit = True
+        await task
+    assert report.throttled == 2
+    assert report.outcomes == {"stored": 1}
+    assert report.stopped is not None
+    assert "b.json" in report.stopped
+    assert [lane for _, lane in seen] == ["backfill"] * len(seen)
+    assert load_checkpoint(tmp_path / "c.jsonl") == {units[0].id}

@@ -467,3 +467,24 @@ def test_an_unknown_lane_is_refused_with_an_outcome_and_stores_nothing(env):
     assert "X-Clinstream-Lane" in _outcome(response)[0]["diagnostics"]
     assert sink.on(TOPICS.inbound_fhir) == []
     assert len(sink.on(TOPICS.deadletter)) == 1
+
+
+class Late:
+    """A `LivePressure` whose live records are late."""
+
+    def busy(self):
+        return True
+
+
+def test_history_is_told_to_wait_while_live_records_are_late_and_live_input_is_not():
+    sink = MemorySink()
+    settings = HttpSettings(jwt_hs256_secret=SECRET, jwt_audience="clinstream", max_body_bytes=200_000)
+    ingress = FhirIngress(sink, TOPICS, settings, pressure=Late())
+    client = TestClient(build_app(Authenticator(TOKEN, settings), ingress.routes(), audit=MemoryAuditLog()))
+    bundle = _bundle("transaction", [_entry(PATIENT, "PUT"), _entry(OBS)])
+    held = client.post("/fhir", json=bundle, headers={**AUTH, "X-Clinstream-Lane": "backfill"})
+    assert held.status_code == 429
+    assert held.headers["retry-after"] == "1"
+    assert _outcome(held)[0]["code"] == "throttled"
+    assert sink.records == []  # neither stored nor dead-lettered: it comes again
+    assert client.post("/fhir", json=bundle, headers=AUTH).status_code == 200

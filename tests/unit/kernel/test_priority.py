@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kernel.onnx_session import open_session
-from kernel.priority import BACKFILL_NICE, background_executor, in_lane, lower_thread_priority
+from kernel.priority import BACKFILL_NICE, LivePressure, background_executor, in_lane, lower_thread_priority
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 
@@ -89,3 +89,34 @@ async def test_live_work_runs_on_the_loop_and_backfill_work_in_the_low_priority_
     assert history[1].startswith("clinstream-backfill")
     assert history[2] == min(19, nice_of(loop_thread) + BACKFILL_NICE)
     assert (await in_lane("backfill", where))[0] == history[0]  # one thread for the process
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_history_waits_while_a_live_record_was_late_within_the_window():
+    clock = Clock()
+    pressure = LivePressure(limit_s=0.25, window_s=2.0, clock=clock)
+    assert not pressure.busy()
+    pressure.note(0.1)  # on time
+    assert not pressure.busy()
+    pressure.note(0.4)
+    assert pressure.busy()
+    clock.now += 1.9
+    assert pressure.busy()
+    clock.now += 0.2
+    assert not pressure.busy()
+
+
+async def test_quiet_returns_once_the_window_passes_or_gives_up_at_its_limit():
+    pressure = LivePressure(limit_s=0.25, window_s=0.15)
+    pressure.note(1.0)
+    assert await pressure.quiet(max_wait_s=2.0, step_s=0.01) is True
+    pressure = LivePressure(limit_s=0.25, window_s=60)
+    pressure.note(1.0)
+    assert await pressure.quiet(max_wait_s=0.05, step_s=0.01) is False

@@ -3,12 +3,14 @@ FastStream's in-memory broker. The same handlers run on the real broker in tests
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from inference.cds.app import register_cds
 from inference.cds.rules import RuleSet
 from inference.cds.state_store import SqliteStateStore
 from kernel.events import Alert, DeadLetter, Envelope, FhirRecord, Topics
+from kernel.priority import LivePressure
 from tests.fakes import collected
 
 TOPICS = Topics()
@@ -153,3 +155,15 @@ async def test_cds_decides_a_batch_in_offset_order_with_one_state_write():
     assert [DeadLetter.model_validate_json(d).error_type for d in dead] == ["ValidationError"]
     assert writes == [["p1", "p2"]]
     assert len(store.load("p1").readings["creatinine"]) == 2
+
+
+@pytest.mark.parametrize(("lane", "late"), [("live", True), ("backfill", False)])
+async def test_cds_tells_the_edges_when_a_live_record_reached_it_late(lane, late):
+    broker = KafkaBroker()
+    pressure = LivePressure(limit_s=0.25)
+    register_cds(broker, TOPICS, RuleSet(), SqliteStateStore(":memory:"), pressure=pressure)
+    old = ENVELOPE.model_copy(update={"received_at": datetime.now(UTC) - timedelta(seconds=5), "lane": lane})
+    record = FhirRecord(envelope=old, patient_id="p1", resources=[POTASSIUM])
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(record.model_dump_json().encode(), topic=TOPICS.fhir)
+    assert pressure.busy() is late
