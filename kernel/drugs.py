@@ -5,6 +5,14 @@ lookup (`drug-named-entity-recognition`, DrugBank and MeSH names; fuzzy matching
 near-miss drug name must not become another drug), then to the drug classes below. Decision
 support checks orders with them; the drafting guard checks that a drug a sentence names is in
 the resources it cites.
+
+A medication is written many ways: a brand or an abbreviation in the text, the generic in an
+RxNorm coding's display, a local code with a pharmacy's own label, or only the display of a
+Medication reference. `drug_writing` picks the first of them that names an ingredient, the
+RxNorm displays first, so that the tables find the same ingredients however the order was
+written. An RxNorm code
+without any text is not resolved: the RxNorm tables are not on PyPI and the RxNav service is a
+download at run time.
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from kernel.events import Severity
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+RXNORM_NAMES = frozenset({RXNORM, "rxnorm", "rxn", "urn:clinstream:codesystem:rxnorm"})
+"""What senders write for RxNorm (HL7 v2 tables say ``RXNORM``)."""
 
 TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 """A word of a drug name (letters, apostrophes and hyphens)."""
@@ -241,3 +253,22 @@ def interaction_between(text_a: str, text_b: str) -> Interaction | None:
         ):
             return rule
     return None
+
+
+def drug_writing(concept: Mapping[str, Any] | None, *more: str) -> str:
+    """The writing of one medication the drug tables read: the first that names an ingredient
+    of its RxNorm codings' displays, its text, its other displays and ``more`` (e.g. a
+    Medication reference's display), in that order (one writing, so the same drug gives the
+    same ingredients however the order was written); the concept's text (or first display)
+    when none does. Interaction, allergy and renal rules read it."""
+    concept = concept or {}
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+    rx = [str(c.get("display") or "") for c in codings if str(c.get("system", "")).lower() in RXNORM_NAMES]
+    other = [
+        str(c.get("display") or "") for c in codings if str(c.get("system", "")).lower() not in RXNORM_NAMES
+    ]
+    for text in (*rx, str(concept.get("text") or ""), *other, *more):
+        text = " ".join(text.split())
+        if text and ingredients(text):
+            return text
+    return str(concept.get("text") or next((d for d in (*rx, *other, *more) if d), ""))

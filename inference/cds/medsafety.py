@@ -107,11 +107,11 @@ def _input(label: str, item: Coded, at: datetime) -> AlertInput:
 
 
 def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
-    rule = interaction_between(a.text, b.text)
+    rule = interaction_between(a.drug_text, b.drug_text)
     out = []
     if rule is not None:
-        first = sorted(ingredients(a.text))[0]
-        second = sorted(ingredients(b.text))[0]
+        first = sorted(ingredients(a.drug_text))[0]
+        second = sorted(ingredients(b.drug_text))[0]
         pair = " + ".join(sorted((first, second)))
         out.append(
             Finding(
@@ -132,7 +132,7 @@ def _pair(a: Coded, b: Coded, at: datetime) -> list[Finding]:
 
 
 def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
-    conflict = allergy_conflict(medication.text, allergy.text)
+    conflict = allergy_conflict(medication.drug_text, allergy.drug_text)
     if conflict is None:
         return []
     severity: Severity
@@ -140,7 +140,7 @@ def _allergy(medication: Coded, allergy: Coded, at: datetime) -> list[Finding]:
         severity, what, level = "warning", f"possible cross-reactivity ({conflict.name})", 0
     else:
         severity, what, level = "critical", f"allergy to {conflict.name}", 1
-    generic = sorted(ingredients(medication.text))[0]
+    generic = sorted(ingredients(medication.drug_text))[0]
     return [
         Finding(
             rule_id=ALLERGY_RULE,
@@ -165,7 +165,7 @@ def _renal_check(medication: Coded, state: PatientState, at: datetime) -> list[F
     egfr = state.latest("egfr", at=at, window=EGFR_WINDOW)
     if egfr is None or egfr.value is None:
         return []
-    for generic in sorted(ingredients(medication.text)):
+    for generic in sorted(ingredients(medication.drug_text)):
         for band, limit in enumerate(RENAL.get(generic, ())):
             if egfr.value < limit.below:
                 level = len(RENAL[generic]) - band

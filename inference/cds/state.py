@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from kernel.analytes import Reading, readings_of
 from kernel.chart import ended
+from kernel.drugs import drug_writing
 from kernel.errors import RuleInputError
 from kernel.events import Alert, FhirRecord
 from kernel.rendering import first_code
@@ -41,6 +42,15 @@ class Coded(BaseModel):
     category: list[str] = Field(default_factory=list)
     criticality: str = ""
     recorded: str = ""
+    drug: str = ""
+    """The writing of a medication that names a drug (`kernel.drugs.drug_writing`), or an
+    allergy's text with its substance's: what the interaction, allergy and renal rules read.
+    Empty: the text."""
+
+    @property
+    def drug_text(self) -> str:
+        """What the drug tables read: ``drug``, else ``text``."""
+        return self.drug or self.text
 
 
 class EncounterInfo(BaseModel):
@@ -124,11 +134,12 @@ def medication(res: dict[str, Any], ref: str) -> Coded:
     """A MedicationRequest or MedicationStatement as the rules read it."""
     concept = res.get("medicationCodeableConcept")
     codes, text = _codes(concept)
-    if not text:
-        text = str((res.get("medicationReference") or {}).get("display") or "")
+    shown = str((res.get("medicationReference") or {}).get("display") or "")
+    text = text or shown
     return Coded(
         ref=ref,
         text=text,
+        drug=drug_writing(concept, shown),
         codes=codes,
         status=str(res.get("status", "")),
         recorded=str(res.get("authoredOn") or res.get("dateAsserted") or ""),
@@ -140,13 +151,16 @@ def _allergy(res: dict[str, Any], ref: str) -> Coded | None:
     if verification in ("refuted", "entered-in-error"):
         return None
     codes, text = _codes(res.get("code"))
+    writings = [text, drug_writing(res.get("code"))]
     for reaction in res.get("reaction", []):
         more, more_text = _codes(reaction.get("substance"))
         codes.extend(more)
         text = text or more_text
+        writings.append(drug_writing(reaction.get("substance")))
     return Coded(
         ref=ref,
         text=text,
+        drug=" / ".join(dict.fromkeys(w for w in writings if w)),
         codes=codes,
         status=first_code(res.get("clinicalStatus")),
         category=list(res.get("category", [])),

@@ -139,3 +139,51 @@ def test_class_names_of_several_words_in_allergy_lists(allergy_text, drug, confl
 
     found = allergy_conflict(drug, allergy_text)
     assert (found.kind if found else None) == conflict
+
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def coded_med(mid, text=None, *codings, reference=None):
+    """A MedicationRequest written some other way: a local text, codings, a Medication reference."""
+    resource = med(text or "", mid)
+    concept = {"coding": [{"system": s, "code": c, "display": d} for s, c, d in codings]}
+    if text:
+        concept["text"] = text
+    resource["medicationCodeableConcept"] = concept
+    if reference:
+        del resource["medicationCodeableConcept"]
+        resource["medicationReference"] = {"reference": "Medication/x", "display": reference}
+    return resource
+
+
+@pytest.mark.parametrize(
+    "ibuprofen",
+    [
+        coded_med("m2", "Ibuprofen 400 MG Oral Tablet"),  # as before: the text
+        coded_med(
+            "m2", "NSAID tab 400", (RXNORM, "197806", "ibuprofen 400 MG Oral Tablet")
+        ),  # RxNorm display
+        coded_med("m2", "Motrin IB"),  # a brand
+        coded_med("m2", "PHARM-77 tab", ("urn:clinstream:codesystem:RXNORM", "197806", "Ibuprofen 400mg")),
+        coded_med("m2", None, ("http://hosp.example/formulary", "F7", "IBUPROFEN 400MG TAB")),  # display only
+        coded_med("m2", reference="Ibuprofen 400 mg tablet"),  # a Medication reference's display
+    ],
+)
+def test_the_same_drug_however_it_was_written_meets_the_interaction_rule(ibuprofen):
+    _, raised = _run([med("Warfarin 5 MG Oral Tablet", "m1")], [ibuprofen])
+    assert raised[1] == [("drug-interaction", "critical", "drug-interaction/ibuprofen + warfarin")]
+
+
+def test_an_allergy_coded_by_its_substance_meets_an_order_of_its_class():
+    allergic = allergy("Drug allergy", "a1")
+    allergic["code"]["coding"] = [{"system": RXNORM, "code": "7980", "display": "Penicillin G"}]
+    _, raised = _run(
+        [allergic], [coded_med("m1", "Amox 500", (RXNORM, "308182", "amoxicillin 500 MG Oral Capsule"))]
+    )
+    assert [r[0] for r in raised[1]] == ["drug-allergy"]
+
+
+def test_a_local_text_that_names_no_drug_is_not_made_one():
+    _, raised = _run([med("Warfarin 5 MG Oral Tablet", "m1")], [coded_med("m2", "PHARM-77 tab")])
+    assert raised[1] == []

@@ -1,0 +1,177 @@
+"""Medications named in the corpus: how many the drug tables resolve to ingredients, before and
+after `kernel.drugs.drug_writing`, and whether one RxNorm code always gives one drug.
+
+Every medication concept of the corpus is collected: MedicationRequest, MedicationStatement,
+MedicationAdministration and MedicationDispense (their medicationCodeableConcept or the display
+of their Medication reference) and Medication (its code), from the FHIR files of
+`../shared/corpora/fhir` and from the HL7 v2 messages of `../shared/corpora/hl7v2` as the
+normalizer converts them (RXE, RXO, RXA, RDE...). Distinct concepts are counted once.
+
+- **before**: what decision support read until now, the concept's text, else its first display;
+- **after**: `drug_writing`, the first of its RxNorm displays, text, other displays and the
+  reference's display that names an ingredient.
+
+Resolved means the dictionary lookup (`drug-named-entity-recognition`, exact names, no fuzzy
+match) found at least one ingredient. Then, per RxNorm code seen with more than one writing:
+whether every writing resolves to the same ingredients (before and after). Last, each
+RxNorm-coded concept again with its text replaced by a pharmacy's own label (as local
+formularies write orders): whether it still resolves to the ingredients it had.
+
+Usage: python bench/medications.py [--corpora ../shared/corpora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from connectors.backfill import messages_of  # noqa: E402
+from kernel.drugs import RXNORM_NAMES, drug_writing, ingredients  # noqa: E402
+from kernel.hl7v2.parser import decode_payload  # noqa: E402
+from stream.normalize import normalize_hl7  # noqa: E402
+
+ORDERS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration", "MedicationDispense")
+
+
+def concepts(resource: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """The medication concept of a resource, with its Medication reference's display."""
+    kind = resource.get("resourceType")
+    if kind in ORDERS:
+        reference = str((resource.get("medicationReference") or {}).get("display") or "")
+        concept = resource.get("medicationCodeableConcept")
+        if isinstance(concept, dict) or reference:
+            yield (concept if isinstance(concept, dict) else {}), reference
+    elif kind == "Medication" and isinstance(resource.get("code"), dict):
+        yield resource["code"], ""
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if node.get("resourceType"):
+            yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def corpus_resources(corpora: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(source, resource) of every FHIR file and every HL7 v2 message that normalizes."""
+    for path in sorted((corpora / "fhir").rglob("*")):
+        if path.suffix not in (".json", ".ndjson"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            docs = (
+                [json.loads(line) for line in text.splitlines() if line.strip()]
+                if path.suffix == ".ndjson"
+                else [json.loads(text)]
+            )
+        except (OSError, ValueError):
+            continue
+        for doc in docs:
+            for resource in _walk(doc):
+                yield "fhir", resource
+    for path in sorted((corpora / "hl7v2").rglob("*")):
+        if not path.is_file() or path.suffix == ".md":
+            continue
+        try:
+            messages = list(messages_of(path))
+        except (OSError, ValueError):
+            continue
+        for message in messages:
+            try:
+                result = normalize_hl7(decode_payload(message), tz=ZoneInfo("UTC"))
+            except Exception:  # noqa: S112 - dead-lettered by the normalizer
+                continue
+            for resource in result.resources:
+                yield "hl7v2", resource
+
+
+def before(concept: dict[str, Any], reference: str) -> str:
+    """What decision support read until now: text, else first display, else the reference's."""
+    first = next((str(c["display"]) for c in concept.get("coding") or [] if c.get("display")), "")
+    return str(concept.get("text") or first or reference)
+
+
+def _rxnorm_display(concept: dict[str, Any]) -> bool:
+    return any(
+        str(c.get("system", "")).lower() in RXNORM_NAMES and c.get("display")
+        for c in concept.get("coding") or []
+        if isinstance(c, dict)
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    seen: dict[str, tuple[str, dict[str, Any], str]] = {}
+    for source, resource in corpus_resources(args.corpora):
+        for concept, reference in concepts(resource):
+            key = json.dumps([concept, reference], sort_keys=True)
+            seen.setdefault(key, (source, concept, reference))
+    by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    rx_writings: dict[str, dict[str, tuple[frozenset[str], frozenset[str]]]] = defaultdict(dict)
+    code_only = 0
+    changed = []
+    for source, concept, reference in seen.values():
+        old, new = ingredients(before(concept, reference)), ingredients(drug_writing(concept, reference))
+        counts = by_source[source]
+        counts[0] += 1
+        counts[1] += bool(old)
+        counts[2] += bool(new)
+        if old != new:
+            changed.append((before(concept, reference), drug_writing(concept, reference), old, new))
+        codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+        for c in codings:
+            if str(c.get("system", "")).lower() in RXNORM_NAMES and c.get("code"):
+                rx_writings[str(c["code"])][before(concept, reference)] = (old, new)
+        if (
+            codings
+            and not concept.get("text")
+            and not any(c.get("display") for c in codings)
+            and not reference
+        ):
+            code_only += 1
+    for source, (total, old, new) in sorted(by_source.items()):
+        print(
+            f"{source:6} {total:4} distinct medication concepts: resolved to ingredients before {old} "
+            f"({old / total:.0%}), after {new} ({new / total:.0%})"
+        )
+    print(f"concepts with codes only (no text, no display): {code_only} (not resolvable offline)")
+    several = {code: w for code, w in rx_writings.items() if len(w) > 1}
+    agree_old = sum(len({o for o, _ in w.values()}) == 1 for w in several.values())
+    agree_new = sum(len({n for _, n in w.values()}) == 1 for w in several.values())
+    print(
+        f"RxNorm codes seen with more than one writing: {len(several)}; every writing gives the same "
+        f"ingredients before {agree_old}/{len(several)}, after {agree_new}/{len(several)}"
+    )
+    relabelled = [(c, r) for _, c, r in seen.values() if _rxnorm_display(c)]
+    same_old = same_new = 0
+    for n, (concept, reference) in enumerate(relabelled):
+        local = {**concept, "text": f"PHARM-{n:04d} TAB"}  # a pharmacy's own label over the RxNorm coding
+        truth = ingredients(drug_writing(concept, reference))
+        same_old += bool(truth) and ingredients(before(local, "")) == truth
+        same_new += bool(truth) and ingredients(drug_writing(local, "")) == truth
+    print(
+        f"the {len(relabelled)} RxNorm-coded concepts again, their text replaced by a pharmacy's own label: "
+        f"same ingredients as written before {same_old}, after {same_new}"
+    )
+    print(f"\nconcepts whose ingredients changed ({len(changed)}):")
+    for old_text, new_text, old, new in changed[: args.show]:
+        print(f"  {old_text[:40]!r:42} {sorted(old)} -> {new_text[:40]!r:42} {sorted(new)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", type=Path, default=REPO.parent / "shared" / "corpora")
+    parser.add_argument("--show", type=int, default=40, help="changed concepts to list")
+    main(parser.parse_args())
