@@ -29,15 +29,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from connectors.backfill import messages_of  # noqa: E402
+from bench.corpus import fhir_documents, hl7_normalized, resources_in  # noqa: E402
 from kernel.drugs import RXNORM_NAMES, drug_writing, ingredients  # noqa: E402
-from kernel.hl7v2.parser import decode_payload  # noqa: E402
-from stream.normalize import normalize_hl7  # noqa: E402
 
 ORDERS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration", "MedicationDispense")
 
@@ -54,48 +51,14 @@ def concepts(resource: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
         yield resource["code"], ""
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("resourceType"):
-            yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def corpus_resources(corpora: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(source, resource) of every FHIR file and every HL7 v2 message that normalizes."""
-    for path in sorted((corpora / "fhir").rglob("*")):
-        if path.suffix not in (".json", ".ndjson"):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-            docs = (
-                [json.loads(line) for line in text.splitlines() if line.strip()]
-                if path.suffix == ".ndjson"
-                else [json.loads(text)]
-            )
-        except (OSError, ValueError):
-            continue
-        for doc in docs:
-            for resource in _walk(doc):
-                yield "fhir", resource
-    for path in sorted((corpora / "hl7v2").rglob("*")):
-        if not path.is_file() or path.suffix == ".md":
-            continue
-        try:
-            messages = list(messages_of(path))
-        except (OSError, ValueError):
-            continue
-        for message in messages:
-            try:
-                result = normalize_hl7(decode_payload(message), tz=ZoneInfo("UTC"))
-            except Exception:  # noqa: S112 - dead-lettered by the normalizer
-                continue
-            for resource in result.resources:
-                yield "hl7v2", resource
+    for _, doc in fhir_documents(corpora):
+        for resource in resources_in(doc):
+            yield "fhir", resource
+    for result in hl7_normalized(corpora):
+        for resource in result.resources:
+            yield "hl7v2", resource
 
 
 def before(concept: dict[str, Any], reference: str) -> str:

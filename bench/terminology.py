@@ -26,17 +26,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from connectors.backfill import messages_of  # noqa: E402
+from bench.corpus import fhir_documents, hl7_normalized, resources_in  # noqa: E402
 from inference.cds.terminology import LOINC, Sighting, merge, sightings_in, suggest  # noqa: E402
 from kernel.analytes import ANALYTES  # noqa: E402
 from kernel.events import Envelope, FhirRecord  # noqa: E402
-from kernel.hl7v2.parser import decode_payload  # noqa: E402
-from stream.normalize import normalize_hl7  # noqa: E402
 
 TRUTH = REPO / "bench" / "data" / "local_code_truth.json"
 RULE_LOINC = {code for a in ANALYTES for code in a.loinc}
@@ -52,51 +49,18 @@ def _record(sender: str, resources: list[dict[str, Any]]) -> FhirRecord:
 
 def hl7_records(corpora: Path) -> Iterator[FhirRecord]:
     """The corpus' HL7 v2 messages, normalized (those that normalize)."""
-    for path in sorted((corpora / "hl7v2").rglob("*")):
-        if not path.is_file() or path.suffix == ".md":
-            continue
-        try:
-            messages = list(messages_of(path))
-        except (OSError, ValueError):
-            continue
-        for message in messages:
-            try:
-                result = normalize_hl7(decode_payload(message), tz=ZoneInfo("UTC"))
-            except Exception:  # noqa: S112 - the normalizer dead-letters these; not local codes
-                continue
-            yield _record(result.sender, result.resources)
+    for result in hl7_normalized(corpora):
+        yield _record(result.sender, result.resources)
 
 
 def fhir_records(corpora: Path) -> Iterator[FhirRecord]:
     """Every Observation of the corpus' FHIR files, one record per file (sender: its source)."""
-    for path in sorted((corpora / "fhir").rglob("*")):
-        if path.suffix not in (".json", ".ndjson"):
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-            docs = (
-                [json.loads(line) for line in text.splitlines() if line.strip()]
-                if path.suffix == ".ndjson"
-                else [json.loads(text)]
-            )
-        except (OSError, ValueError):
-            continue
-        found: list[dict[str, Any]] = []
-        for doc in docs:
-            found += list(_observations(doc))
-        if found:
-            yield _record(f"fhir:{path.relative_to(corpora / 'fhir').parts[0]}", found)
-
-
-def _observations(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("resourceType") == "Observation":
-            yield node
-        for value in node.values():
-            yield from _observations(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _observations(value)
+    found: dict[Path, list[dict[str, Any]]] = {}
+    for path, doc in fhir_documents(corpora):
+        found.setdefault(path, []).extend(r for r in resources_in(doc) if r["resourceType"] == "Observation")
+    for path, observations in found.items():
+        if observations:
+            yield _record(f"fhir:{path.relative_to(corpora / 'fhir').parts[0]}", observations)
 
 
 def paired(record: FhirRecord) -> Iterator[tuple[Sighting, set[str]]]:

@@ -272,7 +272,7 @@ class FhirIngress:
         """POST /fhir with a batch or transaction Bundle."""
         lane = lane_of(request.headers.get(LANE_HEADER))  # a backfilled patient's history: off the loop
         data = parse_json(body)
-        result = await in_lane(lane, lambda: validate_bundle(data))
+        result = await in_lane(lane, lambda: validate_bundle(data), stage="ingress")
         digest = content_hash(body)
         bundle_id = str(data.get("id") or digest[:32])
         # Only entries without an id need one derived from the body (and their position).

@@ -10,8 +10,8 @@ at normal priority, so a search is not slowed by the indexer's backlog.
 
 History loaded by `clinstream backfill` travels in the ``backfill`` lane (`kernel.events.Lane`).
 `in_lane` runs a backfill record's CPU-heavy step (validating a patient's whole transaction,
-normalizing it, running decision support over it) in one low-priority thread of the process,
-off the event loop, so the live records that the loop is serving in the meantime go first.
+normalizing it, running decision support over it) in a low-priority thread of its stage, off
+the event loop, so the live records that the loop is serving in the meantime go first.
 A live record's step runs as before, on the loop.
 
 A nice value cannot share out Python's own lock, though: in one process every stage's Python
@@ -74,17 +74,18 @@ def background_executor(nice: int, name: str = "clinstream-indexer") -> ThreadPo
 
 
 @cache
-def backfill_executor() -> ThreadPoolExecutor:
-    """The process's one thread for backfill work, at ``BACKFILL_NICE`` (made on first use)."""
-    return background_executor(BACKFILL_NICE, "clinstream-backfill")
+def backfill_executor(stage: str) -> ThreadPoolExecutor:
+    """``stage``'s one thread for backfill work, at ``BACKFILL_NICE`` (made on first use). One per
+    stage, so that history waiting in one stage does not queue behind another's."""
+    return background_executor(BACKFILL_NICE, f"clinstream-backfill-{stage}")
 
 
-async def in_lane(lane: Lane, work: Callable[[], T]) -> T:
-    """``work()``: on the loop for a live record, in the low-priority backfill thread for a
+async def in_lane(lane: Lane, work: Callable[[], T], *, stage: str) -> T:
+    """``work()``: on the loop for a live record, in ``stage``'s low-priority backfill thread for a
     backfill one (the loop serves live records while it runs)."""
     if lane == "live":
         return work()
-    return await asyncio.get_running_loop().run_in_executor(backfill_executor(), work)
+    return await asyncio.get_running_loop().run_in_executor(backfill_executor(stage), work)
 
 
 class LivePressure:

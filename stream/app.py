@@ -91,7 +91,9 @@ def register_normalizer(
                 results.append(result)
 
         history = all(e is not None and e.lane == "backfill" for e in envelopes)
-        await in_lane("backfill" if history else "live", normalize_all)  # a batch of history: low priority
+        await in_lane(
+            "backfill" if history else "live", normalize_all, stage="normalizer"
+        )  # a batch of history: low priority
 
         async def publish() -> None:
             await publish_in_order(broker, outgoing)
@@ -166,7 +168,9 @@ def register_fhir_normalizer(
                     for g in groups
                 ]
 
-            outputs = await in_lane(lane, normalized)  # a backfilled history: low priority, off the loop
+            outputs = await in_lane(
+                lane, normalized, stage="normalizer-fhir"
+            )  # a backfilled history: low priority, off the loop
         except Exception as exc:  # every failure of the pure core becomes a dead letter
             letter = dead_letter_for(exc, record, stage="normalizer", envelope=envelope)
             await dead_letter_and_commit(msg, broker, topics, letter, backoff_s=RETRY_BACKOFF_S)

@@ -158,7 +158,9 @@ def register_cds(
         lanes = {one.envelope.lane for _, one in parsed}
         try:
             if lanes == {"backfill"}:
-                await in_lane("backfill", decide_all)  # history: low priority, the loop serves live records
+                await in_lane(
+                    "backfill", decide_all, stage="cds"
+                )  # history: low priority, the loop serves live records
             elif "backfill" in lanes or (
                 rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed)
             ):

@@ -82,13 +82,14 @@ async def test_live_work_runs_on_the_loop_and_backfill_work_in_the_low_priority_
         tid = threading.get_native_id()
         return tid, threading.current_thread().name, nice_of(tid)
 
-    live = await in_lane("live", where)
-    history = await in_lane("backfill", where)
+    live = await in_lane("live", where, stage="t")
+    history = await in_lane("backfill", where, stage="t")
     assert live[0] == loop_thread
     assert history[0] != loop_thread
-    assert history[1].startswith("clinstream-backfill")
+    assert history[1].startswith("clinstream-backfill-t")
     assert history[2] == min(19, nice_of(loop_thread) + BACKFILL_NICE)
-    assert (await in_lane("backfill", where))[0] == history[0]  # one thread for the process
+    assert (await in_lane("backfill", where, stage="t"))[0] == history[0]  # one thread a stage
+    assert (await in_lane("backfill", where, stage="u"))[0] != history[0]
 
 
 class Clock:

@@ -1,0 +1,60 @@
+"""The third-party corpus as the benches read it: every FHIR document, every resource in one,
+and every HL7 v2 message as the normalizer converts it (those it can)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from connectors.backfill import messages_of
+from kernel.hl7v2.parser import decode_payload
+from stream.normalize import Normalized, normalize_hl7
+
+
+def fhir_documents(corpora: Path) -> Iterator[tuple[Path, Any]]:
+    """(file, JSON document) of every .json file and every .ndjson line under ``corpora/fhir``."""
+    for path in sorted((corpora / "fhir").rglob("*")):
+        if path.suffix not in (".json", ".ndjson"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            docs = (
+                [json.loads(line) for line in text.splitlines() if line.strip()]
+                if path.suffix == ".ndjson"
+                else [json.loads(text)]
+            )
+        except (OSError, ValueError):
+            continue
+        for doc in docs:
+            yield path, doc
+
+
+def resources_in(node: Any) -> Iterator[dict[str, Any]]:
+    """Every resource in a document, Bundle entries and contained ones included."""
+    if isinstance(node, dict):
+        if node.get("resourceType"):
+            yield node
+        for value in node.values():
+            yield from resources_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from resources_in(value)
+
+
+def hl7_normalized(corpora: Path) -> Iterator[Normalized]:
+    """Every HL7 v2 message under ``corpora/hl7v2`` that the normalizer converts, converted."""
+    for path in sorted((corpora / "hl7v2").rglob("*")):
+        if not path.is_file() or path.suffix == ".md":
+            continue
+        try:
+            messages = list(messages_of(path))
+        except (OSError, ValueError):
+            continue
+        for message in messages:
+            try:
+                yield normalize_hl7(decode_payload(message), tz=ZoneInfo("UTC"))
+            except Exception:  # noqa: S112 - dead-lettered by the normalizer; not what is measured
+                continue
