@@ -142,7 +142,12 @@ class Terminology:
             return problem(422, str(exc))
         value = mapping.model_dump_json().encode()
         await self._publish([Outgoing(self._topic, value, mapping.key.encode(), {})])
-        await self._caught_up()  # this instance's rules read it before the answer
+        try:
+            await self._caught_up()  # this instance's rules read it before the answer
+        except TimeoutError:  # written (acks=all): the reader applies it when it gets there
+            log.warning(
+                "code mapping v%d written; this instance has not read it back yet", mapping.current.version
+            )
         log.info(
             "code mapping v%d confirmed by %s (analyte %s)",
             mapping.current.version,
