@@ -28,23 +28,14 @@ def pytest_xdist_make_scheduler(config, log):
     power cut, the dashboard) run one after the other on one worker: two of them at once
     overload two cores.
     Every other test file (unit tests, one-part and whole-stack integration tests, and
-    tests/integration/apps/: one `clinstream` process each) goes to whichever worker is free.
-    The system tests go out first: they are the longest unit of work (about eight minutes), and
-    xdist's own order (most tests first) started them last, after the other worker had begun."""
+    tests/integration/apps/: one `clinstream` process each) goes to whichever worker is free."""
     from xdist.scheduler import LoadScopeScheduling
-
-    system = "tests/integration/system"
 
     class ProcessesApart(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            if nodeid.startswith(f"{system}/"):
-                return system
+            if nodeid.startswith("tests/integration/system/"):
+                return "tests/integration/system"
             return super()._split_scope(nodeid)
-
-        def _assign_work_unit(self, node):
-            if system in self.workqueue:
-                self.workqueue.move_to_end(system, last=False)
-            super()._assign_work_unit(node)
 
     return ProcessesApart(config, log)
 
