@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,18 +72,21 @@ def _wait_gone(pids, timeout=10):
     return [p for p in pids if _alive(p)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_up_prints_ready_and_stops_cleanly(tmp_path, sig):
-    proc, ready = _start_up(tmp_path)
-    for part in ("mllp=127.0.0.1:", "http=http://127.0.0.1:", "api_token="):
-        assert part in ready
-    children = _children(proc.pid)
-    assert children, "the embedded broker should run as a child process"
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "clinstream stopped" in out
-    assert _wait_gone(children) == []
+def test_up_prints_ready_and_stops_cleanly_on_ctrl_c_and_on_sigterm(tmp_path):
+    """Two deployments started side by side (a start is the slow part): one stopped with
+    SIGINT, as Ctrl-C does, the other with SIGTERM, as a service manager does."""
+    with ThreadPoolExecutor(2) as pool:
+        started = list(pool.map(_start_up, (tmp_path / "int", tmp_path / "term")))
+    for (proc, ready), sig in zip(started, (signal.SIGINT, signal.SIGTERM), strict=True):
+        for part in ("mllp=127.0.0.1:", "http=http://127.0.0.1:", "api_token="):
+            assert part in ready
+        children = _children(proc.pid)
+        assert children, "the embedded broker should run as a child process"
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (sig, out)
+        assert "clinstream stopped" in out
+        assert _wait_gone(children) == []
 
 
 def test_broker_dies_with_a_killed_parent(tmp_path):
