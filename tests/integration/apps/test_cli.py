@@ -76,17 +76,23 @@ def test_up_prints_ready_and_stops_cleanly_on_ctrl_c_and_on_sigterm(tmp_path):
     """Two deployments started side by side (a start is the slow part): one stopped with
     SIGINT, as Ctrl-C does, the other with SIGTERM, as a service manager does."""
     with ThreadPoolExecutor(2) as pool:
-        started = list(pool.map(_start_up, (tmp_path / "int", tmp_path / "term")))
-    for (proc, ready), sig in zip(started, (signal.SIGINT, signal.SIGTERM), strict=True):
-        for part in ("mllp=127.0.0.1:", "http=http://127.0.0.1:", "api_token="):
-            assert part in ready
-        children = _children(proc.pid)
-        assert children, "the embedded broker should run as a child process"
-        proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, (sig, out)
-        assert "clinstream stopped" in out
-        assert _wait_gone(children) == []
+        starting = [pool.submit(_start_up, tmp_path / name) for name in ("int", "term")]
+    try:
+        started = [f.result() for f in starting]  # a failed start fails the test here
+        for (proc, ready), sig in zip(started, (signal.SIGINT, signal.SIGTERM), strict=True):
+            for part in ("mllp=127.0.0.1:", "http=http://127.0.0.1:", "api_token="):
+                assert part in ready
+            children = _children(proc.pid)
+            assert children, "the embedded broker should run as a child process"
+            proc.send_signal(sig)
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0, (sig, out)
+            assert "clinstream stopped" in out
+            assert _wait_gone(children) == []
+    finally:  # the other one of a failed pair is not left running
+        for future in starting:
+            if future.exception() is None and future.result()[0].poll() is None:
+                future.result()[0].terminate()
 
 
 def test_broker_dies_with_a_killed_parent(tmp_path):
