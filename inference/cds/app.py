@@ -135,18 +135,19 @@ def register_cds(
 
         def decide_all() -> None:
             for record, one in parsed:  # in offset order: a patient's records change its state in turn
-                mine = rules
-                if terminology is not None:
-                    mine = terminology.rules_for(rules, one.envelope.source_system)
-                    if unknown := sightings_in(one, mine.local_codes):
-                        sightings.setdefault(record.partition, []).extend(unknown)
+                mine = (
+                    rules if terminology is None else terminology.rules_for(rules, one.envelope.source_system)
+                )
                 try:
                     outcome = process(states.get(one.patient_id), one, mine, now=clock())
+                    unknown = sightings_in(one, mine.local_codes) if terminology is not None else []
                 except ModelRunError:
                     raise  # not the record's fault: the whole batch is retried
                 except Exception as exc:  # the content breaks the record contract (RuleInputError)
                     letters.append(dead_letter_for(exc, record, stage="cds"))
                     continue
+                if unknown:
+                    sightings.setdefault(record.partition, []).extend(unknown)
                 states[one.patient_id] = changed[one.patient_id] = outcome.state
                 decided.append((one, outcome))
             for _, answer in feedback:
@@ -157,10 +158,8 @@ def register_cds(
 
         lanes = {one.envelope.lane for _, one in parsed}
         try:
-            if lanes == {"backfill"}:
-                await in_lane(
-                    "backfill", decide_all, stage="cds"
-                )  # history: low priority, the loop serves live records
+            if lanes == {"backfill"}:  # history: low priority, the loop serves live records
+                await in_lane("backfill", decide_all, stage="cds")
             elif "backfill" in lanes or (
                 rules.note_matcher is not None and any(carries_notes(one) for _, one in parsed)
             ):

@@ -44,8 +44,6 @@ MIN_SCORE = 0.5
 ANY_SENDER = "*"
 """A mapping confirmed for every sender (a code system with a global meaning)."""
 LOINC_CODE = re.compile(r"^\d{1,7}-\d$")
-LOINC_SYSTEMS = frozenset({"loinc", "ln", "lnc", "2.16.840.1.113883.6.1", "http://loinc.org/"})
-"""What senders write for LOINC when they do not write ``http://loinc.org``."""
 
 # Laboratory shorthand as local code lists write it (word → the words it stands for).
 ABBREVIATIONS: Mapping[str, str] = {
@@ -220,7 +218,7 @@ def split_key(key: str) -> tuple[str, str, str]:
 def sightings_in(record: FhirRecord, local_codes: Mapping[str, str]) -> list[Sighting]:
     """The Observations of ``record`` whose codes the rules do not know (no LOINC coding, not in
     ``local_codes``), one sighting per code, values and units counted."""
-    found: dict[str, Sighting] = {}
+    found: list[Sighting] = []
     sender = record.envelope.source_system
     for resource in record.resources:
         if resource.get("resourceType") != "Observation":
@@ -233,9 +231,16 @@ def sightings_in(record: FhirRecord, local_codes: Mapping[str, str]) -> list[Sig
         coding = next((c for c in codings if c.get("code")), None)
         if coding is None:
             continue
-        one = _sighting(sender, coding, resource, record.envelope.received_at)
+        found.append(_sighting(sender, coding, resource, record.envelope.received_at))
+    return list(summed(found).values())
+
+
+def summed(sightings: Iterable[Sighting]) -> dict[str, Sighting]:
+    """Sightings of the same code merged into one, by `Sighting.key`, in first-seen order."""
+    found: dict[str, Sighting] = {}
+    for one in sightings:
         found[one.key] = merge(found[one.key], one) if one.key in found else one
-    return list(found.values())
+    return found
 
 
 def _sighting(sender: str, coding: dict[str, Any], obs: dict[str, Any], seen: datetime) -> Sighting:
@@ -331,7 +336,6 @@ def candidates() -> tuple[Candidate, ...]:
     analytes (one candidate per LOINC)."""
     from labunits.converters import analytes as reference
 
-    by_loinc: dict[str, Analyte] = {code: a for a in ANALYTES for code in a.loinc}
     found: dict[str, Candidate] = {}
     for a in ANALYTES:
         found[a.order_code] = Candidate(a.order_code, a.label, words_of(f"{a.label} {a.name}"), (a.unit,), a)
@@ -341,21 +345,24 @@ def candidates() -> tuple[Candidate, ...]:
         if ref.loinc_num in found:
             continue
         units = tuple(u for u in (ref.traditional_unit, ref.si_unit) if u and "fraction" not in u.lower())
-        analyte = by_loinc.get(ref.loinc_num)
+        analyte = _rules_analyte(ref.loinc_num)
         found[ref.loinc_num] = Candidate(ref.loinc_num, ref.name, words_of(ref.name), units, analyte)
     return tuple(found.values())
+
+
+def _rules_analyte(loinc: str) -> Analyte | None:
+    """The analyte the rules read a LOINC code as, if any."""
+    return analyte_of([{"system": LOINC, "code": loinc}])
 
 
 def suggest(sighting: Sighting, limit: int = 3) -> list[Suggestion]:
     """The likeliest LOINC codes for ``sighting``, best first; none when no name matches."""
     said = words_of(f"{sighting.code} {sighting.display}")
     ranked: list[Suggestion] = []
-    seen_as_loinc = False
     for cand in candidates():
         shared = said & cand.words
-        if cand.loinc == sighting.code:  # a LOINC code under another system name ("LOINC", "LN")
+        if cand.loinc == sighting.code:  # a LOINC code sent under a local system
             score, reasons = 2.0, [f"the code is LOINC {cand.loinc}"]
-            seen_as_loinc = True
         elif shared:
             score = len(shared) / len(said | cand.words) + len(shared) / len(cand.words)
             reasons = [f"name: {', '.join(sorted(shared))}"]
@@ -378,24 +385,8 @@ def suggest(sighting: Sighting, limit: int = 3) -> list[Suggestion]:
                 reasons=reasons,
             )
         )
-    if not seen_as_loinc and _says_loinc(sighting):  # a LOINC code none of the candidates has
-        ranked.append(
-            Suggestion(
-                loinc=sighting.code,
-                label=sighting.display or "(as sent)",
-                analyte=None,
-                score=2.0,
-                reasons=[f"the sender's code system {sighting.system!r} is LOINC"],
-            )
-        )
     ranked.sort(key=lambda s: (-s.score, s.analyte is None, s.loinc))
     return [s for s in ranked if s.score >= MIN_SCORE][:limit]
-
-
-def _says_loinc(sighting: Sighting) -> bool:
-    """A code in LOINC's form under a system name that is LOINC's (``LOINC``, ``LN``, its OID)."""
-    system = sighting.system.lower().removeprefix("urn:clinstream:codesystem:").removeprefix("urn:oid:")
-    return system in LOINC_SYSTEMS and bool(LOINC_CODE.match(sighting.code))
 
 
 def _units(sighting: Sighting, cand: Candidate) -> tuple[float, str]:
@@ -491,7 +482,7 @@ def confirm(
         raise MappingError("loinc must be a LOINC code such as 2823-3")
     if not code or not sender:
         raise MappingError("sender and code are required")
-    named = next((a for a in ANALYTES if loinc in a.loinc), None)
+    named = _rules_analyte(loinc)
     if analyte is not None and analyte not in BY_NAME:
         raise MappingError(f"unknown analyte {analyte!r}")
     if analyte is not None and named is not None and named.name != analyte:
@@ -511,7 +502,8 @@ def confirm(
 
 def loinc_coding(mapping: CodeMapping) -> dict[str, Any]:
     """The LOINC coding a mapped Observation gets when its history is re-run."""
-    label = next((a.label for a in ANALYTES if mapping.current.loinc in a.loinc), "")
+    named = _rules_analyte(mapping.current.loinc)
+    label = named.label if named else ""
     coding: dict[str, Any] = {"system": LOINC, "code": mapping.current.loinc, "userSelected": False}
     if label:
         coding["display"] = label
@@ -521,6 +513,8 @@ def loinc_coding(mapping: CodeMapping) -> dict[str, Any]:
 def with_mapping(record: FhirRecord, mapping: CodeMapping) -> FhirRecord | None:
     """``record`` with the LOINC coding added to each Observation coded with ``mapping``'s code
     (None when it has none): the record a re-run sends through decision support again."""
+    if mapping.sender not in (ANY_SENDER, record.envelope.source_system):
+        return None
     touched = False
     resources = []
     for resource in record.resources:
@@ -535,7 +529,7 @@ def with_mapping(record: FhirRecord, mapping: CodeMapping) -> FhirRecord | None:
             resource = {**resource, "code": {**resource["code"], "coding": [*codings, loinc_coding(mapping)]}}
             touched = True
         resources.append(resource)
-    if not touched or (mapping.sender != ANY_SENDER and record.envelope.source_system != mapping.sender):
+    if not touched:
         return None
     lane = record.envelope.model_copy(update={"lane": "backfill"})
     return record.model_copy(update={"resources": resources, "envelope": lane})
@@ -548,6 +542,7 @@ class LocalCodes:
     def __init__(self, static: Mapping[str, str] | None = None) -> None:
         self._static = dict(static or {})
         self._mapped: dict[str, dict[str, str]] = {}
+        self._confirmed: frozenset[str] = frozenset()
         self._per_sender: dict[str, Mapping[str, str]] = {}
 
     @property
@@ -558,11 +553,22 @@ class LocalCodes:
     def replace(self, mappings: Iterable[CodeMapping]) -> None:
         """Use ``mappings`` from now on (every confirmed mapping, their current versions)."""
         mapped: dict[str, dict[str, str]] = {}
+        confirmed = set()
         for m in mappings:
+            confirmed.add(m.key)
             if m.current.analyte:
                 mapped.setdefault(m.sender, {})[f"{m.system}|{m.code}"] = m.current.analyte
         self._mapped = mapped
+        self._confirmed = frozenset(confirmed)
         self._per_sender = {}
+
+    def known(self, sighting: Sighting) -> bool:
+        """Whether a person or the configuration has said what ``sighting``'s code is (a LOINC
+        code no rule reads included): it is no longer asked about."""
+        if f"{sighting.system}|{sighting.code}" in self.for_sender(sighting.sender):
+            return True
+        either = (sighting.key, code_key(ANY_SENDER, sighting.system, sighting.code))
+        return any(k in self._confirmed for k in either)
 
     def for_sender(self, sender: str) -> Mapping[str, str]:
         """What ``sender``'s codes mean to the rules."""

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from inference.cds.rules import RuleSet
-from inference.cds.terminology import CodeMapping, LocalCodes, Sighting, code_key, merge
+from inference.cds.terminology import CodeMapping, LocalCodes, Sighting, code_key, merge, split_key, summed
 from kernel.changelog_store import UNKNOWN_OFFSET, ChangelogTable, Entry
 
 
@@ -59,11 +59,8 @@ class TerminologyStore:
         """The count records after adding ``seen`` (input partition → sightings of a batch)."""
         entries = []
         for partition, sightings in seen.items():
-            summed: dict[str, Sighting] = {}
-            for one in sightings:
-                summed[one.key] = merge(summed[one.key], one) if one.key in summed else one
-            for key, one in summed.items():
-                row = json.dumps([partition, *json.loads(key)], separators=(",", ":"))
+            for key, one in summed(sightings).items():
+                row = json.dumps([partition, *split_key(key)], separators=(",", ":"))
                 before = self.unmapped.get(row)
                 total = merge(Sighting.model_validate_json(before), one) if before else one
                 entries.append(Entry(row, total.model_dump_json().encode(), partition, UNKNOWN_OFFSET))
@@ -71,12 +68,9 @@ class TerminologyStore:
 
     def unmapped_codes(self) -> list[Sighting]:
         """Every unknown code still unmapped, counted over all partitions, most seen first."""
-        summed: dict[str, Sighting] = {}
-        for _, value in self.unmapped.with_prefix(""):
-            one = Sighting.model_validate_json(value)
-            summed[one.key] = merge(summed[one.key], one) if one.key in summed else one
+        everywhere = summed(Sighting.model_validate_json(v) for _, v in self.unmapped.with_prefix(""))
         codes = self._codes
-        left = [s for s in summed.values() if f"{s.system}|{s.code}" not in codes.for_sender(s.sender)]
+        left = [s for s in everywhere.values() if not codes.known(s)]
         return sorted(left, key=lambda s: (-s.count, s.key))
 
     def mapping(self, sender: str, system: str, code: str) -> CodeMapping | None:

@@ -224,3 +224,31 @@ async def test_decision_support_reads_a_mapping_confirmed_while_it_runs():
         await br.publish(record("o2").model_dump_json().encode(), topic=TOPICS.fhir)
     assert [Alert.model_validate_json(a).rule_id for a in alerts] == ["critical-lab"]
     assert codes.unmapped_codes() == []  # mapped now: off the list
+
+
+def test_a_code_confirmed_as_a_loinc_code_no_rule_reads_leaves_the_unmapped_list():
+    store = TerminologyStore(":memory:")
+    alt = sighting("ALT", "Alanine aminotransferase", "U/L", "10", "300")
+    for other in ("ALT", "AST"):
+        [entry] = store.changes({0: [alt.model_copy(update={"code": other})]})
+        store.unmapped.apply([Entry(entry.key, entry.value, 0, 1)], own=True)
+    mapping = confirm(None, sender=ANY_SENDER, system="", code="ALT", loinc="1742-6", by="ana", at=T0)
+    assert mapping.current.analyte is None
+    store.mappings.apply([Entry(mapping.key, mapping.model_dump_json().encode(), 0, 1)])
+    store.refresh()
+    assert [s.code for s in store.unmapped_codes()] == ["AST"]
+
+
+async def test_a_record_that_breaks_the_contract_is_dead_lettered_not_counted_and_the_batch_goes_on():
+    broker = KafkaBroker()
+    codes = TerminologyStore(":memory:")
+    register_cds(broker, TOPICS, RuleSet(), SqliteStateStore(":memory:"), clock=lambda: T0, terminology=codes)
+    dead = collected(broker, TOPICS.deadletter)
+    broken = {"resourceType": "Observation", "id": "o9", "status": "final", "code": "K"}
+    bad = FhirRecord(envelope=envelope(), patient_id="p1", resources=[broken])
+    good = FhirRecord(envelope=envelope(), patient_id="p2", resources=[local_obs("o1", "NA", 139, "mmol/L")])
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(bad.model_dump_json().encode(), topic=TOPICS.fhir)
+        await br.publish(good.model_dump_json().encode(), topic=TOPICS.fhir)
+    assert len(dead) == 1
+    assert [s.code for s in codes.unmapped_codes()] == ["NA"]
