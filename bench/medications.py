@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.corpus import fhir_documents, hl7_normalized, resources_in  # noqa: E402
-from kernel.drugs import RXNORM_NAMES, drug_writing, ingredients  # noqa: E402
+from kernel.chart import RXNORM  # noqa: E402
+from kernel.drugs import drug_writing, ingredients  # noqa: E402
 
 ORDERS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration", "MedicationDispense")
 
@@ -69,7 +70,7 @@ def before(concept: dict[str, Any], reference: str) -> str:
 
 def _rxnorm_display(concept: dict[str, Any]) -> bool:
     return any(
-        str(c.get("system", "")).lower() in RXNORM_NAMES and c.get("display")
+        c.get("system") == RXNORM and c.get("display")
         for c in concept.get("coding") or []
         if isinstance(c, dict)
     )
@@ -95,7 +96,7 @@ def main(args: argparse.Namespace) -> None:
             changed.append((before(concept, reference), drug_writing(concept, reference), old, new))
         codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
         for c in codings:
-            if str(c.get("system", "")).lower() in RXNORM_NAMES and c.get("code"):
+            if c.get("system") == RXNORM and c.get("code"):
                 rx_writings[str(c["code"])][before(concept, reference)] = (old, new)
         if (
             codings

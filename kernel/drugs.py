@@ -9,8 +9,8 @@ the resources it cites.
 A medication is written many ways: a brand or an abbreviation in the text, the generic in an
 RxNorm coding's display, a local code with a pharmacy's own label, or only the display of a
 Medication reference. `drug_writing` picks the first of them that names an ingredient, the
-RxNorm displays first, so that the tables find the same ingredients however the order was
-written. An RxNorm code
+RxNorm displays first (the normalizers write RxNorm's system as its URI, however it was sent),
+so that the tables find the same ingredients however the order was written. An RxNorm code
 without any text is not resolved: the RxNorm tables are not on PyPI and the RxNav service is a
 download at run time.
 """
@@ -23,11 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from kernel.chart import RXNORM
 from kernel.events import Severity
-
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-RXNORM_NAMES = frozenset({RXNORM, "rxnorm", "rxn", "urn:clinstream:codesystem:rxnorm"})
-"""What senders write for RxNorm (HL7 v2 tables say ``RXNORM``)."""
 
 TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 """A word of a drug name (letters, apostrophes and hyphens)."""
@@ -263,10 +260,8 @@ def drug_writing(concept: Mapping[str, Any] | None, *more: str) -> str:
     when none does. Interaction, allergy and renal rules read it."""
     concept = concept or {}
     codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
-    rx = [str(c.get("display") or "") for c in codings if str(c.get("system", "")).lower() in RXNORM_NAMES]
-    other = [
-        str(c.get("display") or "") for c in codings if str(c.get("system", "")).lower() not in RXNORM_NAMES
-    ]
+    rx = [str(c.get("display") or "") for c in codings if c.get("system") == RXNORM]
+    other = [str(c.get("display") or "") for c in codings if c.get("system") != RXNORM]
     for text in (*rx, str(concept.get("text") or ""), *other, *more):
         text = " ".join(text.split())
         if text and ingredients(text):

@@ -42,7 +42,6 @@ from inference.assist.diagnoses import FAMILIES, families_of
 from inference.assist.facts import Facts, shown
 from inference.assist.suggestions import (
     LOINC,
-    RXNORM,
     SNOMED,
     Concept,
     DiagnosisSuggestion,
@@ -55,7 +54,7 @@ from inference.assist.suggestions import (
     reading_evidence,
     suggestion_id,
 )
-from kernel.chart import Course, Problem
+from kernel.chart import RXNORM, Course, Problem
 from kernel.drugs import allergy_conflict, interaction_between, names_of
 
 

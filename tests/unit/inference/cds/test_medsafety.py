@@ -165,7 +165,7 @@ def coded_med(mid, text=None, *codings, reference=None):
             "m2", "NSAID tab 400", (RXNORM, "197806", "ibuprofen 400 MG Oral Tablet")
         ),  # RxNorm display
         coded_med("m2", "Motrin IB"),  # a brand
-        coded_med("m2", "PHARM-77 tab", ("urn:clinstream:codesystem:RXNORM", "197806", "Ibuprofen 400mg")),
+        coded_med("m2", "PHARM-77 tab", (RXNORM, "197806", "Ibuprofen 400mg")),
         coded_med("m2", None, ("http://hosp.example/formulary", "F7", "IBUPROFEN 400MG TAB")),  # display only
         coded_med("m2", reference="Ibuprofen 400 mg tablet"),  # a Medication reference's display
     ],
