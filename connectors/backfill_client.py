@@ -26,6 +26,7 @@ from typing import IO
 import httpx
 
 from connectors.backfill import Unit, checkpoint_line
+from connectors.fhir_client import retry_after_s
 from connectors.fhir_ingress import LANE_HEADER
 from connectors.mllp_client import MllpClient
 
@@ -124,12 +125,6 @@ def _record(done: IO[str], unit: Unit, outcome: str, report: Report) -> None:
         report.refused.append((unit.source, outcome))
 
 
-def _retry_after(response: httpx.Response) -> float:
-    """The pause a 429 asks for (seconds; 1 when it does not say, at most 30)."""
-    value = response.headers.get("retry-after", "1")
-    return min(30.0, float(value)) if value.replace(".", "", 1).isdigit() else 1.0
-
-
 async def _deliver(
     unit: Unit, http: httpx.AsyncClient, mllp: MllpClient | None, attempts: int, report: Report
 ) -> str | None:
@@ -142,7 +137,9 @@ async def _deliver(
                 response = await http.post("/fhir", content=unit.payload)
                 while response.status_code == 429:  # live records first: not a failed try
                     report.throttled += 1
-                    await asyncio.sleep(_retry_after(response))
+                    await asyncio.sleep(
+                        retry_after_s(response.headers.get("retry-after"), default=1.0, cap=30.0)
+                    )
                     response = await http.post("/fhir", content=unit.payload)
                 if response.status_code < 300:
                     return "stored"

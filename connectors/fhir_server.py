@@ -188,7 +188,10 @@ class FhirIngress:
         """A backfill request while live records are late (`kernel.priority.LivePressure`)."""
         if self._pressure is None or not self._pressure.busy():
             return False
-        return request.headers.get(LANE_HEADER, "").strip().lower() == "backfill"
+        try:
+            return lane_of(request.headers.get(LANE_HEADER)) == "backfill"
+        except FhirInputError:
+            return False  # the handler refuses the request, saying why
 
     async def _refuse(self, request: Request, body: bytes, exc: FhirInputError) -> Response:
         letter = DeadLetter.from_error(exc, stage="connectors.fhir", payload=body)
