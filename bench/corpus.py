@@ -1,5 +1,5 @@
-"""The third-party corpus as the benches read it: every FHIR document, every resource in one,
-and every HL7 v2 message as the normalizer converts it (those it can)."""
+"""The third-party corpus as decision support would read it: every FHIR document's resources and
+every HL7 v2 message, each through its normalizer (those it converts), as a deployment does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.backfill import messages_of
+from kernel.events import FhirInbound
 from kernel.hl7v2.parser import decode_payload
+from stream.fhir_input import normalize_fhir
 from stream.normalize import Normalized, normalize_hl7
 
 
@@ -58,3 +60,17 @@ def hl7_normalized(corpora: Path) -> Iterator[Normalized]:
                 yield normalize_hl7(decode_payload(message), tz=ZoneInfo("UTC"))
             except Exception:  # noqa: S112 - dead-lettered by the normalizer; not what is measured
                 continue
+
+
+def fhir_normalized(corpora: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """(file, resources) of every FHIR document, through the FHIR normalizer (canonical code
+    systems, UCUM units) as a deployment's FHIR ingress would send them on."""
+    for path, doc in fhir_documents(corpora):
+        found = [r for r in resources_in(doc) if r["resourceType"] != "Bundle"]
+        if not found:
+            continue
+        try:
+            groups = normalize_fhir(FhirInbound(interaction="batch-entry", resources=found))
+        except Exception:  # noqa: S112 - dead-lettered by the normalizer; not what is measured
+            continue
+        yield path, [r for g in groups for r in g.resources]

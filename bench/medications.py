@@ -4,8 +4,8 @@ after `kernel.drugs.drug_writing`, and whether one RxNorm code always gives one 
 Every medication concept of the corpus is collected: MedicationRequest, MedicationStatement,
 MedicationAdministration and MedicationDispense (their medicationCodeableConcept or the display
 of their Medication reference) and Medication (its code), from the FHIR files of
-`../shared/corpora/fhir` and from the HL7 v2 messages of `../shared/corpora/hl7v2` as the
-normalizer converts them (RXE, RXO, RXA, RDE...). Distinct concepts are counted once.
+`../shared/corpora/fhir` and the HL7 v2 messages of `../shared/corpora/hl7v2` (RXE, RXO, RXA,
+RDE...), each through its normalizer as in a deployment. Distinct concepts are counted once.
 
 - **before**: what decision support read until now, the concept's text, else its first display;
 - **after**: `drug_writing`, the first of its RxNorm displays, text, other displays and the
@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.corpus import fhir_documents, hl7_normalized, resources_in  # noqa: E402
+from bench.corpus import fhir_normalized, hl7_normalized  # noqa: E402
 from kernel.chart import RXNORM  # noqa: E402
 from kernel.drugs import drug_writing, ingredients  # noqa: E402
 
@@ -54,8 +54,8 @@ def concepts(resource: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
 
 def corpus_resources(corpora: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(source, resource) of every FHIR file and every HL7 v2 message that normalizes."""
-    for _, doc in fhir_documents(corpora):
-        for resource in resources_in(doc):
+    for _, resources in fhir_normalized(corpora):
+        for resource in resources:
             yield "fhir", resource
     for result in hl7_normalized(corpora):
         for resource in result.resources:

@@ -1,8 +1,9 @@
 """The local code mapping assistant on the corpus' local codes: how many suggestions are right.
 
-Every HL7 v2 message of `../shared/corpora/hl7v2` is normalized (`stream.normalize`) and every
-FHIR file of `../shared/corpora/fhir` read; each Observation code decision support does not know
-becomes a sighting per sender (`inference.cds.terminology.sightings_in`), as in a deployment.
+Every HL7 v2 message of `../shared/corpora/hl7v2` and every FHIR file of `../shared/corpora/fhir`
+goes through its normalizer, as in a deployment (which rewrites `LOINC`, `LN` and the OID to
+`http://loinc.org`); each Observation code decision support does not know becomes a sighting per
+sender (`inference.cds.terminology.sightings_in`).
 
 What is right comes from outside the assistant:
 - **paired**: the sender coded the same Observation in LOINC too (e.g. ``HAVM^...^L`` beside
@@ -30,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.corpus import fhir_documents, hl7_normalized, resources_in  # noqa: E402
+from bench.corpus import fhir_normalized, hl7_normalized  # noqa: E402
 from inference.cds.terminology import LOINC, Sighting, merge, sightings_in, suggest  # noqa: E402
 from kernel.analytes import ANALYTES  # noqa: E402
 from kernel.events import Envelope, FhirRecord  # noqa: E402
@@ -56,8 +57,8 @@ def hl7_records(corpora: Path) -> Iterator[FhirRecord]:
 def fhir_records(corpora: Path) -> Iterator[FhirRecord]:
     """Every Observation of the corpus' FHIR files, one record per file (sender: its source)."""
     found: dict[Path, list[dict[str, Any]]] = {}
-    for path, doc in fhir_documents(corpora):
-        found.setdefault(path, []).extend(r for r in resources_in(doc) if r["resourceType"] == "Observation")
+    for path, resources in fhir_normalized(corpora):
+        found.setdefault(path, []).extend(r for r in resources if r["resourceType"] == "Observation")
     for path, observations in found.items():
         if observations:
             yield _record(f"fhir:{path.relative_to(corpora / 'fhir').parts[0]}", observations)
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> None:
         elif first is None:
             verdict = "none"
         elif first.loinc in answer:
-            by_code = first.reasons[0].startswith(("the code is", "the sender's code system"))
+            by_code = first.reasons[0].startswith("the code is")
             verdict = "right-by-code" if by_code else "right-by-name"
         else:
             verdict = "wrong"
@@ -127,7 +128,7 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"{has} have a right LOINC code: first suggestion right {right}/{has} "
         f"({counts.get('right-by-name', 0)} from name, units and values; {counts.get('right-by-code', 0)} "
-        f"LOINC codes under another system name), right only at 2nd-3rd {counts.get('top3-only', 0)}, "
+        f"LOINC codes sent under a local system), right only at 2nd-3rd {counts.get('top3-only', 0)}, "
         f"no suggestion {counts.get('none', 0)}"
     )
     nothing = sum(1 for v in asked.values() if v[1] == set())
