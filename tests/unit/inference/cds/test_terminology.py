@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from hypothesis import HealthCheck, given, settings
 
 from inference.cds.app import register_cds
 from inference.cds.rules import RuleSet
@@ -13,6 +14,8 @@ from inference.cds.state_store import SqliteStateStore
 from inference.cds.terminology import (
     ANY_SENDER,
     LOINC,
+    LOINC_CODE,
+    MIN_SCORE,
     LocalCodes,
     MappingError,
     Sighting,
@@ -24,8 +27,11 @@ from inference.cds.terminology import (
 )
 from inference.cds.terminology_store import TerminologyStore
 from kernel.changelog_store import Entry
+from kernel.errors import Hl7Error
 from kernel.events import Alert, Envelope, FhirRecord, Topics
+from stream.normalize import normalize_hl7
 from tests.fakes import collected
+from tests.unit.stream.fixtures import mutated
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 LAB = "LIS^MERCY_LAB"
@@ -252,3 +258,31 @@ async def test_a_record_that_breaks_the_contract_is_dead_lettered_not_counted_an
         await br.publish(good.model_dump_json().encode(), topic=TOPICS.fhir)
     assert len(dead) == 1
     assert [s.code for s in codes.unmapped_codes()] == ["NA"]
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(mutated())
+def test_corpus_results_recast_as_local_codes_are_counted_and_suggested_without_fault(text):
+    """Corpus messages, mutated as real feeds vary them, their LOINC codes recast as the lab's
+    local codes (``^LN`` → ``^L``): every Observation is counted once under its sender, and
+    every suggestion is a LOINC code above the floor, at most three, best first."""
+    try:
+        result = normalize_hl7(text.replace("^LN", "^L"), tz=UTC)
+    except Hl7Error:
+        return
+    record = FhirRecord(envelope=envelope(result.sender), patient_id="p", resources=result.resources)
+    seen = sightings_in(record, {})
+    observations = [
+        r
+        for r in record.resources
+        if r["resourceType"] == "Observation"
+        and any(c.get("code") for c in r.get("code", {}).get("coding", []))
+        and not any(c.get("system") == LOINC for c in r.get("code", {}).get("coding", []))
+    ]
+    assert sum(s.count for s in seen) == len(observations)
+    assert {s.sender for s in seen} <= {result.sender}
+    for one in seen:
+        offered = suggest(one)
+        assert len(offered) <= 3
+        assert all(LOINC_CODE.match(s.loinc) and s.score >= MIN_SCORE for s in offered)
+        assert [s.score for s in offered] == sorted((s.score for s in offered), reverse=True)
